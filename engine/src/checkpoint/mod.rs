@@ -1,0 +1,160 @@
+//! Checkpoints: a folder per saved step, written whole under a temporary name and renamed
+//! into place, with a `latest` file (also replaced atomically) naming the newest one. A crash
+//! at any moment leaves the previous checkpoint intact and `latest` pointing at a whole one.
+//!
+//! ```text
+//! RUN/latest                      "checkpoints/step-0000300"
+//! RUN/checkpoints/step-0000300/   model.safetensors  (Hugging Face names and layout)
+//!                                 model.ron          (the model config)
+//!                                 optimizer.safetensors, state.json, train.ron (training only)
+//! ```
+
+pub mod module_tensors;
+pub mod tensor_file;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ModelConfig, parse_ron, to_ron};
+use crate::fsutil::write_atomic;
+use crate::model::LanguageModel;
+use module_tensors::{module_from_tensors, module_to_tensors};
+use tensor_file::{TensorMap, read_tensors, write_tensors};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const MODEL_CONFIG_FILE: &str = "model.ron";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+pub const TRAIN_CONFIG_FILE: &str = "train.ron";
+pub const LATEST_FILE: &str = "latest";
+
+/// Where a training run stands: enough, with the optimizer moments, to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    /// Updates the optimizer has applied (AdamW's t).
+    pub optimizer_updates: u64,
+    /// The data sampler's RNG state: the data position.
+    pub sampler_state: u64,
+    pub tokens_seen: u64,
+    /// Training FLOPs so far (6 x active params x tokens, plus attention).
+    pub train_flops: f64,
+    /// Seconds spent training, summed over resumed sessions.
+    pub wall_time_s: f64,
+    pub device: String,
+}
+
+/// What one checkpoint holds besides the weights (absent for a weights-only checkpoint).
+pub struct TrainingParts<'a> {
+    pub optimizer: TensorMap,
+    pub state: &'a TrainState,
+    pub train_config_ron: &'a str,
+}
+
+/// Resolves a path given by a user to a checkpoint folder: either the folder itself
+/// (it holds model.safetensors) or a run folder whose `latest` names one.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    if path.join(MODEL_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let latest = path.join(LATEST_FILE);
+    if latest.is_file() {
+        let name = std::fs::read_to_string(&latest).with_context(|| format!("cannot read {}", latest.display()))?;
+        let dir = path.join(name.trim());
+        if dir.join(MODEL_FILE).is_file() {
+            return Ok(dir);
+        }
+        bail!("{} names {}, which holds no {MODEL_FILE}", latest.display(), dir.display());
+    }
+    if !path.exists() {
+        bail!("checkpoint {} does not exist", path.display());
+    }
+    bail!(
+        "{} is not a checkpoint: expected a folder with {MODEL_FILE} and {MODEL_CONFIG_FILE}, \
+         or a run folder with a `{LATEST_FILE}` file",
+        path.display()
+    )
+}
+
+/// The newest checkpoint of a run folder, if it has one.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    run_dir.join(LATEST_FILE).is_file().then(|| resolve_checkpoint(run_dir).ok()).flatten()
+}
+
+/// Writes a checkpoint of `model` as `RUN/checkpoints/step-N`, then points `latest` at it
+/// and removes older checkpoints of the run.
+pub fn save_checkpoint(
+    run_dir: &Path,
+    step: usize,
+    model: &LanguageModel,
+    config: &ModelConfig,
+    training: Option<TrainingParts<'_>>,
+) -> Result<PathBuf> {
+    let parent = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = format!("step-{step:07}");
+    let final_dir = parent.join(&name);
+    let tmp_dir = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp_dir);
+    std::fs::create_dir_all(&tmp_dir)?;
+    let written = (|| -> Result<()> {
+        write_model_files(&tmp_dir, model, config)?;
+        if let Some(t) = training {
+            write_tensors(&tmp_dir.join(OPTIMIZER_FILE), &t.optimizer, BTreeMap::new())?;
+            write_atomic(&tmp_dir.join(STATE_FILE), serde_json::to_string_pretty(t.state)?.as_bytes())?;
+            write_atomic(&tmp_dir.join(TRAIN_CONFIG_FILE), t.train_config_ron.as_bytes())?;
+        }
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir)?;
+        }
+        std::fs::rename(&tmp_dir, &final_dir)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp_dir);
+        return Err(e.context(format!("cannot write checkpoint {}", final_dir.display())));
+    }
+    write_atomic(&run_dir.join(LATEST_FILE), format!("checkpoints/{name}\n").as_bytes())?;
+    for entry in std::fs::read_dir(&parent)?.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if file_name.starts_with("step-") && file_name != name {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(final_dir)
+}
+
+/// Writes model.safetensors and model.ron into `dir`.
+pub fn write_model_files(dir: &Path, model: &LanguageModel, config: &ModelConfig) -> Result<()> {
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    write_tensors(&dir.join(MODEL_FILE), &module_to_tensors(model), metadata)?;
+    write_atomic(&dir.join(MODEL_CONFIG_FILE), to_ron(config)?.as_bytes())
+}
+
+pub fn read_model_config(ckpt: &Path) -> Result<ModelConfig> {
+    let path = ckpt.join(MODEL_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: ModelConfig = parse_ron(&text, &path.display().to_string())?;
+    config.validate(&path.display().to_string())?;
+    Ok(config)
+}
+
+/// Loads a checkpoint's model onto `device`.
+pub fn load_model(ckpt: &Path, device: &Device) -> Result<(ModelConfig, LanguageModel)> {
+    let config = read_model_config(ckpt)?;
+    let path = ckpt.join(MODEL_FILE);
+    let tensors = read_tensors(&path)?;
+    let model = module_from_tensors(LanguageModel::new(&config, device), &tensors, &path.display().to_string())?;
+    Ok((config, model))
+}
+
+pub fn read_train_state(ckpt: &Path) -> Result<TrainState> {
+    let path = ckpt.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid training state", path.display()))
+}

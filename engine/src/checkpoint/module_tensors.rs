@@ -1,0 +1,138 @@
+//! Moving a model's parameters to and from named host tensors in Hugging Face's layout.
+//!
+//! A Burn module path such as `layers.0.self_attn.q_proj.weight` becomes the checkpoint name
+//! `model.layers.0.self_attn.q_proj.weight`; RMSNorm's `gamma` is stored as `weight`; Linear
+//! weights, which Burn keeps as `[in, out]`, are stored as PyTorch's `[out, in]`. So an engine
+//! checkpoint of a dense model is already a `LlamaForCausalLM` state dict.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Result, bail};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::*;
+
+use super::tensor_file::{HostTensor, TensorMap};
+
+/// The module path stack, with the container type of each entry.
+#[derive(Default)]
+struct PathStack(Vec<(String, String)>);
+
+impl PathStack {
+    fn push(&mut self, name: &str, container: &str) {
+        self.0.push((name.to_string(), container.to_string()));
+    }
+    fn pop(&mut self) {
+        self.0.pop();
+    }
+    /// The Burn path, dot-joined.
+    fn module_path(&self) -> String {
+        self.0.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(".")
+    }
+    /// Whether the current parameter is a `Linear`'s weight (stored transposed).
+    fn is_linear_weight(&self) -> bool {
+        matches!(self.0.last(), Some((n, c)) if n == "weight" && c == "Struct:Linear")
+    }
+}
+
+/// Checkpoint name of a Burn module path.
+pub fn checkpoint_name(module_path: &str) -> String {
+    let name = match module_path.strip_suffix(".gamma") {
+        Some(stem) => format!("{stem}.weight"),
+        None => module_path.to_string(),
+    };
+    if name.starts_with("lm_head.") { name } else { format!("model.{name}") }
+}
+
+/// Host copy of a device tensor as f32.
+pub fn to_host<const D: usize>(tensor: Tensor<D>) -> HostTensor {
+    let shape = tensor.dims().to_vec();
+    let values = tensor.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data");
+    HostTensor::new(shape, values)
+}
+
+/// Device tensor from a host copy (the caller checked the rank).
+pub fn to_device<const D: usize>(host: HostTensor, device: &Device) -> Tensor<D> {
+    let shape: [usize; D] = host.shape.clone().try_into().expect("rank checked by caller");
+    Tensor::from_data(TensorData::new(host.values, shape), device)
+}
+
+/// Every float parameter of `module`, by checkpoint name, in Hugging Face layout.
+pub fn module_to_tensors<M: Module>(module: &M) -> TensorMap {
+    struct Collect {
+        path: PathStack,
+        out: TensorMap,
+    }
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let host = to_host(param.val());
+            let host = if self.path.is_linear_weight() { host.transposed() } else { host };
+            self.out.insert(checkpoint_name(&self.path.module_path()), host);
+        }
+    }
+    let mut visitor = Collect { path: PathStack::default(), out: TensorMap::new() };
+    module.visit(&mut visitor);
+    visitor.out
+}
+
+/// Replaces every float parameter of `module` by the tensor of the same checkpoint name.
+/// Missing tensors, wrong shapes and tensors the module does not have are errors naming the
+/// tensor; `origin` names the file.
+pub fn module_from_tensors<M: Module>(module: M, tensors: &TensorMap, origin: &str) -> Result<M> {
+    struct Load<'a> {
+        path: PathStack,
+        tensors: &'a TensorMap,
+        used: BTreeSet<String>,
+        errors: Vec<String>,
+    }
+    impl ModuleMapper for Load<'_> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let name = checkpoint_name(&self.path.module_path());
+            let Some(host) = self.tensors.get(&name) else {
+                self.errors.push(format!("missing tensor `{name}`"));
+                return Param::from_mapped_value(id, tensor, mapper);
+            };
+            self.used.insert(name.clone());
+            // Linear weights are stored [out, in]; Burn holds them [in, out].
+            let linear = self.path.is_linear_weight();
+            let mut expected = tensor.dims().to_vec();
+            if linear {
+                expected.reverse();
+            }
+            if host.shape != expected {
+                self.errors.push(format!("tensor `{name}` has shape {:?}, expected {expected:?}", host.shape));
+                return Param::from_mapped_value(id, tensor, mapper);
+            }
+            let host = if linear { host.transposed() } else { host.clone() };
+            let mut loaded = to_device::<D>(host, &tensor.device());
+            if tensor.is_require_grad() {
+                loaded = loaded.require_grad();
+            }
+            Param::from_mapped_value(id, loaded, mapper)
+        }
+    }
+    let mut loader = Load { path: PathStack::default(), tensors, used: BTreeSet::new(), errors: vec![] };
+    let module = module.map(&mut loader);
+    let mut errors = loader.errors;
+    for name in tensors.keys().filter(|n| !loader.used.contains(*n)) {
+        errors.push(format!("unexpected tensor `{name}` (the model config has no such parameter)"));
+    }
+    if !errors.is_empty() {
+        let shown: Vec<_> = errors.iter().take(8).cloned().collect();
+        let more = if errors.len() > 8 { format!("\n  ... and {} more", errors.len() - 8) } else { String::new() };
+        bail!("{origin} does not match the model config:\n  {}{more}", shown.join("\n  "));
+    }
+    Ok(module)
+}

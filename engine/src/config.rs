@@ -1,0 +1,167 @@
+//! Configuration files (RON): the model's sizes and a training run's settings.
+//!
+//! Every struct rejects unknown fields, and every check names the file and the field, so a
+//! typo in a config is an error with its line and column, never a silently ignored setting.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Sizes of a Llama-style decoder (the seed and every expert share one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Rows of the embedding table; at least the tokenizer's vocabulary.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of decoder blocks.
+    pub n_layers: usize,
+    /// Query heads per attention layer.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention); equal to `n_heads` for plain attention.
+    #[serde(default)]
+    pub n_kv_heads: Option<usize>,
+    /// Hidden width of each SwiGLU feed-forward network.
+    pub d_ff: usize,
+    /// Longest sequence the model is trained or evaluated on.
+    pub max_seq_len: usize,
+    /// RoPE base frequency.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_norm_eps")]
+    pub norm_eps: f64,
+    /// Share the embedding matrix with the LM head.
+    #[serde(default)]
+    pub tie_embeddings: bool,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_norm_eps() -> f64 {
+    1e-5
+}
+
+impl ModelConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_heads.unwrap_or(self.n_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Checks the sizes fit together; `origin` names the file in the error.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let err = |field: &str, msg: String| -> Result<()> {
+            bail!("{origin}: field `model.{field}`: {msg}")
+        };
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("d_ff", self.d_ff),
+            ("max_seq_len", self.max_seq_len),
+        ] {
+            if value == 0 {
+                err(field, "must be at least 1, found 0".into())?;
+            }
+        }
+        if self.d_model % self.n_heads != 0 {
+            err(
+                "n_heads",
+                format!(
+                    "d_model ({}) must be divisible by n_heads ({})",
+                    self.d_model, self.n_heads
+                ),
+            )?;
+        }
+        if self.head_dim() % 2 != 0 {
+            err(
+                "n_heads",
+                format!(
+                    "the head dimension d_model / n_heads = {} must be even for RoPE",
+                    self.head_dim()
+                ),
+            )?;
+        }
+        let kv = self.kv_heads();
+        if kv == 0 || self.n_heads % kv != 0 {
+            err(
+                "n_kv_heads",
+                format!(
+                    "n_heads ({}) must be a multiple of n_kv_heads ({kv})",
+                    self.n_heads
+                ),
+            )?;
+        }
+        if !(self.rope_theta > 0.0) {
+            err("rope_theta", format!("must be positive, found {}", self.rope_theta))?;
+        }
+        if !(self.norm_eps > 0.0) {
+            err("norm_eps", format!("must be positive, found {}", self.norm_eps))?;
+        }
+        Ok(())
+    }
+
+    /// Parameters of the whole model.
+    pub fn num_params(&self) -> usize {
+        let d = self.d_model;
+        let kv_dim = self.kv_heads() * self.head_dim();
+        let attention = 2 * d * d + 2 * d * kv_dim;
+        let ffn = 3 * d * self.d_ff;
+        let block = attention + ffn + 2 * d;
+        let head = if self.tie_embeddings { 0 } else { self.vocab_size * d };
+        self.vocab_size * d + self.n_layers * block + d + head
+    }
+
+    /// Training FLOPs per token (forward + backward): 6 x the parameters a token uses,
+    /// without the embedding lookup, plus attention's score and mix matmuls (nanoGPT's
+    /// estimate, 12 x layers x d_model x seq_len).
+    pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
+        let matmul_params = self.num_params() - self.vocab_size * self.d_model
+            + if self.tie_embeddings { self.vocab_size * self.d_model } else { 0 };
+        6.0 * matmul_params as f64 + 12.0 * (self.n_layers * self.d_model * seq_len) as f64
+    }
+}
+
+/// Reads a RON file into `T`, with the file name, line and column in every error.
+pub fn read_ron<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    parse_ron(&text, &path.display().to_string())
+}
+
+/// Parses RON text; `origin` names its source in errors.
+pub fn parse_ron<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
+    ron::Options::default()
+        .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+        .from_str(text)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{origin}: line {} column {}: {}",
+                e.position.line,
+                e.position.col,
+                e.code
+            )
+        })
+}
+
+/// Writes `T` as pretty RON.
+pub fn to_ron<T: Serialize>(value: &T) -> Result<String> {
+    Ok(ron::ser::to_string_pretty(value, ron::ser::PrettyConfig::default())?)
+}
+
+/// Resolves a path from a config file: absolute paths stay, relative ones are taken from the
+/// current directory (recipes and configs name `assets/...` from the repository root).
+pub fn resolve(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    }
+}

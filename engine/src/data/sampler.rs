@@ -1,0 +1,73 @@
+//! Draws training batches from the domains by mixture weight. Its position is one RNG state,
+//! saved with each checkpoint, so a resumed run sees exactly the batches it would have seen.
+
+use burn::prelude::*;
+
+use super::corpus::Domain;
+use super::rng::Rng;
+
+/// A batch: inputs and next-token targets, each `[batch, seq_len]`.
+pub struct Batch {
+    pub inputs: Tensor<2, Int>,
+    pub targets: Tensor<2, Int>,
+    /// Which domain each row came from.
+    pub domains: Vec<usize>,
+}
+
+pub struct MixtureSampler {
+    cumulative: Vec<f64>,
+    pub rng: Rng,
+}
+
+impl MixtureSampler {
+    pub fn new(domains: &[Domain], seed: u64) -> Self {
+        let total: f64 = domains.iter().map(|d| d.weight).sum();
+        let mut acc = 0.0;
+        let cumulative = domains
+            .iter()
+            .map(|d| {
+                acc += d.weight / total;
+                acc
+            })
+            .collect();
+        Self { cumulative, rng: Rng::new(seed) }
+    }
+
+    fn pick_domain(&mut self) -> usize {
+        let u = self.rng.unit();
+        let last = self.cumulative.len() - 1;
+        // Skip zero-weight domains: the first domain whose cumulative share exceeds u.
+        self.cumulative.iter().position(|&c| u < c).unwrap_or(last)
+    }
+
+    pub fn next_batch(&mut self, domains: &[Domain], batch_size: usize, device: &Device) -> Batch {
+        let mut rows = Vec::with_capacity(batch_size);
+        let mut picked = Vec::with_capacity(batch_size);
+        for _ in 0..batch_size {
+            let d = self.pick_domain();
+            let seqs = &domains[d].train;
+            rows.push(&seqs[self.rng.below(seqs.len() as u64) as usize]);
+            picked.push(d);
+        }
+        let mut batch = make_batch(&rows, device);
+        batch.domains = picked;
+        batch
+    }
+}
+
+/// Stacks token sequences of `seq_len + 1` into an input/target batch.
+pub fn make_batch(rows: &[&Vec<u32>], device: &Device) -> Batch {
+    let seq_len = rows[0].len() - 1;
+    let mut inputs = Vec::with_capacity(rows.len() * seq_len);
+    let mut targets = Vec::with_capacity(rows.len() * seq_len);
+    for row in rows {
+        inputs.extend(row[..seq_len].iter().map(|&t| t as i64));
+        targets.extend(row[1..].iter().map(|&t| t as i64));
+    }
+    let shape = [rows.len(), seq_len];
+    Batch {
+        inputs: Tensor::from_data(TensorData::new(inputs, shape), device),
+        targets: Tensor::from_data(TensorData::new(targets, shape), device),
+        domains: vec![],
+    }
+}

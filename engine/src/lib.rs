@@ -1,0 +1,13 @@
+//! BTX: build Mixture-of-Experts language models from independently trained dense experts
+//! (Branch-Train-MiX, Sukhbaatar et al. 2024), on any GPU through WGPU or on the CPU.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod eval;
+pub mod fsutil;
+pub mod model;
+pub mod train;
+
+pub use burn;

@@ -1,0 +1,171 @@
+//! `btx`: the engine's command line. Every stage of a recipe is a subcommand whose inputs and
+//! outputs are paths, so any stage can run as its own job on another machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use btx::checkpoint::{self, TRAIN_CONFIG_FILE};
+use btx::config::resolve;
+use btx::device::{DeviceChoice, hardware_adapters, select_device};
+use btx::eval::{evaluate, mean_loss};
+use btx::train::{TrainConfig, TrainOptions, train, trainer::load_domains};
+
+#[derive(Parser)]
+#[command(name = "btx", version, about = "Branch-Train-MiX: Mixture-of-Experts LLMs from independently trained experts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a dense LM from a RON config; writes checkpoints and metrics.jsonl to --out.
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Continue from the last checkpoint in --out.
+        #[arg(long)]
+        resume: bool,
+        /// No progress bar (plain log lines only).
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Validation loss and perplexity per domain of a checkpoint.
+    Eval {
+        /// A checkpoint folder, or a run folder (its latest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The data to evaluate on (default: the config the checkpoint was trained with).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Validation batches per domain; 0 = the whole validation split.
+        #[arg(long, default_value_t = 0)]
+        batches: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The tokenizer.
+    Tokenizer {
+        #[command(subcommand)]
+        command: TokenizerCommand,
+    },
+    /// The hardware GPU adapters WGPU finds.
+    Devices,
+}
+
+#[derive(Subcommand)]
+enum TokenizerCommand {
+    /// Train a byte-level BPE on text files and write tokenizer.json.
+    Train {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        /// Also learn from this many generated arithmetic lines (the synthetic domain).
+        #[arg(long, default_value_t = 20_000)]
+        arithmetic_lines: usize,
+        /// Text files to learn from.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train { config, out, device, resume, no_progress } => {
+            let origin = config.display().to_string();
+            let train_config = TrainConfig::load(&config)?;
+            let selected = select_device(device)?;
+            eprintln!("device: {}", selected.description);
+            eprintln!(
+                "model: {:.2}M parameters, {} layers, d_model {}; {} steps of {} tokens",
+                train_config.model.num_params() as f64 / 1e6,
+                train_config.model.n_layers,
+                train_config.model.d_model,
+                train_config.steps,
+                train_config.tokens_per_step()
+            );
+            let options = TrainOptions { out, resume, progress: !no_progress, stop_after: None };
+            let summary = train(&train_config, &origin, &selected, &options)?;
+            let s = &summary.state;
+            eprintln!(
+                "done: {} steps, {} tokens in {:.1} s ({:.0} tokens/s, {:.3} TFLOP/s); checkpoint {}",
+                s.step,
+                s.tokens_seen,
+                s.wall_time_s,
+                s.tokens_seen as f64 / s.wall_time_s.max(1e-9),
+                s.train_flops / s.wall_time_s.max(1e-9) / 1e12,
+                summary.checkpoint.display()
+            );
+            Ok(())
+        }
+        Command::Eval { checkpoint: path, config, device, batches, json } => {
+            let ckpt = checkpoint::resolve_checkpoint(&path)?;
+            let config_path = config.unwrap_or_else(|| ckpt.join(TRAIN_CONFIG_FILE));
+            let train_config = TrainConfig::load(&resolve(&config_path))
+                .with_context(|| format!("the data to evaluate on comes from {}", config_path.display()))?;
+            let selected = select_device(device)?;
+            eprintln!("device: {}", selected.description);
+            let domains = load_domains(&train_config, &config_path.display().to_string())?;
+            let (_, model) = checkpoint::load_model(&ckpt, &selected.device)?;
+            let evals = evaluate(&model, &domains, train_config.batch_size, batches, &selected.device);
+            println!("checkpoint {}", ckpt.display());
+            println!("{:<16} {:>10} {:>12} {:>10}", "domain", "val loss", "perplexity", "tokens");
+            for e in &evals {
+                println!("{:<16} {:>10.4} {:>12.3} {:>10}", e.domain, e.loss, e.perplexity, e.tokens);
+            }
+            println!("{:<16} {:>10.4} {:>12.3}", "mean", mean_loss(&evals), mean_loss(&evals).exp());
+            if let Some(json) = json {
+                btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&evals)?.as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Tokenizer { command: TokenizerCommand::Train { out, vocab_size, arithmetic_lines, files } } => {
+            let mut files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+            let arithmetic = std::env::temp_dir().join(format!("btx-arithmetic-{}.txt", std::process::id()));
+            if arithmetic_lines > 0 {
+                let config = btx::data::synthetic::ArithmeticConfig { max_digits: 3, lines: arithmetic_lines, seed: 0 };
+                std::fs::write(&arithmetic, btx::data::synthetic::arithmetic_text(&config))?;
+                files.push(arithmetic.display().to_string());
+            }
+            let trained = btx::data::tokenizer::train_tokenizer(&files, vocab_size, &out);
+            let _ = std::fs::remove_file(&arithmetic);
+            trained?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Devices => {
+            let adapters = hardware_adapters();
+            if adapters.is_empty() {
+                println!("no hardware GPU adapter found; --device auto uses the CPU");
+            }
+            for a in adapters {
+                println!("{a}");
+            }
+            Ok(())
+        }
+    }
+}

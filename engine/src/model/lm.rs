@@ -1,0 +1,97 @@
+//! The dense decoder-only language model (Llama style). Field names follow Hugging Face's
+//! `LlamaForCausalLM`, so a checkpoint's tensor names are its module paths.
+
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use super::block::Block;
+use super::init::linear_init;
+use super::rope::rope_tables;
+use crate::config::ModelConfig;
+
+#[derive(Module, Debug)]
+pub struct LanguageModel {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<Block>,
+    pub norm: RmsNorm,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+    pub rope_theta: f64,
+}
+
+impl LanguageModel {
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        Self {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.d_model)
+                .with_initializer(linear_init())
+                .init(device),
+            layers: (0..config.n_layers).map(|_| Block::new(config, device)).collect(),
+            norm: RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
+            lm_head: (!config.tie_embeddings).then(|| {
+                LinearConfig::new(config.d_model, config.vocab_size)
+                    .with_bias(false)
+                    .with_initializer(linear_init())
+                    .init(device)
+            }),
+            rope_theta: config.rope_theta,
+        }
+    }
+
+    /// Final hidden states (after the last norm).
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, seq]` -> `[batch, seq, d_model]`
+    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [_, seq] = tokens.dims();
+        let device = tokens.device();
+        let mut x = self.embed_tokens.forward(tokens);
+        let head_dim = self.layers.first().map_or(2, |b| {
+            let [d, _] = b.self_attn.q_proj.weight.dims();
+            d / b.self_attn.n_heads
+        });
+        let (cos, sin) = rope_tables(seq, head_dim, self.rope_theta, &device);
+        for block in &self.layers {
+            x = block.forward(x, &cos, &sin);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Next-token logits.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, seq]` -> `[batch, seq, vocab]`
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let h = self.hidden(tokens);
+        let [batch, seq, d_model] = h.dims();
+        let h = h.reshape([batch * seq, d_model]);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => h.matmul(self.embed_tokens.weight.val().transpose()),
+        };
+        let [_, vocab] = logits.dims();
+        logits.reshape([batch, seq, vocab])
+    }
+
+    /// Log-probability of each target token.
+    ///
+    /// # Shapes
+    /// - inputs, targets: `[batch, seq]` -> `[batch, seq]`
+    pub fn token_log_probs(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<2> {
+        token_log_probs(self.forward(inputs), targets)
+    }
+
+    /// Mean next-token cross-entropy over all target positions.
+    pub fn loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        self.token_log_probs(inputs, targets).mean().neg()
+    }
+}
+
+/// log softmax(logits)[target] for every position.
+///
+/// # Shapes
+/// - logits: `[batch, seq, vocab]`, targets: `[batch, seq]` -> `[batch, seq]`
+pub fn token_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
+    let log_probs = log_softmax(logits, 2);
+    log_probs.gather(2, targets.unsqueeze_dim(2)).squeeze_dim(2)
+}

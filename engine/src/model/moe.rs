@@ -1,0 +1,205 @@
+//! The Mixture-of-Experts layer: a router and E SwiGLU experts replacing one FFN.
+//! Field names follow Hugging Face's Mixtral (`block_sparse_moe.gate`, `experts.N`).
+//!
+//! Dispatch computes only what is routed. The (token, expert) assignments are grouped by
+//! expert on the device: a one-hot of the assignments and its cumulative sum give each
+//! assignment's position within its expert, and the per-expert counts (E integers, the only
+//! host read) give each expert's slice. Each expert then runs on its own rows only, and the
+//! gate-weighted results are scatter-added back. Top-2 of E costs about 2 FFNs, not E.
+
+use burn::nn::{Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::IndexingUpdateOp;
+use burn::tensor::activation::softmax;
+
+use super::ffn::FeedForward;
+use super::init::linear_init;
+use super::load_balance::{load_balancing_loss, router_z_loss};
+use super::moe_config::{MoeConfig, Routing};
+use super::router::{Selection, argmax_gates, gumbel_temperature, sample_top1_gates, topk_gates};
+
+/// What the forward pass needs to know about the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoutingContext {
+    /// Training (sample-top-1 samples; otherwise it takes the argmax).
+    pub training: bool,
+    /// The optimizer step (the Gumbel temperature schedule).
+    pub step: usize,
+}
+
+/// The auxiliary outputs of one MoE layer.
+pub struct MoeAux {
+    /// Load-balancing plus z-loss, already weighted.
+    pub loss: Tensor<1>,
+    /// `[E]` tokens processed by each expert (after capacity drops).
+    pub expert_tokens: Tensor<1>,
+    /// Token-expert assignments dropped for capacity.
+    pub dropped: usize,
+    /// All token-expert assignments.
+    pub assignments: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct MoeLayer {
+    /// The router W (d_model -> E); Mixtral calls it `gate`.
+    pub gate: Linear,
+    pub experts: Vec<FeedForward>,
+    #[module(skip)]
+    pub config: MoeConfig,
+    /// Soft routing in this layer whatever the config says (sample-top-1's first layer).
+    pub force_soft: bool,
+}
+
+impl MoeLayer {
+    pub fn new(d_model: usize, d_ff: usize, config: &MoeConfig, force_soft: bool, device: &Device) -> Self {
+        let d_ff = config.expert_d_ff.unwrap_or(d_ff);
+        let mut experts: Vec<FeedForward> =
+            (0..config.num_experts).map(|_| FeedForward::new(d_model, d_ff, device)).collect();
+        if config.freeze_experts {
+            experts = experts.into_iter().map(|e| e.no_grad()).collect();
+        }
+        Self {
+            gate: LinearConfig::new(d_model, config.num_experts)
+                .with_bias(false)
+                .with_initializer(linear_init())
+                .init(device),
+            experts,
+            config: config.clone(),
+            force_soft,
+        }
+    }
+
+    fn routing(&self) -> Routing {
+        if self.force_soft { Routing::Soft } else { self.config.routing.clone() }
+    }
+
+    /// # Shapes
+    /// - x: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
+    pub fn forward(&self, x: Tensor<3>, ctx: RoutingContext) -> (Tensor<3>, MoeAux) {
+        let [batch, seq, d_model] = x.dims();
+        let tokens = batch * seq;
+        let x = x.reshape([tokens, d_model]);
+        let logits = self.gate.forward(x.clone()); // [N, E]
+        let num_experts = self.experts.len();
+
+        let (y, dense_gates, expert_tokens, dropped, assignments) = match self.routing() {
+            Routing::Soft => {
+                let gates = softmax(logits.clone(), 1);
+                let mut y = Tensor::zeros([tokens, d_model], &x.device());
+                for (i, expert) in self.experts.iter().enumerate() {
+                    y = y + expert.forward(x.clone()) * gates.clone().narrow(1, i, 1);
+                }
+                let counts = Tensor::full([num_experts], tokens as f32, &x.device());
+                (y, gates, counts, 0, tokens * num_experts)
+            }
+            routing => {
+                let (selection, capacity) = match routing {
+                    Routing::TopK => (topk_gates(logits.clone(), self.config.top_k), None),
+                    Routing::Switch { capacity_factor } => {
+                        let capacity = (capacity_factor * tokens as f64 / num_experts as f64).ceil() as usize;
+                        (topk_gates(logits.clone(), 1), Some(capacity.max(1)))
+                    }
+                    Routing::SampleTop1 { tau_min, tau_decay, .. } => {
+                        if ctx.training {
+                            let tau = gumbel_temperature(ctx.step, tau_min, tau_decay);
+                            (sample_top1_gates(logits.clone(), tau), None)
+                        } else {
+                            (argmax_gates(logits.clone()), None)
+                        }
+                    }
+                    Routing::Soft => unreachable!("handled above"),
+                };
+                let dense = Tensor::<2>::zeros([tokens, num_experts], &x.device()).scatter(
+                    1,
+                    selection.experts.clone(),
+                    selection.gates.clone(),
+                    IndexingUpdateOp::Add,
+                );
+                let dispatched = self.dispatch(x, selection, capacity);
+                (dispatched.output, dense, dispatched.expert_tokens, dispatched.dropped, dispatched.assignments)
+            }
+        };
+
+        let mut loss = Tensor::<1>::zeros([1], &y.device());
+        if self.config.load_balance > 0.0 {
+            loss = loss + load_balancing_loss(logits.clone(), dense_gates, self.config.load_balance);
+        }
+        if self.config.router_z_loss > 0.0 {
+            loss = loss + router_z_loss(logits, self.config.router_z_loss);
+        }
+        let aux = MoeAux { loss, expert_tokens, dropped, assignments };
+        (y.reshape([batch, seq, d_model]), aux)
+    }
+
+    /// Runs each expert on its own tokens only and combines the gate-weighted results.
+    /// With `capacity`, an expert takes at most that many assignments, in token order; the
+    /// overflow is dropped (it contributes nothing).
+    ///
+    /// # Shapes
+    /// - x: `[N, d_model]`; selection: `[N, k]` -> output `[N, d_model]`
+    fn dispatch(&self, x: Tensor<2>, selection: Selection, capacity: Option<usize>) -> Dispatched {
+        let device = x.device();
+        let [tokens, d_model] = x.dims();
+        let [_, k] = selection.experts.dims();
+        let num_experts = self.experts.len();
+        let assignments = tokens * k;
+
+        // Assignment a = token * k + slot, in token order.
+        let expert_of = selection.experts.reshape([assignments]);
+        let gate_of = selection.gates.reshape([assignments]);
+        let one_hot: Tensor<2, Int> = expert_of.clone().one_hot(num_experts); // [A, E]
+        // Position of each assignment within its expert: 0, 1, 2, ... in token order.
+        let position = ((one_hot.clone().cumsum(0) - 1) * one_hot.clone()).sum_dim(1).reshape([assignments]);
+        let wanted: Vec<i64> = one_hot.sum_dim(0).into_data().convert::<i64>().to_vec().expect("int counts");
+        let counts: Vec<usize> = wanted.iter().map(|&c| capacity.map_or(c as usize, |cap| (c as usize).min(cap))).collect();
+        let kept: usize = counts.iter().sum();
+        let mut offsets = vec![0i64; num_experts];
+        for e in 1..num_experts {
+            offsets[e] = offsets[e - 1] + counts[e - 1] as i64;
+        }
+
+        // Destination row of each assignment in expert-sorted order; dropped ones go to an
+        // extra trash row `kept`.
+        let offsets = Tensor::<1, Int>::from_data(TensorData::new(offsets, [num_experts]), &device);
+        let mut dest = offsets.select(0, expert_of) + position.clone();
+        if let Some(cap) = capacity {
+            let over = position.greater_equal_elem(cap as i64);
+            dest = dest.mask_fill(over, kept as i64);
+        }
+        let token_of = Tensor::<1, Int>::arange(0..assignments as i64, &device).div_scalar(k as i64);
+        let row_token = Tensor::<1, Int>::zeros([kept + 1], &device)
+            .scatter(0, dest.clone(), token_of, IndexingUpdateOp::Add)
+            .narrow(0, 0, kept);
+        let row_gate = Tensor::<1>::zeros([kept + 1], &device)
+            .scatter(0, dest, gate_of, IndexingUpdateOp::Add)
+            .narrow(0, 0, kept);
+
+        let sorted = x.select(0, row_token.clone()); // [kept, d_model]
+        let mut outputs = Vec::with_capacity(num_experts);
+        let mut start = 0;
+        for (expert, &count) in self.experts.iter().zip(&counts) {
+            if count > 0 {
+                outputs.push(expert.forward(sorted.clone().narrow(0, start, count)));
+            }
+            start += count;
+        }
+        let output = if outputs.is_empty() {
+            Tensor::zeros([tokens, d_model], &device)
+        } else {
+            let weighted = Tensor::cat(outputs, 0) * row_gate.unsqueeze_dim(1);
+            Tensor::<2>::zeros([tokens, d_model], &device).select_assign(0, row_token, weighted, IndexingUpdateOp::Add)
+        };
+        let expert_tokens = Tensor::from_data(
+            TensorData::new(counts.iter().map(|&c| c as f32).collect::<Vec<_>>(), [num_experts]),
+            &device,
+        );
+        Dispatched { output, expert_tokens, dropped: assignments - kept, assignments }
+    }
+}
+
+struct Dispatched {
+    output: Tensor<2>,
+    expert_tokens: Tensor<1>,
+    dropped: usize,
+    assignments: usize,
+}

@@ -1,0 +1,120 @@
+//! Configuration of the Mixture-of-Experts layers (DESIGN.md §1).
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// How the router turns its logits into gates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub enum Routing {
+    /// g = softmax over the `top_k` largest router logits (Mixtral's and BTX's default).
+    #[default]
+    TopK,
+    /// Switch Transformer: top-1 with capacity `capacity_factor * tokens / experts` per
+    /// expert; tokens over capacity are dropped (the residual carries them on).
+    Switch { capacity_factor: f64 },
+    /// Every expert on every token, weighted by softmax over all router logits.
+    Soft,
+    /// One expert sampled by Gumbel-softmax in training (temperature
+    /// tau = max(tau_min, exp(-tau_decay * step))), argmax at inference.
+    SampleTop1 {
+        #[serde(default = "default_tau_min")]
+        tau_min: f64,
+        #[serde(default = "default_tau_decay")]
+        tau_decay: f64,
+        /// Route the first MoE layer softly instead.
+        #[serde(default)]
+        first_layer_soft: bool,
+    },
+}
+
+fn default_tau_min() -> f64 {
+    0.5
+}
+fn default_tau_decay() -> f64 {
+    1e-3
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts per token for `TopK` routing.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+    #[serde(default)]
+    pub routing: Routing,
+    /// Which layers are MoE layers (default: all).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Hidden width of each expert (default: the model's `d_ff`; split experts are narrower).
+    #[serde(default)]
+    pub expert_d_ff: Option<usize>,
+    /// Load-balancing weight alpha (0 turns it off).
+    #[serde(default = "default_load_balance")]
+    pub load_balance: f64,
+    /// Router z-loss weight (0 turns it off).
+    #[serde(default)]
+    pub router_z_loss: f64,
+    /// Keep the experts' FFNs fixed; routers and all non-FFN weights still train.
+    #[serde(default)]
+    pub freeze_experts: bool,
+}
+
+fn default_top_k() -> usize {
+    2
+}
+fn default_load_balance() -> f64 {
+    0.01
+}
+
+impl MoeConfig {
+    /// Experts each token uses (what counts as active parameters).
+    pub fn active_experts(&self) -> usize {
+        match self.routing {
+            Routing::TopK => self.top_k,
+            Routing::Switch { .. } | Routing::SampleTop1 { .. } => 1,
+            Routing::Soft => self.num_experts,
+        }
+    }
+
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(&layer))
+    }
+
+    pub fn validate(&self, origin: &str, n_layers: usize) -> Result<()> {
+        if self.num_experts == 0 {
+            bail!("{origin}: field `model.moe.num_experts` must be at least 1, found 0");
+        }
+        if self.top_k == 0 || self.top_k > self.num_experts {
+            bail!(
+                "{origin}: field `model.moe.top_k` must be between 1 and num_experts ({}), found {}",
+                self.num_experts,
+                self.top_k
+            );
+        }
+        if let Routing::Switch { capacity_factor } = self.routing
+            && !(capacity_factor > 0.0 && capacity_factor.is_finite())
+        {
+            bail!("{origin}: field `model.moe.routing`: Switch capacity_factor must be positive, found {capacity_factor}");
+        }
+        if let Routing::SampleTop1 { tau_min, tau_decay, .. } = self.routing
+            && !(tau_min > 0.0 && tau_decay >= 0.0)
+        {
+            bail!("{origin}: field `model.moe.routing`: SampleTop1 needs tau_min > 0 and tau_decay >= 0");
+        }
+        if let Some(layers) = &self.layers {
+            if let Some(bad) = layers.iter().find(|&&l| l >= n_layers) {
+                bail!("{origin}: field `model.moe.layers` names layer {bad}, but the model has {n_layers} layers (0..{})", n_layers - 1);
+            }
+        }
+        if self.expert_d_ff == Some(0) {
+            bail!("{origin}: field `model.moe.expert_d_ff` must be at least 1");
+        }
+        for (field, v) in [("load_balance", self.load_balance), ("router_z_loss", self.router_z_loss)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("{origin}: field `model.moe.{field}` must be a finite number >= 0, found {v}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! A training run's config file (RON): model sizes, data, optimizer and schedule.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ModelConfig, read_ron};
+use crate::data::DataConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub optimizer: OptimizerConfig,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before each optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Seeds the initial weights and the data order.
+    #[serde(default)]
+    pub seed: u64,
+    /// Write a checkpoint every this many steps (and always at the end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Evaluate every this many steps (and always at the end); 0 = only at the end.
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Validation batches per domain at each evaluation.
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// Start from this checkpoint's weights instead of a random initialisation (a branch).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_checkpoint_every() -> usize {
+    100
+}
+fn default_eval_batches() -> usize {
+    4
+}
+
+/// AdamW with decoupled weight decay, global-norm gradient clipping, and a schedule of
+/// linear warmup then cosine decay to `min_lr_ratio * lr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: usize,
+    /// The floor of the cosine decay, as a fraction of `lr`.
+    #[serde(default = "default_min_lr_ratio")]
+    pub min_lr_ratio: f64,
+    /// Decoupled weight decay, applied to matrices only (not to norms).
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Largest global gradient norm; larger gradients are scaled down. 0 = no clipping.
+    #[serde(default = "default_grad_clip")]
+    pub grad_clip: f64,
+}
+
+fn default_warmup() -> usize {
+    100
+}
+fn default_min_lr_ratio() -> f64 {
+    0.1
+}
+fn default_weight_decay() -> f64 {
+    0.1
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.95
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_grad_clip() -> f64 {
+    1.0
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let config: Self = read_ron(path)?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Checks every field that a parser cannot; `origin` names the file in errors.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        self.model.validate(origin)?;
+        self.data.validate(origin)?;
+        if self.data.seq_len > self.model.max_seq_len {
+            bail!(
+                "{origin}: field `data.seq_len` ({}) is longer than `model.max_seq_len` ({})",
+                self.data.seq_len,
+                self.model.max_seq_len
+            );
+        }
+        for (field, value) in [("steps", self.steps), ("batch_size", self.batch_size), ("grad_accum", self.grad_accum)] {
+            if value == 0 {
+                bail!("{origin}: field `{field}` must be at least 1, found 0");
+            }
+        }
+        if self.checkpoint_every == 0 {
+            bail!("{origin}: field `checkpoint_every` must be at least 1, found 0");
+        }
+        let o = &self.optimizer;
+        if !(o.lr > 0.0 && o.lr <= 1.0) {
+            bail!("{origin}: field `optimizer.lr` must be in (0, 1], found {}", o.lr);
+        }
+        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
+            bail!("{origin}: field `optimizer.min_lr_ratio` must be in [0, 1], found {}", o.min_lr_ratio);
+        }
+        for (field, value) in [("beta1", o.beta1), ("beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                bail!("{origin}: field `optimizer.{field}` must be in [0, 1), found {value}");
+            }
+        }
+        for (field, value) in [("weight_decay", o.weight_decay), ("grad_clip", o.grad_clip), ("eps", o.eps)] {
+            if !(value >= 0.0 && value.is_finite()) {
+                bail!("{origin}: field `optimizer.{field}` must be a finite number >= 0, found {value}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Tokens consumed per optimizer step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.batch_size * self.grad_accum * self.data.seq_len
+    }
+}
+
+/// Learning rate at `step` (0-based): linear warmup to `lr`, then cosine decay to
+/// `min_lr_ratio * lr` at the last step.
+pub fn learning_rate(o: &OptimizerConfig, step: usize, total_steps: usize) -> f64 {
+    if step < o.warmup_steps {
+        return o.lr * (step + 1) as f64 / o.warmup_steps as f64;
+    }
+    let decay_steps = total_steps.saturating_sub(o.warmup_steps).max(1);
+    let progress = ((step - o.warmup_steps) as f64 / decay_steps as f64).min(1.0);
+    let floor = o.lr * o.min_lr_ratio;
+    floor + (o.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}

@@ -1,0 +1,9 @@
+//! Training: config, optimizer, metrics and the loop.
+
+pub mod adamw;
+pub mod config;
+pub mod metrics;
+pub mod trainer;
+
+pub use config::{OptimizerConfig, TrainConfig};
+pub use trainer::{TrainOptions, TrainSummary, train};

@@ -1,0 +1,239 @@
+//! The training loop: mixture batches, gradient accumulation, global-norm clipping, AdamW
+//! with warmup + cosine, periodic evaluation per domain and atomic checkpoints; `resume`
+//! continues from the last checkpoint exactly as if the run had never stopped.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::adamw::{AdamW, global_grad_norm};
+use super::config::{TrainConfig, learning_rate};
+use super::metrics::MetricsLog;
+use crate::checkpoint::{
+    self, OPTIMIZER_FILE, TRAIN_CONFIG_FILE, TrainState, TrainingParts, latest_checkpoint,
+    tensor_file::read_tensors,
+};
+use crate::config::{parse_ron, resolve, to_ron};
+use crate::data::sampler::MixtureSampler;
+use crate::data::tokenizer::load_tokenizer;
+use crate::data::Domain;
+use crate::device::SelectedDevice;
+use crate::eval::{DomainEval, evaluate, mean_loss};
+use crate::model::LanguageModel;
+
+pub struct TrainOptions {
+    /// The run folder: checkpoints, metrics.jsonl.
+    pub out: PathBuf,
+    /// Continue from the run folder's last checkpoint (start afresh if it has none).
+    pub resume: bool,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+    /// Stop after this many steps of this session, as if interrupted (for tests).
+    pub stop_after: Option<usize>,
+}
+
+pub struct TrainSummary {
+    pub checkpoint: PathBuf,
+    pub state: TrainState,
+    pub final_eval: Vec<DomainEval>,
+}
+
+/// Loads the tokenizer and the domains of `config`, checking the vocabulary fits the model.
+pub fn load_domains(config: &TrainConfig, origin: &str) -> Result<Vec<Domain>> {
+    let tokenizer = load_tokenizer(&resolve(&config.data.tokenizer))?;
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab > config.model.vocab_size {
+        bail!(
+            "{origin}: field `model.vocab_size` ({}) is smaller than the vocabulary of tokenizer {} ({vocab} tokens)",
+            config.model.vocab_size,
+            config.data.tokenizer.display()
+        );
+    }
+    config.data.load(&tokenizer, origin)
+}
+
+pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, options: &TrainOptions) -> Result<TrainSummary> {
+    config.validate(origin)?;
+    let domains = load_domains(config, origin)?;
+    let config_ron = to_ron(config)?;
+    let out = &options.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
+
+    let device = selected.device.clone().autodiff();
+    device.seed(config.seed);
+    let existing = latest_checkpoint(out);
+    if existing.is_some() && !options.resume {
+        bail!(
+            "{} already holds a checkpoint; pass --resume to continue that run, or choose another --out",
+            out.display()
+        );
+    }
+
+    let mut optimizer = AdamW::new(config.optimizer.clone());
+    let mut sampler = MixtureSampler::new(&domains, config.seed);
+    let (mut model, mut state) = match existing.filter(|_| options.resume) {
+        Some(ckpt) => {
+            check_same_config(config, &ckpt)?;
+            let (_, model) = checkpoint::load_model(&ckpt, &device)?;
+            let state = checkpoint::read_train_state(&ckpt)?;
+            let moments = read_tensors(&ckpt.join(OPTIMIZER_FILE))?;
+            optimizer.load_state_tensors(&moments, state.optimizer_updates, &device);
+            sampler.rng.state = state.sampler_state;
+            eprintln!("resuming {} at step {}", ckpt.display(), state.step);
+            (model, state)
+        }
+        None => (initial_model(config, origin, &device)?, TrainState {
+            step: 0,
+            optimizer_updates: 0,
+            sampler_state: sampler.rng.state,
+            tokens_seen: 0,
+            train_flops: 0.0,
+            wall_time_s: 0.0,
+            device: selected.description.clone(),
+        }),
+    };
+    state.device = selected.description.clone();
+
+    let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), state.step)?;
+    let flops_per_token = config.model.train_flops_per_token(config.data.seq_len);
+    let tokens_per_step = config.tokens_per_step();
+    let progress = progress_bar(options.progress, config.steps, state.step);
+    let session_start_step = state.step;
+    let mut final_eval = Vec::new();
+
+    while state.step < config.steps {
+        if options.stop_after.is_some_and(|n| state.step - session_start_step >= n) {
+            break;
+        }
+        let started = Instant::now();
+        let lr = learning_rate(&config.optimizer, state.step, config.steps);
+        let mut accumulator = GradientsAccumulator::new();
+        let mut loss_sum = 0.0;
+        for _ in 0..config.grad_accum {
+            let batch = sampler.next_batch(&domains, config.batch_size, &device);
+            let loss = model.loss(batch.inputs, batch.targets);
+            loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            let grads = (loss / config.grad_accum as f64).backward();
+            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+        }
+        let grads = accumulator.grads();
+        let grad_norm = global_grad_norm(&model, &grads);
+        let clip = config.optimizer.grad_clip;
+        let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+        model = optimizer.step(model, grads, lr, scale);
+        device.sync().ok();
+
+        let seconds = started.elapsed().as_secs_f64();
+        state.step += 1;
+        state.optimizer_updates = optimizer.updates;
+        state.sampler_state = sampler.rng.state;
+        state.tokens_seen += tokens_per_step as u64;
+        state.train_flops += flops_per_token * tokens_per_step as f64;
+        state.wall_time_s += seconds;
+        let loss = loss_sum / config.grad_accum as f64;
+        if !loss.is_finite() {
+            bail!("training diverged at step {}: loss is {loss}; lower `optimizer.lr` in {origin}", state.step);
+        }
+        let tokens_per_s = tokens_per_step as f64 / seconds;
+        metrics.write(json!({
+            "step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "tokens": state.tokens_seen, "tokens_per_s": tokens_per_s, "seconds": seconds,
+        }))?;
+        progress.set_position(state.step as u64);
+        progress.set_message(format!("loss {loss:.3} | {:.0} tok/s", tokens_per_s));
+
+        let last = state.step == config.steps;
+        if last || (config.eval_every > 0 && state.step % config.eval_every == 0) {
+            final_eval = evaluate(&model.valid(), &domains, config.batch_size, config.eval_batches, &device.clone().without_autodiff());
+            for e in &final_eval {
+                metrics.write(json!({
+                    "step": state.step, "eval": e.domain, "val_loss": e.loss, "val_ppl": e.perplexity,
+                }))?;
+            }
+            say(&progress, &format!("step {:>6} | {}", state.step, format_eval(&final_eval)));
+        }
+        if last || state.step % config.checkpoint_every == 0 {
+            let training = TrainingParts { optimizer: optimizer.state_tensors(), state: &state, train_config_ron: &config_ron };
+            checkpoint::save_checkpoint(out, state.step, &model, &config.model, Some(training))?;
+        }
+    }
+    progress.finish_and_clear();
+    let checkpoint = latest_checkpoint(out).context("the run wrote no checkpoint")?;
+    Ok(TrainSummary { checkpoint, state, final_eval })
+}
+
+/// A fresh model, or the weights of `init_from` (a branch of an existing checkpoint).
+fn initial_model(config: &TrainConfig, origin: &str, device: &Device) -> Result<LanguageModel> {
+    let Some(init) = &config.init_from else {
+        return Ok(LanguageModel::new(&config.model, device));
+    };
+    let ckpt = checkpoint::resolve_checkpoint(&resolve(init))
+        .with_context(|| format!("{origin}: field `init_from`"))?;
+    let stored = checkpoint::read_model_config(&ckpt)?;
+    if stored != config.model {
+        bail!(
+            "{origin}: field `init_from`: checkpoint {} has a different model config than field `model`:\n  checkpoint: {stored:?}\n  config:     {:?}",
+            ckpt.display(),
+            config.model
+        );
+    }
+    Ok(checkpoint::load_model(&ckpt, device)?.1)
+}
+
+/// A resumed run must be the same run: every field that changes the result must match.
+fn check_same_config(config: &TrainConfig, ckpt: &Path) -> Result<()> {
+    let path = ckpt.join(TRAIN_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut stored: TrainConfig = parse_ron(&text, &path.display().to_string())?;
+    // Only how often to evaluate and save may change between sessions.
+    stored.checkpoint_every = config.checkpoint_every;
+    stored.eval_every = config.eval_every;
+    stored.eval_batches = config.eval_batches;
+    if &stored != config {
+        let a = serde_json::to_value(&stored)?;
+        let b = serde_json::to_value(config)?;
+        let fields: Vec<String> = a
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+            .map(|(k, _)| format!("`{k}`"))
+            .collect();
+        bail!(
+            "cannot resume from {}: it was trained with a different config (fields {} differ); \
+             use the same config, or a new --out folder",
+            ckpt.display(),
+            fields.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn progress_bar(enabled: bool, total: usize, position: usize) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {msg} | {elapsed_precise} ETA {eta_precise}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(position as u64);
+    bar
+}
+
+/// Prints a line above the progress bar (or plainly when there is none).
+fn say(bar: &ProgressBar, line: &str) {
+    if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
+}
+
+pub fn format_eval(evals: &[DomainEval]) -> String {
+    let parts: Vec<String> = evals.iter().map(|e| format!("{} ppl {:.2}", e.domain, e.perplexity)).collect();
+    format!("{} | mean loss {:.3}", parts.join(" | "), mean_loss(evals))
+}

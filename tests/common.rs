@@ -1,0 +1,111 @@
+//! Shared fixtures: a tiny model config, a small corpus, and training configs over it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use btx::burn::prelude::*;
+use btx::config::ModelConfig;
+use btx::data::{DataConfig, DomainConfig, Source};
+use btx::data::synthetic::ArithmeticConfig;
+use btx::train::{OptimizerConfig, TrainConfig};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn cpu() -> Device {
+    Device::flex()
+}
+
+pub fn tiny_model(n_heads: usize, n_kv_heads: usize) -> ModelConfig {
+    ModelConfig {
+        vocab_size: 4096,
+        d_model: 32,
+        n_layers: 2,
+        n_heads,
+        n_kv_heads: Some(n_kv_heads),
+        d_ff: 64,
+        max_seq_len: 64,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        tie_embeddings: false,
+    }
+}
+
+/// A small slice of a shipped corpus, written into `dir`.
+pub fn small_corpus(dir: &Path, name: &str, bytes: usize) -> PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("assets/corpora").join(name)).unwrap();
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, &text[..end]).unwrap();
+    path
+}
+
+/// A training config over two small real domains and the synthetic one.
+pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
+    TrainConfig {
+        model: tiny_model(4, 2),
+        data: DataConfig {
+            tokenizer: repo_root().join("assets/tokenizer.json"),
+            seq_len: 32,
+            domains: vec![
+                DomainConfig { name: "english".into(), source: Source::File(small_corpus(dir, "english.txt", 40_000)), weight: 1.0 },
+                DomainConfig { name: "code".into(), source: Source::File(small_corpus(dir, "code.txt", 40_000)), weight: 1.0 },
+                DomainConfig {
+                    name: "arithmetic".into(),
+                    source: Source::Arithmetic(ArithmeticConfig { max_digits: 2, lines: 3000, seed: 0 }),
+                    weight: 1.0,
+                },
+            ],
+            val_every: 10,
+        },
+        optimizer: OptimizerConfig {
+            lr: 1e-2,
+            warmup_steps: 5,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+        },
+        steps,
+        batch_size: 8,
+        grad_accum: 1,
+        seed: 7,
+        checkpoint_every: 1000,
+        eval_every: 0,
+        eval_batches: 2,
+        init_from: None,
+    }
+}
+
+/// Random token ids `[batch, seq]` below `vocab`.
+pub fn random_tokens(batch: usize, seq: usize, vocab: usize, seed: u64, device: &Device) -> Tensor<2, Int> {
+    let mut rng = btx::data::rng::Rng::new(seed);
+    let ids: Vec<i64> = (0..batch * seq).map(|_| rng.below(vocab as u64) as i64).collect();
+    Tensor::from_data(TensorData::new(ids, [batch, seq]), device)
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Runs the `btx` binary; returns (success, stderr).
+pub fn run_btx(args: &[&str], cwd: &Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_btx"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("btx runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

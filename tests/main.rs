@@ -1,0 +1,10 @@
+//! Integration tests, one binary (Burn links once). All run on the CPU backend (Flex);
+//! the WGPU comparison runs where a hardware GPU adapter exists and reports itself skipped
+//! elsewhere.
+
+mod common;
+
+mod bad_input;
+mod model;
+mod training;
+mod wgpu;

@@ -1,0 +1,95 @@
+//! Training behaviour: the loss falls, and an interrupted then resumed run ends with exactly
+//! the weights of an uninterrupted one.
+
+use btx::checkpoint::{self, module_tensors::module_to_tensors};
+use btx::device::SelectedDevice;
+use btx::eval::{evaluate, mean_loss};
+use btx::model::LanguageModel;
+use btx::train::{TrainOptions, train, trainer::load_domains};
+
+use crate::common::*;
+
+fn cpu_selected() -> SelectedDevice {
+    SelectedDevice { device: cpu(), description: "cpu (test)".into(), is_gpu: false }
+}
+
+fn options(out: &std::path::Path, resume: bool, stop_after: Option<usize>) -> TrainOptions {
+    TrainOptions { out: out.to_path_buf(), resume, progress: false, stop_after }
+}
+
+#[test]
+fn validation_loss_falls_on_every_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_train_config(dir.path(), 60);
+    let domains = load_domains(&config, "test").unwrap();
+    let device = cpu();
+    device.seed(config.seed);
+    let before = evaluate(&LanguageModel::new(&config.model, &device), &domains, 8, 2, &device);
+
+    let out = dir.path().join("run");
+    let summary = train(&config, "test", &cpu_selected(), &options(&out, false, None)).unwrap();
+    let after = summary.final_eval;
+    assert_eq!(summary.state.step, 60);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a.loss < b.loss - 1.0, "domain {}: val loss {} -> {}", b.domain, b.loss, a.loss);
+    }
+    assert!(mean_loss(&after) < mean_loss(&before) - 2.0);
+    // Metrics: one line per step plus one per domain evaluation.
+    let metrics = btx::train::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.iter().filter(|m| m.get("loss").is_some()).count(), 60);
+    assert_eq!(metrics.iter().filter(|m| m.get("val_loss").is_some()).count(), 3);
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 9);
+    config.checkpoint_every = 3;
+    config.grad_accum = 2;
+
+    let straight = dir.path().join("straight");
+    train(&config, "test", &cpu_selected(), &options(&straight, false, None)).unwrap();
+
+    // Stopped after 5 steps: the checkpoint at step 3 survives, steps 4-5 are lost and redone.
+    let interrupted = dir.path().join("interrupted");
+    train(&config, "test", &cpu_selected(), &options(&interrupted, false, Some(5))).unwrap();
+    let ckpt = checkpoint::latest_checkpoint(&interrupted).unwrap();
+    assert_eq!(checkpoint::read_train_state(&ckpt).unwrap().step, 3);
+    let summary = train(&config, "test", &cpu_selected(), &options(&interrupted, true, None)).unwrap();
+    assert_eq!(summary.state.step, 9);
+
+    let device = cpu();
+    let (_, a) = checkpoint::load_model(&checkpoint::latest_checkpoint(&straight).unwrap(), &device).unwrap();
+    let (_, b) = checkpoint::load_model(&summary.checkpoint, &device).unwrap();
+    let (a, b) = (module_to_tensors(&a), module_to_tensors(&b));
+    for (name, ta) in &a {
+        let diff = max_abs_diff(&ta.values, &b[name].values);
+        assert!(diff <= 1e-6, "tensor {name} differs by {diff}");
+    }
+    // The metrics describe one run: 9 step lines, no duplicates from the lost steps.
+    let metrics = btx::train::metrics::read_metrics(&interrupted.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics.iter().filter(|m| m.get("loss").is_some()).map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=9).collect::<Vec<_>>());
+}
+
+#[test]
+fn branch_from_checkpoint_starts_from_its_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed_config = tiny_train_config(dir.path(), 3);
+    let seed_run = dir.path().join("seed");
+    train(&seed_config, "test", &cpu_selected(), &options(&seed_run, false, None)).unwrap();
+
+    let mut expert = tiny_train_config(dir.path(), 1);
+    expert.init_from = Some(seed_run.clone());
+    expert.optimizer.lr = 1e-9; // one negligible step: the weights stay the seed's
+    expert.optimizer.weight_decay = 0.0;
+    let out = dir.path().join("expert");
+    let summary = train(&expert, "test", &cpu_selected(), &options(&out, false, None)).unwrap();
+    let device = cpu();
+    let (_, a) = checkpoint::load_model(&checkpoint::latest_checkpoint(&seed_run).unwrap(), &device).unwrap();
+    let (_, b) = checkpoint::load_model(&summary.checkpoint, &device).unwrap();
+    let (a, b) = (module_to_tensors(&a), module_to_tensors(&b));
+    for (name, ta) in &a {
+        assert!(max_abs_diff(&ta.values, &b[name].values) < 1e-6, "tensor {name}");
+    }
+}
