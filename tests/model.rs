@@ -2,6 +2,7 @@
 //! multi-head attention, and checkpoint round trips.
 
 use btx::burn::prelude::*;
+use btx::burn::tensor::Distribution;
 use btx::burn::tensor::activation::softmax;
 use btx::checkpoint::{load_model, write_model_files};
 use btx::model::LanguageModel;
@@ -67,7 +68,8 @@ fn reference_attention(attn: &Attention, x: Tensor<3>) -> Tensor<3> {
     let q = apply_rope(split(attn.q_proj.forward(x.clone()), attn.n_heads), &cos, &sin);
     let k = apply_rope(split(attn.k_proj.forward(x.clone()), attn.n_kv_heads), &cos, &sin);
     let v = split(attn.v_proj.forward(x), attn.n_kv_heads);
-    let mask = Tensor::<2, Bool>::triu_mask([seq, seq], 1, &device);
+    // True where key j > query i: the future, masked out.
+    let mask = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device);
     let mut heads = Vec::new();
     for h in 0..attn.n_heads {
         let qh = q.clone().narrow(1, h, 1).reshape([batch, seq, hd]);

@@ -2,6 +2,7 @@
 //! compute-everything reference, gates, load balancing, capacity and gradients.
 
 use btx::burn::prelude::*;
+use btx::burn::tensor::Distribution;
 use btx::burn::optim::GradientsParams;
 use btx::model::ffn::FeedForward;
 use btx::model::load_balance::load_balancing_loss;
