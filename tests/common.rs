@@ -30,6 +30,7 @@ pub fn tiny_model(n_heads: usize, n_kv_heads: usize) -> ModelConfig {
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
         tie_embeddings: false,
+        moe: None,
     }
 }
 

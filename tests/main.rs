@@ -6,5 +6,6 @@ mod common;
 
 mod bad_input;
 mod model;
+mod moe;
 mod training;
 mod wgpu;

@@ -110,7 +110,7 @@ fn topk_gates_have_k_non_zeros_summing_to_one() {
             assert!(row.iter().all(|&g| g > 0.0));
             assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         }
-        let experts: Vec<i64> = sel.experts.into_data().convert::<i64>().to_vec().unwrap();
+        let experts: Vec<i64> = sel.experts.into_data().convert::<i64>().try_to_vec().unwrap();
         for row in experts.chunks(k) {
             let mut r = row.to_vec();
             r.dedup();

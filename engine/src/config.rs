@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::model::moe_config::MoeConfig;
+
 /// Sizes of a Llama-style decoder (the seed and every expert share one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +38,9 @@ pub struct ModelConfig {
     /// Share the embedding matrix with the LM head.
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// Mixture-of-Experts layers in place of the FFN (absent: a dense model).
+    #[serde(default)]
+    pub moe: Option<MoeConfig>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -105,25 +110,46 @@ impl ModelConfig {
         if !(self.norm_eps > 0.0) {
             err("norm_eps", format!("must be positive, found {}", self.norm_eps))?;
         }
+        if let Some(moe) = &self.moe {
+            moe.validate(origin, self.n_layers)?;
+        }
         Ok(())
     }
 
-    /// Parameters of the whole model.
+    /// Parameters of the whole model (every expert counted).
     pub fn num_params(&self) -> usize {
+        self.count_params(false)
+    }
+
+    /// Parameters one token uses: an MoE layer counts its router and the k experts a token
+    /// is routed to, not all E (DESIGN.md §2).
+    pub fn active_params(&self) -> usize {
+        self.count_params(true)
+    }
+
+    fn count_params(&self, active_only: bool) -> usize {
         let d = self.d_model;
         let kv_dim = self.kv_heads() * self.head_dim();
         let attention = 2 * d * d + 2 * d * kv_dim;
-        let ffn = 3 * d * self.d_ff;
-        let block = attention + ffn + 2 * d;
+        let dense_ffn = 3 * d * self.d_ff;
+        let ffn = |layer: usize| match &self.moe {
+            Some(moe) if moe.is_moe_layer(layer) => {
+                let expert = 3 * d * moe.expert_d_ff.unwrap_or(self.d_ff);
+                let used = if active_only { moe.active_experts() } else { moe.num_experts };
+                d * moe.num_experts + used * expert
+            }
+            _ => dense_ffn,
+        };
+        let blocks: usize = (0..self.n_layers).map(|l| attention + ffn(l) + 2 * d).sum();
         let head = if self.tie_embeddings { 0 } else { self.vocab_size * d };
-        self.vocab_size * d + self.n_layers * block + d + head
+        self.vocab_size * d + blocks + d + head
     }
 
-    /// Training FLOPs per token (forward + backward): 6 x the parameters a token uses,
-    /// without the embedding lookup, plus attention's score and mix matmuls (nanoGPT's
-    /// estimate, 12 x layers x d_model x seq_len).
+    /// Training FLOPs per token (forward + backward): 6 x the active parameters a token
+    /// multiplies by (the embedding lookup is not a matmul; a tied head is), plus attention's
+    /// score and mix matmuls (nanoGPT's estimate, 12 x layers x d_model x seq_len).
     pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
-        let matmul_params = self.num_params() - self.vocab_size * self.d_model
+        let matmul_params = self.active_params() - self.vocab_size * self.d_model
             + if self.tie_embeddings { self.vocab_size * self.d_model } else { 0 };
         6.0 * matmul_params as f64 + 12.0 * (self.n_layers * self.d_model * seq_len) as f64
     }

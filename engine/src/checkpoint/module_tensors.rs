@@ -34,12 +34,18 @@ impl PathStack {
     }
 }
 
-/// Checkpoint name of a Burn module path.
+/// Checkpoint name of a Burn module path. MoE experts take Mixtral's names
+/// (`experts.N.w1` = gate_proj, `w2` = down_proj, `w3` = up_proj).
 pub fn checkpoint_name(module_path: &str) -> String {
-    let name = match module_path.strip_suffix(".gamma") {
+    let mut name = match module_path.strip_suffix(".gamma") {
         Some(stem) => format!("{stem}.weight"),
         None => module_path.to_string(),
     };
+    if name.contains(".block_sparse_moe.experts.") {
+        for (ours, mixtral) in [(".gate_proj.", ".w1."), (".down_proj.", ".w2."), (".up_proj.", ".w3.")] {
+            name = name.replace(ours, mixtral);
+        }
+    }
     if name.starts_with("lm_head.") { name } else { format!("model.{name}") }
 }
 

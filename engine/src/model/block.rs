@@ -1,10 +1,13 @@
-//! One pre-norm decoder block: x + attn(norm(x)), then h + ffn(norm(h)).
+//! One pre-norm decoder block: x + attn(norm(x)), then h + ffn(norm(h)), where the FFN is
+//! either the dense SwiGLU (`mlp`) or an MoE layer (`block_sparse_moe`), as in Mixtral.
 
 use burn::nn::{RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 
 use super::attention::Attention;
 use super::ffn::FeedForward;
+use super::moe::{MoeAux, MoeLayer, RoutingContext};
+use super::moe_config::Routing;
 use crate::config::ModelConfig;
 
 #[derive(Module, Debug)]
@@ -12,24 +15,40 @@ pub struct Block {
     pub input_layernorm: RmsNorm,
     pub self_attn: Attention,
     pub post_attention_layernorm: RmsNorm,
-    pub mlp: FeedForward,
+    pub mlp: Option<FeedForward>,
+    pub block_sparse_moe: Option<MoeLayer>,
 }
 
 impl Block {
-    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+    pub fn new(config: &ModelConfig, layer: usize, device: &Device) -> Self {
         let norm = || RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device);
+        let moe = config.moe.as_ref().filter(|m| m.is_moe_layer(layer));
+        let first_moe_layer = (0..config.n_layers).find(|&l| moe.is_some_and(|m| m.is_moe_layer(l)));
         Self {
             input_layernorm: norm(),
             self_attn: Attention::new(config, device),
             post_attention_layernorm: norm(),
-            mlp: FeedForward::new(config.d_model, config.d_ff, device),
+            mlp: moe.is_none().then(|| FeedForward::new(config.d_model, config.d_ff, device)),
+            block_sparse_moe: moe.map(|m| {
+                let first_soft = matches!(m.routing, Routing::SampleTop1 { first_layer_soft: true, .. })
+                    && first_moe_layer == Some(layer);
+                MoeLayer::new(config.d_model, config.d_ff, m, first_soft, device)
+            }),
         }
     }
 
     /// # Shapes
     /// - x: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
-    pub fn forward(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<3> {
+    pub fn forward(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, ctx: RoutingContext) -> (Tensor<3>, Option<MoeAux>) {
         let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        let normed = self.post_attention_layernorm.forward(h.clone());
+        match (&self.mlp, &self.block_sparse_moe) {
+            (_, Some(moe)) => {
+                let (y, aux) = moe.forward(normed, ctx);
+                (h + y, Some(aux))
+            }
+            (Some(mlp), None) => (h + mlp.forward(normed), None),
+            (None, None) => unreachable!("a block has a dense FFN or an MoE layer"),
+        }
     }
 }

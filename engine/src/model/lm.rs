@@ -6,6 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use super::block::Block;
+use super::moe::{MoeAux, RoutingContext};
 use super::init::linear_init;
 use super::rope::rope_tables;
 use crate::config::ModelConfig;
@@ -26,7 +27,7 @@ impl LanguageModel {
             embed_tokens: EmbeddingConfig::new(config.vocab_size, config.d_model)
                 .with_initializer(linear_init())
                 .init(device),
-            layers: (0..config.n_layers).map(|_| Block::new(config, device)).collect(),
+            layers: (0..config.n_layers).map(|l| Block::new(config, l, device)).collect(),
             norm: RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
             lm_head: (!config.tie_embeddings).then(|| {
                 LinearConfig::new(config.d_model, config.vocab_size)
@@ -38,11 +39,11 @@ impl LanguageModel {
         }
     }
 
-    /// Final hidden states (after the last norm).
+    /// Final hidden states (after the last norm), and the MoE layers' auxiliary outputs.
     ///
     /// # Shapes
     /// - tokens: `[batch, seq]` -> `[batch, seq, d_model]`
-    pub fn hidden(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+    pub fn hidden(&self, tokens: Tensor<2, Int>, ctx: RoutingContext) -> (Tensor<3>, Vec<MoeAux>) {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let mut x = self.embed_tokens.forward(tokens);
@@ -51,18 +52,21 @@ impl LanguageModel {
             d / b.self_attn.n_heads
         });
         let (cos, sin) = rope_tables(seq, head_dim, self.rope_theta, &device);
+        let mut aux = Vec::new();
         for block in &self.layers {
-            x = block.forward(x, &cos, &sin);
+            let (y, layer_aux) = block.forward(x, &cos, &sin, ctx);
+            x = y;
+            aux.extend(layer_aux);
         }
-        self.norm.forward(x)
+        (self.norm.forward(x), aux)
     }
 
-    /// Next-token logits.
+    /// Next-token logits and the MoE layers' auxiliary outputs.
     ///
     /// # Shapes
     /// - tokens: `[batch, seq]` -> `[batch, seq, vocab]`
-    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        let h = self.hidden(tokens);
+    pub fn forward_with_aux(&self, tokens: Tensor<2, Int>, ctx: RoutingContext) -> (Tensor<3>, Vec<MoeAux>) {
+        let (h, aux) = self.hidden(tokens, ctx);
         let [batch, seq, d_model] = h.dims();
         let h = h.reshape([batch * seq, d_model]);
         let logits = match &self.lm_head {
@@ -70,10 +74,18 @@ impl LanguageModel {
             None => h.matmul(self.embed_tokens.weight.val().transpose()),
         };
         let [_, vocab] = logits.dims();
-        logits.reshape([batch, seq, vocab])
+        (logits.reshape([batch, seq, vocab]), aux)
     }
 
-    /// Log-probability of each target token.
+    /// Next-token logits at inference.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, seq]` -> `[batch, seq, vocab]`
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.forward_with_aux(tokens, RoutingContext::default()).0
+    }
+
+    /// Log-probability of each target token at inference.
     ///
     /// # Shapes
     /// - inputs, targets: `[batch, seq]` -> `[batch, seq]`
@@ -81,9 +93,34 @@ impl LanguageModel {
         token_log_probs(self.forward(inputs), targets)
     }
 
-    /// Mean next-token cross-entropy over all target positions.
+    /// The training objective: mean next-token cross-entropy, and the MoE layers' summed
+    /// auxiliary losses (load balancing, z-loss), returned apart so they can be logged apart.
+    pub fn training_loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>, ctx: RoutingContext) -> TrainingLoss {
+        let (logits, aux) = self.forward_with_aux(inputs, ctx);
+        let lm = token_log_probs(logits, targets).mean().neg();
+        let aux_loss = aux.iter().map(|a| a.loss.clone()).reduce(|a, b| a + b);
+        TrainingLoss { lm, aux: aux_loss, layers: aux }
+    }
+
+    /// Mean next-token cross-entropy (inference routing).
     pub fn loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
         self.token_log_probs(inputs, targets).mean().neg()
+    }
+}
+
+pub struct TrainingLoss {
+    pub lm: Tensor<1>,
+    /// `None` for a dense model.
+    pub aux: Option<Tensor<1>>,
+    pub layers: Vec<MoeAux>,
+}
+
+impl TrainingLoss {
+    pub fn total(&self) -> Tensor<1> {
+        match &self.aux {
+            Some(aux) => self.lm.clone() + aux.clone(),
+            None => self.lm.clone(),
+        }
     }
 }
 

@@ -1,10 +1,15 @@
-//! The model: a Llama-style dense LM built from one module per part.
+//! The model: a Llama-style LM built from one module per part, whose FFN can be replaced by
+//! a Mixture-of-Experts layer per layer.
 
 pub mod attention;
 pub mod block;
 pub mod ffn;
 pub mod init;
 pub mod lm;
+pub mod load_balance;
+pub mod moe;
+pub mod moe_config;
 pub mod rope;
+pub mod router;
 
 pub use lm::LanguageModel;

@@ -147,10 +147,14 @@ impl MoeLayer {
         // Assignment a = token * k + slot, in token order.
         let expert_of = selection.experts.reshape([assignments]);
         let gate_of = selection.gates.reshape([assignments]);
-        let one_hot: Tensor<2, Int> = expert_of.clone().one_hot(num_experts); // [A, E]
+        let one_hot: Tensor<2, Int> = if num_experts == 1 {
+            Tensor::ones([assignments, 1], &device) // one_hot needs two classes or more
+        } else {
+            expert_of.clone().one_hot(num_experts) // [A, E]
+        };
         // Position of each assignment within its expert: 0, 1, 2, ... in token order.
         let position = ((one_hot.clone().cumsum(0) - 1) * one_hot.clone()).sum_dim(1).reshape([assignments]);
-        let wanted: Vec<i64> = one_hot.sum_dim(0).into_data().convert::<i64>().to_vec().expect("int counts");
+        let wanted: Vec<i64> = one_hot.sum_dim(0).into_data().convert::<i64>().try_to_vec().expect("int counts");
         let counts: Vec<usize> = wanted.iter().map(|&c| capacity.map_or(c as usize, |cap| (c as usize).min(cap))).collect();
         let kept: usize = counts.iter().sum();
         let mut offsets = vec![0i64; num_experts];

@@ -32,9 +32,10 @@ pub fn sample_top1_gates(logits: Tensor<2>, tau: f64) -> Selection {
 
 /// Hard argmax with gate 1: sample-top-1 routing at inference.
 pub fn argmax_gates(logits: Tensor<2>) -> Selection {
+    let device = logits.device();
     let experts = logits.argmax(1);
     let [n, _] = experts.dims();
-    Selection { experts, gates: Tensor::ones([n, 1], &logits.device()) }
+    Selection { experts, gates: Tensor::ones([n, 1], &device) }
 }
 
 /// The temperature of sample-top-1 routing at a training step: max(tau_min, exp(-decay t)).

@@ -25,6 +25,7 @@ use crate::data::Domain;
 use crate::device::SelectedDevice;
 use crate::eval::{DomainEval, evaluate, mean_loss};
 use crate::model::LanguageModel;
+use crate::model::moe::RoutingContext;
 
 pub struct TrainOptions {
     /// The run folder: checkpoints, metrics.jsonl.
@@ -113,12 +114,18 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         let started = Instant::now();
         let lr = learning_rate(&config.optimizer, state.step, config.steps);
         let mut accumulator = GradientsAccumulator::new();
-        let mut loss_sum = 0.0;
+        let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
+        // Random routing (Gumbel noise) is seeded per step, so a resumed run draws the same.
+        device.seed(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(state.step as u64));
+        let ctx = RoutingContext { training: true, step: state.step };
         for _ in 0..config.grad_accum {
             let batch = sampler.next_batch(&domains, config.batch_size, &device);
-            let loss = model.loss(batch.inputs, batch.targets);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64;
-            let grads = (loss / config.grad_accum as f64).backward();
+            let loss = model.training_loss(batch.inputs, batch.targets, ctx);
+            loss_sum += loss.lm.clone().into_scalar::<f32>() as f64;
+            if let Some(aux) = &loss.aux {
+                aux_sum += aux.clone().into_scalar::<f32>() as f64;
+            }
+            let grads = (loss.total() / config.grad_accum as f64).backward();
             accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
         }
         let grads = accumulator.grads();
@@ -136,12 +143,13 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         state.train_flops += flops_per_token * tokens_per_step as f64;
         state.wall_time_s += seconds;
         let loss = loss_sum / config.grad_accum as f64;
+        let aux_loss = aux_sum / config.grad_accum as f64;
         if !loss.is_finite() {
             bail!("training diverged at step {}: loss is {loss}; lower `optimizer.lr` in {origin}", state.step);
         }
         let tokens_per_s = tokens_per_step as f64 / seconds;
         metrics.write(json!({
-            "step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+            "step": state.step, "loss": loss, "aux_loss": aux_loss, "lr": lr, "grad_norm": grad_norm,
             "tokens": state.tokens_seen, "tokens_per_s": tokens_per_s, "seconds": seconds,
         }))?;
         progress.set_position(state.step as u64);
