@@ -7,5 +7,6 @@ mod common;
 mod bad_input;
 mod model;
 mod moe;
+mod moe_lm;
 mod training;
 mod wgpu;

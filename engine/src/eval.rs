@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::Domain;
 use crate::data::sampler::make_batch;
 use crate::model::LanguageModel;
+use crate::model::lm::token_log_probs;
+use crate::model::moe::RoutingContext;
+use crate::model::routing_stats::RoutingStats;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainEval {
@@ -15,6 +18,12 @@ pub struct DomainEval {
     pub perplexity: f64,
     /// Target tokens evaluated.
     pub tokens: usize,
+    /// MoE models: `[layer][expert]` share of this domain's tokens routed to each expert.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routing: Vec<Vec<f64>>,
+    /// MoE models: share of token-expert assignments dropped for capacity.
+    #[serde(default)]
+    pub dropped: f64,
 }
 
 /// Evaluates `model` (without autodiff) on the first `max_batches` validation batches of each
@@ -25,16 +34,25 @@ pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, ma
         .map(|domain| {
             let limit = if max_batches == 0 { domain.val.len() } else { (max_batches * batch_size).min(domain.val.len()) };
             let (mut sum, mut tokens) = (0.0f64, 0usize);
+            let mut routing = RoutingStats::default();
             for chunk in domain.val[..limit].chunks(batch_size) {
                 let rows: Vec<&Vec<u32>> = chunk.iter().collect();
                 let batch = make_batch(&rows, device);
                 let [b, s] = batch.targets.dims();
-                let log_probs = model.token_log_probs(batch.inputs, batch.targets);
-                sum -= log_probs.sum().into_scalar::<f32>() as f64;
+                let (logits, aux) = model.forward_with_aux(batch.inputs, RoutingContext::default());
+                routing.add(&aux);
+                sum -= token_log_probs(logits, batch.targets).sum().into_scalar::<f32>() as f64;
                 tokens += b * s;
             }
             let loss = sum / tokens.max(1) as f64;
-            DomainEval { domain: domain.name.clone(), loss, perplexity: loss.exp(), tokens }
+            DomainEval {
+                domain: domain.name.clone(),
+                loss,
+                perplexity: loss.exp(),
+                tokens,
+                routing: routing.shares(),
+                dropped: routing.dropped_fraction(),
+            }
         })
         .collect()
 }

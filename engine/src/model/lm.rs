@@ -7,7 +7,7 @@ use burn::tensor::activation::log_softmax;
 
 use super::block::Block;
 use super::moe::{MoeAux, RoutingContext};
-use super::init::linear_init;
+use super::init::{linear_init, seeded_init};
 use super::rope::rope_tables;
 use crate::config::ModelConfig;
 
@@ -37,6 +37,11 @@ impl LanguageModel {
             }),
             rope_theta: config.rope_theta,
         }
+    }
+
+    /// A model initialised from `seed` alone (the same on every backend).
+    pub fn seeded(config: &ModelConfig, seed: u64, device: &Device) -> Self {
+        seeded_init(Self::new(config, device), seed)
     }
 
     /// Final hidden states (after the last norm), and the MoE layers' auxiliary outputs.

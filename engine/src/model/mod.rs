@@ -11,5 +11,6 @@ pub mod moe;
 pub mod moe_config;
 pub mod rope;
 pub mod router;
+pub mod routing_stats;
 
 pub use lm::LanguageModel;

@@ -31,8 +31,9 @@ pub struct RoutingContext {
 pub struct MoeAux {
     /// Load-balancing plus z-loss, already weighted.
     pub loss: Tensor<1>,
-    /// `[E]` tokens processed by each expert (after capacity drops).
-    pub expert_tokens: Tensor<1>,
+    /// Tokens processed by each expert (after capacity drops); read on the host anyway by
+    /// the dispatch, so logging it costs nothing.
+    pub expert_tokens: Vec<usize>,
     /// Token-expert assignments dropped for capacity.
     pub dropped: usize,
     /// All token-expert assignments.
@@ -89,8 +90,7 @@ impl MoeLayer {
                 for (i, expert) in self.experts.iter().enumerate() {
                     y = y + expert.forward(x.clone()) * gates.clone().narrow(1, i, 1);
                 }
-                let counts = Tensor::full([num_experts], tokens as f32, &x.device());
-                (y, gates, counts, 0, tokens * num_experts)
+                (y, gates, vec![tokens; num_experts], 0, tokens * num_experts)
             }
             routing => {
                 let (selection, capacity) = match routing {
@@ -193,17 +193,13 @@ impl MoeLayer {
             let weighted = Tensor::cat(outputs, 0) * row_gate.unsqueeze_dim(1);
             Tensor::<2>::zeros([tokens, d_model], &device).select_assign(0, row_token, weighted, IndexingUpdateOp::Add)
         };
-        let expert_tokens = Tensor::from_data(
-            TensorData::new(counts.iter().map(|&c| c as f32).collect::<Vec<_>>(), [num_experts]),
-            &device,
-        );
-        Dispatched { output, expert_tokens, dropped: assignments - kept, assignments }
+        Dispatched { output, expert_tokens: counts, dropped: assignments - kept, assignments }
     }
 }
 
 struct Dispatched {
     output: Tensor<2>,
-    expert_tokens: Tensor<1>,
+    expert_tokens: Vec<usize>,
     dropped: usize,
     assignments: usize,
 }

@@ -26,6 +26,7 @@ use crate::device::SelectedDevice;
 use crate::eval::{DomainEval, evaluate, mean_loss};
 use crate::model::LanguageModel;
 use crate::model::moe::RoutingContext;
+use crate::model::routing_stats::RoutingStats;
 
 pub struct TrainOptions {
     /// The run folder: checkpoints, metrics.jsonl.
@@ -115,12 +116,14 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         let lr = learning_rate(&config.optimizer, state.step, config.steps);
         let mut accumulator = GradientsAccumulator::new();
         let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
+        let mut routing = RoutingStats::default();
         // Random routing (Gumbel noise) is seeded per step, so a resumed run draws the same.
         device.seed(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(state.step as u64));
         let ctx = RoutingContext { training: true, step: state.step };
         for _ in 0..config.grad_accum {
             let batch = sampler.next_batch(&domains, config.batch_size, &device);
             let loss = model.training_loss(batch.inputs, batch.targets, ctx);
+            routing.add(&loss.layers);
             loss_sum += loss.lm.clone().into_scalar::<f32>() as f64;
             if let Some(aux) = &loss.aux {
                 aux_sum += aux.clone().into_scalar::<f32>() as f64;
@@ -148,10 +151,15 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
             bail!("training diverged at step {}: loss is {loss}; lower `optimizer.lr` in {origin}", state.step);
         }
         let tokens_per_s = tokens_per_step as f64 / seconds;
-        metrics.write(json!({
+        let mut line = json!({
             "step": state.step, "loss": loss, "aux_loss": aux_loss, "lr": lr, "grad_norm": grad_norm,
             "tokens": state.tokens_seen, "tokens_per_s": tokens_per_s, "seconds": seconds,
-        }))?;
+        });
+        if !routing.is_empty() {
+            line["routing"] = json!(routing.shares());
+            line["dropped"] = json!(routing.dropped_fraction());
+        }
+        metrics.write(line)?;
         progress.set_position(state.step as u64);
         progress.set_message(format!("loss {loss:.3} | {:.0} tok/s", tokens_per_s));
 
@@ -159,9 +167,13 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         if last || (config.eval_every > 0 && state.step % config.eval_every == 0) {
             final_eval = evaluate(&model.valid(), &domains, config.batch_size, config.eval_batches, &device.clone().without_autodiff());
             for e in &final_eval {
-                metrics.write(json!({
+                let mut line = json!({
                     "step": state.step, "eval": e.domain, "val_loss": e.loss, "val_ppl": e.perplexity,
-                }))?;
+                });
+                if !e.routing.is_empty() {
+                    line["routing"] = json!(e.routing);
+                }
+                metrics.write(line)?;
             }
             say(&progress, &format!("step {:>6} | {}", state.step, format_eval(&final_eval)));
         }
@@ -178,7 +190,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
 /// A fresh model, or the weights of `init_from` (a branch of an existing checkpoint).
 fn initial_model(config: &TrainConfig, origin: &str, device: &Device) -> Result<LanguageModel> {
     let Some(init) = &config.init_from else {
-        return Ok(LanguageModel::new(&config.model, device));
+        return Ok(LanguageModel::seeded(&config.model, config.seed, device));
     };
     let ckpt = checkpoint::resolve_checkpoint(&resolve(init))
         .with_context(|| format!("{origin}: field `init_from`"))?;
