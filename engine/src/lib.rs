@@ -1,6 +1,7 @@
 //! BTX: build Mixture-of-Experts language models from independently trained dense experts
 //! (Branch-Train-MiX, Sukhbaatar et al. 2024), on any GPU through WGPU or on the CPU.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -61,6 +61,39 @@ enum Command {
     },
     /// The hardware GPU adapters WGPU finds.
     Devices,
+    /// Benchmarks that print their figures.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Forward+backward time of top-2 of 4 experts against the dense model with the same
+    /// active parameters, for one layer and for the whole LM.
+    Moe {
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        #[arg(long, default_value_t = 256)]
+        d_model: usize,
+        /// Hidden width of one expert (the dense FFN has twice this).
+        #[arg(long, default_value_t = 512)]
+        expert_d_ff: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        #[arg(long, default_value_t = 256)]
+        seq_len: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +188,25 @@ fn run(cli: Cli) -> Result<()> {
             let _ = std::fs::remove_file(&arithmetic);
             trained?;
             eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Bench { command: BenchCommand::Moe { device, d_model, expert_d_ff, layers, batch, seq_len, warmup, iters, json } } => {
+            let selected = select_device(device)?;
+            println!("device: {}", selected.description);
+            println!(
+                "MoE top-2 of 4 experts (expert d_ff {expert_d_ff}) vs dense (d_ff {}), d_model {d_model}, \
+                 {layers} layers, {batch}x{seq_len} tokens, forward+backward, median of {iters}",
+                2 * expert_d_ff
+            );
+            let options = btx::bench::MoeBenchOptions { d_model, expert_d_ff, n_layers: layers, batch, seq_len, warmup, iters };
+            let rows = btx::bench::bench_moe(&selected.device, &options);
+            println!("{:<8} {:>12} {:>12} {:>8}", "", "dense ms", "moe ms", "ratio");
+            for r in &rows {
+                println!("{:<8} {:>12.2} {:>12.2} {:>8.2}", r.what, r.dense_ms, r.moe_ms, r.ratio);
+            }
+            if let Some(json) = json {
+                btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            }
             Ok(())
         }
         Command::Devices => {

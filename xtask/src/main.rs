@@ -29,6 +29,12 @@ enum Task {
         #[arg(long)]
         fresh: bool,
     },
+    /// Benchmarks that print their figures: `cargo xtask bench moe [--device D] [...]`
+    /// (see `btx bench --help`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run any `btx` subcommand with the release binary, e.g. `cargo xtask btx devices`.
     Btx {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -61,6 +67,11 @@ fn run(cli: Cli) -> Result<()> {
             let out = out.display().to_string();
             run_btx(&btx, &["train", "--config", &config, "--out", &out, "--device", &device, "--resume"])?;
             run_btx(&btx, &["eval", "--checkpoint", &out, "--device", &device, "--json", &format!("{out}/eval.json")])
+        }
+        Task::Bench { args } => {
+            let btx = build_btx()?;
+            let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
+            run_btx(&btx, &args)
         }
         Task::Btx { args } => {
             let btx = build_btx()?;
