@@ -5,6 +5,7 @@
 mod common;
 
 mod bad_input;
+mod merge;
 mod model;
 mod moe;
 mod moe_lm;

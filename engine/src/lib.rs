@@ -8,6 +8,7 @@ pub mod data;
 pub mod device;
 pub mod eval;
 pub mod fsutil;
+pub mod merge;
 pub mod model;
 pub mod train;
 

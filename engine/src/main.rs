@@ -54,6 +54,32 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Merge dense checkpoints: BTX MiX into an MoE, sparse upcycling of one seed, or a BTM
+    /// parameter average. Works on checkpoint tensors; needs no device.
+    Merge {
+        #[arg(long, value_enum)]
+        method: MergeMethod,
+        /// The expert checkpoints (btx, average), or the one seed (upcycle).
+        #[arg(long, num_args = 1.., required = true)]
+        experts: Vec<PathBuf>,
+        /// btx: keep this seed checkpoint as one more, generalist, expert (last).
+        #[arg(long)]
+        seed: Option<PathBuf>,
+        /// Weights of the members in averaged tensors (default uniform).
+        #[arg(long, num_args = 1..)]
+        weights: Option<Vec<f64>>,
+        /// upcycle: experts to make.
+        #[arg(long, default_value_t = 4)]
+        num_experts: usize,
+        /// upcycle: std of Gaussian noise added to each copy.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
+        /// MoE options as RON, e.g. "(top_k: 2, routing: TopK, load_balance: 0.01, split: 1)".
+        #[arg(long, default_value = "()")]
+        moe: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The tokenizer.
     Tokenizer {
         #[command(subcommand)]
@@ -94,6 +120,16 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MergeMethod {
+    /// BTX MiX: expert FFNs become MoE experts, everything else averaged, routers added.
+    Btx,
+    /// Sparse upcycling: the one checkpoint's FFN copied --num-experts times.
+    Upcycle,
+    /// BTM parameter average of every tensor.
+    Average,
 }
 
 #[derive(Subcommand)]
@@ -174,6 +210,32 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(json) = json {
                 btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&evals)?.as_bytes())?;
             }
+            Ok(())
+        }
+        Command::Merge { method, experts, seed, weights, num_experts, noise, moe, out } => {
+            use btx::merge::{MergeInput, average::average, mix::{MoeOptions, mix}, upcycle::upcycle};
+            let options: MoeOptions = btx::config::parse_ron(&moe, "--moe")?;
+            let inputs = experts.iter().map(|p| MergeInput::load(p)).collect::<Result<Vec<_>>>()?;
+            let seed = seed.map(|p| MergeInput::load(&p)).transpose()?;
+            let (config, tensors) = match method {
+                MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights.as_deref(), &options, None)?,
+                MergeMethod::Upcycle => {
+                    if inputs.len() != 1 {
+                        anyhow::bail!("--method upcycle takes exactly one checkpoint in --experts, found {}", inputs.len());
+                    }
+                    upcycle(&inputs[0], num_experts, noise, &options, None)?
+                }
+                MergeMethod::Average => average(&inputs, weights.as_deref())?,
+            };
+            let sources: Vec<String> = inputs.iter().chain(seed.as_ref()).map(|i| i.path.display().to_string()).collect();
+            let record = serde_json::json!({ "sources": sources, "weights": weights, "moe": moe });
+            checkpoint::write_tensor_checkpoint(&out, &config, &tensors, &[("merge.json", record.to_string())])?;
+            eprintln!(
+                "wrote {} ({:.2}M parameters, {:.2}M active per token)",
+                out.display(),
+                config.num_params() as f64 / 1e6,
+                config.active_params() as f64 / 1e6
+            );
             Ok(())
         }
         Command::Tokenizer { command: TokenizerCommand::Train { out, vocab_size, arithmetic_lines, files } } => {

@@ -129,6 +129,35 @@ pub fn save_checkpoint(
     Ok(final_dir)
 }
 
+/// Writes a weights-only checkpoint folder (model.safetensors, model.ron, and `extra`
+/// files) from host tensors: built under a temporary name and renamed into place, so `dir`
+/// is either absent or whole. An existing `dir` is replaced.
+pub fn write_tensor_checkpoint(dir: &Path, config: &ModelConfig, tensors: &TensorMap, extra: &[(&str, String)]) -> Result<()> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let written = (|| -> Result<()> {
+        std::fs::create_dir_all(&tmp)?;
+        let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        write_tensors(&tmp.join(MODEL_FILE), tensors, metadata)?;
+        write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(config)?.as_bytes())?;
+        for (file, text) in extra {
+            write_atomic(&tmp.join(file), text.as_bytes())?;
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::rename(&tmp, dir)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written.with_context(|| format!("cannot write checkpoint {}", dir.display()))
+}
+
 /// Writes model.safetensors and model.ron into `dir`.
 pub fn write_model_files(dir: &Path, model: &LanguageModel, config: &ModelConfig) -> Result<()> {
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
