@@ -61,3 +61,38 @@ pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, ma
 pub fn mean_loss(evals: &[DomainEval]) -> f64 {
     evals.iter().map(|e| e.loss).sum::<f64>() / evals.len().max(1) as f64
 }
+
+/// Exact-match accuracy on addition problems: greedy decoding after "a+b=" until a newline.
+/// The problems come from a generator seed the training data does not use.
+pub fn arithmetic_accuracy(
+    model: &LanguageModel,
+    tokenizer: &tokenizers::Tokenizer,
+    config: &crate::data::synthetic::ArithmeticConfig,
+    problems: usize,
+    device: &Device,
+) -> anyhow::Result<f64> {
+    use crate::data::tokenizer::{decode, encode};
+    let mut rng = crate::data::rng::Rng::new(config.seed ^ 0xE7A1_0000);
+    let mut correct = 0;
+    for _ in 0..problems {
+        let (prompt, answer) = crate::data::synthetic::problem(&mut rng, config.max_digits);
+        // In training every problem follows the previous line's newline.
+        let mut ids: Vec<u32> = encode(tokenizer, &format!("\n{prompt}"))?;
+        let prompt_len = ids.len();
+        for _ in 0..8 {
+            let input: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+            let n = input.len();
+            let logits = model.forward(Tensor::from_data(TensorData::new(input, [1, n]), device));
+            let next = logits.narrow(1, n - 1, 1).argmax(2).into_scalar::<i64>() as u32;
+            ids.push(next);
+            if decode(tokenizer, &[next])?.contains('\n') {
+                break;
+            }
+        }
+        let generated = decode(tokenizer, &ids[prompt_len..])?;
+        if generated.split('\n').next() == Some(answer.as_str()) {
+            correct += 1;
+        }
+    }
+    Ok(correct as f64 / problems.max(1) as f64)
+}

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod ensemble;
 pub mod eval;
 pub mod fsutil;
 pub mod merge;

@@ -53,6 +53,30 @@ enum Command {
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Exact-match accuracy on this many addition problems (for arithmetic domains).
+        #[arg(long, default_value_t = 0)]
+        arithmetic: usize,
+    },
+    /// Evaluate the BTM ensemble of dense experts (domain posterior with a cached prior).
+    Ensemble {
+        #[arg(long, num_args = 1.., required = true)]
+        experts: Vec<PathBuf>,
+        /// The data to evaluate on (a training config).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        /// Held-out sequences per domain that estimate the cached prior.
+        #[arg(long, default_value_t = 32)]
+        prior_sequences: usize,
+        /// Sequences per domain scored after them.
+        #[arg(long, default_value_t = 64)]
+        eval_sequences: usize,
+        /// Keep the k most probable experts at each position (default: all).
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Merge dense checkpoints: BTX MiX into an MoE, sparse upcycling of one seed, or a BTM
     /// parameter average. Works on checkpoint tensors; needs no device.
@@ -162,6 +186,14 @@ fn main() -> ExitCode {
     }
 }
 
+fn print_evals(evals: &[btx::eval::DomainEval]) {
+    println!("{:<16} {:>10} {:>12} {:>10}", "domain", "val loss", "perplexity", "tokens");
+    for e in evals {
+        println!("{:<16} {:>10.4} {:>12.3} {:>10}", e.domain, e.loss, e.perplexity, e.tokens);
+    }
+    println!("{:<16} {:>10.4} {:>12.3}", "mean", mean_loss(evals), mean_loss(evals).exp());
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train { config, out, device, resume, no_progress } => {
@@ -191,7 +223,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Eval { checkpoint: path, config, device, batches, json } => {
+        Command::Eval { checkpoint: path, config, device, batches, json, arithmetic } => {
             let ckpt = checkpoint::resolve_checkpoint(&path)?;
             let config_path = config.unwrap_or_else(|| ckpt.join(TRAIN_CONFIG_FILE));
             let train_config = TrainConfig::load(&resolve(&config_path))
@@ -201,14 +233,47 @@ fn run(cli: Cli) -> Result<()> {
             let domains = load_domains(&train_config, &config_path.display().to_string())?;
             let (_, model) = checkpoint::load_model(&ckpt, &selected.device)?;
             let evals = evaluate(&model, &domains, train_config.batch_size, batches, &selected.device);
-            println!("checkpoint {}", ckpt.display());
-            println!("{:<16} {:>10} {:>12} {:>10}", "domain", "val loss", "perplexity", "tokens");
-            for e in &evals {
-                println!("{:<16} {:>10.4} {:>12.3} {:>10}", e.domain, e.loss, e.perplexity, e.tokens);
+            let mut accuracy = serde_json::Map::new();
+            if arithmetic > 0 {
+                let tokenizer = btx::data::tokenizer::load_tokenizer(&resolve(&train_config.data.tokenizer))?;
+                for d in &train_config.data.domains {
+                    if let btx::data::Source::Arithmetic(a) = &d.source {
+                        let acc = btx::eval::arithmetic_accuracy(&model, &tokenizer, a, arithmetic, &selected.device)?;
+                        accuracy.insert(d.name.clone(), serde_json::json!(acc));
+                    }
+                }
             }
-            println!("{:<16} {:>10.4} {:>12.3}", "mean", mean_loss(&evals), mean_loss(&evals).exp());
+            println!("checkpoint {}", ckpt.display());
+            print_evals(&evals);
+            for (domain, acc) in &accuracy {
+                println!("{domain}: exact-match accuracy {:.1}% on {arithmetic} problems", acc.as_f64().unwrap_or(0.0) * 100.0);
+            }
             if let Some(json) = json {
-                btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&evals)?.as_bytes())?;
+                let out = serde_json::json!({ "checkpoint": ckpt, "domains": evals, "accuracy": accuracy });
+                btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&out)?.as_bytes())?;
+            }
+            Ok(())
+        }
+        Command::Ensemble { experts, config, device, prior_sequences, eval_sequences, top_k, json } => {
+            let train_config = TrainConfig::load(&resolve(&config))?;
+            let selected = select_device(device)?;
+            eprintln!("device: {}", selected.description);
+            let domains = load_domains(&train_config, &config.display().to_string())?;
+            let models = experts
+                .iter()
+                .map(|p| Ok(checkpoint::load_model(&checkpoint::resolve_checkpoint(p)?, &selected.device)?.1))
+                .collect::<Result<Vec<_>>>()?;
+            let k = top_k.unwrap_or(models.len());
+            let evals = btx::ensemble::evaluate_ensemble(&models, &domains, train_config.batch_size, prior_sequences, eval_sequences, k, &selected.device);
+            println!("BTM ensemble of {} experts, top-{k}", models.len());
+            print_evals(&evals);
+            for e in &evals {
+                let prior: Vec<String> = e.routing[0].iter().map(|p| format!("{p:.2}")).collect();
+                println!("  cached prior on {}: [{}]", e.domain, prior.join(", "));
+            }
+            if let Some(json) = json {
+                let out = serde_json::json!({ "experts": experts, "top_k": k, "domains": evals });
+                btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&out)?.as_bytes())?;
             }
             Ok(())
         }

@@ -50,6 +50,31 @@ pub enum Source {
     File(PathBuf),
     /// Generated addition problems.
     Arithmetic(ArithmeticConfig),
+    /// The lines of `files` written mostly in `script`: a domain defined by a data filter
+    /// rather than by a file (e.g. one language's Arabic-script and Latin-script halves).
+    Script { files: Vec<PathBuf>, script: Script },
+}
+
+/// Writing systems a domain filter can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Script {
+    Arabic,
+    Latin,
+}
+
+impl Script {
+    fn contains(self, c: char) -> bool {
+        match self {
+            Script::Arabic => matches!(c, '\u{0600}'..='\u{06FF}' | '\u{0750}'..='\u{077F}' | '\u{08A0}'..='\u{08FF}' | '\u{FB50}'..='\u{FDFF}' | '\u{FE70}'..='\u{FEFF}'),
+            Script::Latin => c.is_ascii_alphabetic() || matches!(c, '\u{00C0}'..='\u{024F}'),
+        }
+    }
+
+    /// Whether most of the line's letters are in this script.
+    pub fn matches_line(self, line: &str) -> bool {
+        let letters: Vec<char> = line.chars().filter(|c| c.is_alphabetic()).collect();
+        !letters.is_empty() && letters.iter().filter(|&&c| self.contains(c)).count() * 2 > letters.len()
+    }
 }
 
 /// One domain's token stream, cut into sequences of `seq_len + 1` tokens (inputs and the
@@ -104,6 +129,20 @@ impl DataConfig {
                 (text, path.display().to_string())
             }
             Source::Arithmetic(config) => (arithmetic_text(config), "generated arithmetic".to_string()),
+            Source::Script { files, script } => {
+                let mut text = String::new();
+                for path in files {
+                    let path = resolve(path);
+                    let file = std::fs::read_to_string(&path).with_context(|| {
+                        format!("{origin}: domain `{}`: cannot read data file {}", domain.name, path.display())
+                    })?;
+                    for line in file.lines().filter(|l| script.matches_line(l)) {
+                        text.push_str(line);
+                        text.push('\n');
+                    }
+                }
+                (text, format!("{script:?}-script lines of {} file(s)", files.len()))
+            }
         };
         let ids = encode(tokenizer, &text)?;
         let (train, val) = split_sequences(&ids, self.seq_len, self.val_every);

@@ -6,4 +6,4 @@ pub mod sampler;
 pub mod synthetic;
 pub mod tokenizer;
 
-pub use corpus::{DataConfig, Domain, DomainConfig, Source};
+pub use corpus::{DataConfig, Domain, DomainConfig, Script, Source};

@@ -1,0 +1,114 @@
+//! The BTM ensemble (Li et al. 2022): an evaluation-time model that mixes the experts'
+//! next-token distributions with the domain posterior from Bayes' rule,
+//!   p(x_t | x_<t) = sum_j p(x_t | x_<t, D=j) P(D=j | x_<t),
+//!   P(D=j | x_<t) ∝ p(x_<t | D=j) P(D=j),
+//! with the "cached prior" P(D=j) estimated on held-out sequences of the evaluation domain
+//! (an exponential moving average, alpha 0.3, of per-sequence posteriors) and then frozen.
+//! Top-k ensembling keeps the k most probable experts at each position and renormalises.
+
+use burn::prelude::*;
+
+use crate::data::Domain;
+use crate::data::sampler::make_batch;
+use crate::eval::DomainEval;
+use crate::model::LanguageModel;
+
+pub const PRIOR_EMA: f64 = 0.3;
+
+fn log_sum_exp(values: &[f64]) -> f64 {
+    let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if max == f64::NEG_INFINITY {
+        return max;
+    }
+    max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+/// `[expert][sequence][position]` log-probabilities of the targets of `seqs`.
+fn expert_log_probs(experts: &[LanguageModel], seqs: &[Vec<u32>], batch_size: usize, device: &Device) -> Vec<Vec<Vec<f64>>> {
+    experts
+        .iter()
+        .map(|model| {
+            let mut out = Vec::with_capacity(seqs.len());
+            for chunk in seqs.chunks(batch_size) {
+                let rows: Vec<&Vec<u32>> = chunk.iter().collect();
+                let batch = make_batch(&rows, device);
+                let [b, s] = batch.targets.dims();
+                let lp: Vec<f32> = model
+                    .token_log_probs(batch.inputs, batch.targets)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec()
+                    .expect("f32");
+                for r in 0..b {
+                    out.push(lp[r * s..(r + 1) * s].iter().map(|&v| v as f64).collect());
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// The ensemble's log-probability of each target of one sequence, given each expert's
+/// log-probabilities `lp[j][t]` and the prior.
+pub fn ensemble_sequence(lp: &[&[f64]], log_prior: &[f64], top_k: usize) -> Vec<f64> {
+    let experts = lp.len();
+    let len = lp[0].len();
+    let mut prefix = log_prior.to_vec(); // log P(D=j) + log p(x_<t | D=j)
+    let mut out = Vec::with_capacity(len);
+    for t in 0..len {
+        let norm = log_sum_exp(&prefix);
+        let mut posterior: Vec<(f64, usize)> = (0..experts).map(|j| (prefix[j] - norm, j)).collect();
+        posterior.sort_by(|a, b| b.0.total_cmp(&a.0));
+        posterior.truncate(top_k.clamp(1, experts));
+        let kept_norm = log_sum_exp(&posterior.iter().map(|p| p.0).collect::<Vec<_>>());
+        let terms: Vec<f64> = posterior.iter().map(|&(lpost, j)| lpost - kept_norm + lp[j][t]).collect();
+        out.push(log_sum_exp(&terms));
+        for j in 0..experts {
+            prefix[j] += lp[j][t];
+        }
+    }
+    out
+}
+
+/// Per-domain perplexity of the ensemble. For each domain the first `prior_sequences` of its
+/// validation split estimate the cached prior; the next `eval_sequences` are scored.
+pub fn evaluate_ensemble(
+    experts: &[LanguageModel],
+    domains: &[Domain],
+    batch_size: usize,
+    prior_sequences: usize,
+    eval_sequences: usize,
+    top_k: usize,
+    device: &Device,
+) -> Vec<DomainEval> {
+    let n = experts.len();
+    domains
+        .iter()
+        .map(|domain| {
+            let dev_count = prior_sequences.min(domain.val.len() / 2);
+            let (dev, test) = domain.val.split_at(dev_count);
+            let test = &test[..eval_sequences.min(test.len())];
+            // Cached prior: EMA of per-sequence posteriors, starting uniform.
+            let mut prior = vec![1.0 / n as f64; n];
+            let dev_lp = expert_log_probs(experts, dev, batch_size, device);
+            for s in 0..dev.len() {
+                let scores: Vec<f64> = (0..n).map(|j| prior[j].ln() + dev_lp[j][s].iter().sum::<f64>()).collect();
+                let norm = log_sum_exp(&scores);
+                for j in 0..n {
+                    prior[j] = (1.0 - PRIOR_EMA) * prior[j] + PRIOR_EMA * (scores[j] - norm).exp();
+                }
+            }
+            let log_prior: Vec<f64> = prior.iter().map(|p| p.max(1e-12).ln()).collect();
+            let test_lp = expert_log_probs(experts, test, batch_size, device);
+            let (mut sum, mut tokens) = (0.0, 0);
+            for s in 0..test.len() {
+                let per_expert: Vec<&[f64]> = (0..n).map(|j| test_lp[j][s].as_slice()).collect();
+                let lp = ensemble_sequence(&per_expert, &log_prior, top_k);
+                sum -= lp.iter().sum::<f64>();
+                tokens += lp.len();
+            }
+            let loss = sum / tokens.max(1) as f64;
+            DomainEval { domain: domain.name.clone(), loss, perplexity: loss.exp(), tokens, routing: vec![prior], dropped: 0.0 }
+        })
+        .collect()
+}
