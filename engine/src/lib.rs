@@ -11,6 +11,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod merge;
 pub mod model;
+pub mod recipe;
 pub mod train;
 
 pub use burn;

@@ -78,6 +78,11 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Recipes: the whole pipeline from one RON file.
+    Recipe {
+        #[command(subcommand)]
+        command: RecipeCommand,
+    },
     /// Merge dense checkpoints: BTX MiX into an MoE, sparse upcycling of one seed, or a BTM
     /// parameter average. Works on checkpoint tensors; needs no device.
     Merge {
@@ -144,6 +149,35 @@ enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum RecipeCommand {
+    /// Run every stage that is not up to date, then write RUN/report.md.
+    Run {
+        recipe: PathBuf,
+        /// Run folder (default: runs/<recipe name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Independent stages (the experts) run this many at a time.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        #[arg(long, default_value = "auto")]
+        device: String,
+    },
+    /// Each stage's state: complete, partial, stale or pending.
+    Status {
+        recipe: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn recipe_out(recipe: &std::path::Path, out: Option<PathBuf>) -> PathBuf {
+    out.unwrap_or_else(|| {
+        let name = recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
+        PathBuf::from("runs").join(name)
+    })
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -276,6 +310,16 @@ fn run(cli: Cli) -> Result<()> {
                 btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&out)?.as_bytes())?;
             }
             Ok(())
+        }
+        Command::Recipe { command: RecipeCommand::Run { recipe, out, jobs, device } } => {
+            let parsed = btx::recipe::Recipe::load(&recipe)?;
+            let out = resolve(&recipe_out(&recipe, out));
+            let btx = std::env::current_exe().context("cannot find the btx binary")?;
+            btx::recipe::run_recipe(&parsed, &btx::recipe::RunOptions { out, jobs, device, btx })
+        }
+        Command::Recipe { command: RecipeCommand::Status { recipe, out } } => {
+            let parsed = btx::recipe::Recipe::load(&recipe)?;
+            btx::recipe::print_status(&parsed, &resolve(&recipe_out(&recipe, out)))
         }
         Command::Merge { method, experts, seed, weights, num_experts, noise, moe, out } => {
             use btx::merge::{MergeInput, average::average, mix::{MoeOptions, mix}, upcycle::upcycle};

@@ -29,6 +29,12 @@ enum Task {
         #[arg(long)]
         fresh: bool,
     },
+    /// Recipes: `cargo xtask recipe run recipes/NAME.ron [--jobs N] [--device D] [--out DIR]`,
+    /// `cargo xtask recipe status recipes/NAME.ron`.
+    Recipe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks that print their figures: `cargo xtask bench moe [--device D] [...]`
     /// (see `btx bench --help`).
     Bench {
@@ -67,6 +73,11 @@ fn run(cli: Cli) -> Result<()> {
             let out = out.display().to_string();
             run_btx(&btx, &["train", "--config", &config, "--out", &out, "--device", &device, "--resume"])?;
             run_btx(&btx, &["eval", "--checkpoint", &out, "--device", &device, "--json", &format!("{out}/eval.json")])
+        }
+        Task::Recipe { args } => {
+            let btx = build_btx()?;
+            let args: Vec<&str> = std::iter::once("recipe").chain(args.iter().map(String::as_str)).collect();
+            run_btx(&btx, &args)
         }
         Task::Bench { args } => {
             let btx = build_btx()?;

@@ -1,0 +1,219 @@
+//! A recipe (RON): the whole BTX pipeline in one file. Seed -> branch -> one training stage
+//! per expert -> merges -> MoE finetune -> evaluation -> report.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{ModelConfig, read_ron};
+use crate::data::DomainConfig;
+use crate::merge::mix::MoeOptions;
+use crate::train::OptimizerConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The dense architecture of the seed and every expert.
+    pub model: ModelConfig,
+    pub tokenizer: PathBuf,
+    pub seq_len: usize,
+    #[serde(default = "default_val_every")]
+    pub val_every: usize,
+    /// Every domain: experts and mixtures name them; evaluation reports each.
+    pub domains: Vec<DomainConfig>,
+    pub optimizer: OptimizerConfig,
+    pub batch_size: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Where the seed model comes from.
+    pub seed_model: SeedModel,
+    /// The experts, each trained from the seed on its own data, in its own process.
+    pub experts: Vec<Expert>,
+    /// Keep the seed as one more, generalist, expert in BTX merges.
+    #[serde(default = "yes")]
+    pub keep_seed: bool,
+    /// The merges to build and compare.
+    pub merges: Vec<Merge>,
+    /// MoE options of the MoE merges (a merge may override them).
+    #[serde(default)]
+    pub moe: MoeOptions,
+    /// The MoE finetune of every MoE merge.
+    pub finetune: Finetune,
+    /// Also train a dense model: the seed continued on the finetune mixture for as many
+    /// training FLOPs as the experts and the BTX finetune together (a compute-matched baseline).
+    #[serde(default)]
+    pub dense_baseline: bool,
+    #[serde(default)]
+    pub eval: EvalSettings,
+}
+
+fn default_val_every() -> usize {
+    20
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SeedModel {
+    /// Train the seed from scratch on a mixture of domains.
+    Train { steps: usize, mixture: Vec<(String, f64)> },
+    /// An existing dense checkpoint (a run folder or checkpoint folder).
+    Checkpoint(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expert {
+    pub name: String,
+    /// Domains and their weights in this expert's training data.
+    pub data: Vec<(String, f64)>,
+    pub steps: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MergeMethod {
+    /// BTX MiX: expert FFNs -> MoE experts, the rest averaged, routers added; finetuned.
+    Btx,
+    /// Sparse upcycling of the seed into `experts` copies; finetuned.
+    Upcycle { experts: usize },
+    /// BTM parameter average of the experts.
+    Average,
+    /// BTM ensemble of the experts (evaluation only), keeping the `top_k` most probable.
+    Ensemble { top_k: Option<usize> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Merge {
+    pub name: String,
+    pub method: MergeMethod,
+    /// Overrides the recipe's `moe` options for this merge (routing ablations).
+    #[serde(default)]
+    pub moe: Option<MoeOptions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Finetune {
+    pub steps: usize,
+    /// Domain weights (default: every domain equally).
+    #[serde(default)]
+    pub mixture: Option<Vec<(String, f64)>>,
+    /// Peak learning rate (default: the recipe optimizer's).
+    #[serde(default)]
+    pub lr: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalSettings {
+    /// Validation batches per domain.
+    #[serde(default = "default_batches")]
+    pub batches: usize,
+    /// Addition problems for the exact-match accuracy.
+    #[serde(default = "default_problems")]
+    pub arithmetic_problems: usize,
+    #[serde(default = "default_prior")]
+    pub ensemble_prior_sequences: usize,
+    #[serde(default = "default_ensemble")]
+    pub ensemble_sequences: usize,
+}
+
+fn default_batches() -> usize {
+    8
+}
+fn default_problems() -> usize {
+    50
+}
+fn default_prior() -> usize {
+    16
+}
+fn default_ensemble() -> usize {
+    48
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self { batches: 8, arithmetic_problems: 50, ensemble_prior_sequences: 16, ensemble_sequences: 48 }
+    }
+}
+
+impl Recipe {
+    pub fn load(path: &Path) -> Result<Self> {
+        let recipe: Self = read_ron(path)?;
+        recipe.validate(&path.display().to_string())?;
+        Ok(recipe)
+    }
+
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        self.model.validate(origin)?;
+        if self.model.moe.is_some() {
+            bail!("{origin}: field `model`: the seed and experts are dense; put MoE options in `moe`");
+        }
+        let known = |name: &str| self.domains.iter().any(|d| d.name == name);
+        let check_mixture = |field: &str, mixture: &[(String, f64)]| -> Result<()> {
+            if mixture.is_empty() {
+                bail!("{origin}: field `{field}` is empty; name at least one domain");
+            }
+            for (name, w) in mixture {
+                if !known(name) {
+                    let names: Vec<&str> = self.domains.iter().map(|d| d.name.as_str()).collect();
+                    bail!("{origin}: field `{field}` names domain `{name}`, which `domains` does not define (it has {names:?})");
+                }
+                if !(*w >= 0.0 && w.is_finite()) {
+                    bail!("{origin}: field `{field}`: weight of `{name}` must be >= 0, found {w}");
+                }
+            }
+            if mixture.iter().all(|(_, w)| *w == 0.0) {
+                bail!("{origin}: field `{field}`: every weight is 0");
+            }
+            Ok(())
+        };
+        if let SeedModel::Train { steps, mixture } = &self.seed_model {
+            check_mixture("seed_model.mixture", mixture)?;
+            if *steps == 0 {
+                bail!("{origin}: field `seed_model.steps` must be at least 1");
+            }
+        }
+        if self.experts.is_empty() {
+            bail!("{origin}: field `experts` is empty; a recipe needs at least one expert");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, e) in self.experts.iter().enumerate() {
+            if !names.insert(&e.name) || e.name.is_empty() || e.name.contains('/') {
+                bail!("{origin}: field `experts[{i}].name`: `{}` must be unique and a valid folder name", e.name);
+            }
+            check_mixture(&format!("experts[{i}].data"), &e.data)?;
+            if e.steps == 0 {
+                bail!("{origin}: field `experts[{i}].steps` must be at least 1");
+            }
+        }
+        let mut merge_names = std::collections::HashSet::new();
+        for (i, m) in self.merges.iter().enumerate() {
+            if !merge_names.insert(&m.name) || m.name.is_empty() || m.name.contains('/') {
+                bail!("{origin}: field `merges[{i}].name`: `{}` must be unique and a valid folder name", m.name);
+            }
+            let moe = m.moe.as_ref().unwrap_or(&self.moe);
+            let members = match m.method {
+                MergeMethod::Btx => self.experts.len() + self.keep_seed as usize,
+                MergeMethod::Upcycle { experts } => experts,
+                _ => continue,
+            };
+            if members == 0 || moe.top_k == 0 || moe.top_k > members {
+                bail!("{origin}: field `merges[{i}]`: top_k ({}) must be between 1 and the number of experts ({members})", moe.top_k);
+            }
+        }
+        if let Some(mixture) = &self.finetune.mixture {
+            check_mixture("finetune.mixture", mixture)?;
+        }
+        if self.seq_len > self.model.max_seq_len || self.seq_len < 2 {
+            bail!("{origin}: field `seq_len` ({}) must be between 2 and `model.max_seq_len` ({})", self.seq_len, self.model.max_seq_len);
+        }
+        if self.batch_size == 0 {
+            bail!("{origin}: field `batch_size` must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! Recipes: the whole method as one RON file, run stage by stage.
+
+pub mod config;
+pub mod png;
+pub mod report;
+pub mod runner;
+pub mod stage;
+
+pub use config::Recipe;
+pub use runner::{RunOptions, print_status, run_recipe};

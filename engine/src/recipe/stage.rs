@@ -1,0 +1,176 @@
+//! One stage of a recipe: a `btx` subcommand run as its own OS process, in its own folder,
+//! recorded by a manifest. A stage whose manifest matches (same command, same config, same
+//! input contents) is skipped; an interrupted one resumes; a changed one starts over.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::{MODEL_FILE, latest_checkpoint, read_train_state};
+use crate::fsutil::write_atomic;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+const KEY_FILE: &str = "stage.key";
+
+pub struct Stage {
+    /// e.g. `experts/english`.
+    pub name: String,
+    pub dir: PathBuf,
+    /// Arguments of the `btx` subcommand.
+    pub args: Vec<String>,
+    /// A config file the stage reads, written to `dir/stage.ron` before it runs.
+    pub config: Option<String>,
+    /// Files whose contents the result depends on (checkpoints, data, tokenizer).
+    pub inputs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputHash {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub stage: String,
+    pub key: String,
+    pub command: Vec<String>,
+    pub config: Option<String>,
+    pub inputs: Vec<InputHash>,
+    /// Tokens trained on in this stage (0 for merges and evaluations).
+    pub tokens: u64,
+    /// Training FLOPs of this stage (6 x active params x tokens, plus attention).
+    pub train_flops: f64,
+    pub wall_time_s: f64,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageState {
+    /// Its manifest matches: nothing to do.
+    Complete,
+    /// Started with the same key but not finished: it resumes.
+    Partial,
+    /// Its inputs or config changed since it ran: it starts over.
+    Stale,
+    Pending,
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+impl Stage {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("stage.ron")
+    }
+
+    fn input_hashes(&self) -> Result<Vec<InputHash>> {
+        self.inputs.iter().map(|p| Ok(InputHash { path: p.clone(), sha256: sha256_file(p)? })).collect()
+    }
+
+    /// The content key: command, config and input contents.
+    pub fn key(&self) -> Result<(String, Vec<InputHash>)> {
+        let inputs = self.input_hashes()?;
+        let mut hasher = Sha256::new();
+        for a in &self.args {
+            hasher.update(a.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(self.config.as_deref().unwrap_or("").as_bytes());
+        for i in &inputs {
+            hasher.update(i.sha256.as_bytes());
+        }
+        Ok((format!("{:x}", hasher.finalize()), inputs))
+    }
+
+    pub fn manifest(&self) -> Option<Manifest> {
+        let text = std::fs::read_to_string(self.dir.join(MANIFEST_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn state(&self) -> StageState {
+        let Ok((key, _)) = self.key() else { return StageState::Pending };
+        if self.manifest().is_some_and(|m| m.key == key) {
+            return StageState::Complete;
+        }
+        match std::fs::read_to_string(self.dir.join(KEY_FILE)) {
+            Ok(k) if k.trim() == key => StageState::Partial,
+            Ok(_) => StageState::Stale,
+            Err(_) if self.dir.join(MANIFEST_FILE).exists() => StageState::Stale,
+            Err(_) => StageState::Pending,
+        }
+    }
+
+    /// Runs the stage unless it is complete; returns its manifest.
+    pub fn run(&self, btx: &Path, device: &str) -> Result<Manifest> {
+        let (key, inputs) = self.key()?;
+        if let Some(m) = self.manifest().filter(|m| m.key == key) {
+            eprintln!("[{}] up to date, skipped", self.name);
+            return Ok(m);
+        }
+        let resuming = std::fs::read_to_string(self.dir.join(KEY_FILE)).is_ok_and(|k| k.trim() == key);
+        if self.dir.exists() && !resuming {
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot clear {}", self.dir.display()))?;
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        write_atomic(&self.dir.join(KEY_FILE), key.as_bytes())?;
+        if let Some(config) = &self.config {
+            write_atomic(&self.config_path(), config.as_bytes())?;
+        }
+        eprintln!("[{}] {}", self.name, if resuming { "resuming" } else { "running" });
+        let log_path = self.dir.join("log.txt");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let started = Instant::now();
+        let status = Command::new(btx)
+            .args(&self.args)
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .status()
+            .with_context(|| format!("cannot run {}", btx.display()))?;
+        if !status.success() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("stage {} failed ({status}); its log {}:\n{}", self.name, log_path.display(), tail.join("\n"));
+        }
+        let (tokens, train_flops, wall_time_s, device) = match latest_checkpoint(&self.dir).and_then(|c| read_train_state(&c).ok()) {
+            Some(s) => (s.tokens_seen, s.train_flops, s.wall_time_s, s.device),
+            None => (0, 0.0, started.elapsed().as_secs_f64(), device.to_string()),
+        };
+        let manifest = Manifest {
+            stage: self.name.clone(),
+            key,
+            command: std::iter::once("btx".to_string()).chain(self.args.iter().cloned()).collect(),
+            config: self.config.clone(),
+            inputs,
+            tokens,
+            train_flops,
+            wall_time_s,
+            device,
+        };
+        write_atomic(&self.dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        eprintln!("[{}] done in {:.1} s", self.name, started.elapsed().as_secs_f64());
+        Ok(manifest)
+    }
+}
+
+/// The weights file of a stage's output (a run folder's latest checkpoint, or a folder that
+/// is itself a checkpoint).
+pub fn model_file(dir: &Path) -> PathBuf {
+    latest_checkpoint(dir).unwrap_or_else(|| dir.to_path_buf()).join(MODEL_FILE)
+}
