@@ -7,6 +7,7 @@ mod common;
 mod bad_input;
 mod merge;
 mod model;
+mod recipe;
 mod moe;
 mod moe_lm;
 mod training;

@@ -1,0 +1,190 @@
+//! Recipes end to end through the `btx` binary: a rerun skips finished stages (read from the
+//! manifests), adding or changing an expert reruns only what depends on it, a run killed
+//! during an expert stage finishes with the result of one never stopped, and bad recipes are
+//! errors with the field named.
+
+use std::path::Path;
+use std::process::Command;
+
+use btx::checkpoint::module_tensors::module_to_tensors;
+use btx::checkpoint::{latest_checkpoint, load_model};
+
+use crate::common::*;
+
+fn recipe_text(dir: &Path, experts: &[(&str, &str)], expert_steps: usize) -> String {
+    let english = small_corpus(dir, "english.txt", 30_000);
+    let code = small_corpus(dir, "code.txt", 30_000);
+    let tokenizer = repo_root().join("assets/tokenizer.json");
+    let experts: Vec<String> = experts
+        .iter()
+        .map(|(name, domain)| format!("(name: \"{name}\", data: [(\"{domain}\", 1.0)], steps: {expert_steps})"))
+        .collect();
+    format!(
+        r#"(
+    model: (vocab_size: 4096, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ff: 64, max_seq_len: 64),
+    tokenizer: "{tokenizer}",
+    seq_len: 32,
+    val_every: 10,
+    domains: [
+        (name: "english", source: File("{english}")),
+        (name: "code", source: File("{code}")),
+        (name: "arithmetic", source: Arithmetic((max_digits: 2, lines: 2000))),
+    ],
+    optimizer: (lr: 1e-2, warmup_steps: 3),
+    batch_size: 4,
+    seed: 3,
+    seed_model: Train(steps: 12, mixture: [("english", 1.0), ("code", 1.0), ("arithmetic", 1.0)]),
+    experts: [{experts}],
+    merges: [
+        (name: "btx", method: Btx),
+        (name: "upcycle", method: Upcycle(experts: 2)),
+        (name: "average", method: Average),
+        (name: "ensemble", method: Ensemble(top_k: None)),
+    ],
+    finetune: (steps: 6),
+    dense_baseline: true,
+    eval: (batches: 1, arithmetic_problems: 2, ensemble_prior_sequences: 2, ensemble_sequences: 4),
+)"#,
+        tokenizer = tokenizer.display(),
+        english = english.display(),
+        code = code.display(),
+        experts = experts.join(", ")
+    )
+}
+
+fn run_recipe(dir: &Path, text: &str, out: &Path) -> (bool, String) {
+    let path = dir.join("recipe.ron");
+    std::fs::write(&path, text).unwrap();
+    run_btx(&["recipe", "run", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"], dir)
+}
+
+fn ran(stderr: &str) -> Vec<String> {
+    stderr.lines().filter_map(|l| l.strip_suffix("] running").map(|s| s.trim_start_matches('[').to_string())).collect()
+}
+
+fn skipped(stderr: &str) -> Vec<String> {
+    stderr.lines().filter_map(|l| l.strip_suffix("] up to date, skipped").map(|s| s.trim_start_matches('[').to_string())).collect()
+}
+
+fn weights(run: &Path) -> btx::checkpoint::tensor_file::TensorMap {
+    let ckpt = latest_checkpoint(run).unwrap_or_else(|| run.to_path_buf());
+    module_to_tensors(&load_model(&ckpt, &cpu()).unwrap().1)
+}
+
+#[test]
+fn a_rerun_skips_finished_stages_and_a_new_or_changed_expert_reruns_only_its_dependents() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let two = recipe_text(dir.path(), &[("en", "english"), ("code", "code")], 8);
+    let (ok, stderr) = run_recipe(dir.path(), &two, &out);
+    assert!(ok, "{stderr}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for model in ["seed", "expert en", "btx (before finetune)", "| btx |", "upcycle", "average", "ensemble", "dense"] {
+        assert!(report.contains(model), "report lacks {model}:\n{report}");
+    }
+    assert!(out.join("loss_curves.png").exists() && out.join("routing_btx.png").exists());
+
+    // Again: every stage is read from its manifest and skipped.
+    let (ok, stderr) = run_recipe(dir.path(), &two, &out);
+    assert!(ok, "{stderr}");
+    assert!(ran(&stderr).is_empty(), "ran again: {:?}", ran(&stderr));
+    assert!(skipped(&stderr).contains(&"experts/en".to_string()));
+
+    // A third expert: only it, the merges of the experts, and what follows run.
+    let three = recipe_text(dir.path(), &[("en", "english"), ("code", "code"), ("arith", "arithmetic")], 8);
+    let (ok, stderr) = run_recipe(dir.path(), &three, &out);
+    assert!(ok, "{stderr}");
+    let r = ran(&stderr);
+    assert!(r.contains(&"experts/arith".to_string()), "{r:?}");
+    for kept in ["seed", "experts/en", "experts/code", "merges/upcycle", "finetune/upcycle", "eval/seed"] {
+        assert!(!r.contains(&kept.to_string()), "{kept} reran: {r:?}");
+    }
+    for rerun in ["merges/btx", "merges/average", "finetune/btx", "eval/btx"] {
+        assert!(r.contains(&rerun.to_string()), "{rerun} did not rerun: {r:?}");
+    }
+
+    // Changing one expert's data retrains that expert (and its dependents), not the others.
+    let changed = three.replace(r#"(name: "code", data: [("code", 1.0)]"#, r#"(name: "code", data: [("code", 1.0), ("english", 0.5)]"#);
+    assert_ne!(changed, three);
+    let (ok, stderr) = run_recipe(dir.path(), &changed, &out);
+    assert!(ok, "{stderr}");
+    let r = ran(&stderr);
+    assert!(r.contains(&"experts/code".to_string()) && r.contains(&"merges/btx".to_string()), "{r:?}");
+    assert!(!r.contains(&"experts/en".to_string()) && !r.contains(&"experts/arith".to_string()), "{r:?}");
+}
+
+#[test]
+fn a_recipe_killed_during_an_expert_stage_finishes_like_one_never_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    // 200 steps: the expert checkpoints every 50, and is killed soon after the first.
+    let text = recipe_text(dir.path(), &[("en", "english")], 200);
+    let straight = dir.path().join("straight");
+    let (ok, stderr) = run_recipe(dir.path(), &text, &straight);
+    assert!(ok, "{stderr}");
+
+    let killed = dir.path().join("killed");
+    let path = dir.path().join("recipe.ron");
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(env!("CARGO_BIN_EXE_btx"))
+            .args(["recipe", "run", path.to_str().unwrap(), "--out", killed.to_str().unwrap(), "--device", "cpu"])
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    };
+    // Wait for the expert's first checkpoint, then kill the runner and its stage process.
+    let expert = killed.join("experts/en");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while latest_checkpoint(&expert).is_none() {
+        assert!(std::time::Instant::now() < deadline, "the expert never checkpointed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed_ok = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).status().unwrap();
+    assert!(killed_ok.success());
+    let _ = child.wait();
+    assert!(!expert.join("manifest.json").exists(), "the expert finished before the kill");
+
+    let (ok, stderr) = run_recipe(dir.path(), &text, &killed);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("[experts/en] resuming"), "{stderr}");
+    let log = std::fs::read_to_string(expert.join("log.txt")).unwrap();
+    assert!(log.contains("resuming"), "the expert started over:\n{log}");
+    for stage in ["experts/en", "finetune/btx"] {
+        let (a, b) = (weights(&straight.join(stage)), weights(&killed.join(stage)));
+        for (name, t) in &a {
+            let diff = max_abs_diff(&t.values, &b[name].values);
+            assert!(diff <= 1e-6, "{stage}: {name} differs by {diff}");
+        }
+    }
+}
+
+fn recipe_error(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stderr) = run_recipe(dir.path(), text, &dir.path().join("run"));
+    assert!(!ok, "a bad recipe ran");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn recipe_errors_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = recipe_text(dir.path(), &[("en", "english")], 4);
+
+    let e = recipe_error(&good.replace("keep_seed", "keep_sed").replace("    merges:", "    keep_sed: true,\n    merges:"));
+    assert!(e.contains("keep_sed") && e.contains("line "), "{e}");
+
+    let e = recipe_error(&good.replace(r#"data: [("english", 1.0)]"#, r#"data: [("klingon", 1.0)]"#));
+    assert!(e.contains("experts[0].data") && e.contains("klingon"), "{e}");
+
+    let e = recipe_error(&good.replace("optimizer: (lr: 1e-2", "moe: (top_k: 3),\n    optimizer: (lr: 1e-2"));
+    assert!(e.contains("top_k"), "{e}");
+
+    let e = recipe_error(&good.replace("seq_len: 32", "seq_len: 500"));
+    assert!(e.contains("seq_len") && e.contains("max_seq_len"), "{e}");
+
+    let e = recipe_error(&good.replace(r#"(name: "en","#, r#"(name: "a/b","#));
+    assert!(e.contains("experts[0].name"), "{e}");
+}
+
