@@ -44,6 +44,10 @@ pub struct Recipe {
     /// training FLOPs as the experts and the BTX finetune together (a compute-matched baseline).
     #[serde(default)]
     pub dense_baseline: bool,
+    /// Give every upcycling finetune as many training FLOPs as the experts and the BTX
+    /// finetune together, so BTX and upcycling compare at matched compute.
+    #[serde(default)]
+    pub match_flops: bool,
     #[serde(default)]
     pub eval: EvalSettings,
 }

@@ -175,7 +175,14 @@ impl Plan<'_> {
         for m in self.recipe.merges.iter().filter(|m| matches!(m.method, MergeMethod::Btx | MergeMethod::Upcycle { .. })) {
             let merged = self.dir(&format!("merges/{}", m.name));
             let model = read_model_config(&merged).with_context(|| format!("merge {} must run before its finetune", m.name))?;
-            let config = self.train_config(model, ft.mixture.as_deref(), ft.steps, Some(merged.clone()), ft.lr);
+            let steps = match m.method {
+                MergeMethod::Upcycle { .. } if self.recipe.match_flops => {
+                    let per_step = model.train_flops_per_token(self.recipe.seq_len) * self.tokens_per_step();
+                    (self.btx_budget()? / per_step).round().max(1.0) as usize
+                }
+                _ => ft.steps,
+            };
+            let config = self.train_config(model, ft.mixture.as_deref(), steps, Some(merged.clone()), ft.lr);
             stages.push(self.train_stage(&format!("finetune/{}", m.name), &config, Some(&merged))?);
         }
         Ok(stages)
@@ -188,16 +195,26 @@ impl Plan<'_> {
             return Ok(None);
         }
         let r = self.recipe;
-        let tokens_per_step = (r.batch_size * r.seq_len) as f64;
-        let dense_per_step = r.model.train_flops_per_token(r.seq_len) * tokens_per_step;
+        let dense_per_step = r.model.train_flops_per_token(r.seq_len) * self.tokens_per_step();
+        let steps = (self.btx_budget()? / dense_per_step).round().max(1.0) as usize;
+        let config = self.train_config(r.model.clone(), r.finetune.mixture.as_deref(), steps, Some(seed.to_path_buf()), None);
+        Ok(Some(self.train_stage("dense", &config, Some(seed))?))
+    }
+
+    fn tokens_per_step(&self) -> f64 {
+        (self.recipe.batch_size * self.recipe.seq_len) as f64
+    }
+
+    /// Training FLOPs of BTX beyond the seed: every expert plus the first BTX finetune.
+    fn btx_budget(&self) -> Result<f64> {
+        let r = self.recipe;
+        let dense_per_step = r.model.train_flops_per_token(r.seq_len) * self.tokens_per_step();
         let mut budget: f64 = r.experts.iter().map(|e| e.steps as f64 * dense_per_step).sum();
         if let Some(m) = r.merges.iter().find(|m| m.method == MergeMethod::Btx) {
             let moe = read_model_config(&self.dir(&format!("merges/{}", m.name)))?;
-            budget += r.finetune.steps as f64 * moe.train_flops_per_token(r.seq_len) * tokens_per_step;
+            budget += r.finetune.steps as f64 * moe.train_flops_per_token(r.seq_len) * self.tokens_per_step();
         }
-        let steps = (budget / dense_per_step).round().max(1.0) as usize;
-        let config = self.train_config(r.model.clone(), r.finetune.mixture.as_deref(), steps, Some(seed.to_path_buf()), None);
-        Ok(Some(self.train_stage("dense", &config, Some(seed))?))
+        Ok(budget)
     }
 
     /// The data every model is evaluated on: all domains.
