@@ -176,3 +176,38 @@ fn merge_command_writes_a_loadable_moe() {
     assert!(!ok && stderr.contains("exactly one"), "{stderr}");
     assert!(!dir.path().join("up").exists());
 }
+
+#[test]
+fn routers_initialised_from_hidden_states_tell_the_experts_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    seed_checkpoint(dir.path(), "e0", 1);
+    seed_checkpoint(dir.path(), "e1", 2);
+    // Expert 0 reads English, expert 1 code.
+    for (i, domain) in [(0, 0usize), (1, 1usize)] {
+        let mut config = tiny_train_config(dir.path(), 1);
+        for (j, d) in config.data.domains.iter_mut().enumerate() {
+            d.weight = if j == domain { 1.0 } else { 0.0 };
+        }
+        std::fs::write(dir.path().join(format!("data{i}.ron")), btx::config::to_ron(&config).unwrap()).unwrap();
+    }
+    for mode in ["Hidden", "Embedding"] {
+        let moe = format!("(top_k: 1, router_init: {mode})");
+        let out = format!("moe-{mode}");
+        let (ok, stderr) = run_btx(
+            &["merge", "--method", "btx", "--experts", "e0", "e1", "--moe", &moe, "--router-data", "data0.ron", "data1.ron", "--out", &out],
+            dir.path(),
+        );
+        assert!(ok, "{stderr}");
+        let tensors = btx::checkpoint::tensor_file::read_tensors(&dir.path().join(&out).join("model.safetensors")).unwrap();
+        let router = &tensors["model.layers.1.block_sparse_moe.gate.weight"];
+        let (r0, r1) = router.values.split_at(32);
+        // Centred rows: opposite directions, each with the norm of a random N(0, 0.02) row.
+        let norm = |r: &[f32]| r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let target = 0.02 * (32f32).sqrt();
+        assert!((norm(r0) - target).abs() < 1e-4 && (norm(r1) - target).abs() < 1e-4, "{mode}");
+        let cos: f32 = r0.iter().zip(r1).map(|(a, b)| a * b).sum::<f32>() / (norm(r0) * norm(r1));
+        assert!((cos + 1.0).abs() < 1e-4, "{mode}: rows not opposite (cos {cos})");
+    }
+    let (ok, stderr) = run_btx(&["merge", "--method", "btx", "--experts", "e0", "e1", "--moe", "(router_init: Hidden)", "--out", "x"], dir.path());
+    assert!(!ok && stderr.contains("--router-data"), "{stderr}");
+}

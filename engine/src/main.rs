@@ -106,6 +106,10 @@ enum Command {
         /// MoE options as RON, e.g. "(top_k: 2, routing: TopK, load_balance: 0.01, split: 1)".
         #[arg(long, default_value = "()")]
         moe: String,
+        /// With router_init Embedding or Hidden: each member's training config (experts in
+        /// order, then the seed), whose data describes its domain.
+        #[arg(long, num_args = 1..)]
+        router_data: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -321,18 +325,29 @@ fn run(cli: Cli) -> Result<()> {
             let parsed = btx::recipe::Recipe::load(&recipe)?;
             btx::recipe::print_status(&parsed, &resolve(&recipe_out(&recipe, out)))
         }
-        Command::Merge { method, experts, seed, weights, num_experts, noise, moe, out } => {
-            use btx::merge::{MergeInput, average::average, mix::{MoeOptions, mix}, upcycle::upcycle};
+        Command::Merge { method, experts, seed, weights, num_experts, noise, moe, router_data, out } => {
+            use btx::merge::{MergeInput, average::average, mix::{MoeOptions, mix}, router_init::RouterInit, upcycle::upcycle};
             let options: MoeOptions = btx::config::parse_ron(&moe, "--moe")?;
             let inputs = experts.iter().map(|p| MergeInput::load(p)).collect::<Result<Vec<_>>>()?;
             let seed = seed.map(|p| MergeInput::load(&p)).transpose()?;
+            let directions = match (method, options.router_init) {
+                (MergeMethod::Average, _) | (_, RouterInit::Random) => None,
+                (_, mode) => {
+                    let members: Vec<PathBuf> = match method {
+                        MergeMethod::Upcycle => vec![inputs[0].path.clone(); num_experts],
+                        _ => inputs.iter().chain(seed.as_ref()).map(|i| i.path.clone()).collect(),
+                    };
+                    let data = if matches!(method, MergeMethod::Upcycle) && router_data.len() == 1 { vec![router_data[0].clone(); num_experts] } else { router_data.clone() };
+                    Some(btx::merge::router_data::router_directions(&members, &data, mode, &btx::burn::prelude::Device::flex())?)
+                }
+            };
             let (config, tensors) = match method {
-                MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights.as_deref(), &options, None)?,
+                MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights.as_deref(), &options, directions)?,
                 MergeMethod::Upcycle => {
                     if inputs.len() != 1 {
                         anyhow::bail!("--method upcycle takes exactly one checkpoint in --experts, found {}", inputs.len());
                     }
-                    upcycle(&inputs[0], num_experts, noise, &options, None)?
+                    upcycle(&inputs[0], num_experts, noise, &options, directions)?
                 }
                 MergeMethod::Average => average(&inputs, weights.as_deref())?,
             };

@@ -3,6 +3,7 @@
 
 pub mod average;
 pub mod mix;
+pub mod router_data;
 pub mod router_init;
 pub mod upcycle;
 

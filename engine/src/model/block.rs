@@ -40,7 +40,16 @@ impl Block {
     /// # Shapes
     /// - x: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, ctx: RoutingContext) -> (Tensor<3>, Option<MoeAux>) {
-        let h = x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin);
+        self.feed_forward(self.attend(x, cos, sin), ctx)
+    }
+
+    /// The attention half: x + attn(norm(x)).
+    pub fn attend(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<3> {
+        x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin)
+    }
+
+    /// The FFN half: h + ffn(norm(h)), with the MoE layer's auxiliary outputs.
+    pub fn feed_forward(&self, h: Tensor<3>, ctx: RoutingContext) -> (Tensor<3>, Option<MoeAux>) {
         let normed = self.post_attention_layernorm.forward(h.clone());
         match (&self.mlp, &self.block_sparse_moe) {
             (_, Some(moe)) => {

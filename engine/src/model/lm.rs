@@ -39,6 +39,15 @@ impl LanguageModel {
         }
     }
 
+    /// RoPE tables for `seq` positions.
+    fn rope(&self, seq: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let head_dim = self.layers.first().map_or(2, |b| {
+            let [d, _] = b.self_attn.q_proj.weight.dims();
+            d / b.self_attn.n_heads
+        });
+        rope_tables(seq, head_dim, self.rope_theta, device)
+    }
+
     /// A model initialised from `seed` alone (the same on every backend).
     pub fn seeded(config: &ModelConfig, seed: u64, device: &Device) -> Self {
         seeded_init(Self::new(config, device), seed)
@@ -52,11 +61,7 @@ impl LanguageModel {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let mut x = self.embed_tokens.forward(tokens);
-        let head_dim = self.layers.first().map_or(2, |b| {
-            let [d, _] = b.self_attn.q_proj.weight.dims();
-            d / b.self_attn.n_heads
-        });
-        let (cos, sin) = rope_tables(seq, head_dim, self.rope_theta, &device);
+        let (cos, sin) = self.rope(seq, &device);
         let mut aux = Vec::new();
         for block in &self.layers {
             let (y, layer_aux) = block.forward(x, &cos, &sin, ctx);
@@ -64,6 +69,24 @@ impl LanguageModel {
             aux.extend(layer_aux);
         }
         (self.norm.forward(x), aux)
+    }
+
+    /// The input of each layer's FFN (after its norm): what a router sees.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, seq]` -> one `[batch, seq, d_model]` per layer
+    pub fn ffn_inputs(&self, tokens: Tensor<2, Int>) -> Vec<Tensor<3>> {
+        let [_, seq] = tokens.dims();
+        let device = tokens.device();
+        let mut x = self.embed_tokens.forward(tokens);
+        let (cos, sin) = self.rope(seq, &device);
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        for block in &self.layers {
+            let h = block.attend(x, &cos, &sin);
+            inputs.push(block.post_attention_layernorm.forward(h.clone()));
+            x = block.feed_forward(h, RoutingContext::default()).0;
+        }
+        inputs
     }
 
     /// Next-token logits and the MoE layers' auxiliary outputs.

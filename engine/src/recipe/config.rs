@@ -200,6 +200,9 @@ impl Recipe {
                 bail!("{origin}: field `merges[{i}].name`: `{}` must be unique and a valid folder name", m.name);
             }
             let moe = m.moe.as_ref().unwrap_or(&self.moe);
+            if matches!(m.method, MergeMethod::Upcycle { .. }) && moe.router_init != crate::merge::router_init::RouterInit::Random {
+                bail!("{origin}: field `merges[{i}]`: upcycled experts are identical copies, so router_init {:?} cannot tell them apart; use Random", moe.router_init);
+            }
             let members = match m.method {
                 MergeMethod::Btx => self.experts.len() + self.keep_seed as usize,
                 MergeMethod::Upcycle { experts } => experts,

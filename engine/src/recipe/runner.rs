@@ -138,7 +138,22 @@ impl Plan<'_> {
         let experts: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.dir(&format!("experts/{}", e.name))).collect();
         let mut stages = Vec::new();
         for m in &self.recipe.merges {
-            let moe = to_ron(m.moe.as_ref().unwrap_or(&self.recipe.moe))?.replace('\n', " ");
+            let options = m.moe.as_ref().unwrap_or(&self.recipe.moe);
+            let moe = to_ron(options)?.replace('\n', " ");
+            // Data-initialised routers read each member's training data: the experts' own
+            // configs, and every domain for the seed.
+            let expert_data: Vec<PathBuf> = experts.iter().map(|e| e.join("stage.ron")).collect();
+            let router_data = |with_seed: bool| -> Vec<String> {
+                if options.router_init == crate::merge::router_init::RouterInit::Random {
+                    return vec![];
+                }
+                let mut v = vec!["--router-data".to_string()];
+                v.extend(expert_data.iter().map(|p| p.display().to_string()));
+                if with_seed {
+                    v.push(self.eval_data_path().display().to_string());
+                }
+                v
+            };
             let dir = self.dir(&format!("merges/{}", m.name));
             let mut args = strings(&["merge", "--out", &dir.display().to_string(), "--moe", &moe]);
             let mut inputs: Vec<PathBuf> = Vec::new();
@@ -151,10 +166,15 @@ impl Plan<'_> {
                         args.extend(strings(&["--seed", &seed.display().to_string()]));
                         inputs.push(model_file(seed));
                     }
+                    args.extend(router_data(self.recipe.keep_seed));
                 }
                 MergeMethod::Upcycle { experts: n } => {
                     args.extend(strings(&["--method", "upcycle", "--num-experts", &n.to_string(), "--experts", &seed.display().to_string()]));
                     inputs.push(model_file(seed));
+                    if options.router_init != crate::merge::router_init::RouterInit::Random {
+                        // Upcycled copies are identical: their data-initialised rows would be too.
+                        anyhow::bail!("merge {}: router_init {:?} needs experts trained on different data; upcycling has none (use Random)", m.name, options.router_init);
+                    }
                 }
                 MergeMethod::Average => {
                     args.extend(strings(&["--method", "average", "--experts"]));
@@ -343,13 +363,13 @@ pub fn run_recipe(recipe: &Recipe, options: &RunOptions) -> Result<()> {
         stage.run(&options.btx, &options.device)?;
     }
     run_parallel(&plan.expert_stages(&seed)?, options.jobs, &options.btx, &options.device)?;
+    plan.write_eval_data()?;
     for stage in plan.merge_stages(&seed)? {
         stage.run(&options.btx, &options.device)?;
     }
     let mut later = plan.finetune_stages()?;
     later.extend(plan.dense_stage(&seed)?);
     run_parallel(&later, options.jobs, &options.btx, &options.device)?;
-    plan.write_eval_data()?;
     let entries = plan.entries(&seed);
     let eval_stages: Vec<Stage> = entries.iter().map(|(_, s)| clone_stage(s)).collect();
     run_parallel(&eval_stages, options.jobs, &options.btx, &options.device)?;

@@ -1,0 +1,51 @@
+//! Router initialisation from data (mergekit's "hidden" mode, and mean token embeddings):
+//! each member model reads sequences of its own domain data, and the mean of what the router
+//! will see (the FFN input at each layer, or the token embedding) becomes that member's row.
+
+use anyhow::{Context, Result, bail};
+use burn::prelude::*;
+
+use super::router_init::RouterInit;
+use crate::checkpoint::{load_model, resolve_checkpoint};
+use crate::config::resolve;
+use crate::data::sampler::make_batch;
+use crate::train::{TrainConfig, trainer::load_domains};
+
+/// Sequences of a member's data that describe its domain.
+pub const ROUTER_SEQUENCES: usize = 32;
+
+/// `[layer][member][d_model]`: the mean FFN input (Hidden) or mean token embedding
+/// (Embedding, the same for every layer) of each member on its own training data. `configs`
+/// are the members' training configs (their domains with weight > 0 are their data).
+pub fn router_directions(members: &[std::path::PathBuf], configs: &[std::path::PathBuf], mode: RouterInit, device: &Device) -> Result<Vec<Vec<Vec<f32>>>> {
+    if members.len() != configs.len() {
+        bail!("router_init {mode:?} needs one training config per member (--router-data): {} members, {} configs", members.len(), configs.len());
+    }
+    let mut per_member = Vec::new();
+    for (ckpt, config_path) in members.iter().zip(configs) {
+        let config = TrainConfig::load(&resolve(config_path)).with_context(|| format!("router data of {}", ckpt.display()))?;
+        let domains = load_domains(&config, &config_path.display().to_string())?;
+        let seqs: Vec<&Vec<u32>> = domains
+            .iter()
+            .filter(|d| d.weight > 0.0)
+            .flat_map(|d| d.train.iter().take(ROUTER_SEQUENCES))
+            .collect();
+        let (_, model) = load_model(&resolve_checkpoint(ckpt)?, device)?;
+        let batch = make_batch(&seqs, device);
+        let means: Vec<Vec<f32>> = match mode {
+            RouterInit::Hidden => model.ffn_inputs(batch.inputs).into_iter().map(mean_over_tokens).collect(),
+            RouterInit::Embedding | RouterInit::Random => {
+                let mean = mean_over_tokens(model.embed_tokens.forward(batch.inputs));
+                vec![mean; model.layers.len()]
+            }
+        };
+        per_member.push(means);
+    }
+    let layers = per_member[0].len();
+    Ok((0..layers).map(|l| per_member.iter().map(|m| m[l].clone()).collect()).collect())
+}
+
+fn mean_over_tokens(x: Tensor<3>) -> Vec<f32> {
+    let [b, s, d] = x.dims();
+    x.reshape([b * s, d]).mean_dim(0).into_data().convert::<f32>().try_to_vec().expect("f32")
+}
