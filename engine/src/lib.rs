@@ -9,6 +9,7 @@ pub mod device;
 pub mod ensemble;
 pub mod eval;
 pub mod fsutil;
+pub mod hf;
 pub mod merge;
 pub mod model;
 pub mod recipe;

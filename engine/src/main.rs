@@ -113,6 +113,27 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Import a Hugging Face LlamaForCausalLM / MistralForCausalLM / MixtralForCausalLM folder
+    /// (config.json, model.safetensors or a sharded set, tokenizer.json) as a checkpoint.
+    ImportHf {
+        dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export a checkpoint as a Hugging Face folder: LlamaForCausalLM for a dense model,
+    /// MixtralForCausalLM for an MoE.
+    ExportHf {
+        checkpoint: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The tokenizer.json to ship (default: the one the checkpoint was trained with).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// Export routing Mixtral cannot express (Switch, soft, sample-top-1) as its closest
+        /// top-k equivalent instead of refusing.
+        #[arg(long)]
+        closest: bool,
+    },
     /// The tokenizer.
     Tokenizer {
         #[command(subcommand)]
@@ -360,6 +381,17 @@ fn run(cli: Cli) -> Result<()> {
                 config.num_params() as f64 / 1e6,
                 config.active_params() as f64 / 1e6
             );
+            Ok(())
+        }
+        Command::ImportHf { dir, out } => {
+            let config = btx::hf::import_hf(&dir, &out)?;
+            eprintln!("imported {} as {} ({:.2}M parameters)", dir.display(), out.display(), config.num_params() as f64 / 1e6);
+            Ok(())
+        }
+        Command::ExportHf { checkpoint: ckpt, out, tokenizer, closest } => {
+            let config = btx::hf::export_hf(&ckpt, &out, tokenizer.as_deref(), closest)?;
+            let arch = if config.moe.is_some() { "MixtralForCausalLM" } else { "LlamaForCausalLM" };
+            eprintln!("exported {} as {arch} to {}", ckpt.display(), out.display());
             Ok(())
         }
         Command::Tokenizer { command: TokenizerCommand::Train { out, vocab_size, arithmetic_lines, files } } => {

@@ -1,0 +1,170 @@
+//! Hugging Face `config.json` <-> the engine's model config, for LlamaForCausalLM (and
+//! Mistral without sliding windows) and MixtralForCausalLM; and the tensors each must hold.
+
+use anyhow::{Result, bail};
+use serde_json::{Value, json};
+
+use crate::config::ModelConfig;
+use crate::model::moe_config::{MoeConfig, Routing};
+
+/// The engine's model config from a Hugging Face config.json; `origin` names the file.
+pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
+    let arch = hf["architectures"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
+    let moe = match arch {
+        "LlamaForCausalLM" | "MistralForCausalLM" => false,
+        "MixtralForCausalLM" => true,
+        other => bail!(
+            "{origin}: field `architectures` is {:?}; supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM",
+            if other.is_empty() { "missing".to_string() } else { other.to_string() }
+        ),
+    };
+    let int = |field: &str| -> Result<usize> {
+        hf[field].as_u64().map(|v| v as usize).ok_or_else(|| anyhow::anyhow!("{origin}: field `{field}` is missing or not a positive integer"))
+    };
+    let d_model = int("hidden_size")?;
+    let n_heads = int("num_attention_heads")?;
+    if let Some(hd) = hf.get("head_dim").and_then(Value::as_u64)
+        && hd as usize != d_model / n_heads
+    {
+        bail!("{origin}: field `head_dim` is {hd}, but the engine needs hidden_size / num_attention_heads = {}", d_model / n_heads);
+    }
+    for (field, ok) in [
+        ("rope_scaling", hf.get("rope_scaling").is_none_or(Value::is_null)),
+        ("attention_bias", !hf.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)),
+        ("mlp_bias", !hf.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false)),
+        ("hidden_act", hf.get("hidden_act").and_then(Value::as_str).is_none_or(|a| a == "silu")),
+    ] {
+        if !ok {
+            bail!("{origin}: field `{field}` is {}; the engine supports no RoPE scaling, no biases and SiLU only", hf[field]);
+        }
+    }
+    let max_seq_len = int("max_position_embeddings")?;
+    if let Some(w) = hf.get("sliding_window").and_then(Value::as_u64)
+        && (w as usize) < max_seq_len
+    {
+        bail!("{origin}: field `sliding_window` is {w}: sliding-window attention is not supported (null, or at least max_position_embeddings, is)");
+    }
+    let config = ModelConfig {
+        vocab_size: int("vocab_size")?,
+        d_model,
+        n_layers: int("num_hidden_layers")?,
+        n_heads,
+        n_kv_heads: Some(hf.get("num_key_value_heads").and_then(Value::as_u64).map_or(n_heads, |v| v as usize)),
+        d_ff: int("intermediate_size")?,
+        max_seq_len,
+        rope_theta: hf.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0),
+        norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
+        tie_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        moe: if moe {
+            Some(MoeConfig {
+                num_experts: int("num_local_experts")?,
+                top_k: int("num_experts_per_tok")?,
+                routing: Routing::TopK,
+                layers: None,
+                expert_d_ff: None,
+                load_balance: hf.get("router_aux_loss_coef").and_then(Value::as_f64).unwrap_or(0.02),
+                router_z_loss: 0.0,
+                freeze_experts: false,
+            })
+        } else {
+            None
+        },
+    };
+    config.validate(origin)?;
+    Ok(config)
+}
+
+/// A Hugging Face config.json for the engine's model config. Routing Mixtral cannot express
+/// is an error unless `closest` is set (then Switch and sample-top-1 become top-1, soft
+/// becomes top-E).
+pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
+    let mut hf = json!({
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "num_key_value_heads": config.kv_heads(),
+        "head_dim": config.head_dim(),
+        "max_position_embeddings": config.max_seq_len,
+        "rope_theta": config.rope_theta,
+        "rms_norm_eps": config.norm_eps,
+        "tie_word_embeddings": config.tie_embeddings,
+        "hidden_act": "silu",
+        "initializer_range": 0.02,
+        "attention_dropout": 0.0,
+        "torch_dtype": "float32",
+        "use_cache": true,
+    });
+    match &config.moe {
+        None => {
+            hf["architectures"] = json!(["LlamaForCausalLM"]);
+            hf["model_type"] = json!("llama");
+            hf["intermediate_size"] = json!(config.d_ff);
+            hf["attention_bias"] = json!(false);
+            hf["mlp_bias"] = json!(false);
+        }
+        Some(moe) => {
+            if moe.layers.is_some() {
+                bail!("Mixtral has an MoE layer in every layer; this model has MoE layers {:?} only", moe.layers.as_ref().unwrap());
+            }
+            let top_k = match (&moe.routing, closest) {
+                (Routing::TopK, _) => moe.top_k,
+                (Routing::Switch { .. } | Routing::SampleTop1 { .. }, true) => 1,
+                (Routing::Soft, true) => moe.num_experts,
+                (other, false) => bail!(
+                    "Mixtral routes with softmax over the top-k router logits and cannot express {other:?} routing; \
+                     pass --closest to export the nearest top-k equivalent (Switch and sample-top-1 -> top-1 \
+                     without capacity, soft -> top-{})",
+                    moe.num_experts
+                ),
+            };
+            hf["architectures"] = json!(["MixtralForCausalLM"]);
+            hf["model_type"] = json!("mixtral");
+            hf["intermediate_size"] = json!(moe.expert_d_ff.unwrap_or(config.d_ff));
+            hf["num_local_experts"] = json!(moe.num_experts);
+            hf["num_experts_per_tok"] = json!(top_k);
+            hf["router_aux_loss_coef"] = json!(moe.load_balance);
+            hf["output_router_logits"] = json!(false);
+            hf["sliding_window"] = Value::Null;
+        }
+    }
+    Ok(hf)
+}
+
+/// Every tensor a model of `config` holds, with its shape, in Hugging Face names and layout.
+pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, v) = (config.d_model, config.vocab_size);
+    let kv = config.kv_heads() * config.head_dim();
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
+    if !config.tie_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, d]));
+    }
+    for l in 0..config.n_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d]));
+        match &config.moe {
+            Some(moe) if moe.is_moe_layer(l) => {
+                let f = moe.expert_d_ff.unwrap_or(config.d_ff);
+                out.push((format!("{p}.block_sparse_moe.gate.weight"), vec![moe.num_experts, d]));
+                for e in 0..moe.num_experts {
+                    out.push((format!("{p}.block_sparse_moe.experts.{e}.w1.weight"), vec![f, d]));
+                    out.push((format!("{p}.block_sparse_moe.experts.{e}.w2.weight"), vec![d, f]));
+                    out.push((format!("{p}.block_sparse_moe.experts.{e}.w3.weight"), vec![f, d]));
+                }
+            }
+            _ => {
+                let f = config.d_ff;
+                out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
+                out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
+                out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,121 @@
+//! Hugging Face interoperability: import a Llama-family (or Mixtral) folder as an engine
+//! checkpoint, export a dense model as LlamaForCausalLM and an MoE as MixtralForCausalLM.
+//! The engine's checkpoints already use Hugging Face tensor names and layouts, so conversion
+//! is a config translation plus a tensor-by-tensor copy (streamed: no whole model in memory).
+
+pub mod config;
+pub mod stream;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::checkpoint::{MODEL_CONFIG_FILE, MODEL_FILE, TRAIN_CONFIG_FILE, read_model_config, resolve_checkpoint};
+use crate::config::{ModelConfig, parse_ron, resolve, to_ron};
+use crate::fsutil::write_atomic;
+use config::{expected_tensors, from_hf_config, to_hf_config};
+use stream::{StreamWriter, TensorIndex};
+
+/// Builds `out` under a temporary name and renames it into place (replacing an old `out`).
+fn write_folder(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let result = fill(&tmp).and_then(|()| {
+        if out.exists() {
+            std::fs::remove_dir_all(out)?;
+        }
+        std::fs::rename(&tmp, out)?;
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
+fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
+    let expected = expected_tensors(config);
+    for (name, shape) in &expected {
+        match index.tensors.get(name) {
+            None => bail!("{origin}: missing tensor `{name}` (shape {shape:?})"),
+            Some(t) if &t.shape != shape => bail!("{origin}: tensor `{name}` has shape {:?}, expected {shape:?}", t.shape),
+            Some(_) => {}
+        }
+    }
+    for name in index.tensors.keys() {
+        let ignorable = name.ends_with("rotary_emb.inv_freq") || (config.tie_embeddings && name == "lm_head.weight");
+        if !ignorable && !expected.iter().any(|(n, _)| n == name) {
+            bail!("{origin}: unexpected tensor `{name}` (config.json describes no such parameter)");
+        }
+    }
+    let mut writer = StreamWriter::create(path, expected.clone())?;
+    for (name, _) in &expected {
+        writer.write(name, &index.read(name)?)?;
+    }
+    writer.finish()
+}
+
+/// `btx import-hf`: a Hugging Face folder (config.json, safetensors, tokenizer.json) into
+/// an engine checkpoint.
+pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
+    let config_path = dir.join("config.json");
+    let origin = config_path.display().to_string();
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {origin}"))?;
+    let hf: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{origin} is not valid JSON"))?;
+    let config = from_hf_config(&hf, &origin)?;
+    let index = TensorIndex::open(dir)?;
+    write_folder(out, |tmp| {
+        copy_tensors(&index, &config, &tmp.join(MODEL_FILE), &dir.display().to_string())?;
+        write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(&config)?.as_bytes())?;
+        let tokenizer = dir.join("tokenizer.json");
+        if tokenizer.is_file() {
+            std::fs::copy(&tokenizer, tmp.join("tokenizer.json"))?;
+        }
+        Ok(())
+    })?;
+    Ok(config)
+}
+
+/// The tokenizer a checkpoint was trained with, if it records one.
+fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
+    let local = ckpt.join("tokenizer.json");
+    if local.is_file() {
+        return Some(local);
+    }
+    let text = std::fs::read_to_string(ckpt.join(TRAIN_CONFIG_FILE)).ok()?;
+    let config: crate::train::TrainConfig = parse_ron(&text, "train.ron").ok()?;
+    Some(resolve(&config.data.tokenizer)).filter(|p| p.is_file())
+}
+
+/// `btx export-hf`: an engine checkpoint as a LlamaForCausalLM or MixtralForCausalLM folder.
+pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: bool) -> Result<ModelConfig> {
+    let ckpt = resolve_checkpoint(ckpt)?;
+    let config = read_model_config(&ckpt)?;
+    let hf = to_hf_config(&config, closest)?;
+    let tokenizer = match tokenizer {
+        Some(t) => t.to_path_buf(),
+        None => checkpoint_tokenizer(&ckpt).with_context(|| {
+            format!("{} records no tokenizer (a merged checkpoint has none); pass --tokenizer PATH/tokenizer.json", ckpt.display())
+        })?,
+    };
+    let index = TensorIndex::open(&ckpt)?;
+    write_folder(out, |tmp| {
+        copy_tensors(&index, &config, &tmp.join("model.safetensors"), &ckpt.display().to_string())?;
+        write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
+        std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("cannot copy {}", tokenizer.display()))?;
+        let tokenizer_config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": crate::data::tokenizer::END_OF_TEXT,
+            "eos_token": crate::data::tokenizer::END_OF_TEXT,
+            "model_max_length": config.max_seq_len,
+        });
+        write_atomic(&tmp.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config)?.as_bytes())?;
+        Ok(())
+    })?;
+    Ok(config)
+}
