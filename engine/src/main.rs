@@ -134,6 +134,13 @@ enum Command {
         #[arg(long)]
         closest: bool,
     },
+    /// Print a checkpoint's logits for a token sequence as JSON (for cross-checks).
+    Logits {
+        checkpoint: PathBuf,
+        /// Token ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<i64>,
+    },
     /// The tokenizer.
     Tokenizer {
         #[command(subcommand)]
@@ -381,6 +388,17 @@ fn run(cli: Cli) -> Result<()> {
                 config.num_params() as f64 / 1e6,
                 config.active_params() as f64 / 1e6
             );
+            Ok(())
+        }
+        Command::Logits { checkpoint: ckpt, tokens } => {
+            let device = btx::burn::prelude::Device::flex();
+            let (_, model) = checkpoint::load_model(&checkpoint::resolve_checkpoint(&ckpt)?, &device)?;
+            let n = tokens.len();
+            let input = btx::burn::prelude::Tensor::<2, btx::burn::prelude::Int>::from_data(btx::burn::prelude::TensorData::new(tokens, [1, n]), &device);
+            let logits: Vec<f32> = model.forward(input).into_data().convert::<f32>().try_to_vec().expect("f32");
+            let vocab = logits.len() / n;
+            let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
+            println!("{}", serde_json::to_string(&rows)?);
             Ok(())
         }
         Command::ImportHf { dir, out } => {

@@ -28,8 +28,18 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
     {
         bail!("{origin}: field `head_dim` is {hd}, but the engine needs hidden_size / num_attention_heads = {}", d_model / n_heads);
     }
+    // transformers 5 nests RoPE settings in `rope_parameters`; 4.x has `rope_theta` and
+    // `rope_scaling` at the top level.
+    let rope = hf.get("rope_parameters").filter(|v| v.is_object());
+    let rope_type = rope.and_then(|r| r.get("rope_type")).and_then(Value::as_str).unwrap_or("default");
+    let rope_theta = rope
+        .and_then(|r| r.get("rope_theta"))
+        .or_else(|| hf.get("rope_theta"))
+        .and_then(Value::as_f64)
+        .unwrap_or(10_000.0);
     for (field, ok) in [
         ("rope_scaling", hf.get("rope_scaling").is_none_or(Value::is_null)),
+        ("rope_parameters", rope_type == "default"),
         ("attention_bias", !hf.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)),
         ("mlp_bias", !hf.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false)),
         ("hidden_act", hf.get("hidden_act").and_then(Value::as_str).is_none_or(|a| a == "silu")),
@@ -52,7 +62,7 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         n_kv_heads: Some(hf.get("num_key_value_heads").and_then(Value::as_u64).map_or(n_heads, |v| v as usize)),
         d_ff: int("intermediate_size")?,
         max_seq_len,
-        rope_theta: hf.get("rope_theta").and_then(Value::as_f64).unwrap_or(10_000.0),
+        rope_theta,
         norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         tie_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         moe: if moe {
@@ -87,6 +97,7 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
         "head_dim": config.head_dim(),
         "max_position_embeddings": config.max_seq_len,
         "rope_theta": config.rope_theta,
+        "rope_parameters": { "rope_type": "default", "rope_theta": config.rope_theta },
         "rms_norm_eps": config.norm_eps,
         "tie_word_embeddings": config.tie_embeddings,
         "hidden_act": "silu",

@@ -1,0 +1,147 @@
+//! Hugging Face interop against fixtures made by transformers itself
+//! (tests/fixtures/hf/make_fixtures.py: transformers 5.24.0, torch 2.15.0).
+
+use std::path::{Path, PathBuf};
+
+use btx::burn::prelude::*;
+use btx::checkpoint::load_model;
+use btx::checkpoint::tensor_file::read_tensors;
+use btx::hf::{export_hf, import_hf};
+use btx::merge::MergeInput;
+use btx::merge::mix::{MoeOptions, mix};
+use btx::model::moe_config::Routing;
+
+use crate::common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/hf").join(name)
+}
+
+/// (tokens, logits) transformers computed.
+fn reference(name: &str) -> (Vec<i64>, Vec<f32>) {
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("logits.json")).unwrap()).unwrap();
+    let tokens = json["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    let logits = json["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+    (tokens, logits)
+}
+
+fn engine_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
+    let device = cpu();
+    let (_, model) = load_model(ckpt, &device).unwrap();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [1, tokens.len()]), &device);
+    to_vec(model.forward(input))
+}
+
+#[test]
+fn imported_fixtures_give_the_logits_of_transformers() {
+    for name in ["llama", "mixtral"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ckpt");
+        let config = import_hf(&fixture(name), &out).unwrap();
+        assert_eq!(config.moe.is_some(), name == "mixtral");
+        let (tokens, want) = reference(name);
+        let got = engine_logits(&out, &tokens);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff <= 1e-4 * scale, "{name}: max difference {diff} at logit scale {scale}");
+    }
+}
+
+#[test]
+fn import_export_import_gives_identical_tensors() {
+    for name in ["llama", "mixtral"] {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        import_hf(&fixture(name), &a).unwrap();
+        let tokenizer = repo_root().join("assets/tokenizer.json");
+        export_hf(&a, &dir.path().join("hf"), Some(&tokenizer), false).unwrap();
+        let b = dir.path().join("b");
+        import_hf(&dir.path().join("hf"), &b).unwrap();
+        assert_eq!(read_tensors(&a.join("model.safetensors")).unwrap(), read_tensors(&b.join("model.safetensors")).unwrap(), "{name}");
+        assert!(dir.path().join("hf/tokenizer.json").is_file());
+    }
+}
+
+#[test]
+fn btx_merge_of_imported_experts_exports_what_mixtral_expects() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed");
+    import_hf(&fixture("llama"), &seed).unwrap();
+    let experts: Vec<MergeInput> = (0..3).map(|_| MergeInput::load(&seed).unwrap()).collect();
+    let (config, tensors) = mix(&experts, Some(&MergeInput::load(&seed).unwrap()), None, &MoeOptions { load_balance: 0.01, ..Default::default() }, None).unwrap();
+    let moe = dir.path().join("moe");
+    btx::checkpoint::write_tensor_checkpoint(&moe, &config, &tensors, &[]).unwrap();
+    let out = dir.path().join("hf");
+    export_hf(&moe, &out, Some(&repo_root().join("assets/tokenizer.json")), false).unwrap();
+
+    // Tensor names and shapes exactly those of the MixtralForCausalLM transformers saved.
+    let ours = read_tensors(&out.join("model.safetensors")).unwrap();
+    let theirs = read_tensors(&fixture("mixtral").join("model.safetensors")).unwrap();
+    let shapes = |m: &btx::checkpoint::tensor_file::TensorMap| m.iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect::<Vec<_>>();
+    assert_eq!(shapes(&ours), shapes(&theirs));
+    // The config fields Mixtral reads.
+    let ours: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("mixtral").join("config.json")).unwrap()).unwrap();
+    for field in [
+        "architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "rms_norm_eps",
+        "tie_word_embeddings", "sliding_window", "vocab_size", "max_position_embeddings", "hidden_act",
+    ] {
+        assert_eq!(ours[field], theirs[field], "config field {field}");
+    }
+    assert_eq!(ours["rope_parameters"]["rope_theta"], theirs["rope_parameters"]["rope_theta"]);
+}
+
+#[test]
+fn routing_mixtral_cannot_express_is_refused_unless_closest() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    import_hf(&fixture("mixtral"), &ckpt).unwrap();
+    let mut config = btx::checkpoint::read_model_config(&ckpt).unwrap();
+    config.moe.as_mut().unwrap().routing = Routing::Soft;
+    std::fs::write(ckpt.join("model.ron"), btx::config::to_ron(&config).unwrap()).unwrap();
+    let tokenizer = repo_root().join("assets/tokenizer.json");
+    let err = format!("{:#}", export_hf(&ckpt, &dir.path().join("out"), Some(&tokenizer), false).unwrap_err());
+    assert!(err.contains("Soft") && err.contains("--closest"), "{err}");
+    assert!(!dir.path().join("out").exists());
+    export_hf(&ckpt, &dir.path().join("out"), Some(&tokenizer), true).unwrap();
+    let hf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/config.json")).unwrap()).unwrap();
+    assert_eq!(hf["num_experts_per_tok"], 4);
+}
+
+/// A copy of a fixture folder with its tensors rewritten by `edit`.
+fn edited_fixture(dir: &Path, edit: impl FnOnce(&mut btx::checkpoint::tensor_file::TensorMap)) -> PathBuf {
+    let out = dir.join("edited");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(fixture("mixtral").join("config.json"), out.join("config.json")).unwrap();
+    let mut tensors = read_tensors(&fixture("mixtral").join("model.safetensors")).unwrap();
+    edit(&mut tensors);
+    btx::checkpoint::tensor_file::write_tensors(&out.join("model.safetensors"), &tensors, Default::default()).unwrap();
+    out
+}
+
+#[test]
+fn malformed_folders_are_errors_naming_the_tensor_or_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = edited_fixture(dir.path(), |t| {
+        t.remove("model.layers.1.block_sparse_moe.experts.2.w3.weight");
+    });
+    let err = format!("{:#}", import_hf(&missing, &dir.path().join("a")).unwrap_err());
+    assert!(err.contains("model.layers.1.block_sparse_moe.experts.2.w3.weight") && err.contains("missing"), "{err}");
+    assert!(!dir.path().join("a").exists(), "a failed import left a folder");
+
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = edited_fixture(dir.path(), |t| {
+        let w = t.get_mut("model.layers.0.self_attn.k_proj.weight").unwrap();
+        w.shape = vec![32, 16];
+    });
+    let err = format!("{:#}", import_hf(&wrong, &dir.path().join("a")).unwrap_err());
+    assert!(err.contains("model.layers.0.self_attn.k_proj.weight") && err.contains("[32, 16]"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = edited_fixture(dir.path(), |_| {});
+    let config = std::fs::read_to_string(other.join("config.json")).unwrap().replace("MixtralForCausalLM", "GPT2LMHeadModel");
+    std::fs::write(other.join("config.json"), config).unwrap();
+    let err = format!("{:#}", import_hf(&other, &dir.path().join("a")).unwrap_err());
+    assert!(err.contains("architectures") && err.contains("GPT2LMHeadModel"), "{err}");
+}
