@@ -111,3 +111,110 @@ pub fn bench_moe(device: &Device, o: &MoeBenchOptions) -> Vec<MoeBenchRow> {
     rows.push(MoeBenchRow { what: "lm".into(), dense_ms, moe_ms, ratio: moe_ms / dense_ms });
     rows
 }
+
+/// One model's training-step throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBenchRow {
+    pub model: String,
+    pub params: usize,
+    pub active_params: usize,
+    pub batch: usize,
+    pub seq_len: usize,
+    /// Time of the first (warm-up) steps: compilation and autotuning on GPUs.
+    pub warmup_s: f64,
+    pub step_ms: f64,
+    pub tokens_per_s: f64,
+    /// Achieved training FLOP/s: (6 x active params + attention) x tokens / time.
+    pub tflops: f64,
+    /// Peak memory: the device pool where the backend reports it, else the process's peak RSS.
+    pub peak_memory_mb: f64,
+    /// Forward matmul throughput at the model's FFN shape ([tokens, d_model] x [d_model, d_ff]).
+    pub matmul_tflops: f64,
+}
+
+/// Peak resident memory of this process (Linux), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The MoE counterpart of a dense config in the benchmarks: 4 experts of the dense FFN's
+/// size, top-2 (what BTX builds from 3 experts and the seed).
+pub fn bench_moe_config(dense: &ModelConfig) -> ModelConfig {
+    ModelConfig {
+        moe: Some(MoeConfig {
+            num_experts: 4,
+            top_k: 2,
+            routing: Routing::TopK,
+            layers: None,
+            expert_d_ff: None,
+            load_balance: 0.01,
+            router_z_loss: 0.0,
+            freeze_experts: false,
+        }),
+        ..dense.clone()
+    }
+}
+
+/// Median training-step time (forward, backward, AdamW) of `config` after `warmup` steps.
+pub fn bench_train(config: &ModelConfig, label: &str, batch: usize, seq_len: usize, warmup: usize, iters: usize, device: &Device) -> TrainBenchRow {
+    use crate::train::adamw::AdamW;
+    use crate::train::OptimizerConfig;
+    use burn::optim::GradientsParams;
+    let ad = device.clone().autodiff();
+    let mut model = LanguageModel::seeded(config, 0, &ad);
+    let mut optimizer = AdamW::new(OptimizerConfig {
+        lr: 1e-4, warmup_steps: 0, min_lr_ratio: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0,
+    });
+    let tokens = Tensor::<2, Int>::random([batch, seq_len + 1], Distribution::Uniform(0.0, config.vocab_size as f64), &ad);
+    let inputs = tokens.clone().narrow(1, 0, seq_len);
+    let targets = tokens.narrow(1, 1, seq_len);
+    let ctx = RoutingContext { training: true, step: 0 };
+    let mut step = |model: LanguageModel| -> LanguageModel {
+        let loss = model.training_loss(inputs.clone(), targets.clone(), ctx).total();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        optimizer.step(model, grads, 1e-4, 1.0)
+    };
+    let start = Instant::now();
+    for _ in 0..warmup {
+        model = step(model);
+        ad.sync().ok();
+    }
+    let warmup_s = start.elapsed().as_secs_f64();
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        model = step(model);
+        ad.sync().ok();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let step_s = times[times.len() / 2];
+    let tokens = (batch * seq_len) as f64;
+    let flops = config.train_flops_per_token(seq_len) * tokens;
+    let peak_memory_mb = device.memory_pool_usage().map_or_else(peak_rss_mb, |u| u.bytes_reserved as f64 / 1e6);
+
+    // The device's matmul rate at the FFN's shape, through the same backend.
+    let a = Tensor::<2>::random([batch * seq_len, config.d_model], Distribution::Normal(0.0, 1.0), device);
+    let b = Tensor::<2>::random([config.d_model, config.d_ff], Distribution::Normal(0.0, 1.0), device);
+    let matmul_ms = median_ms(device, 2, 5, || {
+        let _ = a.clone().matmul(b.clone());
+    });
+    let matmul_tflops = 2.0 * tokens * (config.d_model * config.d_ff) as f64 / (matmul_ms / 1e3) / 1e12;
+
+    TrainBenchRow {
+        model: label.to_string(),
+        params: config.num_params(),
+        active_params: config.active_params(),
+        batch,
+        seq_len,
+        warmup_s,
+        step_ms: step_s * 1e3,
+        tokens_per_s: tokens / step_s,
+        tflops: flops / step_s / 1e12,
+        peak_memory_mb,
+        matmul_tflops,
+    }
+}

@@ -93,3 +93,36 @@ fn metal(_: impl Fn(Device, &str) -> Result<SelectedDevice>) -> Result<SelectedD
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
+
+/// Runs a small random model on `device` and on the CPU with the same weights; returns
+/// (max |logit difference|, largest |logit|). The WGPU-vs-CPU check of tests and GPU scripts.
+pub fn compare_logits_with_cpu(device: &Device) -> (f32, f32) {
+    use crate::checkpoint::module_tensors::{module_from_tensors, module_to_tensors};
+    use crate::config::ModelConfig;
+    use crate::model::LanguageModel;
+    let config = ModelConfig {
+        vocab_size: 512,
+        d_model: 64,
+        n_layers: 2,
+        n_heads: 4,
+        n_kv_heads: Some(2),
+        d_ff: 128,
+        max_seq_len: 64,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        tie_embeddings: false,
+        moe: None,
+    };
+    let cpu = Device::flex();
+    let reference = LanguageModel::seeded(&config, 3, &cpu);
+    let tensors = module_to_tensors(&reference);
+    let model = module_from_tensors(LanguageModel::new(&config, device), &tensors, "check").expect("same config");
+    let ids: Vec<i64> = (0..64).map(|i| (i * 37 % 512) as i64).collect();
+    let logits = |m: &LanguageModel, d: &Device| -> Vec<f32> {
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, 32]), d);
+        m.forward(tokens).into_data().convert::<f32>().try_to_vec().expect("f32")
+    };
+    let (a, b) = (logits(&reference, &cpu), logits(&model, device));
+    let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    (diff, a.iter().fold(0.0f32, |m, x| m.max(x.abs())))
+}

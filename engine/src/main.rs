@@ -146,8 +146,14 @@ enum Command {
         #[command(subcommand)]
         command: TokenizerCommand,
     },
-    /// The hardware GPU adapters WGPU finds.
-    Devices,
+    /// The hardware GPU adapters WGPU finds; with --check, also compare a small model's
+    /// logits on --device against the CPU backend.
+    Devices {
+        #[arg(long)]
+        check: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -157,6 +163,24 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training-step throughput (forward, backward, AdamW) of a training config's dense model
+    /// and of its MoE counterpart (4 experts of the same FFN, top-2), after warm-up.
+    Train {
+        /// A training config (its model, batch_size and data.seq_len are used).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Override the config's batch size.
+        #[arg(long)]
+        batch: Option<usize>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Forward+backward time of top-2 of 4 experts against the dense model with the same
     /// active parameters, for one layer and for the whole LM.
     Moe {
@@ -426,6 +450,33 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {}", out.display());
             Ok(())
         }
+        Command::Bench { command: BenchCommand::Train { config, device, warmup, iters, batch, json } } => {
+            let train_config = TrainConfig::load(&config)?;
+            let selected = select_device(device)?;
+            println!("device: {}", selected.description);
+            let dense = train_config.model.clone();
+            let dense = btx::config::ModelConfig { moe: None, ..dense };
+            let moe = btx::bench::bench_moe_config(&dense);
+            let batch = batch.unwrap_or(train_config.batch_size);
+            let seq = train_config.data.seq_len;
+            let rows: Vec<_> = [("dense", &dense), ("moe", &moe)]
+                .into_iter()
+                .map(|(label, c)| btx::bench::bench_train(c, label, batch, seq, warmup, iters, &selected.device))
+                .collect();
+            println!("{batch}x{seq} tokens per step, median of {iters} steps after {warmup} warm-up steps");
+            println!("{:<6} {:>9} {:>9} {:>10} {:>12} {:>9} {:>10} {:>11} {:>10}", "model", "params", "active", "step ms", "tokens/s", "TFLOP/s", "warmup s", "peak MB", "matmul TF");
+            for r in &rows {
+                println!(
+                    "{:<6} {:>8.2}M {:>8.2}M {:>10.1} {:>12.0} {:>9.4} {:>10.2} {:>11.0} {:>10.4}",
+                    r.model, r.params as f64 / 1e6, r.active_params as f64 / 1e6, r.step_ms, r.tokens_per_s, r.tflops, r.warmup_s, r.peak_memory_mb, r.matmul_tflops
+                );
+            }
+            if let Some(json) = json {
+                let out = serde_json::json!({ "device": selected.description, "rows": rows, "dense_config": dense, "moe_config": moe, "batch": batch, "seq_len": seq, "lr": 1e-4 });
+                btx::fsutil::write_atomic(&json, serde_json::to_string_pretty(&out)?.as_bytes())?;
+            }
+            Ok(())
+        }
         Command::Bench { command: BenchCommand::Moe { device, d_model, expert_d_ff, layers, batch, seq_len, warmup, iters, json } } => {
             let selected = select_device(device)?;
             println!("device: {}", selected.description);
@@ -445,13 +496,22 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Devices => {
+        Command::Devices { check, device } => {
             let adapters = hardware_adapters();
             if adapters.is_empty() {
                 println!("no hardware GPU adapter found; --device auto uses the CPU");
             }
             for a in adapters {
                 println!("{a}");
+            }
+            if check {
+                let selected = select_device(device)?;
+                let (diff, scale) = btx::device::compare_logits_with_cpu(&selected.device);
+                let ok = diff <= 1e-4 * scale.max(1.0);
+                println!("{}: max |logit - cpu logit| = {diff:.3e} at logit scale {scale:.3} -> {}", selected.description, if ok { "OK" } else { "MISMATCH" });
+                if !ok {
+                    anyhow::bail!("{} disagrees with the CPU backend", selected.description);
+                }
             }
             Ok(())
         }

@@ -81,8 +81,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench { args } => {
             let btx = build_btx()?;
-            let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
-            run_btx(&btx, &args)
+            match args.first().map(String::as_str) {
+                Some("compare") => bench_compare(&btx, &args[1..]),
+                Some("recipe") => bench_recipe(&btx, &args[1..]),
+                _ => {
+                    let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
+                    run_btx(&btx, &args)
+                }
+            }
         }
         Task::Btx { args } => {
             let btx = build_btx()?;
@@ -90,6 +96,76 @@ fn run(cli: Cli) -> Result<()> {
             run_btx(&btx, &args)
         }
     }
+}
+
+/// The value of `--name` in `args`, if given.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// `cargo xtask bench compare [--config C] [--device D] [--torch-device cpu|cuda] [--dtype float32]`:
+/// the engine's training-step throughput and the PyTorch reference's, on the same device kind.
+fn bench_compare(btx: &Path, args: &[String]) -> Result<()> {
+    let config = flag(args, "--config").unwrap_or("recipes/train/dense-tiny.ron");
+    let device = flag(args, "--device").unwrap_or("auto");
+    let out = std::env::temp_dir().join(format!("btx-bench-{}.json", std::process::id()));
+    let mut engine_args = vec!["bench", "train", "--config", config, "--device", device, "--json", out.to_str().unwrap()];
+    for f in ["--warmup", "--iters", "--batch"] {
+        if let Some(v) = flag(args, f) {
+            engine_args.extend([f, v]);
+        }
+    }
+    run_btx(btx, &engine_args)?;
+    let engine: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let python = std::env::var("BTX_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_torch = Command::new(&python).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
+    if !has_torch {
+        println!("\nPyTorch is not available to `{python}` (set BTX_PYTHON to an interpreter with torch): engine figures only.");
+        return Ok(());
+    }
+    let on_gpu = engine["device"].as_str().is_some_and(|d| !d.starts_with("cpu"));
+    let torch_device = flag(args, "--torch-device").unwrap_or(if on_gpu { "cuda" } else { "cpu" });
+    let mut py_args = vec!["bench/reference/train_bench.py".to_string(), "--engine-json".into(), out.display().to_string(), "--device".into(), torch_device.into()];
+    for f in ["--dtype", "--warmup", "--iters"] {
+        if let Some(v) = flag(args, f) {
+            py_args.extend([f.to_string(), v.to_string()]);
+        }
+    }
+    let output = Command::new(&python).args(&py_args).output().context("cannot run the PyTorch reference")?;
+    if !output.status.success() {
+        bail!("the PyTorch reference failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let torch: serde_json::Value = serde_json::from_slice(output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(&[]))?;
+    println!("\nPyTorch {} on {} ({}, {} threads)", torch["torch"], torch["device"], torch["dtype"], torch["threads"]);
+    println!("{:<6} {:>14} {:>14} {:>16}", "model", "engine tok/s", "torch tok/s", "engine / torch");
+    let mut results = Vec::new();
+    for (e, t) in engine["rows"].as_array().into_iter().flatten().zip(torch["rows"].as_array().into_iter().flatten()) {
+        let (a, b) = (e["tokens_per_s"].as_f64().unwrap_or(0.0), t["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+        println!("{:<6} {:>14.0} {:>14.0} {:>16.2}", e["model"].as_str().unwrap_or("?"), a, b, a / b);
+        results.push(serde_json::json!({ "model": e["model"], "engine_tokens_per_s": a, "torch_tokens_per_s": b, "ratio": a / b }));
+    }
+    let summary = serde_json::json!({ "engine": engine, "torch": torch, "ratios": results });
+    std::fs::write("bench-compare.json", serde_json::to_string_pretty(&summary)?)?;
+    println!("(written to bench-compare.json)");
+    Ok(())
+}
+
+/// `cargo xtask bench recipe [--device D]`: wall time of every stage of btx-tiny, from scratch.
+fn bench_recipe(btx: &Path, args: &[String]) -> Result<()> {
+    let device = flag(args, "--device").unwrap_or("auto");
+    let out = std::env::temp_dir().join(format!("btx-bench-recipe-{}", std::process::id()));
+    run_btx(btx, &["recipe", "run", "recipes/btx-tiny.ron", "--out", out.to_str().unwrap(), "--device", device])?;
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json"))?)?;
+    println!("\n{:<28} {:>10} {:>12}", "stage", "wall s", "tokens");
+    let mut total = 0.0;
+    for s in report["stages"].as_array().into_iter().flatten() {
+        let wall = s["wall_time_s"].as_f64().unwrap_or(0.0);
+        total += wall;
+        println!("{:<28} {:>10.1} {:>12}", s["stage"].as_str().unwrap_or("?"), wall, s["tokens"]);
+    }
+    println!("{:<28} {:>10.1}", "total", total);
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

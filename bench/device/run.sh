@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU check, for one NVIDIA H200 through the device tool (under 8 minutes). Expects,
+# beside the working tree (carried): .carry/btx.xz (a release `btx`, xz-compressed) and
+# .gl/*.deb (the Vulkan loader and GL packages, see DEVELOPERS.md). Writes its figures to
+# $OUT (default /tmp/btx-device): the WGPU-vs-CPU logits check, the engine's training
+# throughput of a ~91M dense model and its MoE, the PyTorch reference on the same GPU in
+# f32 and bf16, and the MoE-vs-dense layer benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for f in .gl/*.deb; do dpkg -x "$f" /; done
+ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+BTX=.carry/btx
+[ -f .carry/btx.xz ] && xz -dkf .carry/btx.xz
+chmod +x "$BTX"
+OUT=${OUT:-/tmp/btx-device}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+"$BTX" devices --check --device vulkan 2>&1 | tee "$OUT/check.txt"
+timeout 240 "$BTX" bench train --config bench/device/dense-100m.ron --device vulkan --warmup 3 --iters 10 \
+    --json "$OUT/engine.json" 2>&1 | tee "$OUT/engine.txt"
+for dtype in float32 bfloat16; do
+    timeout 90 python3 bench/reference/train_bench.py --engine-json "$OUT/engine.json" --device cuda \
+        --dtype $dtype --warmup 3 --iters 10 > "$OUT/torch-$dtype.json" || echo "torch $dtype failed"
+done
+timeout 90 "$BTX" bench moe --device vulkan --d-model 768 --expert-d-ff 2048 --layers 4 --batch 16 \
+    --seq-len 512 2>&1 | tee "$OUT/moe.txt" || echo "bench moe failed"
