@@ -140,7 +140,8 @@ fn a_recipe_killed_during_an_expert_stage_finishes_like_one_never_stopped() {
         assert!(std::time::Instant::now() < deadline, "the expert never checkpointed");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let killed_ok = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).status().unwrap();
+    // The shell's own `kill` signals the whole process group.
+    let killed_ok = Command::new("sh").args(["-c", &format!("kill -s KILL -- -{}", child.id())]).status().unwrap();
     assert!(killed_ok.success());
     let _ = child.wait();
     assert!(!expert.join("manifest.json").exists(), "the expert finished before the kill");

@@ -68,10 +68,19 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     let mean_loss = |r: &Row| r.domains.iter().map(|d| d.1).sum::<f64>() / r.domains.len().max(1) as f64;
     let finals: Vec<&Row> = rows.iter().filter(|r| r.entry.kind == "final").collect();
 
+    let mut stages = Vec::new();
+    for entry in std::fs::read_dir(&plan.out)?.flatten() {
+        collect_manifests(&entry.path(), &mut stages);
+    }
+    stages.sort_by(|a, b| a.stage.cmp(&b.stage));
+    let mut devices: Vec<&str> = stages.iter().filter(|m| m.tokens > 0).map(|m| m.device.as_str()).collect();
+    devices.sort();
+    devices.dedup();
+
     let mut md = String::new();
     let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     writeln!(md, "# Recipe report: {name}\n")?;
-    writeln!(md, "Validation perplexity per domain (lower is better), mean = exp(mean of the domains' losses). Tokens and training FLOPs (6 x active parameters x tokens, plus attention) count every stage that produced the model, the seed's included. Device: {}.\n", plan.device)?;
+    writeln!(md, "Validation perplexity per domain (lower is better), mean = exp(mean of the domains' losses). Tokens and training FLOPs (6 x active parameters x tokens, plus attention) count every stage that produced the model, the seed's included. Trained on: {}.\n", devices.join(", "))?;
     write!(md, "| model | tokens | train FLOPs |")?;
     for d in &domain_names {
         write!(md, " {d} |")?;
@@ -147,11 +156,6 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
 
     // Stages.
     writeln!(md, "\n## Stages\n\n| stage | tokens | train FLOPs | wall time | device |\n|---|---:|---:|---:|---|")?;
-    let mut stages = Vec::new();
-    for entry in std::fs::read_dir(&plan.out)?.flatten() {
-        collect_manifests(&entry.path(), &mut stages);
-    }
-    stages.sort_by(|a, b| a.stage.cmp(&b.stage));
     for m in &stages {
         writeln!(md, "| {} | {} | {:.3e} | {:.1} s | {} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
     }
