@@ -330,7 +330,7 @@ fn absolute(source: &Source) -> Source {
 }
 
 /// Runs `stages` at most `jobs` at a time.
-fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, device: &str) -> Result<Vec<Manifest>> {
+fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, device: &str, progress: &indicatif::MultiProgress) -> Result<Vec<Manifest>> {
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<Result<Manifest>>>> = Mutex::new((0..stages.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
@@ -343,7 +343,7 @@ fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, device: &str) -> Resu
                     i
                 };
                 let Some(stage) = stages.get(i) else { break };
-                let result = stage.run(btx, device);
+                let result = stage.run(btx, device, progress);
                 let failed = result.is_err();
                 results.lock().unwrap()[i] = Some(result);
                 if failed {
@@ -358,21 +358,24 @@ fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, device: &str) -> Resu
 pub fn run_recipe(recipe: &Recipe, options: &RunOptions) -> Result<()> {
     std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
     let plan = Plan { recipe, out: options.out.clone(), device: options.device.clone() };
+    // One progress bar per running training stage (hidden when stderr is not a terminal).
+    let progress = indicatif::MultiProgress::new();
+    let (btx, device) = (&options.btx, &options.device);
     let (seed, seed_stage) = plan.seed()?;
     if let Some(stage) = seed_stage {
-        stage.run(&options.btx, &options.device)?;
+        stage.run(btx, device, &progress)?;
     }
-    run_parallel(&plan.expert_stages(&seed)?, options.jobs, &options.btx, &options.device)?;
+    run_parallel(&plan.expert_stages(&seed)?, options.jobs, btx, device, &progress)?;
     plan.write_eval_data()?;
     for stage in plan.merge_stages(&seed)? {
-        stage.run(&options.btx, &options.device)?;
+        stage.run(btx, device, &progress)?;
     }
     let mut later = plan.finetune_stages()?;
     later.extend(plan.dense_stage(&seed)?);
-    run_parallel(&later, options.jobs, &options.btx, &options.device)?;
+    run_parallel(&later, options.jobs, btx, device, &progress)?;
     let entries = plan.entries(&seed);
     let eval_stages: Vec<Stage> = entries.iter().map(|(_, s)| clone_stage(s)).collect();
-    run_parallel(&eval_stages, options.jobs, &options.btx, &options.device)?;
+    run_parallel(&eval_stages, options.jobs, btx, device, &progress)?;
     super::report::write_report(&plan, &entries)
 }
 

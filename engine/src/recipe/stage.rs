@@ -117,11 +117,24 @@ impl Stage {
         }
     }
 
+    /// A progress bar for a training stage (its config names the steps).
+    fn progress_bar(&self, progress: &indicatif::MultiProgress) -> Option<indicatif::ProgressBar> {
+        let config: crate::train::TrainConfig = crate::config::parse_ron(self.config.as_deref()?, "stage").ok()?;
+        let bar = progress.add(indicatif::ProgressBar::new(config.steps as u64));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:<24} [{bar:30}] {pos}/{len} steps {elapsed_precise} ETA {eta_precise}")
+                .ok()?
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(self.name.clone());
+        Some(bar)
+    }
+
     /// Runs the stage unless it is complete; returns its manifest.
-    pub fn run(&self, btx: &Path, device: &str) -> Result<Manifest> {
+    pub fn run(&self, btx: &Path, device: &str, progress: &indicatif::MultiProgress) -> Result<Manifest> {
         let (key, inputs) = self.key()?;
         if let Some(m) = self.manifest().filter(|m| m.key == key) {
-            eprintln!("[{}] up to date, skipped", self.name);
+            progress.suspend(|| eprintln!("[{}] up to date, skipped", self.name));
             return Ok(m);
         }
         let resuming = std::fs::read_to_string(self.dir.join(KEY_FILE)).is_ok_and(|k| k.trim() == key);
@@ -133,16 +146,29 @@ impl Stage {
         if let Some(config) = &self.config {
             write_atomic(&self.config_path(), config.as_bytes())?;
         }
-        eprintln!("[{}] {}", self.name, if resuming { "resuming" } else { "running" });
+        progress.suspend(|| eprintln!("[{}] {}", self.name, if resuming { "resuming" } else { "running" }));
         let log_path = self.dir.join("log.txt");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let started = Instant::now();
-        let status = Command::new(btx)
+        let mut child = Command::new(btx)
             .args(&self.args)
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
-            .status()
+            .spawn()
             .with_context(|| format!("cannot run {}", btx.display()))?;
+        let bar = self.progress_bar(progress);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if let Some(bar) = &bar {
+                bar.set_position(last_step(&self.dir.join("metrics.jsonl")));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        };
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
         if !status.success() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
@@ -164,9 +190,17 @@ impl Stage {
             device,
         };
         write_atomic(&self.dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-        eprintln!("[{}] done in {:.1} s", self.name, started.elapsed().as_secs_f64());
+        progress.suspend(|| eprintln!("[{}] done in {:.1} s", self.name, started.elapsed().as_secs_f64()));
         Ok(manifest)
     }
+}
+
+/// The last step a training stage logged.
+fn last_step(metrics: &Path) -> u64 {
+    std::fs::read_to_string(metrics)
+        .ok()
+        .and_then(|t| t.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("step")?.as_u64()))
+        .unwrap_or(0)
 }
 
 /// The weights file of a stage's output (a run folder's latest checkpoint, or a folder that
