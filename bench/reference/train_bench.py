@@ -158,7 +158,7 @@ def bench(config, label, batch, seq, warmup, iters, device, dtype):
         times.append(time.perf_counter() - t)
     step_s = sorted(times)[len(times) // 2]
     return {"model": label, "step_ms": step_s * 1e3, "tokens_per_s": batch * seq / step_s, "warmup_s": warmup_s,
-            "peak_memory_mb": torch.cuda.max_memory_allocated() / 1e6 if device == "cuda" else float("nan")}
+            "peak_memory_mb": torch.cuda.max_memory_allocated() / 1e6 if device == "cuda" else None}
 
 
 def main():
