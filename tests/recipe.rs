@@ -189,3 +189,28 @@ fn recipe_errors_name_the_field() {
     assert!(e.contains("experts[0].name"), "{e}");
 }
 
+
+#[test]
+fn a_recipe_can_start_from_an_existing_seed_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // A seed made elsewhere (here: imported from Hugging Face format after a training run).
+    let config = tiny_train_config(dir.path(), 3);
+    let seed_run = dir.path().join("seed-run");
+    let selected = btx::device::SelectedDevice { device: cpu(), description: "cpu".into(), is_gpu: false };
+    let options = btx::train::TrainOptions { out: seed_run.clone(), resume: false, progress: false, stop_after: None };
+    btx::train::train(&config, "test", &selected, &options).unwrap();
+    let hf = dir.path().join("hf");
+    btx::hf::export_hf(&seed_run, &hf, Some(&repo_root().join("assets/tokenizer.json")), false).unwrap();
+    let imported = dir.path().join("imported");
+    btx::hf::import_hf(&hf, &imported).unwrap();
+
+    let text = recipe_text(dir.path(), &[("en", "english")], 4)
+        .replace(r#"seed_model: Train(steps: 12, mixture: [("english", 1.0), ("code", 1.0), ("arithmetic", 1.0)]),"#, &format!("seed_model: Checkpoint(\"{}\"),", imported.display()));
+    assert!(text.contains("Checkpoint("));
+    let out = dir.path().join("run");
+    let (ok, stderr) = run_recipe(dir.path(), &text, &out);
+    assert!(ok, "{stderr}");
+    assert!(!ran(&stderr).contains(&"seed".to_string()) && !out.join("seed").exists());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| seed |") && report.contains("expert en"), "{report}");
+}
