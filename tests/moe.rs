@@ -12,19 +12,6 @@ use btx::model::router::topk_gates;
 
 use crate::common::*;
 
-fn moe_config(num_experts: usize, top_k: usize, routing: Routing) -> MoeConfig {
-    MoeConfig {
-        num_experts,
-        top_k,
-        routing,
-        layers: None,
-        expert_d_ff: None,
-        load_balance: 0.01,
-        router_z_loss: 0.0,
-        freeze_experts: false,
-    }
-}
-
 /// An MoE layer whose every expert is a copy of `ffn`.
 fn copies_of(ffn: &FeedForward, config: &MoeConfig, device: &Device) -> MoeLayer {
     let mut layer = MoeLayer::new(32, 64, config, false, device);

@@ -8,23 +8,10 @@ use btx::checkpoint::{self, load_model, write_model_files};
 use btx::device::SelectedDevice;
 use btx::eval::{evaluate, mean_loss};
 use btx::model::LanguageModel;
-use btx::model::moe_config::{MoeConfig, Routing};
+use btx::model::moe_config::Routing;
 use btx::train::{TrainOptions, train, trainer::load_domains};
 
 use crate::common::*;
-
-fn moe(num_experts: usize, top_k: usize, routing: Routing) -> MoeConfig {
-    MoeConfig {
-        num_experts,
-        top_k,
-        routing,
-        layers: None,
-        expert_d_ff: None,
-        load_balance: 0.01,
-        router_z_loss: 0.0,
-        freeze_experts: false,
-    }
-}
 
 #[test]
 fn moe_lm_with_copies_of_the_dense_ffns_equals_the_dense_lm() {
@@ -36,7 +23,7 @@ fn moe_lm_with_copies_of_the_dense_ffns_equals_the_dense_lm() {
 
     for routing in [Routing::TopK, Routing::Soft, Routing::Switch { capacity_factor: 4.0 }] {
         let mut config = dense_config.clone();
-        config.moe = Some(moe(4, 2, routing.clone()));
+        config.moe = Some(moe_config(4, 2, routing.clone()));
         let fresh = LanguageModel::new(&config, &device);
         // Every tensor from the dense model, except each FFN copied into the 4 experts;
         // the routers stay as initialised.
@@ -70,7 +57,7 @@ fn moe_lm_with_copies_of_the_dense_ffns_equals_the_dense_lm() {
 fn moe_checkpoint_has_mixtral_names_and_round_trips() {
     let device = cpu();
     let mut config = tiny_model(4, 2);
-    config.moe = Some(moe(4, 2, Routing::TopK));
+    config.moe = Some(moe_config(4, 2, Routing::TopK));
     device.seed(3);
     let model = LanguageModel::new(&config, &device);
     let tensors = module_to_tensors(&model);
@@ -101,7 +88,7 @@ fn moe_lm_trains_in_every_routing_mode() {
     for (k, routing) in modes {
         let dir = tempfile::tempdir().unwrap();
         let mut config = tiny_train_config(dir.path(), 30);
-        config.model.moe = Some(moe(4, k, routing.clone()));
+        config.model.moe = Some(moe_config(4, k, routing.clone()));
         let domains = load_domains(&config, "test").unwrap();
         let device = cpu();
         device.seed(config.seed);
@@ -125,7 +112,7 @@ fn moe_lm_trains_in_every_routing_mode() {
 fn frozen_experts_do_not_change_while_routers_train() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_train_config(dir.path(), 5);
-    let mut m = moe(4, 2, Routing::TopK);
+    let mut m = moe_config(4, 2, Routing::TopK);
     m.freeze_experts = true;
     config.model.moe = Some(m);
     let out = dir.path().join("run");

@@ -20,7 +20,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelConfig, parse_ron, to_ron};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::model::LanguageModel;
 use module_tensors::{module_from_tensors, module_to_tensors};
 use tensor_file::{TensorMap, read_tensors, write_tensors};
@@ -99,26 +99,15 @@ pub fn save_checkpoint(
     std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
     let name = format!("step-{step:07}");
     let final_dir = parent.join(&name);
-    let tmp_dir = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp_dir);
-    std::fs::create_dir_all(&tmp_dir)?;
-    let written = (|| -> Result<()> {
-        write_model_files(&tmp_dir, model, config)?;
+    write_dir_atomic(&final_dir, |tmp| {
+        write_model_files(tmp, model, config)?;
         if let Some(t) = training {
-            write_tensors(&tmp_dir.join(OPTIMIZER_FILE), &t.optimizer, BTreeMap::new())?;
-            write_atomic(&tmp_dir.join(STATE_FILE), serde_json::to_string_pretty(t.state)?.as_bytes())?;
-            write_atomic(&tmp_dir.join(TRAIN_CONFIG_FILE), t.train_config_ron.as_bytes())?;
+            write_tensors(&tmp.join(OPTIMIZER_FILE), &t.optimizer, BTreeMap::new())?;
+            write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(t.state)?.as_bytes())?;
+            write_atomic(&tmp.join(TRAIN_CONFIG_FILE), t.train_config_ron.as_bytes())?;
         }
-        if final_dir.exists() {
-            std::fs::remove_dir_all(&final_dir)?;
-        }
-        std::fs::rename(&tmp_dir, &final_dir)?;
         Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp_dir);
-        return Err(e.context(format!("cannot write checkpoint {}", final_dir.display())));
-    }
+    })?;
     write_atomic(&run_dir.join(LATEST_FILE), format!("checkpoints/{name}\n").as_bytes())?;
     for entry in std::fs::read_dir(&parent)?.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
@@ -133,29 +122,15 @@ pub fn save_checkpoint(
 /// files) from host tensors: built under a temporary name and renamed into place, so `dir`
 /// is either absent or whole. An existing `dir` is replaced.
 pub fn write_tensor_checkpoint(dir: &Path, config: &ModelConfig, tensors: &TensorMap, extra: &[(&str, String)]) -> Result<()> {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "checkpoint".into());
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let written = (|| -> Result<()> {
-        std::fs::create_dir_all(&tmp)?;
+    write_dir_atomic(dir, |tmp| {
         let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
         write_tensors(&tmp.join(MODEL_FILE), tensors, metadata)?;
         write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(config)?.as_bytes())?;
         for (file, text) in extra {
             write_atomic(&tmp.join(file), text.as_bytes())?;
         }
-        if dir.exists() {
-            std::fs::remove_dir_all(dir)?;
-        }
-        std::fs::rename(&tmp, dir)?;
         Ok(())
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written.with_context(|| format!("cannot write checkpoint {}", dir.display()))
+    })
 }
 
 /// Writes model.safetensors and model.ron into `dir`.

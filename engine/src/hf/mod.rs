@@ -12,30 +12,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::checkpoint::{MODEL_CONFIG_FILE, MODEL_FILE, TRAIN_CONFIG_FILE, read_model_config, resolve_checkpoint};
 use crate::config::{ModelConfig, parse_ron, resolve, to_ron};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{write_atomic, write_dir_atomic};
 use config::{expected_tensors, from_hf_config, to_hf_config};
 use stream::{StreamWriter, TensorIndex};
-
-/// Builds `out` under a temporary name and renames it into place (replacing an old `out`).
-fn write_folder(out: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let result = fill(&tmp).and_then(|()| {
-        if out.exists() {
-            std::fs::remove_dir_all(out)?;
-        }
-        std::fs::rename(&tmp, out)?;
-        Ok(())
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", out.display()))
-}
 
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
@@ -69,7 +48,7 @@ pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
     let hf: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{origin} is not valid JSON"))?;
     let config = from_hf_config(&hf, &origin)?;
     let index = TensorIndex::open(dir)?;
-    write_folder(out, |tmp| {
+    write_dir_atomic(out, |tmp| {
         copy_tensors(&index, &config, &tmp.join(MODEL_FILE), &dir.display().to_string())?;
         write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(&config)?.as_bytes())?;
         let tokenizer = dir.join("tokenizer.json");
@@ -104,7 +83,7 @@ pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: boo
         })?,
     };
     let index = TensorIndex::open(&ckpt)?;
-    write_folder(out, |tmp| {
+    write_dir_atomic(out, |tmp| {
         copy_tensors(&index, &config, &tmp.join("model.safetensors"), &ckpt.display().to_string())?;
         write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
         std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("cannot copy {}", tokenizer.display()))?;

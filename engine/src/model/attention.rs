@@ -2,12 +2,12 @@
 //! `n_kv_heads` key/value heads are shared by groups of `n_heads / n_kv_heads` query heads.
 //! Field names follow Hugging Face's Llama (`q_proj`, `k_proj`, `v_proj`, `o_proj`).
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::init::linear_init;
+use super::init::linear;
 use super::rope::apply_rope;
 use crate::config::ModelConfig;
 
@@ -25,9 +25,7 @@ impl Attention {
     pub fn new(config: &ModelConfig, device: &Device) -> Self {
         let d = config.d_model;
         let kv_dim = config.kv_heads() * config.head_dim();
-        let linear = |d_in, d_out| {
-            LinearConfig::new(d_in, d_out).with_bias(false).with_initializer(linear_init()).init(device)
-        };
+        let linear = |d_in, d_out| linear(d_in, d_out, device);
         Self {
             q_proj: linear(d, d),
             k_proj: linear(d, kv_dim),

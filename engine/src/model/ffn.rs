@@ -1,11 +1,11 @@
 //! The SwiGLU feed-forward network (Shazeer 2020): down(silu(gate(x)) * up(x)).
 //! Its own module so that the MoE layer can use it as an expert and replace it per layer.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 
-use super::init::linear_init;
+use super::init::linear;
 
 #[derive(Module, Debug)]
 pub struct FeedForward {
@@ -16,9 +16,7 @@ pub struct FeedForward {
 
 impl FeedForward {
     pub fn new(d_model: usize, d_ff: usize, device: &Device) -> Self {
-        let linear = |d_in, d_out| {
-            LinearConfig::new(d_in, d_out).with_bias(false).with_initializer(linear_init()).init(device)
-        };
+        let linear = |d_in, d_out| linear(d_in, d_out, device);
         Self {
             gate_proj: linear(d_model, d_ff),
             up_proj: linear(d_model, d_ff),

@@ -4,7 +4,7 @@
 //! else the process does with the device's random generator (tests run in parallel).
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::nn::Initializer;
+use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::data::rng::Rng;
@@ -13,6 +13,11 @@ pub const INIT_STD: f64 = 0.02;
 
 pub fn linear_init() -> Initializer {
     Initializer::Normal { mean: 0.0, std: INIT_STD }
+}
+
+/// A bias-free linear layer with the model's initialisation.
+pub fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(d_in, d_out).with_bias(false).with_initializer(linear_init()).init(device)
 }
 
 /// Re-draws every float parameter but the norm gains from N(0, INIT_STD), deterministically.

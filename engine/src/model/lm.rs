@@ -1,13 +1,13 @@
 //! The dense decoder-only language model (Llama style). Field names follow Hugging Face's
 //! `LlamaForCausalLM`, so a checkpoint's tensor names are its module paths.
 
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use super::block::Block;
 use super::moe::{MoeAux, RoutingContext};
-use super::init::{linear_init, seeded_init};
+use super::init::{linear, linear_init, seeded_init};
 use super::rope::rope_tables;
 use crate::config::ModelConfig;
 
@@ -29,12 +29,7 @@ impl LanguageModel {
                 .init(device),
             layers: (0..config.n_layers).map(|l| Block::new(config, l, device)).collect(),
             norm: RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
-            lm_head: (!config.tie_embeddings).then(|| {
-                LinearConfig::new(config.d_model, config.vocab_size)
-                    .with_bias(false)
-                    .with_initializer(linear_init())
-                    .init(device)
-            }),
+            lm_head: (!config.tie_embeddings).then(|| linear(config.d_model, config.vocab_size, device)),
             rope_theta: config.rope_theta,
         }
     }

@@ -7,13 +7,13 @@
 //! host read) give each expert's slice. Each expert then runs on its own rows only, and the
 //! gate-weighted results are scatter-added back. Top-2 of E costs about 2 FFNs, not E.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::softmax;
 
 use super::ffn::FeedForward;
-use super::init::linear_init;
+use super::init::linear;
 use super::load_balance::{load_balancing_loss, router_z_loss};
 use super::moe_config::{MoeConfig, Routing};
 use super::router::{Selection, argmax_gates, gumbel_temperature, sample_top1_gates, topk_gates};
@@ -60,10 +60,7 @@ impl MoeLayer {
             experts = experts.into_iter().map(|e| e.no_grad()).collect();
         }
         Self {
-            gate: LinearConfig::new(d_model, config.num_experts)
-                .with_bias(false)
-                .with_initializer(linear_init())
-                .init(device),
+            gate: linear(d_model, config.num_experts, device),
             experts,
             config: config.clone(),
             force_soft,
