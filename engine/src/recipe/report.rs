@@ -142,7 +142,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
             write_atomic(&plan.out.join(&file), &plot_heatmap(&r.routing).to_png())?;
             writeln!(md, "**{}**: ![routing {}]({file})\n", r.entry.label, r.entry.label)?;
             let first = &r.routing[0].1;
-            writeln!(md, "One panel per {} ({} of them, left to right); in each, a row per domain ({}, top to bottom) and a column per expert; darker = larger share of that domain's tokens.\n",
+            writeln!(md, "One panel per {} ({} of them, left to right); in each, a row per domain ({}, top to bottom) and a column per expert; darker = larger share of that domain's token assignments (the darkest cell is the largest share in the figure).\n",
                 if r.entry.label.contains("ensemble") { "ensemble (the cached prior over experts)" } else { "MoE layer" },
                 first.len(),
                 r.routing.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>().join(", "))?;
@@ -226,10 +226,12 @@ fn plot_heatmap(routing: &[(String, Vec<Vec<f64>>)]) -> Canvas {
     let w = (layers as i64 * (panel_w + gap) + gap) as usize;
     let h = (domains as i64 * cell + 2 * gap) as usize;
     let mut c = Canvas::new(w, h, [255, 255, 255]);
+    // Darkest = the largest share in the figure (with top-k routing no share exceeds 1/k).
+    let max = routing.iter().flat_map(|(_, l)| l.iter().flatten()).cloned().fold(1e-9, f64::max);
     for (d, (_, per_layer)) in routing.iter().enumerate() {
         for (l, shares) in per_layer.iter().enumerate() {
             for (e, &s) in shares.iter().enumerate() {
-                let v = s.clamp(0.0, 1.0);
+                let v = (s / max).clamp(0.0, 1.0);
                 let color = [(255.0 * (1.0 - v)) as u8, (255.0 * (1.0 - 0.75 * v)) as u8, 255];
                 let x = gap + l as i64 * (panel_w + gap) + e as i64 * cell;
                 c.fill_rect(x, gap + d as i64 * cell, cell - 2, cell - 2, color);
