@@ -11,5 +11,6 @@ mod model;
 mod recipe;
 mod moe;
 mod moe_lm;
+mod png;
 mod training;
 mod wgpu;

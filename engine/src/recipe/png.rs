@@ -96,7 +96,7 @@ fn zlib_stored(data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn adler32(data: &[u8]) -> u32 {
+pub fn adler32(data: &[u8]) -> u32 {
     let (mut a, mut b) = (1u32, 0u32);
     for &byte in data {
         a = (a + byte as u32) % 65_521;
