@@ -5,13 +5,20 @@
 # $OUT (default /tmp/btx-device): the WGPU-vs-CPU logits check, the engine's training
 # throughput of a ~91M dense model and its MoE, the PyTorch reference on the same GPU in
 # f32 and bf16, and the MoE-vs-dense layer benchmark.
+#
+# Prepare here (once per build; the stripped, xz-compressed binary is about 15 MB):
+#   cargo build --release -p btx-engine
+#   mkdir -p .carry && cp "${CARGO_TARGET_DIR:-target}/release/btx" .carry/btx && strip .carry/btx \
+#       && xz -T2 -f .carry/btx && printf '.carry/\n.gl/\n' >> .git/info/exclude
+#   (and .gl/ as DEVELOPERS.md shows), then through the device tool:
+#   run(command: "bash bench/device/run.sh && cp -r /tmp/btx-device/. $OUT/", carry: [".carry", ".gl"])
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for f in .gl/*.deb; do dpkg -x "$f" /; done
 ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 BTX=.carry/btx
-[ -f .carry/btx.xz ] && xz -dkf .carry/btx.xz
+if [ -f .carry/btx.xz ]; then xz -dkf .carry/btx.xz; fi
 chmod +x "$BTX"
 OUT=${OUT:-/tmp/btx-device}
 mkdir -p "$OUT"
