@@ -6,14 +6,10 @@ use std::path::{Path, PathBuf};
 
 use btx::config::to_ron;
 use btx::data::Source;
-use btx::device::SelectedDevice;
 use btx::train::{TrainConfig, TrainOptions, train};
 
 use crate::common::*;
 
-fn cpu_selected() -> SelectedDevice {
-    SelectedDevice { device: cpu(), description: "cpu (test)".into(), is_gpu: false }
-}
 
 fn opts(out: &Path, resume: bool) -> TrainOptions {
     TrainOptions { out: out.to_path_buf(), resume, progress: false, stop_after: None }

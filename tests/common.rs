@@ -8,7 +8,6 @@ use btx::burn::prelude::*;
 use btx::config::ModelConfig;
 use btx::data::{DataConfig, DomainConfig, Source};
 use btx::data::synthetic::ArithmeticConfig;
-use btx::model::moe_config::{MoeConfig, Routing};
 use btx::train::{OptimizerConfig, TrainConfig};
 
 pub fn repo_root() -> PathBuf {
@@ -86,6 +85,11 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
     }
 }
 
+/// The CPU backend as the trainer takes it.
+pub fn cpu_selected() -> btx::device::SelectedDevice {
+    btx::device::SelectedDevice { device: cpu(), description: "cpu (test)".into() }
+}
+
 /// Random token ids `[batch, seq]` below `vocab`.
 pub fn random_tokens(batch: usize, seq: usize, vocab: usize, seed: u64, device: &Device) -> Tensor<2, Int> {
     let mut rng = btx::data::rng::Rng::new(seed);
@@ -110,18 +114,4 @@ pub fn run_btx(args: &[&str], cwd: &Path) -> (bool, String) {
         .output()
         .expect("btx runs");
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// MoE options with BTX's defaults otherwise (alpha 0.01, no z-loss, all layers).
-pub fn moe_config(num_experts: usize, top_k: usize, routing: Routing) -> MoeConfig {
-    MoeConfig {
-        num_experts,
-        top_k,
-        routing,
-        layers: None,
-        expert_d_ff: None,
-        load_balance: 0.01,
-        router_z_loss: 0.0,
-        freeze_experts: false,
-    }
 }

@@ -38,7 +38,7 @@ fn identical_experts_equal_the_dense_ffn_in_every_routing_mode() {
         (4, 1, Routing::SampleTop1 { tau_min: 0.5, tau_decay: 1e-3, first_layer_soft: false }),
     ];
     for (e, k, routing) in modes {
-        let layer = copies_of(&ffn, &moe_config(e, k, routing.clone()), &device);
+        let layer = copies_of(&ffn, &MoeConfig::new(e, k, routing.clone()), &device);
         for ctx in [TRAIN, INFER] {
             let (y, aux) = layer.forward(x.clone(), ctx);
             assert_eq!(aux.dropped, 0);
@@ -62,7 +62,7 @@ fn routed_dispatch_equals_computing_every_expert() {
     let device = cpu();
     device.seed(2);
     for k in [1, 2, 3] {
-        let layer = MoeLayer::new(32, 64, &moe_config(4, k, Routing::TopK), false, &device);
+        let layer = MoeLayer::new(32, 64, &MoeConfig::new(4, k, Routing::TopK), false, &device);
         let x = Tensor::<2>::random([24, 32], Distribution::Normal(0.0, 1.0), &device);
         let sel = topk_gates(layer.gate.forward(x.clone()), k);
         let gates = Tensor::<2>::zeros([24, 4], &device).scatter(1, sel.experts, sel.gates, btx::burn::tensor::IndexingUpdateOp::Add);
@@ -77,7 +77,7 @@ fn routed_dispatch_equals_computing_every_expert() {
 fn soft_routing_is_the_gate_weighted_sum_of_all_experts() {
     let device = cpu();
     device.seed(3);
-    let layer = MoeLayer::new(32, 64, &moe_config(3, 1, Routing::Soft), false, &device);
+    let layer = MoeLayer::new(32, 64, &MoeConfig::new(3, 1, Routing::Soft), false, &device);
     let x = Tensor::<2>::random([10, 32], Distribution::Normal(0.0, 1.0), &device);
     let gates = btx::burn::tensor::activation::softmax(layer.gate.forward(x.clone()), 1);
     let want = to_vec(compute_everything(&layer, x.clone(), gates));
@@ -127,7 +127,7 @@ fn load_balancing_loss_matches_a_hand_computed_example() {
 fn capacity_drops_exactly_the_overflow_in_token_order() {
     let device = cpu();
     device.seed(4);
-    let mut layer = MoeLayer::new(32, 64, &moe_config(2, 1, Routing::Switch { capacity_factor: 1.0 }), false, &device);
+    let mut layer = MoeLayer::new(32, 64, &MoeConfig::new(2, 1, Routing::Switch { capacity_factor: 1.0 }), false, &device);
     // A router that sends every token to expert 0 except those with x[0] < 0 to expert 1:
     // weight column 1 = e_0 * -100 so logits = [0, -100 x_0].
     let mut w = vec![0.0f32; 32 * 2];
@@ -154,7 +154,7 @@ fn gradients_reach_the_router_and_selected_experts_and_frozen_experts_stay() {
     let device = cpu().autodiff();
     device.seed(5);
     for freeze in [false, true] {
-        let mut config = moe_config(4, 2, Routing::TopK);
+        let mut config = MoeConfig::new(4, 2, Routing::TopK);
         config.freeze_experts = freeze;
         let layer = MoeLayer::new(32, 64, &config, false, &device);
         let x = Tensor::<3>::random([2, 16, 32], Distribution::Normal(0.0, 1.0), &device);

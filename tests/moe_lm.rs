@@ -5,10 +5,9 @@
 use btx::checkpoint::module_tensors::{module_from_tensors, module_to_tensors};
 use btx::checkpoint::tensor_file::HostTensor;
 use btx::checkpoint::{self, load_model, write_model_files};
-use btx::device::SelectedDevice;
 use btx::eval::{evaluate, mean_loss};
 use btx::model::LanguageModel;
-use btx::model::moe_config::Routing;
+use btx::model::moe_config::{MoeConfig, Routing};
 use btx::train::{TrainOptions, train, trainer::load_domains};
 
 use crate::common::*;
@@ -23,7 +22,7 @@ fn moe_lm_with_copies_of_the_dense_ffns_equals_the_dense_lm() {
 
     for routing in [Routing::TopK, Routing::Soft, Routing::Switch { capacity_factor: 4.0 }] {
         let mut config = dense_config.clone();
-        config.moe = Some(moe_config(4, 2, routing.clone()));
+        config.moe = Some(MoeConfig::new(4, 2, routing.clone()));
         let fresh = LanguageModel::new(&config, &device);
         // Every tensor from the dense model, except each FFN copied into the 4 experts;
         // the routers stay as initialised.
@@ -57,7 +56,7 @@ fn moe_lm_with_copies_of_the_dense_ffns_equals_the_dense_lm() {
 fn moe_checkpoint_has_mixtral_names_and_round_trips() {
     let device = cpu();
     let mut config = tiny_model(4, 2);
-    config.moe = Some(moe_config(4, 2, Routing::TopK));
+    config.moe = Some(MoeConfig::new(4, 2, Routing::TopK));
     device.seed(3);
     let model = LanguageModel::new(&config, &device);
     let tensors = module_to_tensors(&model);
@@ -88,13 +87,13 @@ fn moe_lm_trains_in_every_routing_mode() {
     for (k, routing) in modes {
         let dir = tempfile::tempdir().unwrap();
         let mut config = tiny_train_config(dir.path(), 30);
-        config.model.moe = Some(moe_config(4, k, routing.clone()));
+        config.model.moe = Some(MoeConfig::new(4, k, routing.clone()));
         let domains = load_domains(&config, "test").unwrap();
         let device = cpu();
         device.seed(config.seed);
         let before = mean_loss(&evaluate(&LanguageModel::new(&config.model, &device), &domains, 8, 2, &device));
         let out = dir.path().join("run");
-        let selected = SelectedDevice { device: cpu(), description: "cpu".into(), is_gpu: false };
+        let selected = cpu_selected();
         let options = TrainOptions { out: out.clone(), resume: false, progress: false, stop_after: None };
         let summary = train(&config, "test", &selected, &options).unwrap();
         let after = mean_loss(&summary.final_eval);
@@ -112,11 +111,11 @@ fn moe_lm_trains_in_every_routing_mode() {
 fn frozen_experts_do_not_change_while_routers_train() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = tiny_train_config(dir.path(), 5);
-    let mut m = moe_config(4, 2, Routing::TopK);
+    let mut m = MoeConfig::new(4, 2, Routing::TopK);
     m.freeze_experts = true;
     config.model.moe = Some(m);
     let out = dir.path().join("run");
-    let selected = SelectedDevice { device: cpu(), description: "cpu".into(), is_gpu: false };
+    let selected = cpu_selected();
     let options = TrainOptions { out: out.clone(), resume: false, progress: false, stop_after: None };
     let device = cpu();
     device.seed(config.seed);

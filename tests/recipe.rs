@@ -196,7 +196,7 @@ fn a_recipe_can_start_from_an_existing_seed_checkpoint() {
     // A seed made elsewhere (here: imported from Hugging Face format after a training run).
     let config = tiny_train_config(dir.path(), 3);
     let seed_run = dir.path().join("seed-run");
-    let selected = btx::device::SelectedDevice { device: cpu(), description: "cpu".into(), is_gpu: false };
+    let selected = cpu_selected();
     let options = btx::train::TrainOptions { out: seed_run.clone(), resume: false, progress: false, stop_after: None };
     btx::train::train(&config, "test", &selected, &options).unwrap();
     let hf = dir.path().join("hf");

@@ -2,16 +2,12 @@
 //! the weights of an uninterrupted one.
 
 use btx::checkpoint::{self, module_tensors::module_to_tensors};
-use btx::device::SelectedDevice;
 use btx::eval::{evaluate, mean_loss};
 use btx::model::LanguageModel;
 use btx::train::{TrainOptions, train, trainer::load_domains};
 
 use crate::common::*;
 
-fn cpu_selected() -> SelectedDevice {
-    SelectedDevice { device: cpu(), description: "cpu (test)".into(), is_gpu: false }
-}
 
 fn options(out: &std::path::Path, resume: bool, stop_after: Option<usize>) -> TrainOptions {
     TrainOptions { out: out.to_path_buf(), resume, progress: false, stop_after }

@@ -56,16 +56,7 @@ pub fn median_ms(device: &Device, warmup: usize, iters: usize, mut f: impl FnMut
 
 pub fn bench_moe(device: &Device, o: &MoeBenchOptions) -> Vec<MoeBenchRow> {
     let device = device.clone().autodiff();
-    let moe = MoeConfig {
-        num_experts: 4,
-        top_k: 2,
-        routing: Routing::TopK,
-        layers: None,
-        expert_d_ff: Some(o.expert_d_ff),
-        load_balance: 0.01,
-        router_z_loss: 0.0,
-        freeze_experts: false,
-    };
+    let moe = MoeConfig { expert_d_ff: Some(o.expert_d_ff), ..MoeConfig::new(4, 2, Routing::TopK) };
     let ctx = RoutingContext { training: true, step: 0 };
     let mut rows = Vec::new();
 
@@ -144,16 +135,7 @@ fn peak_rss_mb() -> f64 {
 /// size, top-2 (what BTX builds from 3 experts and the seed).
 pub fn bench_moe_config(dense: &ModelConfig) -> ModelConfig {
     ModelConfig {
-        moe: Some(MoeConfig {
-            num_experts: 4,
-            top_k: 2,
-            routing: Routing::TopK,
-            layers: None,
-            expert_d_ff: None,
-            load_balance: 0.01,
-            router_z_loss: 0.0,
-            freeze_experts: false,
-        }),
+        moe: Some(MoeConfig::new(4, 2, Routing::TopK)),
         ..dense.clone()
     }
 }

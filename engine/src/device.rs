@@ -27,7 +27,6 @@ pub enum DeviceChoice {
 pub struct SelectedDevice {
     pub device: Device,
     pub description: String,
-    pub is_gpu: bool,
 }
 
 /// The hardware (non-software) GPU adapters WGPU can see, as `name (backend, type)`.
@@ -46,7 +45,6 @@ pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice> {
     let cpu = || SelectedDevice {
         device: Device::flex(),
         description: format!("cpu (Burn Flex, {} threads)", rayon_threads()),
-        is_gpu: false,
     };
     let gpu = |device: Device, api: &str| -> Result<SelectedDevice> {
         let adapters = hardware_adapters();
@@ -56,7 +54,7 @@ pub fn select_device(choice: DeviceChoice) -> Result<SelectedDevice> {
                  lavapipe are not used); use --device cpu or --device auto"
             );
         };
-        Ok(SelectedDevice { device, description: format!("{api}: {name}"), is_gpu: true })
+        Ok(SelectedDevice { device, description: format!("{api}: {name}") })
     };
     match choice {
         DeviceChoice::Cpu => Ok(cpu()),

@@ -19,11 +19,11 @@ use crate::model::moe_config::{MoeConfig, Routing};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MoeOptions {
-    #[serde(default = "default_top_k")]
+    #[serde(default = "crate::model::moe_config::default_top_k")]
     pub top_k: usize,
     #[serde(default)]
     pub routing: Routing,
-    #[serde(default = "default_load_balance")]
+    #[serde(default = "crate::model::moe_config::default_load_balance")]
     pub load_balance: f64,
     #[serde(default)]
     pub router_z_loss: f64,
@@ -39,12 +39,6 @@ pub struct MoeOptions {
     pub seed: u64,
 }
 
-fn default_top_k() -> usize {
-    2
-}
-fn default_load_balance() -> f64 {
-    0.01
-}
 fn one() -> usize {
     1
 }
@@ -52,9 +46,9 @@ fn one() -> usize {
 impl Default for MoeOptions {
     fn default() -> Self {
         Self {
-            top_k: 2,
+            top_k: crate::model::moe_config::default_top_k(),
             routing: Routing::TopK,
-            load_balance: 0.01,
+            load_balance: crate::model::moe_config::default_load_balance(),
             router_z_loss: 0.0,
             freeze_experts: false,
             split: 1,

@@ -124,11 +124,6 @@ impl LanguageModel {
         let aux_loss = aux.iter().map(|a| a.loss.clone()).reduce(|a, b| a + b);
         TrainingLoss { lm, aux: aux_loss, layers: aux }
     }
-
-    /// Mean next-token cross-entropy (inference routing).
-    pub fn loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
-        self.token_log_probs(inputs, targets).mean().neg()
-    }
 }
 
 pub struct TrainingLoss {

@@ -60,14 +60,30 @@ pub struct MoeConfig {
     pub freeze_experts: bool,
 }
 
-fn default_top_k() -> usize {
+/// BTX's defaults, shared with the merge options (`merge::mix::MoeOptions`).
+pub(crate) fn default_top_k() -> usize {
     2
 }
-fn default_load_balance() -> f64 {
+pub(crate) fn default_load_balance() -> f64 {
     0.01
 }
 
 impl MoeConfig {
+    /// `num_experts` experts in every layer, of the model's FFN width, with BTX's load
+    /// balancing (alpha 0.01) and nothing else: no z-loss, no frozen experts.
+    pub fn new(num_experts: usize, top_k: usize, routing: Routing) -> Self {
+        Self {
+            num_experts,
+            top_k,
+            routing,
+            layers: None,
+            expert_d_ff: None,
+            load_balance: default_load_balance(),
+            router_z_loss: 0.0,
+            freeze_experts: false,
+        }
+    }
+
     /// Experts each token uses (what counts as active parameters).
     pub fn active_experts(&self) -> usize {
         match self.routing {

@@ -53,7 +53,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
                     .iter()
                     .filter_map(|d| {
                         let r: Vec<Vec<f64>> = serde_json::from_value(d["routing"].clone()).ok()?;
-                        (!r.is_empty() && r.len() > 1 || r.first().is_some_and(|l| l.len() > 1)).then(|| (d["domain"].as_str().unwrap_or("?").to_string(), r))
+                        (!r.is_empty() && (r.len() > 1 || r[0].len() > 1)).then(|| (d["domain"].as_str().unwrap_or("?").to_string(), r))
                     })
                     .collect()
             } else {

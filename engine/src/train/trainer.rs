@@ -67,7 +67,6 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
 
     let device = selected.device.clone().autodiff();
-    device.seed(config.seed);
     let existing = latest_checkpoint(out);
     if existing.is_some() && !options.resume {
         bail!(
