@@ -10,8 +10,13 @@ use btx::data::{DataConfig, DomainConfig, Source};
 use btx::data::synthetic::ArithmeticConfig;
 use btx::train::{OptimizerConfig, TrainConfig};
 
+/// The repository: where the test binary was built, unless BTX_REPO_ROOT says otherwise (a
+/// test binary carried to another machine, as bench/device/run.sh does).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    match std::env::var_os("BTX_REPO_ROOT") {
+        Some(root) => PathBuf::from(root),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf(),
+    }
 }
 
 pub fn cpu() -> Device {

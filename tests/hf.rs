@@ -68,7 +68,8 @@ fn btx_merge_of_imported_experts_exports_what_mixtral_expects() {
     let seed = dir.path().join("seed");
     import_hf(&fixture("llama"), &seed).unwrap();
     let experts: Vec<MergeInput> = (0..3).map(|_| MergeInput::load(&seed).unwrap()).collect();
-    let (config, tensors) = mix(&experts, Some(&MergeInput::load(&seed).unwrap()), None, &MoeOptions { load_balance: 0.01, ..Default::default() }, None).unwrap();
+    let generalist = MergeInput::load(&seed).unwrap();
+    let (config, tensors) = mix(&experts, Some(&generalist), None, &MoeOptions { load_balance: 0.01, ..Default::default() }, None).unwrap().into_tensors().unwrap();
     let moe = dir.path().join("moe");
     btx::checkpoint::write_tensor_checkpoint(&moe, &config, &tensors, &[]).unwrap();
     let out = dir.path().join("hf");

@@ -5,6 +5,7 @@
 mod common;
 
 mod bad_input;
+mod docs;
 mod hf;
 mod merge;
 mod model;

@@ -22,6 +22,16 @@ fn seed_checkpoint(dir: &std::path::Path, name: &str, seed: u64) -> MergeInput {
     MergeInput::load(&path).unwrap()
 }
 
+/// A seed checkpoint whose tensors `edit` changed (written as they are, unchecked).
+fn edited_checkpoint(dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut btx::checkpoint::tensor_file::TensorMap)) -> MergeInput {
+    let original = seed_checkpoint(dir, name, 2);
+    let mut tensors = btx::checkpoint::tensor_file::read_tensors(&original.path.join("model.safetensors")).unwrap();
+    edit(&mut tensors);
+    let edited = dir.join(format!("{name}-edited"));
+    write_tensor_checkpoint(&edited, &original.config, &tensors, &[]).unwrap();
+    MergeInput::load(&edited).unwrap()
+}
+
 /// Logits of a checkpoint written from `tensors`.
 fn logits_of(dir: &std::path::Path, config: &btx::config::ModelConfig, tensors: &btx::checkpoint::tensor_file::TensorMap) -> Vec<f32> {
     let path = dir.join(format!("merged-{}", rand_name(tensors.len())));
@@ -53,7 +63,7 @@ fn mixing_identical_experts_gives_the_seed_logits_with_any_router() {
         MoeOptions { routing: Routing::Soft, ..Default::default() },
     ];
     for options in cases {
-        let (config, tensors) = mix(&copies, Some(&seed), None, &options, None).unwrap();
+        let (config, tensors) = mix(&copies, Some(&seed), None, &options, None).unwrap().into_tensors().unwrap();
         let diff = max_abs_diff(&logits_of(dir.path(), &config, &tensors), &want);
         assert!(diff < 1e-4, "{options:?}: max logit difference {diff}");
     }
@@ -63,11 +73,11 @@ fn mixing_identical_experts_gives_the_seed_logits_with_any_router() {
 fn upcycling_without_noise_gives_the_seed_logits() {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed_checkpoint(dir.path(), "seed", 2);
-    let (config, tensors) = upcycle(&seed, 4, 0.0, &MoeOptions::default(), None).unwrap();
+    let (config, tensors) = upcycle(&seed, 4, 0.0, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
     assert_eq!(config.moe.as_ref().unwrap().num_experts, 4);
     let diff = max_abs_diff(&logits_of(dir.path(), &config, &tensors), &seed_logits(&seed));
     assert!(diff < 1e-4, "max logit difference {diff}");
-    let (_, noisy) = upcycle(&seed, 4, 0.01, &MoeOptions::default(), None).unwrap();
+    let (_, noisy) = upcycle(&seed, 4, 0.01, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
     let a = &noisy["model.layers.0.block_sparse_moe.experts.0.w1.weight"].values;
     let b = &noisy["model.layers.0.block_sparse_moe.experts.1.w1.weight"].values;
     assert!(max_abs_diff(a, b) > 0.0, "noise did not make the copies differ");
@@ -78,7 +88,7 @@ fn btx_merge_has_exactly_the_mixtral_tensors() {
     let dir = tempfile::tempdir().unwrap();
     let experts: Vec<MergeInput> = (0..3).map(|i| seed_checkpoint(dir.path(), &format!("e{i}"), 10 + i)).collect();
     let seed = seed_checkpoint(dir.path(), "seed", 3);
-    let (config, tensors) = mix(&experts, Some(&seed), None, &MoeOptions::default(), None).unwrap();
+    let (config, tensors) = mix(&experts, Some(&seed), None, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
     let moe = config.moe.as_ref().unwrap();
     assert_eq!((moe.num_experts, moe.top_k), (4, 2));
     // What a freshly built MoE model of that config holds, name for name and shape for shape.
@@ -88,13 +98,14 @@ fn btx_merge_has_exactly_the_mixtral_tensors() {
     // Expert 1 of layer 1 is expert checkpoint 1's FFN; expert 3 is the seed's.
     assert_eq!(
         tensors["model.layers.1.block_sparse_moe.experts.1.w2.weight"],
-        experts[1].tensors["model.layers.1.mlp.down_proj.weight"]
+        experts[1].read("model.layers.1.mlp.down_proj.weight").unwrap()
     );
-    assert_eq!(tensors["model.layers.0.block_sparse_moe.experts.3.w3.weight"], seed.tensors["model.layers.0.mlp.up_proj.weight"]);
+    assert_eq!(tensors["model.layers.0.block_sparse_moe.experts.3.w3.weight"], seed.read("model.layers.0.mlp.up_proj.weight").unwrap());
     // Attention is the mean of the four members.
     let name = "model.layers.0.self_attn.q_proj.weight";
+    let members: Vec<_> = experts.iter().chain([&seed]).map(|m| m.read(name).unwrap()).collect();
     let mean: Vec<f32> = (0..tensors[name].values.len())
-        .map(|i| (experts.iter().chain([&seed]).map(|m| m.tensors[name].values[i] as f64).sum::<f64>() / 4.0) as f32)
+        .map(|i| (members.iter().map(|m| m.values[i] as f64).sum::<f64>() / 4.0) as f32)
         .collect();
     assert!(max_abs_diff(&tensors[name].values, &mean) < 1e-6);
 }
@@ -103,16 +114,16 @@ fn btx_merge_has_exactly_the_mixtral_tensors() {
 fn split_experts_are_the_ffn_cut_along_its_hidden_dimension() {
     let dir = tempfile::tempdir().unwrap();
     let experts: Vec<MergeInput> = (0..2).map(|i| seed_checkpoint(dir.path(), &format!("e{i}"), 20 + i)).collect();
-    let (config, tensors) = mix(&experts, None, None, &MoeOptions { split: 2, ..Default::default() }, None).unwrap();
+    let (config, tensors) = mix(&experts, None, None, &MoeOptions { split: 2, ..Default::default() }, None).unwrap().into_tensors().unwrap();
     let moe = config.moe.as_ref().unwrap();
     assert_eq!((moe.num_experts, moe.top_k, moe.expert_d_ff), (4, 4, Some(32)));
     // Expert checkpoint 1 becomes experts 2 and 3: gate/up rows 0..32 and 32..64, down columns.
-    let full_gate = &experts[1].tensors["model.layers.0.mlp.gate_proj.weight"].values;
+    let full_gate = &experts[1].read("model.layers.0.mlp.gate_proj.weight").unwrap().values;
     let g2 = &tensors["model.layers.0.block_sparse_moe.experts.2.w1.weight"];
     let g3 = &tensors["model.layers.0.block_sparse_moe.experts.3.w1.weight"];
     assert_eq!((g2.shape.clone(), g3.shape.clone()), (vec![32, 32], vec![32, 32]));
     assert_eq!([g2.values.clone(), g3.values.clone()].concat(), *full_gate);
-    let full_down = &experts[1].tensors["model.layers.0.mlp.down_proj.weight"];
+    let full_down = &experts[1].read("model.layers.0.mlp.down_proj.weight").unwrap();
     let d3 = &tensors["model.layers.0.block_sparse_moe.experts.3.w2.weight"];
     assert_eq!(d3.shape, vec![32, 32]);
     for r in 0..32 {
@@ -129,15 +140,17 @@ fn averaging_is_the_weighted_mean_and_identical_models_are_unchanged() {
     let a = seed_checkpoint(dir.path(), "a", 1);
     let b = seed_checkpoint(dir.path(), "b", 2);
     let a2 = seed_checkpoint(dir.path(), "a2", 1);
-    let (_, same) = average(&[a, a2], None).unwrap();
-    let a = MergeInput::load(&dir.path().join("a")).unwrap();
-    assert_eq!(same, a.tensors);
-    let (_, weighted) = average(&[MergeInput::load(&dir.path().join("a")).unwrap(), b], Some(&[3.0, 1.0])).unwrap();
-    let b = MergeInput::load(&dir.path().join("b")).unwrap();
+    let pair = [a, a2];
+    let (_, same) = average(&pair, None).unwrap().into_tensors().unwrap();
+    let a_tensors = btx::checkpoint::tensor_file::read_tensors(&dir.path().join("a/model.safetensors")).unwrap();
+    assert_eq!(same, a_tensors);
+    let pair = [MergeInput::load(&dir.path().join("a")).unwrap(), b];
+    let (_, weighted) = average(&pair, Some(&[3.0, 1.0])).unwrap().into_tensors().unwrap();
     let name = "model.norm.weight";
     let name2 = "model.layers.1.mlp.gate_proj.weight";
     for n in [name, name2] {
-        let want: Vec<f32> = a.tensors[n].values.iter().zip(&b.tensors[n].values).map(|(x, y)| 0.75 * x + 0.25 * y).collect();
+        let (a, b) = (pair[0].read(n).unwrap(), pair[1].read(n).unwrap());
+        let want: Vec<f32> = a.values.iter().zip(&b.values).map(|(x, y)| 0.75 * x + 0.25 * y).collect();
         assert!(max_abs_diff(&weighted[n].values, &want) < 1e-6);
     }
 }
@@ -146,16 +159,15 @@ fn averaging_is_the_weighted_mean_and_identical_models_are_unchanged() {
 fn experts_of_different_architectures_are_refused_naming_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let a = seed_checkpoint(dir.path(), "a", 1);
-    let mut b = seed_checkpoint(dir.path(), "b", 2);
-    let t = b.tensors.get_mut("model.layers.1.mlp.up_proj.weight").unwrap();
-    t.shape = vec![32, 64];
-    let err = format!("{:#}", mix(&[a, b], None, None, &MoeOptions::default(), None).unwrap_err());
+    let b = edited_checkpoint(dir.path(), "b", |t| t.get_mut("model.layers.1.mlp.up_proj.weight").unwrap().shape = vec![32, 64]);
+    let err = format!("{:#}", mix(&[a, b], None, None, &MoeOptions::default(), None).err().unwrap());
     assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("shape"), "{err}");
 
     let a = seed_checkpoint(dir.path(), "a", 1);
-    let mut c = seed_checkpoint(dir.path(), "c", 2);
-    c.tensors.remove("model.layers.0.self_attn.o_proj.weight");
-    let err = format!("{:#}", average(&[a, c], None).unwrap_err());
+    let c = edited_checkpoint(dir.path(), "c", |t| {
+        t.remove("model.layers.0.self_attn.o_proj.weight");
+    });
+    let err = format!("{:#}", average(&[a, c], None).err().unwrap());
     assert!(err.contains("model.layers.0.self_attn.o_proj.weight") && err.contains("missing"), "{err}");
 }
 
@@ -210,4 +222,67 @@ fn routers_initialised_from_hidden_states_tell_the_experts_apart() {
     }
     let (ok, stderr) = run_btx(&["merge", "--method", "btx", "--experts", "e0", "e1", "--moe", "(router_init: Hidden)", "--out", "x"], dir.path());
     assert!(!ok && stderr.contains("--router-data"), "{stderr}");
+}
+
+/// A dense checkpoint of `config` with random weights, written tensor by tensor (the test
+/// never holds it whole).
+fn streamed_random_checkpoint(dir: &std::path::Path, config: &btx::config::ModelConfig, seed: u64) {
+    use btx::checkpoint::stream::StreamWriter;
+    let layout = btx::hf::config::expected_tensors(config);
+    btx::checkpoint::write_weights_checkpoint(dir, config, &[], |tmp| {
+        let mut writer = StreamWriter::create(&tmp.join("model.safetensors"), layout.clone())?;
+        let mut rng = btx::data::rng::Rng::new(seed);
+        for (name, shape) in &layout {
+            let values = (0..shape.iter().product::<usize>()).map(|_| (rng.unit() as f32 - 0.5) * 0.04).collect();
+            writer.write(name, &btx::checkpoint::tensor_file::HostTensor::new(shape.clone(), values))?;
+        }
+        writer.finish()
+    })
+    .unwrap();
+}
+
+/// Merging four ~54M-parameter checkpoints (864 MB of f32) streams: `btx merge` peaks below a
+/// third of the inputs' size in resident memory, and writes exactly the tensors of the
+/// in-memory merge.
+#[test]
+fn merges_stream_in_bounded_memory_and_equal_the_in_memory_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = btx::config::ModelConfig {
+        vocab_size: 4096,
+        d_model: 512,
+        n_layers: 12,
+        n_heads: 8,
+        n_kv_heads: Some(8),
+        d_ff: 2048,
+        max_seq_len: 256,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        tie_embeddings: false,
+        moe: None,
+    };
+    let names: Vec<String> = (0..4).map(|i| format!("e{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        streamed_random_checkpoint(&dir.path().join(name), &config, 100 + i as u64);
+    }
+    let input_mb = 4.0 * config.num_params() as f64 * 4.0 / 1e6;
+    let mut args = vec!["merge", "--method", "btx", "--moe", "(top_k: 2)", "--out", "moe", "--experts"];
+    args.extend(names.iter().map(String::as_str));
+    let (ok, stderr) = run_btx(&args, dir.path());
+    assert!(ok, "{stderr}");
+    let peak_mb: f64 = stderr
+        .split("peak resident memory ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory in: {stderr}"));
+    eprintln!("btx merge of 4 x {:.1}M parameters ({input_mb:.0} MB): peak resident memory {peak_mb:.0} MB", config.num_params() as f64 / 1e6);
+    assert!(peak_mb < input_mb / 3.0, "peak {peak_mb:.0} MB for {input_mb:.0} MB of inputs");
+
+    let streamed = btx::checkpoint::tensor_file::read_tensors(&dir.path().join("moe/model.safetensors")).unwrap();
+    let inputs: Vec<MergeInput> = names.iter().map(|n| MergeInput::load_in_memory(&dir.path().join(n)).unwrap()).collect();
+    let (_, in_memory) = mix(&inputs, None, None, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
+    assert_eq!(streamed.keys().collect::<Vec<_>>(), in_memory.keys().collect::<Vec<_>>());
+    for (name, t) in &in_memory {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&streamed[name].values) == bits(&t.values), "tensor `{name}` differs");
+    }
 }

@@ -20,7 +20,9 @@ fn moe_lm_with_copies_of_the_dense_ffns_equals_the_dense_lm() {
     let dense = LanguageModel::new(&dense_config, &device);
     let dense_tensors = module_to_tensors(&dense);
 
-    for routing in [Routing::TopK, Routing::Soft, Routing::Switch { capacity_factor: 4.0 }] {
+    // Not Switch: it scales the chosen expert by p_i(x) < 1, so copies give p_i(x) FFN(x)
+    // (checked per layer in moe.rs).
+    for routing in [Routing::TopK, Routing::Soft] {
         let mut config = dense_config.clone();
         config.moe = Some(MoeConfig::new(4, 2, routing.clone()));
         let fresh = LanguageModel::new(&config, &device);

@@ -4,12 +4,16 @@
 # .gl/*.deb (the Vulkan loader and GL packages, see DEVELOPERS.md). Writes its figures to
 # $OUT (default /tmp/btx-device): the WGPU-vs-CPU logits check, the engine's training
 # throughput of a ~91M dense model and its MoE, the PyTorch reference on the same GPU in
-# f32 and bf16, and the MoE-vs-dense layer benchmark.
+# f32 and bf16, the MoE-vs-dense layer benchmark, and the WGPU test group (tests/wgpu.rs) on
+# Vulkan (SPIR-V kernels; CI runs the same group on OpenGL, WGSL translated to GLSL) when
+# .carry/integration.xz (the integration test binary) is there.
 #
 # Prepare here (once per build; the stripped, xz-compressed binary is about 15 MB):
 #   cargo build --release -p btx-engine
 #   mkdir -p .carry && cp "${CARGO_TARGET_DIR:-target}/release/btx" .carry/btx && strip .carry/btx \
 #       && xz -T2 -f .carry/btx && printf '.carry/\n.gl/\n' >> .git/info/exclude
+#   cp "$(cargo test --release --no-run --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*integration[^"]*"' \
+#       | cut -d'"' -f4)" .carry/integration && strip .carry/integration && xz -T2 -f .carry/integration
 #   (and .gl/ as DEVELOPERS.md shows), then through the device tool:
 #   run(command: "bash bench/device/run.sh && cp -r /tmp/btx-device/. $OUT/", carry: [".carry", ".gl"])
 set -euo pipefail
@@ -32,3 +36,8 @@ for dtype in float32 bfloat16; do
 done
 timeout 90 "$BTX" bench moe --device vulkan --d-model 768 --expert-d-ff 2048 --layers 4 --batch 16 \
     --seq-len 512 2>&1 | tee "$OUT/moe.txt" || echo "bench moe failed"
+if [ -f .carry/integration.xz ]; then
+    xz -dkf .carry/integration.xz && chmod +x .carry/integration
+    BTX_REPO_ROOT=$PWD BTX_REQUIRE_WGPU=1 timeout 300 .carry/integration wgpu_ --nocapture 2>&1 | tee "$OUT/wgpu-tests.txt" \
+        || echo "wgpu tests failed"
+fi

@@ -123,12 +123,12 @@ pub struct TrainBenchRow {
     pub matmul_tflops: f64,
 }
 
-/// Peak resident memory of this process (Linux), in MB.
-fn peak_rss_mb() -> f64 {
+/// Peak resident memory of this process (Linux's VmHWM), in MB; None where /proc has none.
+pub fn peak_resident_mb() -> Option<f64> {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+        .map(|kb| kb / 1024.0)
 }
 
 /// The MoE counterpart of a dense config in the benchmarks: 4 experts of the dense FFN's
@@ -176,7 +176,7 @@ pub fn bench_train(config: &ModelConfig, label: &str, batch: usize, seq_len: usi
     let step_s = times[times.len() / 2];
     let tokens = (batch * seq_len) as f64;
     let flops = config.train_flops_per_token(seq_len) * tokens;
-    let peak_memory_mb = device.memory_pool_usage().map_or_else(peak_rss_mb, |u| u.bytes_reserved as f64 / 1e6);
+    let peak_memory_mb = device.memory_pool_usage().map_or_else(|| peak_resident_mb().unwrap_or(f64::NAN), |u| u.bytes_reserved as f64 / 1e6);
 
     // The device's matmul rate at the FFN's shape, through the same backend.
     let a = Tensor::<2>::random([batch * seq_len, config.d_model], Distribution::Normal(0.0, 1.0), device);

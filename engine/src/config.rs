@@ -122,7 +122,7 @@ impl ModelConfig {
     }
 
     /// Parameters one token uses: an MoE layer counts its router and the k experts a token
-    /// is routed to, not all E (DESIGN.md §2).
+    /// is routed to, not all E (the active parameters the BTX paper compares compute by).
     pub fn active_params(&self) -> usize {
         self.count_params(true)
     }

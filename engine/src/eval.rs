@@ -26,6 +26,42 @@ pub struct DomainEval {
     pub dropped: f64,
 }
 
+/// What `btx eval` and `btx ensemble` write with `--json` (`eval.json` in a recipe), and
+/// what the recipe report reads back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The checkpoint evaluated (`btx eval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// The ensemble's experts (`btx ensemble`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub experts: Vec<std::path::PathBuf>,
+    /// The ensemble's top-k.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    pub domains: Vec<DomainEval>,
+    /// Exact-match accuracy per arithmetic domain.
+    #[serde(default)]
+    pub accuracy: std::collections::BTreeMap<String, f64>,
+}
+
+impl EvalReport {
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not an evaluation written by btx eval or btx ensemble", path.display()))
+    }
+
+    pub fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        crate::fsutil::write_atomic(path, serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    /// The mean of the domains' losses.
+    pub fn mean_loss(&self) -> f64 {
+        mean_loss(&self.domains)
+    }
+}
+
 /// Evaluates `model` (without autodiff) on the first `max_batches` validation batches of each
 /// domain; `max_batches = 0` means the whole validation split.
 pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, max_batches: usize, device: &Device) -> Vec<DomainEval> {

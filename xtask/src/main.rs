@@ -19,7 +19,8 @@ enum Task {
     /// Train a dense model from a training config (RON), then evaluate it per domain.
     Train {
         config: PathBuf,
-        /// auto (first hardware GPU, else CPU), cpu, wgpu, vulkan, metal, dx12.
+        /// auto (first hardware GPU, else CPU), cpu, wgpu, vulkan, gl, metal, dx12 (a software
+        /// adapter only with BTX_ALLOW_SOFTWARE_GPU=1).
         #[arg(long, default_value = "auto")]
         device: String,
         /// Run folder (default: runs/<config name>).

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod module_tensors;
+pub mod stream;
 pub mod tensor_file;
 
 use std::collections::BTreeMap;
@@ -122,9 +123,22 @@ pub fn save_checkpoint(
 /// files) from host tensors: built under a temporary name and renamed into place, so `dir`
 /// is either absent or whole. An existing `dir` is replaced.
 pub fn write_tensor_checkpoint(dir: &Path, config: &ModelConfig, tensors: &TensorMap, extra: &[(&str, String)]) -> Result<()> {
-    write_dir_atomic(dir, |tmp| {
+    write_weights_checkpoint(dir, config, extra, |tmp| {
         let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-        write_tensors(&tmp.join(MODEL_FILE), tensors, metadata)?;
+        write_tensors(&tmp.join(MODEL_FILE), tensors, metadata)
+    })
+}
+
+/// The same folder, with model.safetensors written by `write_weights` into the temporary
+/// folder it is given (a streamed writer, for merges larger than memory).
+pub fn write_weights_checkpoint(
+    dir: &Path,
+    config: &ModelConfig,
+    extra: &[(&str, String)],
+    write_weights: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    write_dir_atomic(dir, |tmp| {
+        write_weights(tmp)?;
         write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(config)?.as_bytes())?;
         for (file, text) in extra {
             write_atomic(&tmp.join(file), text.as_bytes())?;

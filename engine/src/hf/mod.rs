@@ -4,7 +4,6 @@
 //! is a config translation plus a tensor-by-tensor copy (streamed: no whole model in memory).
 
 pub mod config;
-pub mod stream;
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +13,7 @@ use crate::checkpoint::{MODEL_CONFIG_FILE, MODEL_FILE, TRAIN_CONFIG_FILE, read_m
 use crate::config::{ModelConfig, parse_ron, resolve, to_ron};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use config::{expected_tensors, from_hf_config, to_hf_config};
-use stream::{StreamWriter, TensorIndex};
+use crate::checkpoint::stream::{StreamWriter, TensorIndex};
 
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {

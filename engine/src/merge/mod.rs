@@ -1,33 +1,77 @@
-//! Merges: pure functions over checkpoint tensors (named host tensors), one tensor at a time,
-//! needing no device. BTX MiX, sparse upcycling and BTM parameter averaging.
+//! Merges: BTX MiX, sparse upcycling and BTM parameter averaging, as pure functions over
+//! checkpoint tensors that need no device.
+//!
+//! A merge is planned first (`plan::MergePlan`: every output tensor's name, shape and how it
+//! is computed from the members' tensors), then executed one output tensor at a time, reading
+//! only the member tensors it needs from their safetensors files and streaming the result to
+//! disk. Peak memory is a few tensors, whatever the model size (merging four 7B experts does
+//! not need four 7B models in memory).
 
 pub mod average;
 pub mod mix;
+pub mod plan;
+pub mod request;
 pub mod router_data;
 pub mod router_init;
 pub mod upcycle;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 
+use crate::checkpoint::stream::TensorIndex;
 use crate::checkpoint::tensor_file::{HostTensor, TensorMap, read_tensors};
 use crate::checkpoint::{MODEL_FILE, read_model_config, resolve_checkpoint};
 use crate::config::ModelConfig;
+pub use request::{MergeMethod, MergeRequest, check_router_init};
 
-/// A dense checkpoint read for merging.
+/// A dense checkpoint to merge. Its tensors are read on demand from the file (`load`) or
+/// were read whole up front (`load_in_memory`); both give the same merge, bit for bit.
 pub struct MergeInput {
     pub path: PathBuf,
     pub config: ModelConfig,
-    pub tensors: TensorMap,
+    store: Store,
+}
+
+enum Store {
+    File(TensorIndex),
+    Memory(TensorMap),
 }
 
 impl MergeInput {
+    /// Reads the config and the safetensors header only.
     pub fn load(path: &Path) -> Result<Self> {
         let dir = resolve_checkpoint(path)?;
         let config = read_model_config(&dir)?;
-        let tensors = read_tensors(&dir.join(MODEL_FILE))?;
-        Ok(Self { path: dir, config, tensors })
+        let store = Store::File(TensorIndex::open(&dir)?);
+        Ok(Self { path: dir, config, store })
+    }
+
+    /// Reads every tensor into memory.
+    pub fn load_in_memory(path: &Path) -> Result<Self> {
+        let dir = resolve_checkpoint(path)?;
+        let config = read_model_config(&dir)?;
+        let store = Store::Memory(read_tensors(&dir.join(MODEL_FILE))?);
+        Ok(Self { path: dir, config, store })
+    }
+
+    /// Every tensor's name and shape, in name order.
+    pub fn shapes(&self) -> BTreeMap<&str, &[usize]> {
+        match &self.store {
+            Store::File(index) => index.tensors.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice())).collect(),
+            Store::Memory(map) => map.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice())).collect(),
+        }
+    }
+
+    pub fn read(&self, name: &str) -> Result<HostTensor> {
+        match &self.store {
+            Store::File(index) => index.read(name),
+            Store::Memory(map) => match map.get(name) {
+                Some(t) => Ok(t.clone()),
+                None => bail!("{}: missing tensor `{name}`", self.path.display()),
+            },
+        }
     }
 }
 
@@ -40,6 +84,7 @@ pub fn check_same_architecture(inputs: &[&MergeInput]) -> Result<()> {
             bail!("{} is an MoE checkpoint; merges take dense checkpoints", input.path.display());
         }
     }
+    let first_shapes = first.shapes();
     for other in inputs[1..].iter() {
         if other.config != first.config {
             bail!(
@@ -50,20 +95,19 @@ pub fn check_same_architecture(inputs: &[&MergeInput]) -> Result<()> {
                 other.config
             );
         }
-        for (name, t) in &first.tensors {
-            match other.tensors.get(name) {
+        let shapes = other.shapes();
+        for (name, shape) in &first_shapes {
+            match shapes.get(name) {
                 None => bail!("tensor `{name}` of {} is missing from {}", first.path.display(), other.path.display()),
-                Some(o) if o.shape != t.shape => bail!(
-                    "tensor `{name}` has shape {:?} in {} but {:?} in {}",
-                    t.shape,
+                Some(o) if o != shape => bail!(
+                    "tensor `{name}` has shape {shape:?} in {} but {o:?} in {}",
                     first.path.display(),
-                    o.shape,
                     other.path.display()
                 ),
                 Some(_) => {}
             }
         }
-        if let Some(extra) = other.tensors.keys().find(|n| !first.tensors.contains_key(*n)) {
+        if let Some(extra) = shapes.keys().find(|n| !first_shapes.contains_key(*n)) {
             bail!("tensor `{extra}` of {} is missing from {}", other.path.display(), first.path.display());
         }
     }
@@ -82,17 +126,6 @@ pub fn normalized_weights(weights: Option<&[f64]>, n: usize) -> Result<Vec<f64>>
     }
     let total: f64 = w.iter().sum();
     Ok(w.into_iter().map(|x| x / total).collect())
-}
-
-/// sum_j w_j * theta_j for one tensor.
-pub fn weighted_average(tensors: &[&HostTensor], weights: &[f64]) -> HostTensor {
-    let mut values = vec![0.0f64; tensors[0].values.len()];
-    for (t, &w) in tensors.iter().zip(weights) {
-        for (acc, v) in values.iter_mut().zip(&t.values) {
-            *acc += w * *v as f64;
-        }
-    }
-    HostTensor::new(tensors[0].shape.clone(), values.into_iter().map(|v| v as f32).collect())
 }
 
 /// Splits a dense FFN tensor name `model.layers.L.mlp.P.weight` into (L, P).

@@ -3,7 +3,8 @@
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-/// BTX's load-balancing loss for one layer (DESIGN.md §1):
+/// BTX's load-balancing loss for one layer (Sukhbaatar et al. 2024, after Switch Transformer,
+/// Fedus et al. 2021):
 /// L_LB = alpha * E * sum_i u_i p_i, where u_i is the mean over tokens of the routed gate
 /// value g_i (zero where expert i was not selected) and p_i the mean of softmax(W x)_i.
 ///

@@ -10,13 +10,12 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
-use burn::tensor::activation::softmax;
 
 use super::ffn::FeedForward;
 use super::init::linear;
 use super::load_balance::{load_balancing_loss, router_z_loss};
 use super::moe_config::{MoeConfig, Routing};
-use super::router::{Selection, argmax_gates, gumbel_temperature, sample_top1_gates, topk_gates};
+use super::router::{Selection, argmax_gates, gumbel_temperature, sample_top1_gates, soft_gates, switch_gates, topk_gates};
 
 /// What the forward pass needs to know about the run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -71,61 +70,50 @@ impl MoeLayer {
         if self.force_soft { Routing::Soft } else { self.config.routing.clone() }
     }
 
+    /// y = sum_i g_i(x) FFN_i(x) over the experts the router selects (Sukhbaatar et al.
+    /// 2024, §2). Every routing mode is a selection followed by the same dispatch.
+    ///
     /// # Shapes
     /// - x: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<3>, ctx: RoutingContext) -> (Tensor<3>, MoeAux) {
         let [batch, seq, d_model] = x.dims();
-        let tokens = batch * seq;
-        let x = x.reshape([tokens, d_model]);
+        let x = x.reshape([batch * seq, d_model]);
         let logits = self.gate.forward(x.clone()); // [N, E]
-        let num_experts = self.experts.len();
+        let selection = self.select(logits.clone(), ctx);
+        let dispatched = self.dispatch(x, &selection);
 
-        let (y, dense_gates, expert_tokens, dropped, assignments) = match self.routing() {
-            Routing::Soft => {
-                let gates = softmax(logits.clone(), 1);
-                let mut y = Tensor::zeros([tokens, d_model], &x.device());
-                for (i, expert) in self.experts.iter().enumerate() {
-                    y = y + expert.forward(x.clone()) * gates.clone().narrow(1, i, 1);
-                }
-                (y, gates, vec![tokens; num_experts], 0, tokens * num_experts)
-            }
-            routing => {
-                let (selection, capacity) = match routing {
-                    Routing::TopK => (topk_gates(logits.clone(), self.config.top_k), None),
-                    Routing::Switch { capacity_factor } => {
-                        let capacity = (capacity_factor * tokens as f64 / num_experts as f64).ceil() as usize;
-                        (topk_gates(logits.clone(), 1), Some(capacity.max(1)))
-                    }
-                    Routing::SampleTop1 { tau_min, tau_decay, .. } => {
-                        if ctx.training {
-                            let tau = gumbel_temperature(ctx.step, tau_min, tau_decay);
-                            (sample_top1_gates(logits.clone(), tau), None)
-                        } else {
-                            (argmax_gates(logits.clone()), None)
-                        }
-                    }
-                    Routing::Soft => unreachable!("handled above"),
-                };
-                let dense = Tensor::<2>::zeros([tokens, num_experts], &x.device()).scatter(
-                    1,
-                    selection.experts.clone(),
-                    selection.gates.clone(),
-                    IndexingUpdateOp::Add,
-                );
-                let dispatched = self.dispatch(x, selection, capacity);
-                (dispatched.output, dense, dispatched.expert_tokens, dispatched.dropped, dispatched.assignments)
-            }
-        };
-
-        let mut loss = Tensor::<1>::zeros([1], &y.device());
+        let mut loss = Tensor::<1>::zeros([1], &logits.device());
         if self.config.load_balance > 0.0 {
-            loss = loss + load_balancing_loss(logits.clone(), dense_gates, self.config.load_balance);
+            loss = loss + load_balancing_loss(logits.clone(), selection.dense_gates(self.experts.len()), self.config.load_balance);
         }
         if self.config.router_z_loss > 0.0 {
             loss = loss + router_z_loss(logits, self.config.router_z_loss);
         }
-        let aux = MoeAux { loss, expert_tokens, dropped, assignments };
-        (y.reshape([batch, seq, d_model]), aux)
+        let aux = MoeAux {
+            loss,
+            expert_tokens: dispatched.expert_tokens,
+            dropped: dispatched.dropped,
+            assignments: dispatched.assignments,
+        };
+        (dispatched.output.reshape([batch, seq, d_model]), aux)
+    }
+
+    /// The routing decision: which experts each token goes to, with which gates, and how many
+    /// assignments each expert takes. Adding a routing mode means adding a case here.
+    fn select(&self, logits: Tensor<2>, ctx: RoutingContext) -> Selection {
+        let [tokens, num_experts] = logits.dims();
+        match self.routing() {
+            Routing::TopK => topk_gates(logits, self.config.top_k),
+            Routing::Switch { capacity_factor } => {
+                let capacity = (capacity_factor * tokens as f64 / num_experts as f64).ceil() as usize;
+                Selection { capacity: Some(capacity.max(1)), ..switch_gates(logits) }
+            }
+            Routing::Soft => soft_gates(logits),
+            Routing::SampleTop1 { tau_min, tau_decay, .. } if ctx.training => {
+                sample_top1_gates(logits, gumbel_temperature(ctx.step, tau_min, tau_decay))
+            }
+            Routing::SampleTop1 { .. } => argmax_gates(logits),
+        }
     }
 
     /// Runs each expert on its own tokens only and combines the gate-weighted results.
@@ -134,7 +122,8 @@ impl MoeLayer {
     ///
     /// # Shapes
     /// - x: `[N, d_model]`; selection: `[N, k]` -> output `[N, d_model]`
-    fn dispatch(&self, x: Tensor<2>, selection: Selection, capacity: Option<usize>) -> Dispatched {
+    fn dispatch(&self, x: Tensor<2>, selection: &Selection) -> Dispatched {
+        let capacity = selection.capacity;
         let device = x.device();
         let [tokens, d_model] = x.dims();
         let [_, k] = selection.experts.dims();
@@ -142,8 +131,8 @@ impl MoeLayer {
         let assignments = tokens * k;
 
         // Assignment a = token * k + slot, in token order.
-        let expert_of = selection.experts.reshape([assignments]);
-        let gate_of = selection.gates.reshape([assignments]);
+        let expert_of = selection.experts.clone().reshape([assignments]);
+        let gate_of = selection.gates.clone().reshape([assignments]);
         let one_hot: Tensor<2, Int> = if num_experts == 1 {
             Tensor::ones([assignments, 1], &device) // one_hot needs two classes or more
         } else {

@@ -1,4 +1,5 @@
-//! Configuration of the Mixture-of-Experts layers (DESIGN.md §1).
+//! Configuration of the Mixture-of-Experts layers: the routing variants of the BTX paper
+//! (Sukhbaatar et al. 2024, "Branch-Train-MiX", §2), load balancing, z-loss, frozen experts.
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};

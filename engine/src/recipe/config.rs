@@ -110,37 +110,36 @@ pub struct Finetune {
     pub lr: Option<f64>,
 }
 
+/// How every model of a recipe is evaluated; a field left out takes `Default`'s value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct EvalSettings {
     /// Validation batches per domain.
-    #[serde(default = "default_batches")]
     pub batches: usize,
     /// Addition problems for the exact-match accuracy.
-    #[serde(default = "default_problems")]
     pub arithmetic_problems: usize,
-    #[serde(default = "default_prior")]
+    /// Held-out sequences per domain that estimate the BTM ensemble's cached prior.
     pub ensemble_prior_sequences: usize,
-    #[serde(default = "default_ensemble")]
+    /// Sequences per domain the ensemble is scored on.
     pub ensemble_sequences: usize,
-}
-
-fn default_batches() -> usize {
-    8
-}
-fn default_problems() -> usize {
-    50
-}
-fn default_prior() -> usize {
-    16
-}
-fn default_ensemble() -> usize {
-    48
 }
 
 impl Default for EvalSettings {
     fn default() -> Self {
         Self { batches: 8, arithmetic_problems: 50, ensemble_prior_sequences: 16, ensemble_sequences: 48 }
+    }
+}
+
+impl MergeMethod {
+    /// The `btx merge` method that builds it (None for the ensemble, which is evaluated, not
+    /// merged).
+    pub fn merge_method(&self) -> Option<crate::merge::MergeMethod> {
+        match self {
+            Self::Btx => Some(crate::merge::MergeMethod::Btx),
+            Self::Upcycle { .. } => Some(crate::merge::MergeMethod::Upcycle),
+            Self::Average => Some(crate::merge::MergeMethod::Average),
+            Self::Ensemble { .. } => None,
+        }
     }
 }
 
@@ -200,8 +199,8 @@ impl Recipe {
                 bail!("{origin}: field `merges[{i}].name`: `{}` must be unique and a valid folder name", m.name);
             }
             let moe = m.moe.as_ref().unwrap_or(&self.moe);
-            if matches!(m.method, MergeMethod::Upcycle { .. }) && moe.router_init != crate::merge::router_init::RouterInit::Random {
-                bail!("{origin}: field `merges[{i}]`: upcycled experts are identical copies, so router_init {:?} cannot tell them apart; use Random", moe.router_init);
+            if let Some(method) = m.method.merge_method() {
+                crate::merge::check_router_init(method, moe.router_init).map_err(|e| anyhow::anyhow!("{origin}: field `merges[{i}]`: {e}"))?;
             }
             let members = match m.method {
                 MergeMethod::Btx => self.experts.len() + self.keep_seed as usize,

@@ -1,6 +1,7 @@
 //! Recipes: the whole method as one RON file, run stage by stage.
 
 pub mod config;
+pub mod plan;
 pub mod png;
 pub mod report;
 pub mod runner;

@@ -2,25 +2,43 @@
 //! seed, each expert, each merge before and after finetuning and the baselines, with the
 //! tokens and training FLOPs behind each; loss curves and routing heatmaps as PNG.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::{Value, json};
 
+use super::plan::{Entry, EntryKind, Plan, slug};
 use super::png::{Canvas, PALETTE};
-use super::runner::{Entry, Plan, slug};
 use super::stage::{Manifest, Stage};
+use crate::eval::EvalReport;
 use crate::fsutil::write_atomic;
 
 struct Row {
     entry: Entry,
-    /// domain -> (loss, perplexity)
-    domains: Vec<(String, f64, f64)>,
-    accuracy: BTreeMap<String, f64>,
-    routing: Vec<(String, Vec<Vec<f64>>)>,
+    eval: EvalReport,
+    /// Tokens and training FLOPs of every stage behind the model.
     tokens: u64,
     flops: f64,
+}
+
+impl Row {
+    fn mean_loss(&self) -> f64 {
+        self.eval.mean_loss()
+    }
+
+    fn loss(&self, domain: usize) -> f64 {
+        self.eval.domains[domain].loss
+    }
+
+    /// `[domain][layer][expert]` shares for models that route (MoE layers, or the
+    /// ensemble's prior), with the domain's name.
+    fn routing(&self) -> Vec<(&str, &Vec<Vec<f64>>)> {
+        if !self.entry.kind.routes() {
+            return vec![];
+        }
+        let routes = |r: &Vec<Vec<f64>>| !r.is_empty() && (r.len() > 1 || r[0].len() > 1);
+        self.eval.domains.iter().filter(|d| routes(&d.routing)).map(|d| (d.domain.as_str(), &d.routing)).collect()
+    }
 }
 
 fn read_manifest(plan: &Plan<'_>, stage: &str) -> Option<Manifest> {
@@ -28,97 +46,100 @@ fn read_manifest(plan: &Plan<'_>, stage: &str) -> Option<Manifest> {
     serde_json::from_str(&text).ok()
 }
 
-pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
+/// Each compared model's evaluation, with the tokens and FLOPs of its lineage.
+fn load_rows(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (entry, stage) in entries {
-        let path = stage.dir.join("eval.json");
-        let eval: Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?)?;
-        let domains = eval["domains"].as_array().cloned().unwrap_or_default();
+        let eval = EvalReport::read(&stage.dir.join("eval.json"))?;
         let (mut tokens, mut flops) = (0, 0.0);
-        for s in &entry.lineage {
-            if let Some(m) = read_manifest(plan, s) {
-                tokens += m.tokens;
-                flops += m.train_flops;
-            }
+        for m in entry.lineage.iter().filter_map(|s| read_manifest(plan, s)) {
+            tokens += m.tokens;
+            flops += m.train_flops;
         }
-        rows.push(Row {
-            entry: entry.clone(),
-            domains: domains
-                .iter()
-                .map(|d| (d["domain"].as_str().unwrap_or("?").to_string(), d["loss"].as_f64().unwrap_or(f64::NAN), d["perplexity"].as_f64().unwrap_or(f64::NAN)))
-                .collect(),
-            accuracy: eval["accuracy"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0))).collect()).unwrap_or_default(),
-            routing: if entry.kind == "final" || entry.kind == "merge" {
-                domains
-                    .iter()
-                    .filter_map(|d| {
-                        let r: Vec<Vec<f64>> = serde_json::from_value(d["routing"].clone()).ok()?;
-                        (!r.is_empty() && (r.len() > 1 || r[0].len() > 1)).then(|| (d["domain"].as_str().unwrap_or("?").to_string(), r))
-                    })
-                    .collect()
-            } else {
-                vec![]
-            },
-            tokens,
-            flops,
-        });
+        rows.push(Row { entry: entry.clone(), eval, tokens, flops });
     }
+    Ok(rows)
+}
 
-    let domain_names: Vec<String> = rows.first().map(|r| r.domains.iter().map(|d| d.0.clone()).collect()).unwrap_or_default();
-    let mean_loss = |r: &Row| r.domains.iter().map(|d| d.1).sum::<f64>() / r.domains.len().max(1) as f64;
-    let finals: Vec<&Row> = rows.iter().filter(|r| r.entry.kind == "final").collect();
-
+pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
+    let rows = load_rows(plan, entries)?;
     let mut stages = Vec::new();
     for entry in std::fs::read_dir(&plan.out)?.flatten() {
         collect_manifests(&entry.path(), &mut stages);
     }
     stages.sort_by(|a, b| a.stage.cmp(&b.stage));
+
+    let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut md = format!("# Recipe report: {name}\n\n");
+    write_table(&mut md, &rows, &stages)?;
+    write_winners(&mut md, &rows)?;
+    write_loss_curves(&mut md, plan)?;
+    write_routing(&mut md, plan, &rows)?;
+    writeln!(md, "\n## Stages\n\n| stage | tokens | train FLOPs | wall time | device |\n|---|---:|---:|---:|---|")?;
+    for m in &stages {
+        writeln!(md, "| {} | {} | {:.3e} | {:.1} s | {} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
+    }
+    write_json(plan, &rows, &stages)?;
+    write_atomic(&plan.out.join("report.md"), md.as_bytes())?;
+    eprintln!("report: {}", plan.out.join("report.md").display());
+    Ok(())
+}
+
+/// The table: perplexity per domain and mean, tokens, FLOPs; the best final model in bold.
+fn write_table(md: &mut String, rows: &[Row], stages: &[Manifest]) -> Result<()> {
     let mut devices: Vec<&str> = stages.iter().filter(|m| m.tokens > 0).map(|m| m.device.as_str()).collect();
     devices.sort();
     devices.dedup();
-
-    let mut md = String::new();
-    let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    writeln!(md, "# Recipe report: {name}\n")?;
+    let domain_names: Vec<&str> = rows.first().map(|r| r.eval.domains.iter().map(|d| d.domain.as_str()).collect()).unwrap_or_default();
+    let finals: Vec<&Row> = rows.iter().filter(|r| r.entry.kind == EntryKind::Final).collect();
     writeln!(md, "Validation perplexity per domain (lower is better), mean = exp(mean of the domains' losses). Tokens and training FLOPs (6 x active parameters x tokens, plus attention) count every stage that produced the model, the seed's included. Trained on: {}.\n", devices.join(", "))?;
-    write!(md, "| model | tokens | train FLOPs |")?;
-    for d in &domain_names {
-        write!(md, " {d} |")?;
-    }
-    writeln!(md, " mean | arithmetic exact match |")?;
+    writeln!(md, "| model | tokens | train FLOPs | {} | mean | arithmetic exact match |", domain_names.join(" | "))?;
     writeln!(md, "|---|---:|---:|{}---:|---:|", "---:|".repeat(domain_names.len()))?;
-    for r in &rows {
-        let best = |i: usize| r.entry.kind == "final" && finals.iter().all(|f| f.domains[i].1 >= r.domains[i].1);
-        write!(md, "| {} | {:.2}M | {:.3e} |", r.entry.label, r.tokens as f64 / 1e6, r.flops)?;
-        for (i, d) in r.domains.iter().enumerate() {
-            if best(i) { write!(md, " **{:.2}** |", d.2)? } else { write!(md, " {:.2} |", d.2)? }
-        }
-        let acc: Vec<String> = r.accuracy.values().map(|a| format!("{:.0}%", a * 100.0)).collect();
-        let mean_best = r.entry.kind == "final" && finals.iter().all(|f| mean_loss(f) >= mean_loss(r));
-        let mean = mean_loss(r).exp();
-        if mean_best { write!(md, " **{mean:.2}** |")? } else { write!(md, " {mean:.2} |")? }
-        writeln!(md, " {} |", if acc.is_empty() { "-".into() } else { acc.join(", ") })?;
+    let bold = |best: bool, v: f64| if best { format!("**{v:.2}**") } else { format!("{v:.2}") };
+    for r in rows {
+        let is_final = r.entry.kind == EntryKind::Final;
+        let cells: Vec<String> = r
+            .eval
+            .domains
+            .iter()
+            .enumerate()
+            .map(|(i, d)| bold(is_final && finals.iter().all(|f| f.loss(i) >= r.loss(i)), d.perplexity))
+            .collect();
+        let mean = bold(is_final && finals.iter().all(|f| f.mean_loss() >= r.mean_loss()), r.mean_loss().exp());
+        let acc: Vec<String> = r.eval.accuracy.values().map(|a| format!("{:.0}%", a * 100.0)).collect();
+        let acc = if acc.is_empty() { "-".to_string() } else { acc.join(", ") };
+        writeln!(md, "| {} | {:.2}M | {:.3e} | {} | {mean} | {acc} |", r.entry.label, r.tokens as f64 / 1e6, r.flops, cells.join(" | "))?;
     }
-    if !finals.is_empty() {
-        writeln!(md, "\nBold: the best of the final models (finetuned merges, averages, ensembles, dense baseline).\n")?;
-        for (i, d) in domain_names.iter().enumerate() {
-            let w = finals.iter().min_by(|a, b| a.domains[i].1.total_cmp(&b.domains[i].1)).unwrap();
-            writeln!(md, "- {d}: **{}** wins (perplexity {:.2})", w.entry.label, w.domains[i].2)?;
-        }
-        let w = finals.iter().min_by(|a, b| mean_loss(a).total_cmp(&mean_loss(b))).unwrap();
-        writeln!(md, "- on average: **{}** wins (mean perplexity {:.2})", w.entry.label, mean_loss(w).exp())?;
-        let spread: Vec<String> = finals.iter().map(|f| format!("{} {:.2e}", f.entry.label, f.flops)).collect();
-        writeln!(md, "\nTraining FLOPs of the final models: {}.", spread.join(", "))?;
-    }
+    Ok(())
+}
 
-    // Loss curves of every training stage.
+/// Which final model wins each domain and the mean (omitted when there is one final model).
+fn write_winners(md: &mut String, rows: &[Row]) -> Result<()> {
+    let finals: Vec<&Row> = rows.iter().filter(|r| r.entry.kind == EntryKind::Final).collect();
+    if finals.len() < 2 {
+        return Ok(());
+    }
+    writeln!(md, "\nBold: the best of the final models (finetuned merges, averages, ensembles, dense baseline).\n")?;
+    for (i, d) in finals[0].eval.domains.iter().enumerate() {
+        let w = finals.iter().min_by(|a, b| a.loss(i).total_cmp(&b.loss(i))).expect("two finals");
+        writeln!(md, "- {}: **{}** wins (perplexity {:.2})", d.domain, w.entry.label, w.eval.domains[i].perplexity)?;
+    }
+    let w = finals.iter().min_by(|a, b| a.mean_loss().total_cmp(&b.mean_loss())).expect("two finals");
+    writeln!(md, "- on average: **{}** wins (mean perplexity {:.2})", w.entry.label, w.mean_loss().exp())?;
+    let spread: Vec<String> = finals.iter().map(|f| format!("{} {:.2e}", f.entry.label, f.flops)).collect();
+    writeln!(md, "\nTraining FLOPs of the final models: {}.", spread.join(", "))?;
+    Ok(())
+}
+
+/// Loss curves of every training stage, as one PNG.
+fn write_loss_curves(md: &mut String, plan: &Plan<'_>) -> Result<()> {
     let mut curves = Vec::new();
-    for stage in ["seed".to_string()]
+    let stages = ["seed".to_string()]
         .into_iter()
         .chain(plan.recipe.experts.iter().map(|e| format!("experts/{}", e.name)))
         .chain(plan.recipe.merges.iter().map(|m| format!("finetune/{}", m.name)))
-        .chain(["dense".to_string()])
-    {
+        .chain(["dense".to_string()]);
+    for stage in stages {
         if let Ok(m) = crate::train::metrics::read_metrics(&plan.out.join(&stage).join("metrics.jsonl")) {
             let points: Vec<(f64, f64)> = m.iter().filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("loss")?.as_f64()?))).collect();
             if !points.is_empty() {
@@ -126,52 +147,54 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
             }
         }
     }
-    if !curves.is_empty() {
-        write_atomic(&plan.out.join("loss_curves.png"), &plot_curves(&curves).to_png())?;
-        writeln!(md, "\n## Training loss\n\n![loss curves](loss_curves.png)\n")?;
-        let legend: Vec<String> = curves.iter().enumerate().map(|(i, (s, _))| format!("{} = {}", PALETTE[i % PALETTE.len()].0, s)).collect();
-        writeln!(md, "Each curve is one stage's training loss (moving average of 10 steps) against its own steps (x scaled to the longest stage; y from the lowest to the highest loss shown). Colours: {}.", legend.join(", "))?;
+    if curves.is_empty() {
+        return Ok(());
     }
+    write_atomic(&plan.out.join("loss_curves.png"), &plot_curves(&curves).to_png())?;
+    writeln!(md, "\n## Training loss\n\n![loss curves](loss_curves.png)\n")?;
+    let legend: Vec<String> = curves.iter().enumerate().map(|(i, (s, _))| format!("{} = {}", PALETTE[i % PALETTE.len()].0, s)).collect();
+    writeln!(md, "Each curve is one stage's training loss (moving average of 10 steps) against its own steps (x scaled to the longest stage; y from the lowest to the highest loss shown). Colours: {}.", legend.join(", "))?;
+    Ok(())
+}
 
-    // Routing heatmaps: domain x expert per layer.
-    let routed: Vec<&Row> = rows.iter().filter(|r| !r.routing.is_empty()).collect();
-    if !routed.is_empty() {
-        writeln!(md, "\n## Routing\n")?;
-        for r in routed {
-            let file = format!("routing_{}.png", slug(&r.entry.label));
-            write_atomic(&plan.out.join(&file), &plot_heatmap(&r.routing).to_png())?;
-            writeln!(md, "**{}**: ![routing {}]({file})\n", r.entry.label, r.entry.label)?;
-            let first = &r.routing[0].1;
-            writeln!(md, "One panel per {} ({} of them, left to right); in each, a row per domain ({}, top to bottom) and a column per expert; darker = larger share of that domain's token assignments (the darkest cell is the largest share in the figure).\n",
-                if r.entry.label.contains("ensemble") { "ensemble (the cached prior over experts)" } else { "MoE layer" },
-                first.len(),
-                r.routing.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>().join(", "))?;
-            for (d, layers) in &r.routing {
-                let shares: Vec<String> = layers.iter().map(|l| format!("[{}]", l.iter().map(|x| format!("{:.2}", x)).collect::<Vec<_>>().join(" "))).collect();
-                writeln!(md, "- {d}: {}", shares.join(" "))?;
-            }
-            writeln!(md)?;
+/// Routing heatmaps: domain x expert per layer, one PNG per routed model.
+fn write_routing(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+    let routed: Vec<&Row> = rows.iter().filter(|r| !r.routing().is_empty()).collect();
+    if routed.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "\n## Routing\n")?;
+    for r in routed {
+        let routing = r.routing();
+        let file = format!("routing_{}.png", slug(&r.entry.label));
+        write_atomic(&plan.out.join(&file), &plot_heatmap(&routing).to_png())?;
+        writeln!(md, "**{}**: ![routing {}]({file})\n", r.entry.label, r.entry.label)?;
+        let what = if r.entry.label.contains("ensemble") { "ensemble (the cached prior over experts)" } else { "MoE layer" };
+        let domains: Vec<&str> = routing.iter().map(|(d, _)| *d).collect();
+        writeln!(md, "One panel per {what} ({} of them, left to right); in each, a row per domain ({}, top to bottom) and a column per expert; darker = larger share of that domain's token assignments (the darkest cell is the largest share in the figure).\n", routing[0].1.len(), domains.join(", "))?;
+        for (d, layers) in &routing {
+            let shares: Vec<String> = layers.iter().map(|l| format!("[{}]", l.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" "))).collect();
+            writeln!(md, "- {d}: {}", shares.join(" "))?;
         }
+        writeln!(md)?;
     }
+    Ok(())
+}
 
-    // Stages.
-    writeln!(md, "\n## Stages\n\n| stage | tokens | train FLOPs | wall time | device |\n|---|---:|---:|---:|---|")?;
-    for m in &stages {
-        writeln!(md, "| {} | {} | {:.3e} | {:.1} s | {} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
-    }
-
-    let json_rows: Vec<Value> = rows
+fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest]) -> Result<()> {
+    let models: Vec<Value> = rows
         .iter()
         .map(|r| json!({
-            "model": r.entry.label, "kind": r.entry.kind, "tokens": r.tokens, "train_flops": r.flops,
-            "domains": r.domains.iter().map(|(d, l, p)| json!({"domain": d, "loss": l, "perplexity": p})).collect::<Vec<_>>(),
-            "mean_loss": mean_loss(r), "accuracy": r.accuracy, "routing": r.routing,
+            "model": r.entry.label, "kind": r.entry.kind.name(), "tokens": r.tokens, "train_flops": r.flops,
+            "domains": r.eval.domains.iter().map(|d| json!({"domain": d.domain, "loss": d.loss, "perplexity": d.perplexity})).collect::<Vec<_>>(),
+            "mean_loss": r.mean_loss(), "accuracy": r.eval.accuracy, "routing": r.routing(),
         }))
         .collect();
-    write_atomic(&plan.out.join("report.json"), serde_json::to_string_pretty(&json!({ "models": json_rows, "stages": stages.iter().map(|m| json!({"stage": m.stage, "tokens": m.tokens, "train_flops": m.train_flops, "wall_time_s": m.wall_time_s, "device": m.device})).collect::<Vec<_>>() }))?.as_bytes())?;
-    write_atomic(&plan.out.join("report.md"), md.as_bytes())?;
-    eprintln!("report: {}", plan.out.join("report.md").display());
-    Ok(())
+    let stages: Vec<Value> = stages
+        .iter()
+        .map(|m| json!({"stage": m.stage, "tokens": m.tokens, "train_flops": m.train_flops, "wall_time_s": m.wall_time_s, "device": m.device}))
+        .collect();
+    write_atomic(&plan.out.join("report.json"), serde_json::to_string_pretty(&json!({ "models": models, "stages": stages }))?.as_bytes())
 }
 
 fn collect_manifests(dir: &std::path::Path, out: &mut Vec<Manifest>) {
@@ -217,7 +240,7 @@ fn plot_curves(curves: &[(String, Vec<(f64, f64)>)]) -> Canvas {
     c
 }
 
-fn plot_heatmap(routing: &[(String, Vec<Vec<f64>>)]) -> Canvas {
+fn plot_heatmap(routing: &[(&str, &Vec<Vec<f64>>)]) -> Canvas {
     let domains = routing.len();
     let layers = routing[0].1.len();
     let experts = routing[0].1.first().map_or(1, |l| l.len());

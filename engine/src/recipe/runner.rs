@@ -1,336 +1,27 @@
-//! Runs a recipe: decides the stages, their order and parallelism; every stage itself is a
-//! `btx` subcommand in its own process (expert stages `jobs` at a time), and stages touch
-//! only through files.
-//!
-//! ```text
-//! RUN/seed/                 btx train (or an existing checkpoint)
-//! RUN/experts/NAME/         btx train, branched from the seed, on the expert's data
-//! RUN/merges/NAME/          btx merge (btx, upcycle, average)
-//! RUN/finetune/NAME/        btx train of each MoE merge on the finetune mixture
-//! RUN/dense/                btx train: the seed continued at matched FLOPs (optional)
-//! RUN/eval/MODEL/           btx eval / btx ensemble
-//! RUN/report.md, report.json, *.png
-//! ```
+//! Runs a recipe: the plan's stages in order, the experts (and later the finetunes and
+//! evaluations) `jobs` at a time; every stage itself is a `btx` subcommand in its own
+//! process, and stages touch only through files.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 
-use super::config::{MergeMethod, Recipe, SeedModel};
-use super::stage::{Manifest, Stage, StageState, model_file};
-use crate::checkpoint::read_model_config;
-use crate::config::{ModelConfig, resolve, to_ron};
-use crate::data::{DataConfig, DomainConfig, Source};
-use crate::train::{OptimizerConfig, TrainConfig};
+use super::config::Recipe;
+use super::plan::Plan;
+use super::stage::{Manifest, Stage, StageState};
+use crate::device::DeviceArgs;
 
 pub struct RunOptions {
     pub out: PathBuf,
     pub jobs: usize,
-    pub device: String,
+    pub device: DeviceArgs,
     /// The `btx` binary the stages run.
     pub btx: PathBuf,
 }
 
-/// A model the report compares.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub label: String,
-    pub kind: &'static str,
-    /// Stages whose training it includes (for tokens and FLOPs).
-    pub lineage: Vec<String>,
-}
-
-pub struct Plan<'a> {
-    pub recipe: &'a Recipe,
-    pub out: PathBuf,
-    pub device: String,
-}
-
-impl Plan<'_> {
-    fn dir(&self, stage: &str) -> PathBuf {
-        self.out.join(stage)
-    }
-
-    /// Domain config with training weights from `mixture` (0 for the others).
-    fn domains(&self, mixture: Option<&[(String, f64)]>) -> Vec<DomainConfig> {
-        self.recipe
-            .domains
-            .iter()
-            .map(|d| DomainConfig {
-                name: d.name.clone(),
-                source: absolute(&d.source),
-                weight: match mixture {
-                    Some(m) => m.iter().find(|(n, _)| *n == d.name).map_or(0.0, |(_, w)| *w),
-                    None => 1.0,
-                },
-            })
-            .collect()
-    }
-
-    fn train_config(&self, model: ModelConfig, mixture: Option<&[(String, f64)]>, steps: usize, init_from: Option<PathBuf>, lr: Option<f64>) -> TrainConfig {
-        let r = self.recipe;
-        let optimizer = OptimizerConfig { lr: lr.unwrap_or(r.optimizer.lr), ..r.optimizer.clone() };
-        TrainConfig {
-            model,
-            data: DataConfig { tokenizer: resolve(&r.tokenizer), seq_len: r.seq_len, domains: self.domains(mixture), val_every: r.val_every },
-            optimizer,
-            steps,
-            batch_size: r.batch_size,
-            grad_accum: 1,
-            seed: r.seed,
-            checkpoint_every: (steps / 4).max(10),
-            eval_every: 0,
-            eval_batches: r.eval.batches,
-            init_from,
-        }
-    }
-
-    /// Data files and the tokenizer: inputs of every training and evaluation stage.
-    fn data_inputs(&self) -> Vec<PathBuf> {
-        let mut files = vec![resolve(&self.recipe.tokenizer)];
-        for d in &self.recipe.domains {
-            match &d.source {
-                Source::File(p) => files.push(resolve(p)),
-                Source::Script { files: f, .. } => files.extend(f.iter().map(|p| resolve(p))),
-                Source::Arithmetic(_) => {}
-            }
-        }
-        files
-    }
-
-    fn train_stage(&self, name: &str, config: &TrainConfig, init: Option<&Path>) -> Result<Stage> {
-        let dir = self.dir(name);
-        let mut inputs = self.data_inputs();
-        inputs.extend(init.map(model_file));
-        Ok(Stage {
-            name: name.to_string(),
-            args: strings(&["train", "--config", &dir.join("stage.ron").display().to_string(), "--out", &dir.display().to_string(), "--device", &self.device, "--resume", "--no-progress"]),
-            dir,
-            config: Some(to_ron(config)?),
-            inputs,
-        })
-    }
-
-    /// The seed checkpoint (a run folder or checkpoint folder), and its stage if trained here.
-    pub fn seed(&self) -> Result<(PathBuf, Option<Stage>)> {
-        match &self.recipe.seed_model {
-            SeedModel::Checkpoint(path) => Ok((resolve(path), None)),
-            SeedModel::Train { steps, mixture } => {
-                let config = self.train_config(self.recipe.model.clone(), Some(mixture), *steps, None, None);
-                Ok((self.dir("seed"), Some(self.train_stage("seed", &config, None)?)))
-            }
-        }
-    }
-
-    pub fn expert_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
-        self.recipe
-            .experts
-            .iter()
-            .map(|e| {
-                let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(seed.to_path_buf()), None);
-                self.train_stage(&format!("experts/{}", e.name), &config, Some(seed))
-            })
-            .collect()
-    }
-
-    pub fn merge_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
-        let experts: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.dir(&format!("experts/{}", e.name))).collect();
-        let mut stages = Vec::new();
-        for m in &self.recipe.merges {
-            let options = m.moe.as_ref().unwrap_or(&self.recipe.moe);
-            let moe = to_ron(options)?.replace('\n', " ");
-            // Data-initialised routers read each member's training data: the experts' own
-            // configs, and every domain for the seed.
-            let expert_data: Vec<PathBuf> = experts.iter().map(|e| e.join("stage.ron")).collect();
-            let router_data = |with_seed: bool| -> Vec<String> {
-                if options.router_init == crate::merge::router_init::RouterInit::Random {
-                    return vec![];
-                }
-                let mut v = vec!["--router-data".to_string()];
-                v.extend(expert_data.iter().map(|p| p.display().to_string()));
-                if with_seed {
-                    v.push(self.eval_data_path().display().to_string());
-                }
-                v
-            };
-            let dir = self.dir(&format!("merges/{}", m.name));
-            let mut args = strings(&["merge", "--out", &dir.display().to_string(), "--moe", &moe]);
-            let mut inputs: Vec<PathBuf> = Vec::new();
-            match m.method {
-                MergeMethod::Btx => {
-                    args.extend(strings(&["--method", "btx", "--experts"]));
-                    args.extend(experts.iter().map(|p| p.display().to_string()));
-                    inputs.extend(experts.iter().map(|p| model_file(p)));
-                    if self.recipe.keep_seed {
-                        args.extend(strings(&["--seed", &seed.display().to_string()]));
-                        inputs.push(model_file(seed));
-                    }
-                    args.extend(router_data(self.recipe.keep_seed));
-                }
-                MergeMethod::Upcycle { experts: n } => {
-                    args.extend(strings(&["--method", "upcycle", "--num-experts", &n.to_string(), "--experts", &seed.display().to_string()]));
-                    inputs.push(model_file(seed));
-                    if options.router_init != crate::merge::router_init::RouterInit::Random {
-                        // Upcycled copies are identical: their data-initialised rows would be too.
-                        anyhow::bail!("merge {}: router_init {:?} needs experts trained on different data; upcycling has none (use Random)", m.name, options.router_init);
-                    }
-                }
-                MergeMethod::Average => {
-                    args.extend(strings(&["--method", "average", "--experts"]));
-                    args.extend(experts.iter().map(|p| p.display().to_string()));
-                    inputs.extend(experts.iter().map(|p| model_file(p)));
-                }
-                MergeMethod::Ensemble { .. } => continue,
-            }
-            stages.push(Stage { name: format!("merges/{}", m.name), dir, args, config: None, inputs });
-        }
-        Ok(stages)
-    }
-
-    /// Finetune stages of the MoE merges (their model configs come from the merged folders).
-    pub fn finetune_stages(&self) -> Result<Vec<Stage>> {
-        let ft = &self.recipe.finetune;
-        let mut stages = Vec::new();
-        for m in self.recipe.merges.iter().filter(|m| matches!(m.method, MergeMethod::Btx | MergeMethod::Upcycle { .. })) {
-            let merged = self.dir(&format!("merges/{}", m.name));
-            let model = read_model_config(&merged).with_context(|| format!("merge {} must run before its finetune", m.name))?;
-            let steps = match m.method {
-                MergeMethod::Upcycle { .. } if self.recipe.match_flops => {
-                    let per_step = model.train_flops_per_token(self.recipe.seq_len) * self.tokens_per_step();
-                    (self.btx_budget()? / per_step).round().max(1.0) as usize
-                }
-                _ => ft.steps,
-            };
-            let config = self.train_config(model, ft.mixture.as_deref(), steps, Some(merged.clone()), ft.lr);
-            stages.push(self.train_stage(&format!("finetune/{}", m.name), &config, Some(&merged))?);
-        }
-        Ok(stages)
-    }
-
-    /// The dense baseline: the seed continued on the finetune mixture for the training FLOPs
-    /// of all experts plus the first BTX finetune.
-    pub fn dense_stage(&self, seed: &Path) -> Result<Option<Stage>> {
-        if !self.recipe.dense_baseline {
-            return Ok(None);
-        }
-        let r = self.recipe;
-        let dense_per_step = r.model.train_flops_per_token(r.seq_len) * self.tokens_per_step();
-        let steps = (self.btx_budget()? / dense_per_step).round().max(1.0) as usize;
-        let config = self.train_config(r.model.clone(), r.finetune.mixture.as_deref(), steps, Some(seed.to_path_buf()), None);
-        Ok(Some(self.train_stage("dense", &config, Some(seed))?))
-    }
-
-    fn tokens_per_step(&self) -> f64 {
-        (self.recipe.batch_size * self.recipe.seq_len) as f64
-    }
-
-    /// Training FLOPs of BTX beyond the seed: every expert plus the first BTX finetune.
-    fn btx_budget(&self) -> Result<f64> {
-        let r = self.recipe;
-        let dense_per_step = r.model.train_flops_per_token(r.seq_len) * self.tokens_per_step();
-        let mut budget: f64 = r.experts.iter().map(|e| e.steps as f64 * dense_per_step).sum();
-        if let Some(m) = r.merges.iter().find(|m| m.method == MergeMethod::Btx) {
-            let moe = read_model_config(&self.dir(&format!("merges/{}", m.name)))?;
-            budget += r.finetune.steps as f64 * moe.train_flops_per_token(r.seq_len) * self.tokens_per_step();
-        }
-        Ok(budget)
-    }
-
-    /// The data every model is evaluated on: all domains.
-    pub fn eval_data_path(&self) -> PathBuf {
-        self.out.join("eval-data.ron")
-    }
-
-    pub fn write_eval_data(&self) -> Result<()> {
-        let config = self.train_config(self.recipe.model.clone(), None, 1, None, None);
-        crate::fsutil::write_atomic(&self.eval_data_path(), to_ron(&config)?.as_bytes())
-    }
-
-    /// Every model the report compares, with how it is evaluated.
-    pub fn entries(&self, seed: &Path) -> Vec<(Entry, Stage)> {
-        let r = self.recipe;
-        let seed_stage = matches!(r.seed_model, SeedModel::Train { .. }).then(|| "seed".to_string());
-        let experts: Vec<String> = r.experts.iter().map(|e| format!("experts/{}", e.name)).collect();
-        let with_seed = |mut v: Vec<String>| {
-            v.splice(0..0, seed_stage.clone());
-            v
-        };
-        let mut list: Vec<(Entry, PathBuf)> = vec![(Entry { label: "seed".into(), kind: "seed", lineage: with_seed(vec![]) }, seed.to_path_buf())];
-        for e in &experts {
-            let label = e.trim_start_matches("experts/").to_string();
-            list.push((Entry { label: format!("expert {label}"), kind: "expert", lineage: with_seed(vec![e.clone()]) }, self.dir(e)));
-        }
-        let mut ensembles = Vec::new();
-        for m in &r.merges {
-            let merged = self.dir(&format!("merges/{}", m.name));
-            match m.method {
-                MergeMethod::Btx | MergeMethod::Upcycle { .. } => {
-                    let trained = if m.method == MergeMethod::Btx { with_seed(experts.clone()) } else { with_seed(vec![]) };
-                    list.push((Entry { label: format!("{} (before finetune)", m.name), kind: "merge", lineage: trained.clone() }, merged));
-                    let mut ft = trained;
-                    ft.push(format!("finetune/{}", m.name));
-                    list.push((Entry { label: m.name.clone(), kind: "final", lineage: ft }, self.dir(&format!("finetune/{}", m.name))));
-                }
-                MergeMethod::Average => list.push((Entry { label: m.name.clone(), kind: "final", lineage: with_seed(experts.clone()) }, merged)),
-                MergeMethod::Ensemble { top_k } => ensembles.push((m.name.clone(), top_k)),
-            }
-        }
-        if r.dense_baseline {
-            list.push((Entry { label: "dense".into(), kind: "final", lineage: with_seed(vec!["dense".into()]) }, self.dir("dense")));
-        }
-        let data = self.eval_data_path();
-        let e = &r.eval;
-        let mut out: Vec<(Entry, Stage)> = list
-            .into_iter()
-            .map(|(entry, ckpt)| {
-                let dir = self.dir(&format!("eval/{}", slug(&entry.label)));
-                let args = strings(&[
-                    "eval", "--checkpoint", &ckpt.display().to_string(), "--config", &data.display().to_string(),
-                    "--device", &self.device, "--batches", &e.batches.to_string(),
-                    "--arithmetic", &e.arithmetic_problems.to_string(), "--json", &dir.join("eval.json").display().to_string(),
-                ]);
-                let stage = Stage { name: format!("eval/{}", slug(&entry.label)), dir, args, config: None, inputs: vec![model_file(&ckpt), data.clone()] };
-                (entry, stage)
-            })
-            .collect();
-        for (name, top_k) in ensembles {
-            let dir = self.dir(&format!("eval/{}", slug(&name)));
-            let mut args = strings(&["ensemble", "--config", &data.display().to_string(), "--device", &self.device,
-                "--prior-sequences", &e.ensemble_prior_sequences.to_string(), "--eval-sequences", &e.ensemble_sequences.to_string(),
-                "--json", &dir.join("eval.json").display().to_string()]);
-            if let Some(k) = top_k {
-                args.extend(strings(&["--top-k", &k.to_string()]));
-            }
-            args.push("--experts".into());
-            args.extend(experts.iter().map(|x| self.dir(x).display().to_string()));
-            let mut inputs: Vec<PathBuf> = experts.iter().map(|x| model_file(&self.dir(x))).collect();
-            inputs.push(data.clone());
-            let entry = Entry { label: name.clone(), kind: "final", lineage: with_seed(experts.clone()) };
-            out.push((entry, Stage { name: format!("eval/{}", slug(&name)), dir, args, config: None, inputs }));
-        }
-        out
-    }
-}
-
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| s.to_string()).collect()
-}
-
-pub fn slug(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect::<String>().replace("--", "-").trim_matches('-').to_string()
-}
-
-fn absolute(source: &Source) -> Source {
-    match source {
-        Source::File(p) => Source::File(resolve(p)),
-        Source::Script { files, script } => Source::Script { files: files.iter().map(|p| resolve(p)).collect(), script: *script },
-        other => other.clone(),
-    }
-}
-
 /// Runs `stages` at most `jobs` at a time.
-fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, device: &str, progress: &indicatif::MultiProgress) -> Result<Vec<Manifest>> {
+fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, progress: &indicatif::MultiProgress) -> Result<Vec<Manifest>> {
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<Result<Manifest>>>> = Mutex::new((0..stages.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
@@ -343,7 +34,7 @@ fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, device: &str, progres
                     i
                 };
                 let Some(stage) = stages.get(i) else { break };
-                let result = stage.run(btx, device, progress);
+                let result = stage.run(btx, progress);
                 let failed = result.is_err();
                 results.lock().unwrap()[i] = Some(result);
                 if failed {
@@ -360,32 +51,28 @@ pub fn run_recipe(recipe: &Recipe, options: &RunOptions) -> Result<()> {
     let plan = Plan { recipe, out: options.out.clone(), device: options.device.clone() };
     // One progress bar per running training stage (hidden when stderr is not a terminal).
     let progress = indicatif::MultiProgress::new();
-    let (btx, device) = (&options.btx, &options.device);
+    let btx = &options.btx;
     let (seed, seed_stage) = plan.seed()?;
     if let Some(stage) = seed_stage {
-        stage.run(btx, device, &progress)?;
+        stage.run(btx, &progress)?;
     }
-    run_parallel(&plan.expert_stages(&seed)?, options.jobs, btx, device, &progress)?;
+    run_parallel(&plan.expert_stages(&seed)?, options.jobs, btx, &progress)?;
     plan.write_eval_data()?;
     for stage in plan.merge_stages(&seed)? {
-        stage.run(btx, device, &progress)?;
+        stage.run(btx, &progress)?;
     }
     let mut later = plan.finetune_stages()?;
     later.extend(plan.dense_stage(&seed)?);
-    run_parallel(&later, options.jobs, btx, device, &progress)?;
+    run_parallel(&later, options.jobs, btx, &progress)?;
     let entries = plan.entries(&seed);
-    let eval_stages: Vec<Stage> = entries.iter().map(|(_, s)| clone_stage(s)).collect();
-    run_parallel(&eval_stages, options.jobs, btx, device, &progress)?;
+    let eval_stages: Vec<Stage> = entries.iter().map(|(_, s)| s.clone()).collect();
+    run_parallel(&eval_stages, options.jobs, btx, &progress)?;
     super::report::write_report(&plan, &entries)
-}
-
-fn clone_stage(s: &Stage) -> Stage {
-    Stage { name: s.name.clone(), dir: s.dir.clone(), args: s.args.clone(), config: s.config.clone(), inputs: s.inputs.clone() }
 }
 
 /// Prints each stage's state (as far as the plan can be known without running anything).
 pub fn print_status(recipe: &Recipe, out: &Path) -> Result<()> {
-    let plan = Plan { recipe, out: out.to_path_buf(), device: "auto".into() };
+    let plan = Plan { recipe, out: out.to_path_buf(), device: DeviceArgs::new(crate::device::DeviceChoice::Auto) };
     let (seed, seed_stage) = plan.seed()?;
     let mut stages: Vec<Stage> = seed_stage.into_iter().collect();
     stages.extend(plan.expert_stages(&seed)?);

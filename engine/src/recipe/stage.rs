@@ -17,6 +17,7 @@ use crate::fsutil::write_atomic;
 pub const MANIFEST_FILE: &str = "manifest.json";
 const KEY_FILE: &str = "stage.key";
 
+#[derive(Debug, Clone)]
 pub struct Stage {
     /// e.g. `experts/english`.
     pub name: String,
@@ -131,7 +132,7 @@ impl Stage {
     }
 
     /// Runs the stage unless it is complete; returns its manifest.
-    pub fn run(&self, btx: &Path, device: &str, progress: &indicatif::MultiProgress) -> Result<Manifest> {
+    pub fn run(&self, btx: &Path, progress: &indicatif::MultiProgress) -> Result<Manifest> {
         let (key, inputs) = self.key()?;
         if let Some(m) = self.manifest().filter(|m| m.key == key) {
             progress.suspend(|| eprintln!("[{}] up to date, skipped", self.name));
@@ -176,7 +177,7 @@ impl Stage {
         }
         let (tokens, train_flops, wall_time_s, device) = match latest_checkpoint(&self.dir).and_then(|c| read_train_state(&c).ok()) {
             Some(s) => (s.tokens_seen, s.train_flops, s.wall_time_s, s.device),
-            None => (0, 0.0, started.elapsed().as_secs_f64(), device.to_string()),
+            None => (0, 0.0, started.elapsed().as_secs_f64(), logged_device(&log_path)),
         };
         let manifest = Manifest {
             stage: self.name.clone(),
@@ -193,6 +194,12 @@ impl Stage {
         progress.suspend(|| eprintln!("[{}] done in {:.1} s", self.name, started.elapsed().as_secs_f64()));
         Ok(manifest)
     }
+}
+
+/// The device a stage's process said it ran on (its `device: ...` line); merges need none.
+fn logged_device(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().rev().find_map(|l| l.strip_prefix("device: ")).unwrap_or("host (no device)").to_string()
 }
 
 /// The last step a training stage logged.

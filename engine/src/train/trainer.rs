@@ -77,27 +77,8 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
 
     let mut optimizer = AdamW::new(config.optimizer.clone());
     let mut sampler = MixtureSampler::new(&domains, config.seed);
-    let (mut model, mut state) = match existing.filter(|_| options.resume) {
-        Some(ckpt) => {
-            check_same_config(config, &ckpt)?;
-            let (_, model) = checkpoint::load_model(&ckpt, &device)?;
-            let state = checkpoint::read_train_state(&ckpt)?;
-            let moments = read_tensors(&ckpt.join(OPTIMIZER_FILE))?;
-            optimizer.load_state_tensors(&moments, state.optimizer_updates, &device);
-            sampler.rng.state = state.sampler_state;
-            eprintln!("resuming {} at step {}", ckpt.display(), state.step);
-            (model, state)
-        }
-        None => (initial_model(config, origin, &device)?, TrainState {
-            step: 0,
-            optimizer_updates: 0,
-            sampler_state: sampler.rng.state,
-            tokens_seen: 0,
-            train_flops: 0.0,
-            wall_time_s: 0.0,
-            device: selected.description.clone(),
-        }),
-    };
+    let resume_from = existing.filter(|_| options.resume);
+    let (mut model, mut state) = start_or_resume(config, origin, resume_from, &mut optimizer, &mut sampler, selected, &device)?;
     state.device = selected.description.clone();
 
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), state.step)?;
@@ -113,30 +94,9 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         }
         let started = Instant::now();
         let lr = learning_rate(&config.optimizer, state.step, config.steps);
-        let mut accumulator = GradientsAccumulator::new();
-        let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
-        let mut routing = RoutingStats::default();
-        // Random routing (Gumbel noise) is seeded per step, so a resumed run draws the same.
-        device.seed(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(state.step as u64));
-        let ctx = RoutingContext { training: true, step: state.step };
-        for _ in 0..config.grad_accum {
-            let batch = sampler.next_batch(&domains, config.batch_size, &device);
-            let loss = model.training_loss(batch.inputs, batch.targets, ctx);
-            routing.add(&loss.layers);
-            loss_sum += loss.lm.clone().into_scalar::<f32>() as f64;
-            if let Some(aux) = &loss.aux {
-                aux_sum += aux.clone().into_scalar::<f32>() as f64;
-            }
-            let grads = (loss.total() / config.grad_accum as f64).backward();
-            accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
-        }
-        let grads = accumulator.grads();
-        let grad_norm = global_grad_norm(&model, &grads);
-        let clip = config.optimizer.grad_clip;
-        let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-        model = optimizer.step(model, grads, lr, scale);
-        device.sync().ok();
-
+        let (updated, step) = train_step(model, &mut optimizer, &mut sampler, &domains, config, state.step, lr, &device);
+        model = updated;
+        let StepOutcome { loss_sum, aux_sum, grad_norm, routing } = step;
         let seconds = started.elapsed().as_secs_f64();
         state.step += 1;
         state.optimizer_updates = optimizer.updates;
@@ -184,6 +144,87 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     progress.finish_and_clear();
     let checkpoint = latest_checkpoint(out).context("the run wrote no checkpoint")?;
     Ok(TrainSummary { checkpoint, state, final_eval })
+}
+
+/// The model and state a run starts from: a fresh (or branched) model, or the checkpoint it
+/// resumes, with the optimizer moments and data position restored.
+fn start_or_resume(
+    config: &TrainConfig,
+    origin: &str,
+    resume_from: Option<PathBuf>,
+    optimizer: &mut AdamW,
+    sampler: &mut MixtureSampler,
+    selected: &SelectedDevice,
+    device: &Device,
+) -> Result<(LanguageModel, TrainState)> {
+    let Some(ckpt) = resume_from else {
+        let state = TrainState {
+            step: 0,
+            optimizer_updates: 0,
+            sampler_state: sampler.rng.state,
+            tokens_seen: 0,
+            train_flops: 0.0,
+            wall_time_s: 0.0,
+            device: selected.description.clone(),
+        };
+        return Ok((initial_model(config, origin, device)?, state));
+    };
+    check_same_config(config, &ckpt)?;
+    let (_, model) = checkpoint::load_model(&ckpt, device)?;
+    let state = checkpoint::read_train_state(&ckpt)?;
+    let moments = read_tensors(&ckpt.join(OPTIMIZER_FILE))?;
+    optimizer.load_state_tensors(&moments, state.optimizer_updates, device);
+    sampler.rng.state = state.sampler_state;
+    eprintln!("resuming {} at step {}", ckpt.display(), state.step);
+    Ok((model, state))
+}
+
+/// What one optimizer step measured.
+struct StepOutcome {
+    /// LM and auxiliary losses summed over the micro-batches.
+    loss_sum: f64,
+    aux_sum: f64,
+    grad_norm: f64,
+    routing: RoutingStats,
+}
+
+/// One optimizer step: `grad_accum` micro-batches forward and backward, global-norm
+/// clipping, AdamW.
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    mut model: LanguageModel,
+    optimizer: &mut AdamW,
+    sampler: &mut MixtureSampler,
+    domains: &[Domain],
+    config: &TrainConfig,
+    step: usize,
+    lr: f64,
+    device: &Device,
+) -> (LanguageModel, StepOutcome) {
+    let mut accumulator = GradientsAccumulator::new();
+    let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
+    let mut routing = RoutingStats::default();
+    // Random routing (Gumbel noise) is seeded per step, so a resumed run draws the same.
+    device.seed(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step as u64));
+    let ctx = RoutingContext { training: true, step };
+    for _ in 0..config.grad_accum {
+        let batch = sampler.next_batch(domains, config.batch_size, device);
+        let loss = model.training_loss(batch.inputs, batch.targets, ctx);
+        routing.add(&loss.layers);
+        loss_sum += loss.lm.clone().into_scalar::<f32>() as f64;
+        if let Some(aux) = &loss.aux {
+            aux_sum += aux.clone().into_scalar::<f32>() as f64;
+        }
+        let grads = (loss.total() / config.grad_accum as f64).backward();
+        accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+    }
+    let grads = accumulator.grads();
+    let grad_norm = global_grad_norm(&model, &grads);
+    let clip = config.optimizer.grad_clip;
+    let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+    model = optimizer.step(model, grads, lr, scale);
+    device.sync().ok();
+    (model, StepOutcome { loss_sum, aux_sum, grad_norm, routing })
 }
 
 /// A fresh model, or the weights of `init_from` (a branch of an existing checkpoint).

@@ -23,7 +23,7 @@ pub struct TensorLocation {
     pub end: u64,
 }
 
-/// The tensors of a Hugging Face model folder, by name.
+/// The tensors of a checkpoint or Hugging Face model folder, by name, read on demand.
 pub struct TensorIndex {
     pub tensors: BTreeMap<String, TensorLocation>,
 }

@@ -1,0 +1,61 @@
+//! `btx import-hf`, `btx export-hf` and `btx logits` (the cross-check with transformers).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::prelude::*;
+
+use crate::checkpoint::{load_model, resolve_checkpoint};
+
+#[derive(clap::Args)]
+pub struct ImportArgs {
+    dir: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct ExportArgs {
+    checkpoint: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// The tokenizer.json to ship (default: the one the checkpoint was trained with).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Export routing Mixtral cannot express (Switch, soft, sample-top-1) as its closest
+    /// top-k equivalent instead of refusing.
+    #[arg(long)]
+    closest: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LogitsArgs {
+    checkpoint: PathBuf,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    tokens: Vec<i64>,
+}
+
+pub fn import(args: ImportArgs) -> Result<()> {
+    let config = crate::hf::import_hf(&args.dir, &args.out)?;
+    eprintln!("imported {} as {} ({:.2}M parameters)", args.dir.display(), args.out.display(), config.num_params() as f64 / 1e6);
+    Ok(())
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let config = crate::hf::export_hf(&args.checkpoint, &args.out, args.tokenizer.as_deref(), args.closest)?;
+    let arch = if config.moe.is_some() { "MixtralForCausalLM" } else { "LlamaForCausalLM" };
+    eprintln!("exported {} as {arch} to {}", args.checkpoint.display(), args.out.display());
+    Ok(())
+}
+
+pub fn logits(args: LogitsArgs) -> Result<()> {
+    let device = Device::flex();
+    let (_, model) = load_model(&resolve_checkpoint(&args.checkpoint)?, &device)?;
+    let n = args.tokens.len();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(args.tokens, [1, n]), &device);
+    let logits: Vec<f32> = model.forward(input).into_data().convert::<f32>().try_to_vec().expect("f32 logits");
+    let rows: Vec<&[f32]> = logits.chunks(logits.len() / n).collect();
+    println!("{}", serde_json::to_string(&rows)?);
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! `btx merge`: the arguments of a `merge::MergeRequest`, which checks and runs it.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::merge::{MergeMethod, MergeRequest, mix::MoeOptions};
+
+#[derive(clap::Args)]
+pub struct MergeArgs {
+    #[arg(long, value_enum)]
+    method: MergeMethod,
+    /// The expert checkpoints (btx, average), or the one seed (upcycle).
+    #[arg(long, num_args = 1.., required = true)]
+    experts: Vec<PathBuf>,
+    /// btx: keep this seed checkpoint as one more, generalist, expert (last).
+    #[arg(long)]
+    seed: Option<PathBuf>,
+    /// Weights of the members in averaged tensors (default uniform).
+    #[arg(long, num_args = 1..)]
+    weights: Option<Vec<f64>>,
+    /// upcycle: experts to make.
+    #[arg(long, default_value_t = 4)]
+    num_experts: usize,
+    /// upcycle: std of Gaussian noise added to each copy.
+    #[arg(long, default_value_t = 0.0)]
+    noise: f64,
+    /// MoE options as RON, e.g. "(top_k: 2, routing: TopK, load_balance: 0.01, split: 1)".
+    #[arg(long, default_value = "()")]
+    moe: String,
+    /// With router_init Embedding or Hidden: each member's training config (experts in
+    /// order, then the seed), whose data describes its domain.
+    #[arg(long, num_args = 1..)]
+    router_data: Vec<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: MergeArgs) -> Result<()> {
+    let options: MoeOptions = crate::config::parse_ron(&args.moe, "--moe")?;
+    let request = MergeRequest {
+        method: args.method,
+        experts: args.experts,
+        seed: args.seed,
+        weights: args.weights,
+        num_experts: args.num_experts,
+        noise: args.noise,
+        options,
+        router_data: args.router_data,
+    };
+    let config = request.run(&args.out)?;
+    eprintln!(
+        "wrote {} ({:.2}M parameters, {:.2}M active per token); peak resident memory {}",
+        args.out.display(),
+        config.num_params() as f64 / 1e6,
+        config.active_params() as f64 / 1e6,
+        crate::bench::peak_resident_mb().map_or("unknown".into(), |mb| format!("{mb:.0} MB")),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MoeOptions;
+
+    /// The example in `--moe`'s help parses.
+    #[test]
+    fn the_moe_help_example_parses() {
+        let options: MoeOptions = crate::config::parse_ron("(top_k: 2, routing: TopK, load_balance: 0.01, split: 1)", "--moe").unwrap();
+        assert_eq!(options, MoeOptions::default());
+    }
+}

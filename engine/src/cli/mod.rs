@@ -1,0 +1,109 @@
+//! `btx`: the engine's command line. Every stage of a recipe is a subcommand whose inputs and
+//! outputs are paths, so any stage can run as its own job on another machine. Each
+//! subcommand lives in its own file: it parses its arguments and calls the library.
+
+mod bench;
+mod devices;
+mod eval;
+mod hf;
+mod merge;
+mod recipe;
+mod tokenizer;
+mod train;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "btx", version, about = "Branch-Train-MiX: Mixture-of-Experts LLMs from independently trained experts")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a dense or MoE LM from a RON config; writes checkpoints and metrics.jsonl to --out.
+    Train(train::TrainArgs),
+    /// Validation loss and perplexity per domain of a checkpoint.
+    Eval(eval::EvalArgs),
+    /// Evaluate the BTM ensemble of dense experts (domain posterior with a cached prior).
+    Ensemble(eval::EnsembleArgs),
+    /// Recipes: the whole pipeline from one RON file.
+    Recipe {
+        #[command(subcommand)]
+        command: recipe::RecipeCommand,
+    },
+    /// Merge dense checkpoints: BTX MiX into an MoE, sparse upcycling of one seed, or a BTM
+    /// parameter average. Works on checkpoint tensors, streamed one tensor at a time; needs
+    /// no device.
+    Merge(merge::MergeArgs),
+    /// Import a Hugging Face LlamaForCausalLM / MistralForCausalLM / MixtralForCausalLM folder
+    /// (config.json, model.safetensors or a sharded set, tokenizer.json) as a checkpoint.
+    ImportHf(hf::ImportArgs),
+    /// Export a checkpoint as a Hugging Face folder: LlamaForCausalLM for a dense model,
+    /// MixtralForCausalLM for an MoE.
+    ExportHf(hf::ExportArgs),
+    /// Print a checkpoint's logits for a token sequence as JSON (for cross-checks).
+    Logits(hf::LogitsArgs),
+    /// The tokenizer.
+    Tokenizer {
+        #[command(subcommand)]
+        command: tokenizer::TokenizerCommand,
+    },
+    /// The GPU adapters WGPU finds; with --check, also compare a small model's logits on
+    /// --device against the CPU backend.
+    Devices(devices::DevicesArgs),
+    /// Benchmarks that print their figures.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+/// Parses the command line, runs it, and prints an error with its causes (no backtrace).
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Ensemble(args) => eval::run_ensemble(args),
+        Command::Recipe { command } => recipe::run(command),
+        Command::Merge(args) => merge::run(args),
+        Command::ImportHf(args) => hf::import(args),
+        Command::ExportHf(args) => hf::export(args),
+        Command::Logits(args) => hf::logits(args),
+        Command::Tokenizer { command } => tokenizer::run(command),
+        Command::Devices(args) => devices::run(args),
+        Command::Bench { command } => bench::run(command),
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`, atomically.
+fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> Result<()> {
+    crate::fsutil::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

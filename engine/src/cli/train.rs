@@ -1,0 +1,53 @@
+//! `btx train`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::device::{DeviceArgs, select_device};
+use crate::train::{TrainConfig, TrainOptions, train};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Continue from the last checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    /// No progress bar (plain log lines only).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let origin = args.config.display().to_string();
+    let config = TrainConfig::load(&args.config)?;
+    let selected = select_device(args.device)?;
+    eprintln!("device: {}", selected.description);
+    eprintln!(
+        "model: {:.2}M parameters, {} layers, d_model {}; {} steps of {} tokens",
+        config.model.num_params() as f64 / 1e6,
+        config.model.n_layers,
+        config.model.d_model,
+        config.steps,
+        config.tokens_per_step()
+    );
+    let options = TrainOptions { out: args.out, resume: args.resume, progress: !args.no_progress, stop_after: None };
+    let summary = train(&config, &origin, &selected, &options)?;
+    let s = &summary.state;
+    let seconds = s.wall_time_s.max(1e-9);
+    eprintln!(
+        "done: {} steps, {} tokens in {:.1} s ({:.0} tokens/s, {:.3} TFLOP/s); checkpoint {}",
+        s.step,
+        s.tokens_seen,
+        s.wall_time_s,
+        s.tokens_seen as f64 / seconds,
+        s.train_flops / seconds / 1e12,
+        summary.checkpoint.display()
+    );
+    Ok(())
+}

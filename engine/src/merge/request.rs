@@ -1,0 +1,123 @@
+//! A merge as the command line and the recipes ask for it: the method, the member
+//! checkpoints and the MoE options, checked by one set of rules whatever the caller, then
+//! planned and streamed to disk.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+
+use super::average::average;
+use super::mix::{MoeOptions, mix};
+use super::router_init::RouterInit;
+use super::upcycle::upcycle;
+use super::{MergeInput, router_data};
+use crate::config::ModelConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MergeMethod {
+    /// BTX MiX: expert FFNs become MoE experts, everything else averaged, routers added.
+    Btx,
+    /// Sparse upcycling: the one checkpoint's FFN copied --num-experts times.
+    Upcycle,
+    /// BTM parameter average of every tensor.
+    Average,
+}
+
+/// Data-initialised router rows describe each expert's domain; upcycled copies are
+/// identical and have none, so their rows would be identical too.
+pub fn check_router_init(method: MergeMethod, init: RouterInit) -> Result<()> {
+    if method == MergeMethod::Upcycle && init != RouterInit::Random {
+        bail!("upcycled experts are identical copies, so router_init {init:?} cannot tell them apart; use Random");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct MergeRequest {
+    pub method: MergeMethod,
+    /// The expert checkpoints (btx, average), or the one seed (upcycle).
+    pub experts: Vec<PathBuf>,
+    /// btx: the seed, kept as one more (generalist) expert, last.
+    pub seed: Option<PathBuf>,
+    /// Weights of the members in averaged tensors (default uniform).
+    pub weights: Option<Vec<f64>>,
+    /// upcycle: experts to make.
+    pub num_experts: usize,
+    /// upcycle: std of the Gaussian noise added to each copy.
+    pub noise: f64,
+    pub options: MoeOptions,
+    /// With data-initialised routers: each member's training config (experts in order, then
+    /// the seed), whose data describes its domain.
+    pub router_data: Vec<PathBuf>,
+}
+
+impl MergeRequest {
+    /// The checkpoints whose tensors form the result, in order (the seed last).
+    pub fn members(&self) -> Vec<PathBuf> {
+        self.experts.iter().chain(&self.seed).cloned().collect()
+    }
+
+    /// Every rule on the request's shape, before any checkpoint is read.
+    pub fn check(&self) -> Result<()> {
+        if self.experts.is_empty() {
+            bail!("--experts names no checkpoint");
+        }
+        match self.method {
+            MergeMethod::Upcycle => {
+                if self.experts.len() != 1 || self.seed.is_some() {
+                    bail!("--method upcycle takes exactly one checkpoint (in --experts) and no --seed, found {}", self.members().len());
+                }
+                if self.num_experts == 0 {
+                    bail!("--num-experts must be at least 1");
+                }
+            }
+            MergeMethod::Average if self.seed.is_some() => {
+                bail!("--seed keeps a generalist expert in a btx merge; to average the seed too, list it in --experts")
+            }
+            _ => {}
+        }
+        if !(self.noise >= 0.0 && self.noise.is_finite()) {
+            bail!("--noise must be a finite number >= 0, found {}", self.noise);
+        }
+        check_router_init(self.method, self.options.router_init)?;
+        let uses_router_data = self.method != MergeMethod::Average && self.options.router_init != RouterInit::Random;
+        if uses_router_data && self.router_data.len() != self.members().len() {
+            bail!(
+                "router_init {:?} needs one training config per member in --router-data (experts in order, then the seed): {} members, {} configs",
+                self.options.router_init,
+                self.members().len(),
+                self.router_data.len()
+            );
+        }
+        if !uses_router_data && !self.router_data.is_empty() {
+            bail!("--router-data is read only with router_init Embedding or Hidden in --moe");
+        }
+        Ok(())
+    }
+
+    /// Checks, plans and writes the merged checkpoint to `out` (atomically, streamed).
+    pub fn run(&self, out: &Path) -> Result<ModelConfig> {
+        self.check()?;
+        let inputs = self.experts.iter().map(|p| MergeInput::load(p)).collect::<Result<Vec<_>>>()?;
+        let seed = self.seed.as_ref().map(|p| MergeInput::load(p)).transpose()?;
+        let directions = match self.options.router_init {
+            RouterInit::Random => None,
+            mode => Some(router_data::router_directions(&self.members(), &self.router_data, mode, &burn::prelude::Device::flex())?),
+        };
+        let weights = self.weights.as_deref();
+        let plan = match self.method {
+            MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights, &self.options, directions)?,
+            MergeMethod::Upcycle => upcycle(&inputs[0], self.num_experts, self.noise, &self.options, directions)?,
+            MergeMethod::Average => average(&inputs, weights)?,
+        };
+        let sources: Vec<String> = self.members().iter().map(|p| p.display().to_string()).collect();
+        let record = serde_json::json!({
+            "method": format!("{:?}", self.method),
+            "sources": sources,
+            "weights": self.weights,
+            "moe": crate::config::to_ron(&self.options)?,
+        });
+        plan.write(out, &[("merge.json", serde_json::to_string_pretty(&record)?)])?;
+        Ok(plan.config)
+    }
+}
