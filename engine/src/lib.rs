@@ -10,6 +10,7 @@ pub mod device;
 pub mod ensemble;
 pub mod eval;
 pub mod fsutil;
+pub mod generate;
 pub mod hf;
 pub mod merge;
 pub mod model;

@@ -5,6 +5,7 @@
 mod bench;
 mod devices;
 mod eval;
+mod generate;
 mod hf;
 mod merge;
 mod recipe;
@@ -31,6 +32,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Evaluate the BTM ensemble of dense experts (domain posterior with a cached prior).
     Ensemble(eval::EnsembleArgs),
+    /// Generate text from a checkpoint (or a BTM ensemble), streamed, with the experts each
+    /// token was routed to.
+    Generate(generate::GenerateArgs),
     /// Recipes: the whole pipeline from one RON file.
     Recipe {
         #[command(subcommand)]
@@ -82,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Ensemble(args) => eval::run_ensemble(args),
+        Command::Generate(args) => generate::run(args),
         Command::Recipe { command } => recipe::run(command),
         Command::Merge(args) => merge::run(args),
         Command::ImportHf(args) => hf::import(args),

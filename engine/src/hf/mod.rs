@@ -59,8 +59,9 @@ pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
     Ok(config)
 }
 
-/// The tokenizer a checkpoint was trained with, if it records one.
-fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
+/// The tokenizer a checkpoint was trained with, if it records one: its own tokenizer.json
+/// (imported and merged checkpoints), else the one its train.ron names.
+pub fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
     let local = ckpt.join("tokenizer.json");
     if local.is_file() {
         return Some(local);
@@ -78,7 +79,7 @@ pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: boo
     let tokenizer = match tokenizer {
         Some(t) => t.to_path_buf(),
         None => checkpoint_tokenizer(&ckpt).with_context(|| {
-            format!("{} records no tokenizer (a merged checkpoint has none); pass --tokenizer PATH/tokenizer.json", ckpt.display())
+            format!("{} records no tokenizer (its members used different ones, or none); pass --tokenizer PATH/tokenizer.json", ckpt.display())
         })?,
     };
     let index = TensorIndex::open(&ckpt)?;

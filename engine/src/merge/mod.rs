@@ -24,7 +24,7 @@ use crate::checkpoint::stream::TensorIndex;
 use crate::checkpoint::tensor_file::{HostTensor, TensorMap, read_tensors};
 use crate::checkpoint::{MODEL_FILE, read_model_config, resolve_checkpoint};
 use crate::config::ModelConfig;
-pub use request::{MergeMethod, MergeRequest, check_router_init};
+pub use request::{MergeMethod, MergeRequest, check_router_init, expert_names};
 
 /// A dense checkpoint to merge. Its tensors are read on demand from the file (`load`) or
 /// were read whole up front (`load_in_memory`); both give the same merge, bit for bit.

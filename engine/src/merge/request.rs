@@ -116,8 +116,66 @@ impl MergeRequest {
             "sources": sources,
             "weights": self.weights,
             "moe": crate::config::to_ron(&self.options)?,
+            "expert_names": self.expert_names(&inputs, seed.as_ref()),
         });
-        plan.write(out, &[("merge.json", serde_json::to_string_pretty(&record)?)])?;
+        let mut extra = vec![("merge.json", serde_json::to_string_pretty(&record)?)];
+        let members: Vec<&MergeInput> = inputs.iter().chain(&seed).collect();
+        if let Some(tokenizer) = shared_tokenizer(&members) {
+            extra.push(("tokenizer.json", tokenizer));
+        }
+        plan.write(out, &extra)?;
         Ok(plan.config)
     }
+
+    /// The name of each expert of the merged MoE (index = expert id): the run folder each
+    /// member came from, "generalist" for the kept seed, "copy N" for upcycling; split
+    /// experts get ".0", ".1", ... Empty for an average (no experts).
+    fn expert_names(&self, inputs: &[MergeInput], seed: Option<&MergeInput>) -> Vec<String> {
+        let whole: Vec<String> = match self.method {
+            MergeMethod::Average => return vec![],
+            MergeMethod::Upcycle => (0..self.num_experts).map(|e| format!("copy {e}")).collect(),
+            MergeMethod::Btx => inputs.iter().map(|i| run_name(&i.path)).chain(seed.map(|_| "generalist".to_string())).collect(),
+        };
+        let split = self.options.split.max(1);
+        if split == 1 {
+            return whole;
+        }
+        whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
+    }
+}
+
+/// The name of the run a checkpoint belongs to: `RUN` for `RUN/checkpoints/step-N`, else the
+/// folder's own name.
+fn run_name(checkpoint: &Path) -> String {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match checkpoint.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => parent.parent().map(name).unwrap_or_default(),
+        _ => name(checkpoint),
+    }
+}
+
+/// The tokenizer every member was trained with, when they share one (same contents).
+fn shared_tokenizer(members: &[&MergeInput]) -> Option<String> {
+    let texts: Vec<String> = members
+        .iter()
+        .map(|m| crate::hf::checkpoint_tokenizer(&m.path).and_then(|p| std::fs::read_to_string(p).ok()))
+        .collect::<Option<_>>()?;
+    texts.iter().all(|t| *t == texts[0]).then(|| texts[0].clone())
+}
+
+/// The names of a merged checkpoint's experts, from its `merge.json`, or, for a run trained
+/// from a merge (a finetune), from the checkpoint its training started from.
+pub fn expert_names(checkpoint: &Path) -> Option<Vec<String>> {
+    let mut dir = checkpoint.to_path_buf();
+    for _ in 0..8 {
+        if let Ok(text) = std::fs::read_to_string(dir.join("merge.json")) {
+            let record: serde_json::Value = serde_json::from_str(&text).ok()?;
+            let names: Vec<String> = serde_json::from_value(record.get("expert_names")?.clone()).ok()?;
+            return (!names.is_empty()).then_some(names);
+        }
+        let train = std::fs::read_to_string(dir.join(crate::checkpoint::TRAIN_CONFIG_FILE)).ok()?;
+        let config: crate::train::TrainConfig = crate::config::parse_ron(&train, "train.ron").ok()?;
+        dir = crate::checkpoint::resolve_checkpoint(&config.init_from?).ok()?;
+    }
+    None
 }

@@ -48,6 +48,11 @@ impl Block {
         x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin)
     }
 
+    /// The attention half over cached keys and values (see `Attention::forward_cached`).
+    pub fn attend_cached(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut Option<(Tensor<4>, Tensor<4>)>) -> Tensor<3> {
+        x.clone() + self.self_attn.forward_cached(self.input_layernorm.forward(x), cos, sin, cache)
+    }
+
     /// The FFN half: h + ffn(norm(h)), with the MoE layer's auxiliary outputs.
     pub fn feed_forward(&self, h: Tensor<3>, ctx: RoutingContext) -> (Tensor<3>, Option<MoeAux>) {
         let normed = self.post_attention_layernorm.forward(h.clone());

@@ -91,13 +91,46 @@ impl LanguageModel {
     pub fn forward_with_aux(&self, tokens: Tensor<2, Int>, ctx: RoutingContext) -> (Tensor<3>, Vec<MoeAux>) {
         let (h, aux) = self.hidden(tokens, ctx);
         let [batch, seq, d_model] = h.dims();
-        let h = h.reshape([batch * seq, d_model]);
-        let logits = match &self.lm_head {
-            Some(head) => head.forward(h),
-            None => h.matmul(self.embed_tokens.weight.val().transpose()),
-        };
+        let logits = self.head(h.reshape([batch * seq, d_model]));
         let [_, vocab] = logits.dims();
         (logits.reshape([batch, seq, vocab]), aux)
+    }
+
+    /// Next-token logits of new positions at inference, with the keys and values of earlier
+    /// positions read from `cache` and the new ones added to it: each decoding step costs one
+    /// position. The first call (empty cache) takes the whole prompt; later calls one token.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, seq]` -> `[batch, seq, vocab]`
+    pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> (Tensor<3>, Vec<MoeAux>) {
+        let [batch, seq] = tokens.dims();
+        let device = tokens.device();
+        if cache.layers.len() != self.layers.len() {
+            *cache = KvCache { layers: vec![None; self.layers.len()], len: 0 };
+        }
+        let (cos, sin) = self.rope(cache.len + seq, &device);
+        let (cos, sin) = (cos.narrow(0, cache.len, seq), sin.narrow(0, cache.len, seq));
+        let mut x = self.embed_tokens.forward(tokens);
+        let mut aux = Vec::new();
+        for (block, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = block.attend_cached(x, &cos, &sin, layer_cache);
+            let (y, layer_aux) = block.feed_forward(h, RoutingContext::default());
+            x = y;
+            aux.extend(layer_aux);
+        }
+        cache.len += seq;
+        let [_, _, d_model] = x.dims();
+        let logits = self.head(self.norm.forward(x).reshape([batch * seq, d_model]));
+        let [_, vocab] = logits.dims();
+        (logits.reshape([batch, seq, vocab]), aux)
+    }
+
+    /// The LM head: `[tokens, d_model]` -> `[tokens, vocab]`.
+    fn head(&self, h: Tensor<2>) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => h.matmul(self.embed_tokens.weight.val().transpose()),
+        }
     }
 
     /// Next-token logits at inference.
@@ -124,6 +157,15 @@ impl LanguageModel {
         let aux_loss = aux.iter().map(|a| a.loss.clone()).reduce(|a, b| a + b);
         TrainingLoss { lm, aux: aux_loss, layers: aux }
     }
+}
+
+/// Keys and values of the positions a model has seen, per layer, for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    /// `[batch, kv_heads, len, head_dim]` keys and values per layer (after RoPE).
+    pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Positions cached.
+    pub len: usize,
 }
 
 pub struct TrainingLoss {

@@ -37,6 +37,9 @@ pub struct MoeAux {
     pub dropped: usize,
     /// All token-expert assignments.
     pub assignments: usize,
+    /// `[tokens, k]`: the experts each token was routed to (top-k: largest gate first; soft:
+    /// every expert). A device tensor, read only by whoever shows routing per token.
+    pub experts: Tensor<2, Int>,
 }
 
 #[derive(Module, Debug)]
@@ -90,6 +93,7 @@ impl MoeLayer {
             loss = loss + router_z_loss(logits, self.config.router_z_loss);
         }
         let aux = MoeAux {
+            experts: selection.experts.clone(),
             loss,
             expert_tokens: dispatched.expert_tokens,
             dropped: dispatched.dropped,
