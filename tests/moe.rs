@@ -187,3 +187,22 @@ fn gradients_reach_the_router_and_selected_experts_and_frozen_experts_stay() {
         }
     }
 }
+
+/// Switch gates each token by p_i(x) (Switch Transformer), so the output's loss alone, with
+/// no load-balancing or z-loss, trains the router; top-1 of Mixtral's rule (softmax over the
+/// one chosen logit) gives a constant gate of 1 and no such gradient.
+#[test]
+fn under_switch_the_lm_loss_alone_reaches_the_router() {
+    let device = cpu().autodiff();
+    device.seed(6);
+    for (routing, k, reaches) in [(Routing::Switch { capacity_factor: 2.0 }, 1, true), (Routing::TopK, 1, false)] {
+        let mut config = MoeConfig::new(4, k, routing.clone());
+        config.load_balance = 0.0;
+        let layer = MoeLayer::new(32, 64, &config, false, &device);
+        let x = Tensor::<3>::random([2, 16, 32], Distribution::Normal(0.0, 1.0), &device);
+        let (y, _) = layer.forward(x, TRAIN);
+        let grads = GradientsParams::from_grads(y.square().mean().backward(), &layer);
+        let router = grads.get::<2>(layer.gate.weight.id).map_or(0.0, |g| g.abs().sum().into_scalar::<f32>());
+        assert_eq!(router > 0.0, reaches, "{routing:?} top-{k}: router gradient {router}");
+    }
+}

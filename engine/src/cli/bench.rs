@@ -30,6 +30,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Generation throughput of a checkpoint (greedy, KV cache), prompt and new tokens apart;
+    /// beside it, where torch is available (BTX_PYTHON, else python3), transformers' generate
+    /// on the same checkpoint exported to Hugging Face, on the same CPU threads.
+    Generate {
+        checkpoint: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Forward+backward time of top-2 of 4 experts against the dense model with the same
     /// active parameters, for one layer and for the whole LM.
     Moe {
@@ -59,6 +71,7 @@ pub enum BenchCommand {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Train { config, device, warmup, iters, batch, json } => train(config, device, warmup, iters, batch, json),
+        BenchCommand::Generate { checkpoint, prompt_tokens, new_tokens, device } => generate(&checkpoint, prompt_tokens, new_tokens, device),
         BenchCommand::Moe { device, d_model, expert_d_ff, layers, batch, seq_len, warmup, iters, json } => {
             let options = MoeBenchOptions { d_model, expert_d_ff, n_layers: layers, batch, seq_len, warmup, iters };
             moe(device, &options, json)
@@ -130,4 +143,52 @@ fn moe(device: DeviceArgs, o: &MoeBenchOptions, json: Option<PathBuf>) -> Result
         write_json(&json, &rows)?;
     }
     Ok(())
+}
+
+fn generate(checkpoint: &std::path::Path, prompt_tokens: usize, new_tokens: usize, device: DeviceArgs) -> Result<()> {
+    use crate::generate::{SamplingOptions, check_prompt, generate};
+    let ckpt = crate::checkpoint::resolve_checkpoint(checkpoint)?;
+    let selected = select_device(device)?;
+    println!("device: {}", selected.description);
+    let (config, model) = crate::checkpoint::load_model(&ckpt, &selected.device)?;
+    let prompt: Vec<u32> = (0..prompt_tokens).map(|i| ((i * 37 + 11) % config.vocab_size) as u32).collect();
+    let options = SamplingOptions { max_tokens: new_tokens, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: None };
+    check_prompt(&prompt, &options, config.vocab_size, config.max_seq_len)?;
+    generate(&model, &prompt, &SamplingOptions { max_tokens: 4, ..options.clone() }, &selected.device, |_| Ok(()))?; // warm-up
+    let stats = generate(&model, &prompt, &options, &selected.device, |_| Ok(()))?;
+    let engine = (stats.prompt_tokens as f64 / stats.prompt_seconds, stats.generated_tokens as f64 / stats.generation_seconds);
+    println!("{prompt_tokens}-token prompt, {new_tokens} new tokens, greedy");
+    println!("{:<14} {:>16} {:>18}", "", "prompt tok/s", "generated tok/s");
+    println!("{:<14} {:>16.0} {:>18.1}", "engine", engine.0, engine.1);
+    let python = std::env::var("BTX_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_torch = std::process::Command::new(&python).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
+    if !has_torch {
+        println!("transformers is not available to `{python}` (set BTX_PYTHON): engine figures only");
+        return Ok(());
+    }
+    let hf = tempfile_dir()?;
+    crate::hf::export_hf(&ckpt, &hf, None, true)?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/reference/generate_bench.py");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+    let output = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&hf)
+        .args(["--prompt-tokens", &prompt_tokens.to_string(), "--new-tokens", &new_tokens.to_string(), "--threads", &threads])
+        .output()?;
+    let _ = std::fs::remove_dir_all(&hf);
+    if !output.status.success() {
+        anyhow::bail!("the transformers reference failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let reference: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let (p, g) = (reference["prompt_tokens_per_s"].as_f64().unwrap_or(f64::NAN), reference["generated_tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+    println!("{:<14} {:>16.0} {:>18.1}", "transformers", p, g);
+    println!("{:<14} {:>16.2} {:>18.2}", "ratio", engine.0 / p, engine.1 / g);
+    Ok(())
+}
+
+/// A fresh folder under the system's temporary directory.
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("btx-bench-generate-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(dir)
 }

@@ -9,6 +9,10 @@ pub struct DevicesArgs {
     /// Also compare a small model's logits on --device against the CPU backend.
     #[arg(long)]
     check: bool,
+    /// Run one reduction (the sum of 1..=1024) on --device and print it: the smallest check
+    /// that a driver runs Burn's kernels (Mesa's lavapipe crashes here).
+    #[arg(long)]
+    sum: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -20,6 +24,12 @@ pub fn run(args: DevicesArgs) -> Result<()> {
     }
     for a in &found {
         println!("{a}");
+    }
+    if args.sum {
+        let selected = select_device(args.device)?;
+        let values: Vec<f32> = (1..=1024).map(|i| i as f32).collect();
+        let tensor = burn::prelude::Tensor::<1>::from_data(burn::prelude::TensorData::new(values, [1024]), &selected.device);
+        println!("{}: sum of 1..=1024 = {} (expected 524800)", selected.description, tensor.sum().into_scalar::<f32>());
     }
     if args.check {
         let selected = select_device(args.device)?;
