@@ -13,6 +13,5 @@ mod model;
 mod recipe;
 mod moe;
 mod moe_lm;
-mod png;
 mod training;
 mod wgpu;

@@ -71,6 +71,34 @@ fn weights(run: &Path) -> btx::checkpoint::tensor_file::TensorMap {
     module_to_tensors(&load_model(&ckpt, &cpu()).unwrap().1)
 }
 
+/// Every recipe kind's figures exist, decode as PNGs of the size report.json states, and
+/// carry their text: the recipe's stage, model, domain and expert names.
+fn check_figures(out: &Path) {
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let figures = report["figures"].as_array().unwrap();
+    let texts_of = |file: &str| -> Vec<String> {
+        let f = figures.iter().find(|f| f["file"] == file).unwrap_or_else(|| panic!("no figure {file}: {figures:?}"));
+        let decoded = image::load_from_memory(&std::fs::read(out.join(file)).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!((decoded.width() as u64, decoded.height() as u64), (f["width"].as_u64().unwrap(), f["height"].as_u64().unwrap()), "{file}");
+        // Drawn, not blank: many distinct colours.
+        let colours: std::collections::HashSet<[u8; 3]> = decoded.to_rgb8().pixels().map(|p| p.0).collect();
+        assert!(colours.len() > 20, "{file} has {} colours", colours.len());
+        serde_json::from_value(f["texts"].clone()).unwrap()
+    };
+    let has = |file: &str, wanted: &[&str]| {
+        let texts = texts_of(file);
+        for w in wanted {
+            assert!(texts.iter().any(|t| t == w), "{file} lacks the text {w:?}: {texts:?}");
+        }
+    };
+    has("loss_curves.png", &["seed", "experts/en", "experts/code", "finetune/btx", "finetune/upcycle", "dense"]);
+    has("pipeline.png", &["seed", "experts/en", "finetune/btx", "dense", "btx", "upcycle"]);
+    has("summary.png", &["btx", "upcycle", "average", "ensemble", "dense", "english", "code", "arithmetic"]);
+    has("routing_btx.png", &["en", "code", "generalist", "english", "arithmetic", "layer"]);
+    has("routing_upcycle.png", &["copy 0", "copy 1"]);
+    has("routing_ensemble.png", &["en", "code", "cached prior"]);
+}
+
 #[test]
 fn a_rerun_skips_finished_stages_and_a_new_or_changed_expert_reruns_only_its_dependents() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,7 +110,7 @@ fn a_rerun_skips_finished_stages_and_a_new_or_changed_expert_reruns_only_its_dep
     for model in ["seed", "expert en", "btx (before finetune)", "| btx |", "upcycle", "average", "ensemble", "dense"] {
         assert!(report.contains(model), "report lacks {model}:\n{report}");
     }
-    assert!(out.join("loss_curves.png").exists() && out.join("routing_btx.png").exists());
+    check_figures(&out);
 
     // Again: every stage is read from its manifest and skipped.
     let (ok, stderr) = run_recipe(dir.path(), &two, &out);

@@ -1,4 +1,4 @@
-//! `btx recipe run|status`.
+//! `btx recipe run|status|stage`.
 
 use std::path::{Path, PathBuf};
 
@@ -6,27 +6,69 @@ use anyhow::{Context, Result};
 
 use crate::config::resolve;
 use crate::device::DeviceArgs;
+use crate::recipe::plan::{Plan, REPORT_STAGE};
+use crate::recipe::slurm::{SlurmOptions, submit, wait};
 use crate::recipe::{Recipe, RunOptions, print_status, run_recipe};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduler {
+    /// Stages as processes on this machine.
+    Local,
+    /// Stages as sbatch jobs, chained by Slurm dependencies.
+    Slurm,
+}
 
 #[derive(clap::Subcommand)]
 pub enum RecipeCommand {
     /// Run every stage that is not up to date, then write RUN/report.md.
     Run {
         recipe: PathBuf,
-        /// Run folder (default: runs/<recipe name>).
+        /// Run folder (default: runs/<recipe name>). With Slurm: on a file system every node
+        /// shares.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Independent stages (the experts) run this many at a time.
+        /// Local: independent stages (the experts) run this many at a time.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
         #[command(flatten)]
         device: DeviceArgs,
+        #[arg(long, value_enum, default_value = "local")]
+        scheduler: Scheduler,
+        /// Slurm: the partition to submit to.
+        #[arg(long)]
+        partition: Option<String>,
+        /// Slurm: GPUs per job (--gres=gpu:N).
+        #[arg(long, default_value_t = 0)]
+        gpus_per_job: usize,
+        /// Slurm: time limit per job (e.g. 2:00:00).
+        #[arg(long)]
+        time: Option<String>,
+        /// Slurm: one more #SBATCH line per use, e.g. --sbatch-arg=--account=lab.
+        #[arg(long, allow_hyphen_values = true)]
+        sbatch_arg: Vec<String>,
+        /// Slurm: print the batch scripts and the dependency graph, submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Slurm: stay until every job has ended, with progress.
+        #[arg(long)]
+        wait: bool,
     },
-    /// Each stage's state: complete, partial, stale or pending.
+    /// Each stage's state: complete, partial, stale or pending (and its Slurm job, if any).
     Status {
         recipe: PathBuf,
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Run one stage of a recipe (what each Slurm job runs): skipped if up to date, resumed
+    /// if interrupted. `--stage report` writes the report.
+    Stage {
+        recipe: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        stage: String,
+        #[command(flatten)]
+        device: DeviceArgs,
     },
 }
 
@@ -38,14 +80,34 @@ fn recipe_out(recipe: &Path, out: Option<PathBuf>) -> PathBuf {
     })
 }
 
+fn btx() -> Result<PathBuf> {
+    std::env::current_exe().context("cannot find the btx binary")
+}
+
 pub fn run(command: RecipeCommand) -> Result<()> {
     match command {
-        RecipeCommand::Run { recipe, out, jobs, device } => {
+        RecipeCommand::Run { recipe, out, jobs, device, scheduler, partition, gpus_per_job, time, sbatch_arg, dry_run, wait: stay } => {
             let parsed = Recipe::load(&recipe)?;
             let out = resolve(&recipe_out(&recipe, out));
-            let btx = std::env::current_exe().context("cannot find the btx binary")?;
-            run_recipe(&parsed, &RunOptions { out, jobs, device, btx })
+            match scheduler {
+                Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()? }),
+                Scheduler::Slurm => {
+                    let plan = Plan { recipe: &parsed, out, device };
+                    let options = SlurmOptions { partition, gpus_per_job, time, sbatch_args: sbatch_arg, dry_run };
+                    let jobs = submit(&plan, &resolve(&recipe), &btx()?, &options)?;
+                    if stay && !dry_run { wait(&plan, &jobs) } else { Ok(()) }
+                }
+            }
         }
         RecipeCommand::Status { recipe, out } => print_status(&Recipe::load(&recipe)?, &resolve(&recipe_out(&recipe, out))),
+        RecipeCommand::Stage { recipe, out, stage, device } => {
+            let parsed = Recipe::load(&recipe)?;
+            let plan = Plan { recipe: &parsed, out: resolve(&out), device };
+            if stage == REPORT_STAGE {
+                return crate::recipe::runner::write_report(&plan);
+            }
+            plan.stage(&stage)?.run(&btx()?, &indicatif::MultiProgress::new())?;
+            Ok(())
+        }
     }
 }

@@ -131,6 +131,11 @@ impl Default for EvalSettings {
 }
 
 impl MergeMethod {
+    /// Merges that build an MoE, which is then finetuned.
+    pub fn is_moe(&self) -> bool {
+        matches!(self, Self::Btx | Self::Upcycle { .. })
+    }
+
     /// The `btx merge` method that builds it (None for the ensemble, which is evaluated, not
     /// merged).
     pub fn merge_method(&self) -> Option<crate::merge::MergeMethod> {

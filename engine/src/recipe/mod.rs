@@ -2,9 +2,10 @@
 
 pub mod config;
 pub mod plan;
-pub mod png;
+pub mod plots;
 pub mod report;
 pub mod runner;
+pub mod slurm;
 pub mod stage;
 
 pub use config::Recipe;

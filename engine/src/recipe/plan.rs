@@ -58,6 +58,18 @@ pub struct Entry {
     pub kind: EntryKind,
     /// Stages whose training it includes (for tokens and FLOPs).
     pub lineage: Vec<String>,
+    /// MoE models and ensembles: the name of each expert (routing plots).
+    pub experts: Vec<String>,
+}
+
+impl Entry {
+    fn new(label: impl Into<String>, kind: EntryKind, lineage: Vec<String>) -> Self {
+        Self { label: label.into(), kind, lineage, experts: vec![] }
+    }
+
+    fn with_experts(self, experts: Vec<String>) -> Self {
+        Self { experts, ..self }
+    }
 }
 
 pub struct Plan<'a> {
@@ -207,22 +219,23 @@ impl Plan<'_> {
 
     /// Finetune stages of the MoE merges (their model configs come from the merged folders).
     pub fn finetune_stages(&self) -> Result<Vec<Stage>> {
+        self.recipe.merges.iter().filter(|m| m.method.is_moe()).map(|m| self.finetune_stage(m)).collect()
+    }
+
+    /// The finetune of one MoE merge (it reads the merged folder: the merge must have run).
+    pub fn finetune_stage(&self, m: &super::config::Merge) -> Result<Stage> {
         let ft = &self.recipe.finetune;
-        let mut stages = Vec::new();
-        for m in self.recipe.merges.iter().filter(|m| matches!(m.method, MergeMethod::Btx | MergeMethod::Upcycle { .. })) {
-            let merged = self.dir(&format!("merges/{}", m.name));
-            let model = read_model_config(&merged).with_context(|| format!("merge {} must run before its finetune", m.name))?;
-            let steps = match m.method {
-                MergeMethod::Upcycle { .. } if self.recipe.match_flops => {
-                    let per_step = model.train_flops_per_token(self.recipe.seq_len) * self.tokens_per_step();
-                    (self.btx_budget()? / per_step).round().max(1.0) as usize
-                }
-                _ => ft.steps,
-            };
-            let config = self.train_config(model, ft.mixture.as_deref(), steps, Some(merged.clone()), ft.lr);
-            stages.push(self.train_stage(&format!("finetune/{}", m.name), &config, Some(&merged))?);
-        }
-        Ok(stages)
+        let merged = self.dir(&format!("merges/{}", m.name));
+        let model = read_model_config(&merged).with_context(|| format!("merge {} must run before its finetune", m.name))?;
+        let steps = match m.method {
+            MergeMethod::Upcycle { .. } if self.recipe.match_flops => {
+                let per_step = model.train_flops_per_token(self.recipe.seq_len) * self.tokens_per_step();
+                (self.btx_budget()? / per_step).round().max(1.0) as usize
+            }
+            _ => ft.steps,
+        };
+        let config = self.train_config(model, ft.mixture.as_deref(), steps, Some(merged.clone()), ft.lr);
+        self.train_stage(&format!("finetune/{}", m.name), &config, Some(&merged))
     }
 
     /// The dense baseline: the seed continued on the finetune mixture for the training FLOPs
@@ -264,6 +277,21 @@ impl Plan<'_> {
         crate::fsutil::write_atomic(&self.eval_data_path(), to_ron(&config)?.as_bytes())
     }
 
+    /// The names of a merge's experts, as `btx merge` records them: the recipe's expert names
+    /// and "generalist" for the kept seed (BTX), "copy N" (upcycling); ".0", ".1"... when split.
+    pub fn expert_names(&self, merge: &super::config::Merge) -> Vec<String> {
+        let r = self.recipe;
+        let whole: Vec<String> = match merge.method {
+            MergeMethod::Upcycle { experts } => (0..experts).map(|e| format!("copy {e}")).collect(),
+            _ => r.experts.iter().map(|e| e.name.clone()).chain(r.keep_seed.then(|| "generalist".to_string())).collect(),
+        };
+        let split = merge.moe.as_ref().unwrap_or(&r.moe).split.max(1);
+        if split == 1 {
+            return whole;
+        }
+        whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
+    }
+
     /// Every model the report compares, with how it is evaluated.
     pub fn entries(&self, seed: &Path) -> Vec<(Entry, Stage)> {
         let r = self.recipe;
@@ -273,10 +301,10 @@ impl Plan<'_> {
             v.splice(0..0, seed_stage.clone());
             v
         };
-        let mut list: Vec<(Entry, PathBuf)> = vec![(Entry { label: "seed".into(), kind: EntryKind::Seed, lineage: with_seed(vec![]) }, seed.to_path_buf())];
+        let mut list: Vec<(Entry, PathBuf)> = vec![(Entry::new("seed", EntryKind::Seed, with_seed(vec![])), seed.to_path_buf())];
         for e in &experts {
             let label = e.trim_start_matches("experts/").to_string();
-            list.push((Entry { label: format!("expert {label}"), kind: EntryKind::Expert, lineage: with_seed(vec![e.clone()]) }, self.dir(e)));
+            list.push((Entry::new(format!("expert {label}"), EntryKind::Expert, with_seed(vec![e.clone()])), self.dir(e)));
         }
         let mut ensembles = Vec::new();
         for m in &r.merges {
@@ -284,17 +312,18 @@ impl Plan<'_> {
             match m.method {
                 MergeMethod::Btx | MergeMethod::Upcycle { .. } => {
                     let trained = if m.method == MergeMethod::Btx { with_seed(experts.clone()) } else { with_seed(vec![]) };
-                    list.push((Entry { label: format!("{} (before finetune)", m.name), kind: EntryKind::Merge, lineage: trained.clone() }, merged));
+                    let names = self.expert_names(m);
+                    list.push((Entry::new(format!("{} (before finetune)", m.name), EntryKind::Merge, trained.clone()).with_experts(names.clone()), merged));
                     let mut ft = trained;
                     ft.push(format!("finetune/{}", m.name));
-                    list.push((Entry { label: m.name.clone(), kind: EntryKind::Final, lineage: ft }, self.dir(&format!("finetune/{}", m.name))));
+                    list.push((Entry::new(m.name.clone(), EntryKind::Final, ft).with_experts(names), self.dir(&format!("finetune/{}", m.name))));
                 }
-                MergeMethod::Average => list.push((Entry { label: m.name.clone(), kind: EntryKind::Final, lineage: with_seed(experts.clone()) }, merged)),
+                MergeMethod::Average => list.push((Entry::new(m.name.clone(), EntryKind::Final, with_seed(experts.clone())), merged)),
                 MergeMethod::Ensemble { top_k } => ensembles.push((m.name.clone(), top_k)),
             }
         }
         if r.dense_baseline {
-            list.push((Entry { label: "dense".into(), kind: EntryKind::Final, lineage: with_seed(vec!["dense".into()]) }, self.dir("dense")));
+            list.push((Entry::new("dense", EntryKind::Final, with_seed(vec!["dense".into()])), self.dir("dense")));
         }
         let data = self.eval_data_path();
         let e = &r.eval;
@@ -325,10 +354,87 @@ impl Plan<'_> {
             args.extend(experts.iter().map(|x| self.dir(x).display().to_string()));
             let mut inputs: Vec<PathBuf> = experts.iter().map(|x| model_file(&self.dir(x))).collect();
             inputs.push(data.clone());
-            let entry = Entry { label: name.clone(), kind: EntryKind::Final, lineage: with_seed(experts.clone()) };
+            let names = r.experts.iter().map(|e| e.name.clone()).collect();
+            let entry = Entry::new(name.clone(), EntryKind::Final, with_seed(experts.clone())).with_experts(names);
             out.push((entry, Stage { name: format!("eval/{}", slug(&name)), dir, args, config: None, inputs }));
         }
         out
+    }
+}
+
+/// A stage of the run and the stages it waits for: what both schedulers run from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageNode {
+    pub name: String,
+    pub after: Vec<String>,
+}
+
+/// The last stage of every run: the report, after every evaluation.
+pub const REPORT_STAGE: &str = "report";
+
+impl Plan<'_> {
+    /// Every stage of the run with its dependencies, each after the stages it waits for.
+    /// Needs no stage to have run (the evaluations' dependencies are read from their inputs).
+    pub fn graph(&self) -> Result<Vec<StageNode>> {
+        let r = self.recipe;
+        let node = |name: String, after: Vec<String>| StageNode { name, after };
+        let seed: Vec<String> = matches!(r.seed_model, SeedModel::Train { .. }).then(|| "seed".to_string()).into_iter().collect();
+        let experts: Vec<String> = r.experts.iter().map(|e| format!("experts/{}", e.name)).collect();
+        let mut nodes: Vec<StageNode> = seed.iter().map(|s| node(s.clone(), vec![])).collect();
+        nodes.extend(experts.iter().map(|e| node(e.clone(), seed.clone())));
+        // The first BTX merge sets the FLOPs budget of the compute-matched baselines.
+        let budget: Vec<String> = r.merges.iter().find(|m| m.method == MergeMethod::Btx).map(|m| format!("merges/{}", m.name)).into_iter().collect();
+        for m in &r.merges {
+            let after = match m.method {
+                MergeMethod::Btx if r.keep_seed => experts.iter().chain(&seed).cloned().collect(),
+                MergeMethod::Btx | MergeMethod::Average => experts.clone(),
+                MergeMethod::Upcycle { .. } => seed.clone(),
+                MergeMethod::Ensemble { .. } => continue,
+            };
+            nodes.push(node(format!("merges/{}", m.name), after));
+        }
+        for m in r.merges.iter().filter(|m| m.method.is_moe()) {
+            let mut after = vec![format!("merges/{}", m.name)];
+            if matches!(m.method, MergeMethod::Upcycle { .. }) && r.match_flops {
+                after.extend(budget.iter().cloned());
+            }
+            nodes.push(node(format!("finetune/{}", m.name), after));
+        }
+        if r.dense_baseline {
+            nodes.push(node("dense".into(), seed.iter().chain(&budget).cloned().collect()));
+        }
+        let (seed_dir, _) = self.seed()?;
+        let producers: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let mut evals = Vec::new();
+        for (_, stage) in self.entries(&seed_dir) {
+            // An evaluation waits for the stages whose outputs it reads.
+            let mut after: Vec<String> = producers.iter().filter(|p| stage.inputs.iter().any(|i| i.starts_with(self.dir(p)))).cloned().collect();
+            after.dedup();
+            evals.push(stage.name.clone());
+            nodes.push(node(stage.name, after));
+        }
+        nodes.push(node(REPORT_STAGE.into(), evals));
+        Ok(nodes)
+    }
+
+    /// The stage called `name`, built now: a finetune or the dense baseline reads the merged
+    /// folders, so it can be built only once they exist.
+    pub fn stage(&self, name: &str) -> Result<Stage> {
+        let (seed, seed_stage) = self.seed()?;
+        let find = |stages: Vec<Stage>| stages.into_iter().find(|s| s.name == name);
+        let found = match name.split_once('/').map_or(name, |(kind, _)| kind) {
+            "seed" => seed_stage,
+            "experts" => find(self.expert_stages(&seed)?),
+            "merges" => find(self.merge_stages(&seed)?),
+            "finetune" => match self.recipe.merges.iter().find(|m| m.method.is_moe() && format!("finetune/{}", m.name) == name) {
+                Some(m) => Some(self.finetune_stage(m)?),
+                None => None,
+            },
+            "dense" => self.dense_stage(&seed)?,
+            "eval" => find(self.entries(&seed).into_iter().map(|(_, s)| s).collect()),
+            _ => None,
+        };
+        found.with_context(|| format!("the recipe has no stage `{name}`"))
     }
 }
 

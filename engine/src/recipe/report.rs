@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use super::plan::{Entry, EntryKind, Plan, slug};
-use super::png::{Canvas, PALETTE};
+use super::plots::{self, Chart, Heatmap, Series};
 use super::stage::{Manifest, Stage};
 use crate::eval::EvalReport;
 use crate::fsutil::write_atomic;
@@ -73,13 +73,16 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     let mut md = format!("# Recipe report: {name}\n\n");
     write_table(&mut md, &rows, &stages)?;
     write_winners(&mut md, &rows)?;
-    write_loss_curves(&mut md, plan)?;
-    write_routing(&mut md, plan, &rows)?;
+    let mut figures = Figures::new();
+    write_summary(&mut md, plan, &rows, &mut figures)?;
+    write_pipeline(&mut md, plan, &rows, &mut figures)?;
+    write_loss_curves(&mut md, plan, &mut figures)?;
+    write_routing(&mut md, plan, &rows, &mut figures)?;
     writeln!(md, "\n## Stages\n\n| stage | tokens | train FLOPs | wall time | device |\n|---|---:|---:|---:|---|")?;
     for m in &stages {
         writeln!(md, "| {} | {} | {:.3e} | {:.1} s | {} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
     }
-    write_json(plan, &rows, &stages)?;
+    write_json(plan, &rows, &stages, &figures)?;
     write_atomic(&plan.out.join("report.md"), md.as_bytes())?;
     eprintln!("report: {}", plan.out.join("report.md").display());
     Ok(())
@@ -131,34 +134,141 @@ fn write_winners(md: &mut String, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
-/// Loss curves of every training stage, as one PNG.
-fn write_loss_curves(md: &mut String, plan: &Plan<'_>) -> Result<()> {
-    let mut curves = Vec::new();
-    let stages = ["seed".to_string()]
+/// A training stage's loss curve: (tokens seen, smoothed loss) per logged step.
+fn loss_curve(plan: &Plan<'_>, stage: &str) -> Option<Vec<(f64, f64, f64)>> {
+    let metrics = crate::train::metrics::read_metrics(&plan.out.join(stage).join("metrics.jsonl")).ok()?;
+    let raw: Vec<(f64, f64, f64)> = metrics
+        .iter()
+        .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("tokens")?.as_f64()?, v.get("loss")?.as_f64()?)))
+        .collect();
+    // A moving average of 10 steps.
+    let smoothed = (0..raw.len())
+        .map(|i| {
+            let lo = i.saturating_sub(9);
+            (raw[i].0, raw[i].1, raw[lo..=i].iter().map(|x| x.2).sum::<f64>() / (i - lo + 1) as f64)
+        })
+        .collect::<Vec<_>>();
+    (!smoothed.is_empty()).then_some(smoothed)
+}
+
+/// The training stages in pipeline order.
+fn training_stages(plan: &Plan<'_>) -> Vec<String> {
+    ["seed".to_string()]
         .into_iter()
         .chain(plan.recipe.experts.iter().map(|e| format!("experts/{}", e.name)))
         .chain(plan.recipe.merges.iter().map(|m| format!("finetune/{}", m.name)))
-        .chain(["dense".to_string()]);
-    for stage in stages {
-        if let Ok(m) = crate::train::metrics::read_metrics(&plan.out.join(&stage).join("metrics.jsonl")) {
-            let points: Vec<(f64, f64)> = m.iter().filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("loss")?.as_f64()?))).collect();
-            if !points.is_empty() {
-                curves.push((stage, points));
-            }
-        }
-    }
-    if curves.is_empty() {
-        return Ok(());
-    }
-    write_atomic(&plan.out.join("loss_curves.png"), &plot_curves(&curves).to_png())?;
-    writeln!(md, "\n## Training loss\n\n![loss curves](loss_curves.png)\n")?;
-    let legend: Vec<String> = curves.iter().enumerate().map(|(i, (s, _))| format!("{} = {}", PALETTE[i % PALETTE.len()].0, s)).collect();
-    writeln!(md, "Each curve is one stage's training loss (moving average of 10 steps) against its own steps (x scaled to the longest stage; y from the lowest to the highest loss shown). Colours: {}.", legend.join(", "))?;
+        .chain(["dense".to_string()])
+        .collect()
+}
+
+/// The figures a report drew, recorded in report.json (file, size, the texts on it).
+type Figures = Vec<Value>;
+
+fn save_png(plan: &Plan<'_>, file: &str, figure: Result<plots::Figure>, figures: &mut Figures) -> Result<()> {
+    let figure = figure?;
+    write_atomic(&plan.out.join(file), &figure.png)?;
+    figures.push(json!({ "file": file, "width": figure.width, "height": figure.height, "texts": figure.texts }));
     Ok(())
 }
 
-/// Routing heatmaps: domain x expert per layer, one PNG per routed model.
-fn write_routing(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+/// Training loss of every stage against its own steps.
+fn write_loss_curves(md: &mut String, plan: &Plan<'_>, figures: &mut Figures) -> Result<()> {
+    let series: Vec<Series> = training_stages(plan)
+        .into_iter()
+        .filter_map(|stage| {
+            let points = loss_curve(plan, &stage)?.into_iter().map(|(step, _, loss)| (step, loss)).collect();
+            Some(Series { label: stage, points, markers: false, point_labels: vec![] })
+        })
+        .collect();
+    if series.is_empty() {
+        return Ok(());
+    }
+    let chart = Chart {
+        title: "Training loss of each stage".into(),
+        x_label: "optimizer step of the stage".into(),
+        y_label: "training loss (nats, mean of 10 steps)".into(),
+        series,
+    };
+    save_png(plan, "loss_curves.png", plots::line_chart(&chart, 960, 540), figures)?;
+    writeln!(md, "\n## Training loss\n\n![training loss of each stage](loss_curves.png)\n")?;
+    Ok(())
+}
+
+/// The pipeline as one picture: training loss against cumulative training FLOPs, each
+/// expert (and baseline) starting where the seed ended and the finetune where the experts
+/// ended, with each evaluated model's mean validation loss at its FLOPs.
+fn write_pipeline(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut Figures) -> Result<()> {
+    let flops = |stage: &str| read_manifest(plan, stage).map_or(0.0, |m| m.train_flops);
+    let per_token = |stage: &str| read_manifest(plan, stage).filter(|m| m.tokens > 0).map(|m| m.train_flops / m.tokens as f64);
+    let seed_end = flops("seed");
+    let experts_end = seed_end + plan.recipe.experts.iter().map(|e| flops(&format!("experts/{}", e.name))).sum::<f64>();
+    let mut series = Vec::new();
+    for stage in training_stages(plan) {
+        let (Some(curve), Some(fpt)) = (loss_curve(plan, &stage), per_token(&stage)) else { continue };
+        let finetune_of_btx = stage.strip_prefix("finetune/").and_then(|n| plan.recipe.merges.iter().find(|m| m.name == n)).is_some_and(|m| m.method == super::config::MergeMethod::Btx);
+        let offset = match stage.as_str() {
+            "seed" => 0.0,
+            _ if finetune_of_btx => experts_end,
+            _ => seed_end,
+        };
+        let points = curve.into_iter().map(|(_, tokens, loss)| (offset + tokens * fpt, loss)).collect();
+        series.push(Series { label: stage, points, markers: false, point_labels: vec![] });
+    }
+    if series.is_empty() {
+        return Ok(());
+    }
+    let evaluated: Vec<&Row> = rows.iter().filter(|r| r.entry.kind != EntryKind::Expert).collect();
+    series.push(Series {
+        label: "validation loss (mean of the domains)".into(),
+        points: evaluated.iter().map(|r| (r.flops, r.mean_loss())).collect(),
+        markers: true,
+        point_labels: evaluated.iter().map(|r| r.entry.label.clone()).collect(),
+    });
+    let chart = Chart {
+        title: "The pipeline: loss against cumulative training compute".into(),
+        x_label: "cumulative training FLOPs (seed, then each branch)".into(),
+        y_label: "loss (nats)".into(),
+        series,
+    };
+    save_png(plan, "pipeline.png", plots::line_chart(&chart, 1100, 600), figures)?;
+    writeln!(md, "\n## The pipeline\n\n![training loss against cumulative training FLOPs](pipeline.png)\n")?;
+    Ok(())
+}
+
+/// Comparison recipes: mean validation perplexity against training FLOPs, one point per
+/// final model, and the same per domain as small multiples.
+fn write_summary(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut Figures) -> Result<()> {
+    let finals: Vec<&Row> = rows.iter().filter(|r| r.entry.kind == EntryKind::Final).collect();
+    if finals.len() < 2 {
+        return Ok(());
+    }
+    let chart = |title: String, value: &dyn Fn(&Row) -> f64, labelled: bool| Chart {
+        title,
+        x_label: "training FLOPs".into(),
+        y_label: "validation perplexity".into(),
+        series: finals
+            .iter()
+            .map(|r| {
+                let point_labels = if labelled { vec![r.entry.label.clone()] } else { vec![] };
+                Series { label: r.entry.label.clone(), points: vec![(r.flops, value(r))], markers: true, point_labels }
+            })
+            .collect(),
+    };
+    let main = chart("Final models: mean validation perplexity against training compute".into(), &|r: &Row| r.mean_loss().exp(), true);
+    let panels: Vec<Chart> = finals[0]
+        .eval
+        .domains
+        .iter()
+        .enumerate()
+        .map(|(i, d)| chart(d.domain.clone(), &|r: &Row| r.eval.domains[i].perplexity, false))
+        .collect();
+    save_png(plan, "summary.png", plots::chart_with_panels(&main, &panels, 3, 1200), figures)?;
+    writeln!(md, "\n## Summary\n\n![mean and per-domain validation perplexity against training FLOPs](summary.png)\n")?;
+    Ok(())
+}
+
+/// Routing heatmaps: domains x experts (by recipe name), one panel per MoE layer.
+fn write_routing(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut Figures) -> Result<()> {
     let routed: Vec<&Row> = rows.iter().filter(|r| !r.routing().is_empty()).collect();
     if routed.is_empty() {
         return Ok(());
@@ -166,22 +276,24 @@ fn write_routing(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
     writeln!(md, "\n## Routing\n")?;
     for r in routed {
         let routing = r.routing();
+        let ensemble = r.eval.checkpoint.is_none() && !r.eval.experts.is_empty();
+        let width = routing[0].1[0].len();
+        let columns = if r.entry.experts.len() == width { r.entry.experts.clone() } else { (0..width).map(|e| format!("expert {e}")).collect() };
+        let map = Heatmap {
+            title: format!("{}: share of each domain's tokens routed to each expert", r.entry.label),
+            rows: routing.iter().map(|(d, _)| d.to_string()).collect(),
+            columns,
+            panels: (0..routing[0].1.len()).map(|l| routing.iter().map(|(_, layers)| layers[l].clone()).collect()).collect(),
+            panel_label: if ensemble { "cached prior".into() } else { "layer".into() },
+        };
         let file = format!("routing_{}.png", slug(&r.entry.label));
-        write_atomic(&plan.out.join(&file), &plot_heatmap(&routing).to_png())?;
-        writeln!(md, "**{}**: ![routing {}]({file})\n", r.entry.label, r.entry.label)?;
-        let what = if r.entry.label.contains("ensemble") { "ensemble (the cached prior over experts)" } else { "MoE layer" };
-        let domains: Vec<&str> = routing.iter().map(|(d, _)| *d).collect();
-        writeln!(md, "One panel per {what} ({} of them, left to right); in each, a row per domain ({}, top to bottom) and a column per expert; darker = larger share of that domain's token assignments (the darkest cell is the largest share in the figure).\n", routing[0].1.len(), domains.join(", "))?;
-        for (d, layers) in &routing {
-            let shares: Vec<String> = layers.iter().map(|l| format!("[{}]", l.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" "))).collect();
-            writeln!(md, "- {d}: {}", shares.join(" "))?;
-        }
-        writeln!(md)?;
+        save_png(plan, &file, plots::heatmap(&map), figures)?;
+        writeln!(md, "**{}**\n\n![routing of {}]({file})\n", r.entry.label, r.entry.label)?;
     }
     Ok(())
 }
 
-fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest]) -> Result<()> {
+fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest], figures: &Figures) -> Result<()> {
     let models: Vec<Value> = rows
         .iter()
         .map(|r| json!({
@@ -194,7 +306,7 @@ fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest]) -> Result<()> 
         .iter()
         .map(|m| json!({"stage": m.stage, "tokens": m.tokens, "train_flops": m.train_flops, "wall_time_s": m.wall_time_s, "device": m.device}))
         .collect();
-    write_atomic(&plan.out.join("report.json"), serde_json::to_string_pretty(&json!({ "models": models, "stages": stages }))?.as_bytes())
+    write_atomic(&plan.out.join("report.json"), serde_json::to_string_pretty(&json!({ "models": models, "stages": stages, "figures": figures }))?.as_bytes())
 }
 
 fn collect_manifests(dir: &std::path::Path, out: &mut Vec<Manifest>) {
@@ -210,56 +322,4 @@ fn collect_manifests(dir: &std::path::Path, out: &mut Vec<Manifest>) {
             collect_manifests(&e.path(), out);
         }
     }
-}
-
-fn plot_curves(curves: &[(String, Vec<(f64, f64)>)]) -> Canvas {
-    let (w, h, pad) = (900usize, 500usize, 30i64);
-    let mut c = Canvas::new(w, h, [255, 255, 255]);
-    let smooth = |p: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        (0..p.len()).map(|i| {
-            let lo = i.saturating_sub(9);
-            (p[i].0, p[lo..=i].iter().map(|x| x.1).sum::<f64>() / (i - lo + 1) as f64)
-        }).collect()
-    };
-    let smoothed: Vec<Vec<(f64, f64)>> = curves.iter().map(|(_, p)| smooth(p)).collect();
-    let max_x = smoothed.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
-    let (min_y, max_y) = smoothed.iter().flatten().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    let span = (max_y - min_y).max(1e-9);
-    // Axes.
-    c.line((pad, h as i64 - pad), (w as i64 - pad, h as i64 - pad), [0, 0, 0]);
-    c.line((pad, pad), (pad, h as i64 - pad), [0, 0, 0]);
-    for (i, points) in smoothed.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()].1;
-        let to_px = |(x, y): (f64, f64)| {
-            (pad + ((x / max_x) * (w as f64 - 2.0 * pad as f64)) as i64, h as i64 - pad - (((y - min_y) / span) * (h as f64 - 2.0 * pad as f64)) as i64)
-        };
-        for pair in points.windows(2) {
-            c.line(to_px(pair[0]), to_px(pair[1]), color);
-        }
-    }
-    c
-}
-
-fn plot_heatmap(routing: &[(&str, &Vec<Vec<f64>>)]) -> Canvas {
-    let domains = routing.len();
-    let layers = routing[0].1.len();
-    let experts = routing[0].1.first().map_or(1, |l| l.len());
-    let (cell, gap) = (28i64, 20i64);
-    let panel_w = experts as i64 * cell;
-    let w = (layers as i64 * (panel_w + gap) + gap) as usize;
-    let h = (domains as i64 * cell + 2 * gap) as usize;
-    let mut c = Canvas::new(w, h, [255, 255, 255]);
-    // Darkest = the largest share in the figure (with top-k routing no share exceeds 1/k).
-    let max = routing.iter().flat_map(|(_, l)| l.iter().flatten()).cloned().fold(1e-9, f64::max);
-    for (d, (_, per_layer)) in routing.iter().enumerate() {
-        for (l, shares) in per_layer.iter().enumerate() {
-            for (e, &s) in shares.iter().enumerate() {
-                let v = (s / max).clamp(0.0, 1.0);
-                let color = [(255.0 * (1.0 - v)) as u8, (255.0 * (1.0 - 0.75 * v)) as u8, 255];
-                let x = gap + l as i64 * (panel_w + gap) + e as i64 * cell;
-                c.fill_rect(x, gap + d as i64 * cell, cell - 2, cell - 2, color);
-            }
-        }
-    }
-    c
 }

@@ -2,13 +2,14 @@
 //! evaluations) `jobs` at a time; every stage itself is a `btx` subcommand in its own
 //! process, and stages touch only through files.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 
 use super::config::Recipe;
-use super::plan::Plan;
+use super::plan::{Plan, REPORT_STAGE, StageNode};
 use super::stage::{Manifest, Stage, StageState};
 use crate::device::DeviceArgs;
 
@@ -46,50 +47,58 @@ fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, progress: &indicatif:
     results.into_inner().unwrap().into_iter().flatten().collect()
 }
 
-pub fn run_recipe(recipe: &Recipe, options: &RunOptions) -> Result<()> {
-    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
-    let plan = Plan { recipe, out: options.out.clone(), device: options.device.clone() };
-    // One progress bar per running training stage (hidden when stderr is not a terminal).
-    let progress = indicatif::MultiProgress::new();
-    let btx = &options.btx;
-    let (seed, seed_stage) = plan.seed()?;
-    if let Some(stage) = seed_stage {
-        stage.run(btx, &progress)?;
+/// The graph's stages grouped into waves: each wave's stages wait only for earlier waves.
+pub fn waves(graph: &[StageNode]) -> Vec<Vec<String>> {
+    let mut depth: HashMap<&str, usize> = HashMap::new();
+    for node in graph {
+        let d = node.after.iter().filter_map(|a| depth.get(a.as_str())).map(|d| d + 1).max().unwrap_or(0);
+        depth.insert(&node.name, d);
     }
-    run_parallel(&plan.expert_stages(&seed)?, options.jobs, btx, &progress)?;
-    plan.write_eval_data()?;
-    for stage in plan.merge_stages(&seed)? {
-        stage.run(btx, &progress)?;
+    let mut waves: Vec<Vec<String>> = vec![vec![]; depth.values().max().map_or(0, |d| d + 1)];
+    for node in graph {
+        waves[depth[node.name.as_str()]].push(node.name.clone());
     }
-    let mut later = plan.finetune_stages()?;
-    later.extend(plan.dense_stage(&seed)?);
-    run_parallel(&later, options.jobs, btx, &progress)?;
-    let entries = plan.entries(&seed);
-    let eval_stages: Vec<Stage> = entries.iter().map(|(_, s)| s.clone()).collect();
-    run_parallel(&eval_stages, options.jobs, btx, &progress)?;
-    super::report::write_report(&plan, &entries)
+    waves
 }
 
-/// Prints each stage's state (as far as the plan can be known without running anything).
+/// Runs the recipe here: every stage not up to date, wave by wave, `jobs` at a time.
+pub fn run_recipe(recipe: &Recipe, options: &RunOptions) -> Result<()> {
+    std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
+    let plan = Plan { recipe, out: options.out.clone(), device: options.device };
+    plan.write_eval_data()?;
+    // One progress bar per running training stage (hidden when stderr is not a terminal).
+    let progress = indicatif::MultiProgress::new();
+    for wave in waves(&plan.graph()?) {
+        // Built when their wave comes: a finetune reads the merge before it.
+        let stages = wave.iter().filter(|n| *n != REPORT_STAGE).map(|n| plan.stage(n)).collect::<Result<Vec<_>>>()?;
+        run_parallel(&stages, options.jobs, &options.btx, &progress)?;
+    }
+    write_report(&plan)
+}
+
+/// The report, from every evaluation's eval.json.
+pub fn write_report(plan: &Plan<'_>) -> Result<()> {
+    let (seed, _) = plan.seed()?;
+    super::report::write_report(plan, &plan.entries(&seed))
+}
+
+/// Prints each stage's state (and its Slurm job, if it was submitted to one).
 pub fn print_status(recipe: &Recipe, out: &Path) -> Result<()> {
     let plan = Plan { recipe, out: out.to_path_buf(), device: DeviceArgs::new(crate::device::DeviceChoice::Auto) };
-    let (seed, seed_stage) = plan.seed()?;
-    let mut stages: Vec<Stage> = seed_stage.into_iter().collect();
-    stages.extend(plan.expert_stages(&seed)?);
-    stages.extend(plan.merge_stages(&seed)?);
-    match plan.finetune_stages() {
-        Ok(ft) => stages.extend(ft),
-        Err(_) => println!("{:<28} pending (after the merges)", "finetune/*"),
-    }
-    for s in &stages {
-        let state = match s.state() {
-            StageState::Complete => "complete",
-            StageState::Partial => "partial (will resume)",
-            StageState::Stale => "stale (inputs changed; will rerun)",
-            StageState::Pending => "pending",
+    for node in plan.graph()? {
+        let state = match plan.stage(&node.name) {
+            Ok(s) => match s.state() {
+                StageState::Complete => "complete".to_string(),
+                StageState::Partial => "partial (will resume)".to_string(),
+                StageState::Stale => "stale (inputs changed; will rerun)".to_string(),
+                StageState::Pending => "pending".to_string(),
+            },
+            Err(_) if node.name == REPORT_STAGE => (if out.join("report.md").is_file() { "written" } else { "pending" }).to_string(),
+            Err(_) => format!("pending (after {})", node.after.join(", ")),
         };
-        let detail = s.manifest().map(|m| format!("  {} tokens, {:.3e} FLOPs, {:.1} s", m.tokens, m.train_flops, m.wall_time_s)).unwrap_or_default();
-        println!("{:<28} {state}{detail}", s.name);
+        let detail = plan.stage(&node.name).ok().and_then(|s| s.manifest()).map(|m| format!("  {} tokens, {:.3e} FLOPs, {:.1} s", m.tokens, m.train_flops, m.wall_time_s)).unwrap_or_default();
+        let job = super::slurm::job_status(&plan, &node.name).map(|j| format!("  [{j}]")).unwrap_or_default();
+        println!("{:<28} {state}{detail}{job}", node.name);
     }
     Ok(())
 }

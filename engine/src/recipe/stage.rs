@@ -140,7 +140,7 @@ impl Stage {
         }
         let resuming = std::fs::read_to_string(self.dir.join(KEY_FILE)).is_ok_and(|k| k.trim() == key);
         if self.dir.exists() && !resuming {
-            std::fs::remove_dir_all(&self.dir).with_context(|| format!("cannot clear {}", self.dir.display()))?;
+            clear_stage_dir(&self.dir)?;
         }
         std::fs::create_dir_all(&self.dir)?;
         write_atomic(&self.dir.join(KEY_FILE), key.as_bytes())?;
@@ -194,6 +194,20 @@ impl Stage {
         progress.suspend(|| eprintln!("[{}] done in {:.1} s", self.name, started.elapsed().as_secs_f64()));
         Ok(manifest)
     }
+}
+
+/// Empties a stage folder for a fresh start, keeping the scheduler's records (`slurm*`: the
+/// job's script, id and output, which the running job is writing).
+fn clear_stage_dir(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot clear {}", dir.display()))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("slurm") {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.with_context(|| format!("cannot clear {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The device a stage's process said it ran on (its `device: ...` line); merges need none.

@@ -1,0 +1,212 @@
+//! Recipes on Slurm: every stage that is not up to date becomes one `sbatch` job running
+//! `btx recipe stage` (the same manifest logic as a local run: skip, resume, rerun on
+//! change), each waiting for the jobs of the stages it needs (`--dependency=afterok`), so a
+//! whole recipe is submitted at once. The expert stages need nothing but the seed, so they
+//! run as separate jobs, on separate nodes, at once or days apart.
+//!
+//! The run folder must be on a file system every node shares (never /tmp). Each job's
+//! script, output and id are kept in its stage folder (`slurm.sh`, `slurm-ID.out`,
+//! `slurm.json`); a stage whose job is still queued or running is not submitted twice, and a
+//! failed, cancelled or timed-out one is submitted again by the next `recipe run`, resuming
+//! from its last checkpoint.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::plan::{Plan, REPORT_STAGE, StageNode};
+use super::stage::StageState;
+use crate::fsutil::write_atomic;
+
+/// `btx recipe run --scheduler slurm` options.
+#[derive(Debug, Clone, Default)]
+pub struct SlurmOptions {
+    pub partition: Option<String>,
+    /// GPUs per job (`--gres=gpu:N`); 0 = none.
+    pub gpus_per_job: usize,
+    /// Time limit per job (`--time`).
+    pub time: Option<String>,
+    /// More `#SBATCH` lines, e.g. `--account=lab`.
+    pub sbatch_args: Vec<String>,
+    /// Print the scripts and the dependency graph; submit nothing.
+    pub dry_run: bool,
+}
+
+/// What a stage folder records of its Slurm job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct JobRecord {
+    job_id: String,
+}
+
+const JOB_FILE: &str = "slurm.json";
+const SCRIPT_FILE: &str = "slurm.sh";
+
+/// Where a stage's Slurm files live: its own folder (the report's: RUN/report-job).
+fn stage_dir(plan: &Plan<'_>, stage: &str) -> PathBuf {
+    plan.out.join(if stage == REPORT_STAGE { "report-job" } else { stage })
+}
+
+/// Runs `program` and returns its stdout, or an error with its stderr.
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("cannot run `{program}`: is Slurm installed here?"))?;
+    if !out.status.success() {
+        bail!("`{program} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A job's state: from squeue while Slurm holds it, then from sacct (accounting, or the
+/// job completion log with `-c`).
+pub fn job_state(id: &str) -> String {
+    let first = |s: String| s.lines().next().map(|l| l.split_whitespace().next().unwrap_or("").trim_end_matches('+').to_string()).filter(|s| !s.is_empty());
+    output("squeue", &["-h", "-j", id, "-o", "%T"])
+        .ok()
+        .and_then(first)
+        .or_else(|| output("sacct", &["-n", "-X", "-P", "-o", "State", "-j", id]).ok().and_then(first))
+        .or_else(|| output("sacct", &["-c", "-n", "-P", "-o", "State", "-j", id]).ok().and_then(first))
+        .unwrap_or_else(|| "UNKNOWN".into())
+}
+
+fn is_active(state: &str) -> bool {
+    matches!(state, "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "RESIZING" | "SUSPENDED")
+}
+
+fn recorded_job(plan: &Plan<'_>, stage: &str) -> Option<String> {
+    let text = std::fs::read_to_string(stage_dir(plan, stage).join(JOB_FILE)).ok()?;
+    serde_json::from_str::<JobRecord>(&text).ok().map(|r| r.job_id)
+}
+
+/// `job ID STATE` for a stage submitted to Slurm (for `recipe status`).
+pub fn job_status(plan: &Plan<'_>, stage: &str) -> Option<String> {
+    let id = recorded_job(plan, stage)?;
+    Some(format!("slurm job {id} {}", job_state(&id)))
+}
+
+/// Whether a stage needs no job: its manifest matches (the report: every other stage is
+/// complete and the report is written).
+fn is_complete(plan: &Plan<'_>, node: &StageNode, complete: &HashMap<String, bool>) -> bool {
+    if node.name == REPORT_STAGE {
+        return node.after.iter().all(|a| complete.get(a) == Some(&true)) && plan.out.join("report.md").is_file();
+    }
+    plan.stage(&node.name).is_ok_and(|s| s.state() == StageState::Complete)
+}
+
+/// The batch script of one stage.
+pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, options: &SlurmOptions) -> String {
+    let dir = stage_dir(plan, stage);
+    let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut lines = vec![
+        "#!/bin/bash".to_string(),
+        format!("#SBATCH --job-name=btx:{name}:{stage}"),
+        format!("#SBATCH --output={}/slurm-%j.out", dir.display()),
+    ];
+    lines.extend(options.partition.iter().map(|p| format!("#SBATCH --partition={p}")));
+    if options.gpus_per_job > 0 {
+        lines.push(format!("#SBATCH --gres=gpu:{}", options.gpus_per_job));
+    }
+    lines.extend(options.time.iter().map(|t| format!("#SBATCH --time={t}")));
+    lines.extend(options.sbatch_args.iter().map(|a| format!("#SBATCH {a}")));
+    let mut command = vec![btx.display().to_string(), "recipe".into(), "stage".into(), recipe.display().to_string()];
+    command.extend(["--out".to_string(), plan.out.display().to_string(), "--stage".into(), stage.to_string()]);
+    command.extend(plan.device.to_args());
+    lines.extend(["set -euo pipefail".to_string(), format!("exec {}", command.join(" "))]);
+    lines.join("\n") + "\n"
+}
+
+/// Submits every stage that is not up to date (or prints what it would submit), each
+/// waiting for the jobs of the stages it needs; returns the job ids by stage.
+pub fn submit(plan: &Plan<'_>, recipe: &Path, btx: &Path, options: &SlurmOptions) -> Result<Vec<(String, String)>> {
+    if plan.out.starts_with("/tmp") {
+        bail!("{} is under /tmp, which the nodes of a cluster do not share; give --out a folder on a shared file system", plan.out.display());
+    }
+    std::fs::create_dir_all(&plan.out).with_context(|| format!("cannot create {}", plan.out.display()))?;
+    // The jobs read this copy: editing the recipe later cannot change queued jobs.
+    let frozen = plan.out.join("recipe.ron");
+    if !options.dry_run {
+        write_atomic(&frozen, &std::fs::read(recipe).with_context(|| format!("cannot read {}", recipe.display()))?)?;
+        plan.write_eval_data()?;
+    }
+    let graph = plan.graph()?;
+    let (mut complete, mut jobs): (HashMap<String, bool>, HashMap<String, String>) = (HashMap::new(), HashMap::new());
+    let mut submitted = Vec::new();
+    for node in &graph {
+        let done = is_complete(plan, node, &complete);
+        complete.insert(node.name.clone(), done);
+        if done {
+            println!("{:<28} complete", node.name);
+            continue;
+        }
+        if let Some(id) = recorded_job(plan, &node.name).filter(|id| !options.dry_run && is_active(&job_state(id))) {
+            println!("{:<28} already queued or running as job {id}", node.name);
+            jobs.insert(node.name.clone(), id);
+            continue;
+        }
+        let waits: Vec<&String> = node.after.iter().filter_map(|a| jobs.get(a)).collect();
+        let script = job_script(plan, &node.name, &frozen, btx, options);
+        let dependency = (!waits.is_empty()).then(|| format!("--dependency=afterok:{}", waits.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(":")));
+        if options.dry_run {
+            let id = format!("<{}>", node.name);
+            println!("# {} {}\n{script}", node.name, dependency.as_deref().unwrap_or("(no dependency)"));
+            jobs.insert(node.name.clone(), id.clone());
+            submitted.push((node.name.clone(), id));
+            continue;
+        }
+        let dir = stage_dir(plan, &node.name);
+        std::fs::create_dir_all(&dir)?;
+        write_atomic(&dir.join(SCRIPT_FILE), script.as_bytes())?;
+        let script_path = dir.join(SCRIPT_FILE).display().to_string();
+        let mut args = vec!["--parsable"];
+        if let Some(d) = &dependency {
+            // A dependency that fails cancels its dependents instead of leaving them queued.
+            args.extend([d.as_str(), "--kill-on-invalid-dep=yes"]);
+        }
+        args.push(&script_path);
+        let id = output("sbatch", &args)?.split(';').next().unwrap_or_default().to_string();
+        write_atomic(&dir.join(JOB_FILE), serde_json::to_string(&JobRecord { job_id: id.clone() })?.as_bytes())?;
+        println!("{:<28} submitted as job {id}{}", node.name, dependency.map(|d| format!(" ({d})")).unwrap_or_default());
+        jobs.insert(node.name.clone(), id.clone());
+        submitted.push((node.name.clone(), id));
+    }
+    if options.dry_run {
+        println!("# dependency graph (stage <- the stages it waits for)");
+        for node in &graph {
+            println!("{} <- {}", node.name, if node.after.is_empty() { "-".to_string() } else { node.after.join(", ") });
+        }
+    }
+    Ok(submitted)
+}
+
+/// Waits until every submitted job has ended, printing each state change; fails with the
+/// log of the first job that did not complete.
+pub fn wait(plan: &Plan<'_>, jobs: &[(String, String)]) -> Result<()> {
+    let mut last: HashMap<&str, String> = HashMap::new();
+    loop {
+        let mut active = 0;
+        for (stage, id) in jobs {
+            let state = job_state(id);
+            if last.get(stage.as_str()) != Some(&state) {
+                eprintln!("[{stage}] job {id} {state}");
+                last.insert(stage, state.clone());
+            }
+            active += is_active(&state) as usize;
+        }
+        if active == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(3));
+    }
+    for (stage, id) in jobs {
+        let state = &last[stage.as_str()];
+        if state != "COMPLETED" {
+            let log = stage_dir(plan, stage).join(format!("slurm-{id}.out"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+            bail!("stage {stage}: job {id} ended {state}; its log {}:\n{}", log.display(), tail.join("\n"));
+        }
+    }
+    eprintln!("all {} jobs completed; report: {}", jobs.len(), plan.out.join("report.md").display());
+    Ok(())
+}
