@@ -140,7 +140,8 @@ fn shell_words(line: &str) -> Vec<String> {
 #[test]
 fn commands_in_the_readme_parse() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let mut lines: Vec<String> = code_spans(&readme);
+    // Code spans name commands in prose unless they pass flags; code blocks are examples.
+    let mut lines: Vec<String> = code_spans(&readme).into_iter().filter(|s| s.contains(" --")).collect();
     let mut in_block = false;
     for l in readme.lines() {
         if l.starts_with("```") {
@@ -156,11 +157,6 @@ fn commands_in_the_readme_parse() {
         // A synopsis: optional parts, alternatives, or PLACEHOLDER words (ARGS, C.ron).
         let placeholder = |w: &String| w.split('.').next().is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'));
         let synopsis = line.contains('[') || line.contains('|') || line.contains("...") || words.iter().any(placeholder);
-        // `btx import-hf` in prose names a command; it is not an example of one.
-        let mention = words.len() <= 2;
-        if mention {
-            continue;
-        }
         if synopsis || !(line.starts_with("btx ") || line.starts_with("cargo xtask ")) {
             continue;
         }

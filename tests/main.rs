@@ -11,6 +11,7 @@ mod hf;
 mod merge;
 mod model;
 mod recipe;
+mod slurm;
 mod moe;
 mod moe_lm;
 mod training;

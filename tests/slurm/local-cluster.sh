@@ -52,7 +52,7 @@ NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
     export SLURM_CONF="$dir/slurm.conf"
-    slurmctld -f "$SLURM_CONF"
+    slurmctld -c -f "$SLURM_CONF"  # -c: no state from an earlier cluster
     slurmd -f "$SLURM_CONF"
     for _ in $(seq 1 30); do
         if sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed|alloc'; then exit 0; fi

@@ -69,6 +69,12 @@ enum Command {
 
 /// Parses the command line, runs it, and prints an error with its causes (no backtrace).
 pub fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe would panic; a CLI should just stop.
+    #[cfg(unix)]
+    // SAFETY: called before any thread starts; restores the default disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -102,6 +102,8 @@ pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, optio
         "#!/bin/bash".to_string(),
         format!("#SBATCH --job-name=btx:{name}:{stage}"),
         format!("#SBATCH --output={}/slurm-%j.out", dir.display()),
+        // Relative paths in the recipe (data, tokenizer) resolve as they did at submission.
+        format!("#SBATCH --chdir={}", std::env::current_dir().unwrap_or_default().display()),
     ];
     lines.extend(options.partition.iter().map(|p| format!("#SBATCH --partition={p}")));
     if options.gpus_per_job > 0 {

@@ -89,7 +89,7 @@ impl Stage {
     pub fn key(&self) -> Result<(String, Vec<InputHash>)> {
         let inputs = self.input_hashes()?;
         let mut hasher = Sha256::new();
-        for a in &self.args {
+        for a in without_device_args(&self.args) {
             hasher.update(a.as_bytes());
             hasher.update([0]);
         }
@@ -194,6 +194,24 @@ impl Stage {
         progress.suspend(|| eprintln!("[{}] done in {:.1} s", self.name, started.elapsed().as_secs_f64()));
         Ok(manifest)
     }
+}
+
+/// The arguments that decide a stage's result: all but the device choice, so a stage
+/// finished on one device is not redone because the next run names another.
+fn without_device_args(args: &[String]) -> Vec<&String> {
+    let mut kept = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if std::mem::take(&mut skip_value) || a == "--allow-software-gpu" {
+            continue;
+        }
+        if a == "--device" {
+            skip_value = true;
+            continue;
+        }
+        kept.push(a);
+    }
+    kept
 }
 
 /// Empties a stage folder for a fresh start, keeping the scheduler's records (`slurm*`: the
