@@ -123,3 +123,9 @@ fn bad_generation_input_is_a_clear_error() {
     assert!(ok, "{stderr}");
     assert!(stderr.contains("tokens/s"), "{stderr}");
 }
+
+#[test]
+fn an_empty_prompt_is_refused() {
+    let e = btx::generate::check_prompt(&[], &greedy(4), 4096, 64).unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+}

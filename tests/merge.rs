@@ -286,3 +286,50 @@ fn merges_stream_in_bounded_memory_and_equal_the_in_memory_merge() {
         assert!(bits(&streamed[name].values) == bits(&t.values), "tensor `{name}` differs");
     }
 }
+
+/// One set of rules for every merge request, whatever asks: the command line, a recipe.
+#[test]
+fn merge_requests_are_checked_by_one_set_of_rules() {
+    use btx::merge::{MergeMethod, MergeRequest, router_init::RouterInit};
+    let request = |method, experts: &[&str], seed: Option<&str>, router_init| MergeRequest {
+        method,
+        experts: experts.iter().map(std::path::PathBuf::from).collect(),
+        seed: seed.map(std::path::PathBuf::from),
+        weights: None,
+        num_experts: 4,
+        noise: 0.0,
+        options: MoeOptions { router_init, ..Default::default() },
+        router_data: vec![],
+    };
+    let err = |r: MergeRequest| format!("{:#}", r.check().unwrap_err());
+    assert!(err(request(MergeMethod::Upcycle, &["s"], None, RouterInit::Hidden)).contains("cannot tell them apart"));
+    assert!(err(request(MergeMethod::Upcycle, &["a", "b"], None, RouterInit::Random)).contains("exactly one"));
+    assert!(err(request(MergeMethod::Average, &["a", "b"], Some("s"), RouterInit::Random)).contains("--seed"));
+    assert!(err(request(MergeMethod::Btx, &["a", "b"], None, RouterInit::Embedding)).contains("--router-data"));
+    assert!(request(MergeMethod::Btx, &["a", "b"], Some("s"), RouterInit::Random).check().is_ok());
+    // A recipe asking for the same upcycling gets the same rule, with the field named.
+    let recipe = std::fs::read_to_string(repo_root().join("recipes/compare-tiny.ron")).unwrap();
+    let upcycling = recipe.replace("method: Upcycle(experts: 4)", "method: Upcycle(experts: 4), moe: Some((router_init: Hidden))");
+    assert_ne!(upcycling, recipe, "compare-tiny.ron has no Upcycle(experts: 4) merge to edit");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.ron"), upcycling).unwrap();
+    let e = format!("{:#}", btx::recipe::Recipe::load(&dir.path().join("r.ron")).unwrap_err());
+    assert!(e.contains("merges[") && e.contains("cannot tell them apart"), "{e}");
+}
+
+/// A merge carries the tokenizer its members share, so its export needs no --tokenizer.
+#[test]
+fn a_merge_carries_its_members_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        seed_checkpoint(dir.path(), &format!("e{i}"), i);
+        std::fs::copy(repo_root().join("assets/tokenizer.json"), dir.path().join(format!("e{i}/tokenizer.json"))).unwrap();
+    }
+    let (ok, stderr) = run_btx(&["merge", "--method", "btx", "--experts", "e0", "e1", "--out", "moe"], dir.path());
+    assert!(ok, "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("moe/tokenizer.json")).unwrap(), std::fs::read(repo_root().join("assets/tokenizer.json")).unwrap());
+    let (ok, stderr) = run_btx(&["export-hf", "moe", "--out", "hf"], dir.path());
+    assert!(ok, "{stderr}");
+    let names: Vec<String> = btx::merge::expert_names(&dir.path().join("moe")).unwrap();
+    assert_eq!(names, ["e0", "e1"]);
+}

@@ -97,8 +97,11 @@ pub fn print_status(recipe: &Recipe, out: &Path) -> Result<()> {
             Err(_) => format!("pending (after {})", node.after.join(", ")),
         };
         let detail = plan.stage(&node.name).ok().and_then(|s| s.manifest()).map(|m| format!("  {} tokens, {:.3e} FLOPs, {:.1} s", m.tokens, m.train_flops, m.wall_time_s)).unwrap_or_default();
-        let job = super::slurm::job_status(&plan, &node.name).map(|j| format!("  [{j}]")).unwrap_or_default();
+        let (job, log) = super::slurm::job_status(&plan, &node.name).map_or((String::new(), None), |(j, log)| (format!("  [{j}]"), log));
         println!("{:<28} {state}{detail}{job}", node.name);
+        if let Some(log) = log {
+            println!("    its log {}", log.replace('\n', "\n    "));
+        }
     }
     Ok(())
 }

@@ -79,10 +79,21 @@ fn recorded_job(plan: &Plan<'_>, stage: &str) -> Option<String> {
     serde_json::from_str::<JobRecord>(&text).ok().map(|r| r.job_id)
 }
 
-/// `job ID STATE` for a stage submitted to Slurm (for `recipe status`).
-pub fn job_status(plan: &Plan<'_>, stage: &str) -> Option<String> {
+/// `job ID STATE` for a stage submitted to Slurm (for `recipe status`), and, for a job that
+/// ended without completing, the last lines of its output.
+pub fn job_status(plan: &Plan<'_>, stage: &str) -> Option<(String, Option<String>)> {
     let id = recorded_job(plan, stage)?;
-    Some(format!("slurm job {id} {}", job_state(&id)))
+    let state = job_state(&id);
+    let tail = (!is_active(&state) && state != "COMPLETED").then(|| log_tail(plan, stage, &id));
+    Some((format!("slurm job {id} {state}"), tail))
+}
+
+/// The last 12 lines of a job's output.
+fn log_tail(plan: &Plan<'_>, stage: &str, id: &str) -> String {
+    let log = stage_dir(plan, stage).join(format!("slurm-{id}.out"));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("{}:\n{}", log.display(), tail.join("\n"))
 }
 
 /// Whether a stage needs no job: its manifest matches (the report: every other stage is
@@ -203,10 +214,7 @@ pub fn wait(plan: &Plan<'_>, jobs: &[(String, String)]) -> Result<()> {
     for (stage, id) in jobs {
         let state = &last[stage.as_str()];
         if state != "COMPLETED" {
-            let log = stage_dir(plan, stage).join(format!("slurm-{id}.out"));
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
-            bail!("stage {stage}: job {id} ended {state}; its log {}:\n{}", log.display(), tail.join("\n"));
+            bail!("stage {stage}: job {id} ended {state}; its log {}", log_tail(plan, stage, id));
         }
     }
     eprintln!("all {} jobs completed; report: {}", jobs.len(), plan.out.join("report.md").display());

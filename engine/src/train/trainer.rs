@@ -125,15 +125,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         let last = state.step == config.steps;
         if last || (config.eval_every > 0 && state.step % config.eval_every == 0) {
             final_eval = evaluate(&model.valid(), &domains, config.batch_size, config.eval_batches, &device.clone().without_autodiff());
-            for e in &final_eval {
-                let mut line = json!({
-                    "step": state.step, "eval": e.domain, "val_loss": e.loss, "val_ppl": e.perplexity,
-                });
-                if !e.routing.is_empty() {
-                    line["routing"] = json!(e.routing);
-                }
-                metrics.write(line)?;
-            }
+            log_eval(&mut metrics, state.step, &final_eval)?;
             say(&progress, &format!("step {:>6} | {}", state.step, format_eval(&final_eval)));
         }
         if last || state.step % config.checkpoint_every == 0 {
@@ -144,6 +136,18 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     progress.finish_and_clear();
     let checkpoint = latest_checkpoint(out).context("the run wrote no checkpoint")?;
     Ok(TrainSummary { checkpoint, state, final_eval })
+}
+
+/// One metrics line per evaluated domain.
+fn log_eval(metrics: &mut MetricsLog, step: usize, evals: &[DomainEval]) -> Result<()> {
+    for e in evals {
+        let mut line = json!({ "step": step, "eval": e.domain, "val_loss": e.loss, "val_ppl": e.perplexity });
+        if !e.routing.is_empty() {
+            line["routing"] = json!(e.routing);
+        }
+        metrics.write(line)?;
+    }
+    Ok(())
 }
 
 /// The model and state a run starts from: a fresh (or branched) model, or the checkpoint it
