@@ -200,3 +200,39 @@ pub fn bench_train(config: &ModelConfig, label: &str, batch: usize, seq_len: usi
         matmul_tflops,
     }
 }
+
+/// One primitive operation's rate at a model's shapes.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpRow {
+    pub op: String,
+    pub ms: f64,
+    /// Elements per second (elementwise ops) or FLOP/s (matmul).
+    pub rate: f64,
+    pub unit: &'static str,
+}
+
+/// The primitives a training step spends its time in, alone: `exp` over the vocabulary-sized
+/// logits (softmax, cross-entropy), SiLU over the FFN activations, and the FFN matmul. Where
+/// the engine trails PyTorch, this says which primitive does (bench/reference/ops_bench.py
+/// times the same in PyTorch).
+pub fn bench_ops(device: &Device, tokens: usize, d_model: usize, d_ff: usize, vocab: usize, iters: usize) -> Vec<OpRow> {
+    use burn::tensor::activation::silu;
+    let logits = Tensor::<2>::random([tokens, vocab], Distribution::Normal(0.0, 1.0), device);
+    let hidden = Tensor::<2>::random([tokens, d_ff], Distribution::Normal(0.0, 1.0), device);
+    let x = Tensor::<2>::random([tokens, d_model], Distribution::Normal(0.0, 1.0), device);
+    let w = Tensor::<2>::random([d_model, d_ff], Distribution::Normal(0.0, 0.02), device);
+    let elementwise = |op: &str, n: usize, ms: f64| OpRow { op: op.into(), ms, rate: n as f64 / (ms / 1e3), unit: "elements/s" };
+    let exp_ms = median_ms(device, 2, iters, || drop(logits.clone().exp()));
+    let silu_ms = median_ms(device, 2, iters, || drop(silu(hidden.clone())));
+    let matmul_ms = median_ms(device, 2, iters, || drop(x.clone().matmul(w.clone())));
+    vec![
+        elementwise(&format!("exp [{tokens}, {vocab}]"), tokens * vocab, exp_ms),
+        elementwise(&format!("silu [{tokens}, {d_ff}]"), tokens * d_ff, silu_ms),
+        OpRow {
+            op: format!("matmul [{tokens}, {d_model}] x [{d_model}, {d_ff}]"),
+            ms: matmul_ms,
+            rate: 2.0 * (tokens * d_model * d_ff) as f64 / (matmul_ms / 1e3),
+            unit: "FLOP/s",
+        },
+    ]
+}

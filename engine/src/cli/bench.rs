@@ -42,6 +42,17 @@ pub enum BenchCommand {
         #[command(flatten)]
         device: DeviceArgs,
     },
+    /// The primitives a training step spends its time in, alone, at a training config's
+    /// shapes: exp over the logits, SiLU over the FFN activations, the FFN matmul
+    /// (bench/reference/ops_bench.py times the same in PyTorch).
+    Ops {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
     /// Forward+backward time of top-2 of 4 experts against the dense model with the same
     /// active parameters, for one layer and for the whole LM.
     Moe {
@@ -72,6 +83,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Train { config, device, warmup, iters, batch, json } => train(config, device, warmup, iters, batch, json),
         BenchCommand::Generate { checkpoint, prompt_tokens, new_tokens, device } => generate(&checkpoint, prompt_tokens, new_tokens, device),
+        BenchCommand::Ops { config, device, iters } => ops(&config, device, iters),
         BenchCommand::Moe { device, d_model, expert_d_ff, layers, batch, seq_len, warmup, iters, json } => {
             let options = MoeBenchOptions { d_model, expert_d_ff, n_layers: layers, batch, seq_len, warmup, iters };
             moe(device, &options, json)
@@ -191,4 +203,15 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("btx-bench-generate-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(dir)
+}
+
+fn ops(config: &std::path::Path, device: DeviceArgs, iters: usize) -> Result<()> {
+    let c = TrainConfig::load(config)?;
+    let selected = select_device(device)?;
+    println!("device: {}", selected.description);
+    let tokens = c.batch_size * c.data.seq_len;
+    for r in crate::bench::bench_ops(&selected.device, tokens, c.model.d_model, c.model.d_ff, c.model.vocab_size, iters) {
+        println!("{:<34} {:>9.3} ms {:>12.3e} {}", r.op, r.ms, r.rate, r.unit);
+    }
+    Ok(())
 }

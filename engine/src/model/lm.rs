@@ -3,7 +3,6 @@
 
 use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 use super::block::Block;
 use super::moe::{MoeAux, RoutingContext};
@@ -184,11 +183,16 @@ impl TrainingLoss {
     }
 }
 
-/// log softmax(logits)[target] for every position.
+/// log softmax(logits)[target] for every position, as logit[target] - logsumexp(logits):
+/// one exponential per logit (the backward pass reuses it), and no `[batch, seq, vocab]`
+/// tensor of log-probabilities to gather from. Equal to gathering from `log_softmax`.
 ///
 /// # Shapes
 /// - logits: `[batch, seq, vocab]`, targets: `[batch, seq]` -> `[batch, seq]`
 pub fn token_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
-    let log_probs = log_softmax(logits, 2);
-    log_probs.gather(2, targets.unsqueeze_dim(2)).squeeze_dim(2)
+    // Shifting by the (constant) maximum keeps exp in range; it cancels in the difference.
+    let shifted = logits.clone() - logits.max_dim(2).detach();
+    let log_sum_exp = shifted.clone().exp().sum_dim(2).log();
+    let target = shifted.gather(2, targets.unsqueeze_dim(2));
+    (target - log_sum_exp).squeeze_dim(2)
 }

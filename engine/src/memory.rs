@@ -1,0 +1,19 @@
+//! Process-wide memory settings for the `btx` binary.
+//!
+//! A training step allocates and frees many tensor buffers of a few MB. glibc serves blocks
+//! above its mmap threshold with fresh `mmap`s and returns freed heap tops to the kernel, so
+//! every step pays page faults and zeroing for memory it just gave back (about a tenth of a
+//! CPU training step in a profile of `btx bench train`, see bench/RESULTS.md). Keeping
+//! buffers in the heap lets them be reused.
+
+/// Serve large allocations from the heap and keep freed memory for reuse (glibc only;
+/// elsewhere the system allocator's defaults stay).
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called once, at start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
