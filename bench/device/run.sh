@@ -4,7 +4,8 @@
 # .gl/*.deb (the Vulkan loader and GL packages, see DEVELOPERS.md). Writes its figures to
 # $OUT (default /tmp/btx-device): the WGPU-vs-CPU logits check, the engine's training
 # throughput of a ~91M dense model and its MoE, the PyTorch reference on the same GPU in
-# f32 and bf16, the MoE-vs-dense layer benchmark, and the WGPU test group (tests/wgpu.rs) on
+# f32 and bf16, the MoE-vs-dense layer benchmark, the primitives and a host-side profile at
+# the GPU size, and the WGPU test group (tests/wgpu.rs) on
 # Vulkan (SPIR-V kernels; CI runs the same group on OpenGL, WGSL translated to GLSL) when
 # .carry/integration.xz (the integration test binary) is there.
 #
@@ -36,6 +37,14 @@ for dtype in float32 bfloat16; do
 done
 timeout 90 "$BTX" bench moe --device vulkan --d-model 768 --expert-d-ff 2048 --layers 4 --batch 16 \
     --seq-len 512 2>&1 | tee "$OUT/moe.txt" || echo "bench moe failed"
+# Where a step's time goes at the GPU size: the primitives alone, and a CPU-side profile of
+# the training benchmark when perf is there (the host's share of a GPU step: launches, reads).
+timeout 60 "$BTX" bench ops --config bench/device/dense-100m.ron --device vulkan 2>&1 | tee "$OUT/ops.txt" || echo "bench ops failed"
+if command -v perf >/dev/null; then
+    timeout 120 perf record -e cpu-clock -F 499 -o "$OUT/perf.data" "$BTX" bench train --config bench/device/dense-100m.ron \
+        --device vulkan --warmup 2 --iters 5 >/dev/null 2>&1 || true
+    perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio 2>/dev/null | head -60 > "$OUT/profile.txt" || true
+fi
 if [ -f .carry/integration.xz ]; then
     xz -dkf .carry/integration.xz && chmod +x .carry/integration
     BTX_REPO_ROOT=$PWD BTX_REQUIRE_WGPU=1 timeout 300 .carry/integration wgpu_ --nocapture 2>&1 | tee "$OUT/wgpu-tests.txt" \
