@@ -40,6 +40,7 @@ fn recipe_text(dir: &Path, experts: &[(&str, &str)], expert_steps: usize) -> Str
         (name: "upcycle", method: Upcycle(experts: 2)),
         (name: "average", method: Average),
         (name: "ensemble", method: Ensemble(top_k: None)),
+        (name: "switch", method: Btx, moe: Some((top_k: 1, routing: Switch(capacity_factor: 0.5)))),
     ],
     finetune: (steps: 6),
     dense_baseline: true,
@@ -111,6 +112,11 @@ fn a_rerun_skips_finished_stages_and_a_new_or_changed_expert_reruns_only_its_dep
         assert!(report.contains(model), "report lacks {model}:\n{report}");
     }
     check_figures(&out);
+    // Switch at capacity 0.5 drops half the assignments or more: the report says how many.
+    let drops = report.split("Tokens dropped for expert capacity").nth(1).unwrap_or_else(|| panic!("no drop table:\n{report}"));
+    let row = drops.lines().find(|l| l.starts_with("| switch |")).unwrap_or_else(|| panic!("no switch row:\n{drops}"));
+    let cells: Vec<f64> = row.split('|').filter_map(|c| c.trim().strip_suffix('%')?.parse().ok()).collect();
+    assert!(cells.len() == 2 && cells.iter().all(|&d| d >= 40.0), "{row}");
 
     // Again: every stage is read from its manifest and skipped.
     let (ok, stderr) = run_recipe(dir.path(), &two, &out);

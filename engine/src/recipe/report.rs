@@ -72,6 +72,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut md = format!("# Recipe report: {name}\n\n");
     write_table(&mut md, &rows, &stages)?;
+    write_drops(&mut md, plan, &rows)?;
     write_winners(&mut md, &rows)?;
     let mut figures = Figures::new();
     write_summary(&mut md, plan, &rows, &mut figures)?;
@@ -112,6 +113,33 @@ fn write_table(md: &mut String, rows: &[Row], stages: &[Manifest]) -> Result<()>
         let acc: Vec<String> = r.eval.accuracy.values().map(|a| format!("{:.0}%", a * 100.0)).collect();
         let acc = if acc.is_empty() { "-".to_string() } else { acc.join(", ") };
         writeln!(md, "| {} | {:.2}M | {:.3e} | {} | {mean} | {acc} |", r.entry.label, r.tokens as f64 / 1e6, r.flops, cells.join(" | "))?;
+    }
+    Ok(())
+}
+
+/// Models whose routing dropped tokens for capacity (Switch): the dropped share of
+/// token-expert assignments at evaluation (mean over domains) and in finetuning (mean over
+/// steps), beside the mean perplexity. Omitted when nothing was dropped.
+fn write_drops(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+    let training_drops = |r: &Row| -> Option<f64> {
+        let stage = r.entry.lineage.last().filter(|s| s.starts_with("finetune/"))?;
+        let metrics = crate::train::metrics::read_metrics(&plan.out.join(stage).join("metrics.jsonl")).ok()?;
+        let drops: Vec<f64> = metrics.iter().filter_map(|m| m.get("dropped")?.as_f64()).collect();
+        (!drops.is_empty()).then(|| drops.iter().sum::<f64>() / drops.len() as f64)
+    };
+    let dropping: Vec<(&Row, f64, Option<f64>)> = rows
+        .iter()
+        .map(|r| (r, r.eval.domains.iter().map(|d| d.dropped).sum::<f64>() / r.eval.domains.len().max(1) as f64, training_drops(r)))
+        .filter(|(_, eval, train)| *eval > 0.0 || train.is_some_and(|t| t > 0.0))
+        .collect();
+    if dropping.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "\nTokens dropped for expert capacity (Switch routing; share of token-expert assignments):\n")?;
+    writeln!(md, "| model | mean perplexity | dropped at evaluation | dropped in finetuning |\n|---|---:|---:|---:|")?;
+    for (r, eval, train) in dropping {
+        let train = train.map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
+        writeln!(md, "| {} | {:.2} | {:.1}% | {train} |", r.entry.label, r.mean_loss().exp(), eval * 100.0)?;
     }
     Ok(())
 }
