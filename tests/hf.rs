@@ -146,3 +146,26 @@ fn malformed_folders_are_errors_naming_the_tensor_or_field() {
     let err = format!("{:#}", import_hf(&other, &dir.path().join("a")).unwrap_err());
     assert!(err.contains("architectures") && err.contains("GPT2LMHeadModel"), "{err}");
 }
+
+/// An imported Mixtral trains with the balancing it was trained with: transformers' pooled
+/// loss, weighted by its router_aux_loss_coef (tests/fixtures/hf/record_greedy.py recorded
+/// transformers' value for these tokens).
+#[test]
+fn imported_mixtral_balances_as_transformers_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("mixtral");
+    import_hf(&fixture("mixtral"), &ckpt).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("mixtral").join("aux_loss.json")).unwrap()).unwrap();
+    let (config, model) = load_model(&ckpt, &cpu()).unwrap();
+    let moe = config.moe.as_ref().unwrap();
+    assert_eq!(moe.balance, btx::model::moe_config::Balance::Mixtral);
+    let coef = reference["router_aux_loss_coef"].as_f64().unwrap();
+    assert_eq!(moe.load_balance, coef);
+    let tokens: Vec<i64> = serde_json::from_value(reference["tokens"].clone()).unwrap();
+    let n = tokens.len();
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, n]), &cpu());
+    let loss = model.training_loss(inputs.clone(), inputs, btx::model::moe::RoutingContext::default());
+    let ours = loss.aux.unwrap().into_scalar::<f32>() as f64 / coef;
+    let theirs = reference["aux_loss"].as_f64().unwrap();
+    assert!((ours - theirs).abs() < 1e-4 * theirs.abs(), "engine {ours}, transformers {theirs}");
+}

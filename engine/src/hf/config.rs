@@ -72,7 +72,9 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
                 routing: Routing::TopK,
                 layers: None,
                 expert_d_ff: None,
-                load_balance: hf.get("router_aux_loss_coef").and_then(Value::as_f64).unwrap_or(0.02),
+                // transformers' default coefficient, applied as transformers applies it.
+                load_balance: hf.get("router_aux_loss_coef").and_then(Value::as_f64).unwrap_or(0.001),
+                balance: crate::model::moe_config::Balance::Mixtral,
                 router_z_loss: 0.0,
                 freeze_experts: false,
             })

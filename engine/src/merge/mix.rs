@@ -13,7 +13,7 @@ use super::plan::{Cut, MergePlan, Noise, Output, Source, outputs_like};
 use super::router_init::{RouterInit, random_router, router_from_directions};
 use super::{MergeInput, check_same_architecture, expert_tensor_name, ffn_tensor, normalized_weights, router_tensor_name};
 use crate::config::ModelConfig;
-use crate::model::moe_config::{MoeConfig, Routing, default_load_balance, default_top_k};
+use crate::model::moe_config::{Balance, MoeConfig, Routing, default_load_balance, default_top_k};
 
 /// The MoE a merge produces: the routing fields of `MoeConfig` (one conversion,
 /// `to_moe_config`, that lists every field of both) plus how the merge builds it.
@@ -23,6 +23,8 @@ pub struct MoeOptions {
     pub top_k: usize,
     pub routing: Routing,
     pub load_balance: f64,
+    /// Per layer (BTX) or pooled over layers (Mixtral).
+    pub balance: Balance,
     pub router_z_loss: f64,
     pub freeze_experts: bool,
     /// Cut each member FFN into this many experts (1 = whole FFNs).
@@ -38,6 +40,7 @@ impl Default for MoeOptions {
             top_k: default_top_k(),
             routing: Routing::default(),
             load_balance: default_load_balance(),
+            balance: Balance::default(),
             router_z_loss: 0.0,
             freeze_experts: false,
             split: 1,
@@ -51,7 +54,7 @@ impl MoeOptions {
     /// The merged model's MoE config for `members` FFNs. Destructures both structs, so a
     /// field added to either fails to compile here until it is mapped.
     pub fn to_moe_config(&self, members: usize, d_ff: usize) -> MoeConfig {
-        let Self { top_k, routing, load_balance, router_z_loss, freeze_experts, split, router_init: _, seed: _ } = self.clone();
+        let Self { top_k, routing, load_balance, balance, router_z_loss, freeze_experts, split, router_init: _, seed: _ } = self.clone();
         let split = split.max(1);
         MoeConfig {
             num_experts: members * split,
@@ -60,6 +63,7 @@ impl MoeOptions {
             layers: None,
             expert_d_ff: (split > 1).then_some(d_ff / split),
             load_balance,
+            balance,
             router_z_loss,
             freeze_experts,
         }

@@ -153,7 +153,10 @@ impl LanguageModel {
     pub fn training_loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>, ctx: RoutingContext) -> TrainingLoss {
         let (logits, aux) = self.forward_with_aux(inputs, ctx);
         let lm = token_log_probs(logits, targets).mean().neg();
-        let aux_loss = aux.iter().map(|a| a.loss.clone()).reduce(|a, b| a + b);
+        let mut aux_loss = aux.iter().map(|a| a.loss.clone()).reduce(|a, b| a + b);
+        if let Some(pooled) = self.pooled_balancing_loss(&aux) {
+            aux_loss = aux_loss.map(|a| a + pooled);
+        }
         TrainingLoss { lm, aux: aux_loss, layers: aux }
     }
 }
@@ -165,6 +168,25 @@ pub struct KvCache {
     pub layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
     /// Positions cached.
     pub len: usize,
+}
+
+impl LanguageModel {
+    /// transformers' Mixtral load balancing over every MoE layer's tokens pooled:
+    /// alpha * E * sum_i f_i P_i, f_i = assignments to expert i / (layers * tokens) (all k
+    /// slots), P_i = mean router probability of expert i. None unless the config asks for it.
+    pub fn pooled_balancing_loss(&self, aux: &[MoeAux]) -> Option<Tensor<1>> {
+        let config = self.layers.iter().find_map(|b| b.block_sparse_moe.as_ref()).map(|m| &m.config)?;
+        if config.balance != super::moe_config::Balance::Mixtral || config.load_balance == 0.0 || aux.is_empty() {
+            return None;
+        }
+        let rows: usize = aux.iter().map(|a| a.tokens).sum();
+        let experts = aux[0].requested.len();
+        let counts: Vec<f32> = (0..experts).map(|e| aux.iter().map(|a| a.requested[e]).sum::<usize>() as f32 / rows as f32).collect();
+        let device = aux[0].router_prob_sum.device();
+        let f = Tensor::<1>::from_data(TensorData::new(counts, [experts]), &device);
+        let p = aux.iter().map(|a| a.router_prob_sum.clone()).reduce(|a, b| a + b)? / rows as f64;
+        Some((f * p).sum() * (config.load_balance * experts as f64))
+    }
 }
 
 pub struct TrainingLoss {

@@ -10,11 +10,12 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
+use burn::tensor::activation::softmax;
 
 use super::ffn::FeedForward;
 use super::init::linear;
 use super::load_balance::{load_balancing_loss, router_z_loss};
-use super::moe_config::{MoeConfig, Routing};
+use super::moe_config::{Balance, MoeConfig, Routing};
 use super::router::{Selection, argmax_gates, gumbel_temperature, sample_top1_gates, soft_gates, switch_gates, topk_gates};
 
 /// What the forward pass needs to know about the run.
@@ -37,6 +38,13 @@ pub struct MoeAux {
     pub dropped: usize,
     /// All token-expert assignments.
     pub assignments: usize,
+    /// Assignments each expert was chosen for, before capacity drops (Mixtral's balancing
+    /// counts these).
+    pub requested: Vec<usize>,
+    /// `[E]`: the router probabilities softmax(W x) summed over this layer's tokens.
+    pub router_prob_sum: Tensor<1>,
+    /// Tokens this layer routed.
+    pub tokens: usize,
     /// `[tokens, k]`: the experts each token was routed to (top-k: largest gate first; soft:
     /// every expert). A device tensor, read only by whoever shows routing per token.
     pub experts: Tensor<2, Int>,
@@ -86,13 +94,18 @@ impl MoeLayer {
         let dispatched = self.dispatch(x, &selection);
 
         let mut loss = Tensor::<1>::zeros([1], &logits.device());
-        if self.config.load_balance > 0.0 {
+        // Mixtral's balancing pools every layer: the model adds it (LanguageModel::training_loss).
+        let router_prob_sum = softmax(logits.clone(), 1).sum_dim(0).reshape([self.experts.len()]);
+        if self.config.load_balance > 0.0 && self.config.balance == Balance::PerLayer {
             loss = loss + load_balancing_loss(logits.clone(), selection.dense_gates(self.experts.len()), self.config.load_balance);
         }
         if self.config.router_z_loss > 0.0 {
             loss = loss + router_z_loss(logits, self.config.router_z_loss);
         }
         let aux = MoeAux {
+            requested: dispatched.requested,
+            router_prob_sum,
+            tokens: batch * seq,
             experts: selection.experts.clone(),
             loss,
             expert_tokens: dispatched.expert_tokens,
@@ -183,13 +196,15 @@ impl MoeLayer {
             let weighted = Tensor::cat(outputs, 0) * row_gate.unsqueeze_dim(1);
             Tensor::<2>::zeros([tokens, d_model], &device).select_assign(0, row_token, weighted, IndexingUpdateOp::Add)
         };
-        Dispatched { output, expert_tokens: counts, dropped: assignments - kept, assignments }
+        let requested = wanted.iter().map(|&c| c as usize).collect();
+        Dispatched { output, expert_tokens: counts, requested, dropped: assignments - kept, assignments }
     }
 }
 
 struct Dispatched {
     output: Tensor<2>,
     expert_tokens: Vec<usize>,
+    requested: Vec<usize>,
     dropped: usize,
     assignments: usize,
 }

@@ -35,6 +35,20 @@ fn default_tau_decay() -> f64 {
     1e-3
 }
 
+/// How the load-balancing weight `load_balance` is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Balance {
+    /// BTX's: alpha * E * sum_i u_i p_i in every MoE layer, with u_i the mean routed gate
+    /// value, summed over layers.
+    #[default]
+    PerLayer,
+    /// transformers' Mixtral (`load_balancing_loss_func`): one loss over every layer's
+    /// tokens pooled, alpha * E * sum_i f_i P_i, with f_i the share of top-k assignments to
+    /// expert i (hard counts) and P_i the mean router probability. What an imported Mixtral
+    /// was trained with (`router_aux_loss_coef` = alpha).
+    Mixtral,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MoeConfig {
@@ -53,6 +67,9 @@ pub struct MoeConfig {
     /// Load-balancing weight alpha (0 turns it off).
     #[serde(default = "default_load_balance")]
     pub load_balance: f64,
+    /// How alpha is applied: per layer (BTX) or pooled over layers (Mixtral).
+    #[serde(default)]
+    pub balance: Balance,
     /// Router z-loss weight (0 turns it off).
     #[serde(default)]
     pub router_z_loss: f64,
@@ -80,6 +97,7 @@ impl MoeConfig {
             layers: None,
             expert_d_ff: None,
             load_balance: default_load_balance(),
+            balance: Balance::PerLayer,
             router_z_loss: 0.0,
             freeze_experts: false,
         }
