@@ -44,6 +44,11 @@ pub struct Recipe {
     /// training FLOPs as the experts and the BTX finetune together (a compute-matched baseline).
     #[serde(default)]
     pub dense_baseline: bool,
+    /// Also train a data-matched dense model: the seed continued on the same tokens per
+    /// domain, in total, as the BTX model saw after the seed (every expert's data and the
+    /// finetune mixture), for as many steps.
+    #[serde(default)]
+    pub data_matched_baseline: bool,
     /// Give every upcycling finetune as many training FLOPs as the experts and the BTX
     /// finetune together, so BTX and upcycling compare at matched compute.
     #[serde(default)]

@@ -251,6 +251,40 @@ impl Plan<'_> {
         Ok(Some(self.train_stage("dense", &config, Some(seed))?))
     }
 
+    /// The data-matched dense baseline: the seed continued for the experts' and the
+    /// finetune's steps together, on the mixture that gives each domain the share of tokens
+    /// those steps gave it (`data_matched_mixture`).
+    pub fn dense_data_stage(&self, seed: &Path) -> Result<Option<Stage>> {
+        let r = self.recipe;
+        if !r.data_matched_baseline {
+            return Ok(None);
+        }
+        let steps = r.experts.iter().map(|e| e.steps).sum::<usize>() + r.finetune.steps;
+        let mixture = self.data_matched_mixture();
+        let config = self.train_config(r.model.clone(), Some(&mixture), steps, Some(seed.to_path_buf()), None);
+        Ok(Some(self.train_stage("dense-data", &config, Some(seed))?))
+    }
+
+    /// Tokens per domain after the seed, as steps: each expert's steps split by its data
+    /// weights, plus the finetune's steps split by its mixture (every domain alike if none).
+    pub fn data_matched_mixture(&self) -> Vec<(String, f64)> {
+        let r = self.recipe;
+        let everything: Vec<(String, f64)> = r.domains.iter().map(|d| (d.name.clone(), 1.0)).collect();
+        let finetune = r.finetune.mixture.as_deref().unwrap_or(&everything);
+        let parts = r.experts.iter().map(|e| (e.steps, e.data.as_slice())).chain([(r.finetune.steps, finetune)]);
+        let mut steps: Vec<(String, f64)> = r.domains.iter().map(|d| (d.name.clone(), 0.0)).collect();
+        for (n, mixture) in parts {
+            let total: f64 = mixture.iter().map(|(_, w)| w).sum();
+            for (name, w) in mixture {
+                if let Some(slot) = steps.iter_mut().find(|(d, _)| d == name) {
+                    slot.1 += n as f64 * w / total;
+                }
+            }
+        }
+        steps.retain(|(_, s)| *s > 0.0);
+        steps
+    }
+
     fn tokens_per_step(&self) -> f64 {
         (self.recipe.batch_size * self.recipe.seq_len) as f64
     }
@@ -324,6 +358,9 @@ impl Plan<'_> {
         }
         if r.dense_baseline {
             list.push((Entry::new("dense", EntryKind::Final, with_seed(vec!["dense".into()])), self.dir("dense")));
+        }
+        if r.data_matched_baseline {
+            list.push((Entry::new("dense (data-matched)", EntryKind::Final, with_seed(vec!["dense-data".into()])), self.dir("dense-data")));
         }
         let data = self.eval_data_path();
         let e = &r.eval;
@@ -403,6 +440,9 @@ impl Plan<'_> {
         if r.dense_baseline {
             nodes.push(node("dense".into(), seed.iter().chain(&budget).cloned().collect()));
         }
+        if r.data_matched_baseline {
+            nodes.push(node("dense-data".into(), seed.clone()));
+        }
         let (seed_dir, _) = self.seed()?;
         let producers: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let mut evals = Vec::new();
@@ -431,6 +471,7 @@ impl Plan<'_> {
                 None => None,
             },
             "dense" => self.dense_stage(&seed)?,
+            "dense-data" => self.dense_data_stage(&seed)?,
             "eval" => find(self.entries(&seed).into_iter().map(|(_, s)| s).collect()),
             _ => None,
         };

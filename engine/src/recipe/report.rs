@@ -72,6 +72,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut md = format!("# Recipe report: {name}\n\n");
     write_table(&mut md, &rows, &stages)?;
+    write_baselines(&mut md, plan)?;
     write_drops(&mut md, plan, &rows)?;
     write_winners(&mut md, &rows)?;
     let mut figures = Figures::new();
@@ -144,6 +145,30 @@ fn write_drops(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
+/// What each baseline was matched to.
+fn write_baselines(md: &mut String, plan: &Plan<'_>) -> Result<()> {
+    let r = plan.recipe;
+    let mut lines = Vec::new();
+    if r.dense_baseline {
+        lines.push("**dense**: compute-matched, the seed continued on the finetune mixture for the training FLOPs of every expert plus the BTX finetune.".to_string());
+    }
+    if r.data_matched_baseline {
+        let tokens_per_step = (r.batch_size * r.seq_len) as f64;
+        let per_domain: Vec<String> = plan.data_matched_mixture().iter().map(|(d, steps)| format!("{d} {:.0} tokens", steps * tokens_per_step)).collect();
+        lines.push(format!("**dense (data-matched)**: the seed continued on the same tokens per domain as the BTX model saw after the seed (experts and finetune): {}.", per_domain.join(", ")));
+    }
+    if r.match_flops && r.merges.iter().any(|m| matches!(m.method, super::config::MergeMethod::Upcycle { .. })) {
+        lines.push("**upcycling**: compute-matched, finetuned for the training FLOPs of every expert plus the BTX finetune.".to_string());
+    }
+    if !lines.is_empty() {
+        writeln!(md, "\nBaselines:\n")?;
+        for l in lines {
+            writeln!(md, "- {l}")?;
+        }
+    }
+    Ok(())
+}
+
 /// Which final model wins each domain and the mean (omitted when there is one final model).
 fn write_winners(md: &mut String, rows: &[Row]) -> Result<()> {
     let finals: Vec<&Row> = rows.iter().filter(|r| r.entry.kind == EntryKind::Final).collect();
@@ -185,7 +210,7 @@ fn training_stages(plan: &Plan<'_>) -> Vec<String> {
         .into_iter()
         .chain(plan.recipe.experts.iter().map(|e| format!("experts/{}", e.name)))
         .chain(plan.recipe.merges.iter().map(|m| format!("finetune/{}", m.name)))
-        .chain(["dense".to_string()])
+        .chain(["dense".to_string(), "dense-data".to_string()])
         .collect()
 }
 
