@@ -300,6 +300,7 @@ fn merge_requests_are_checked_by_one_set_of_rules() {
         noise: 0.0,
         options: MoeOptions { router_init, ..Default::default() },
         router_data: vec![],
+        member: 0,
     };
     let err = |r: MergeRequest| format!("{:#}", r.check().unwrap_err());
     assert!(err(request(MergeMethod::Upcycle, &["s"], None, RouterInit::Hidden)).contains("cannot tell them apart"));
@@ -332,4 +333,27 @@ fn a_merge_carries_its_members_tokenizer() {
     assert!(ok, "{stderr}");
     let names: Vec<String> = btx::merge::expert_names(&dir.path().join("moe")).unwrap();
     assert_eq!(names, ["e0", "e1"]);
+}
+
+/// The merge diagnosis: a member's FFN in the averaged shared weights is that member when
+/// the members are identical; its FFN is the member's own; drift is zero from itself.
+#[test]
+fn transplant_keeps_one_ffn_and_averages_the_rest() {
+    use btx::merge::diagnosis::{drift, transplant};
+    let dir = tempfile::tempdir().unwrap();
+    let a = seed_checkpoint(dir.path(), "a", 1);
+    let same = [seed_checkpoint(dir.path(), "a1", 1), seed_checkpoint(dir.path(), "a2", 1)];
+    let (_, tensors) = transplant(&same, 1, None).unwrap().into_tensors().unwrap();
+    assert_eq!(tensors, btx::checkpoint::tensor_file::read_tensors(&a.path.join("model.safetensors")).unwrap());
+    let mixed = [seed_checkpoint(dir.path(), "b", 2), seed_checkpoint(dir.path(), "c", 3)];
+    let (_, tensors) = transplant(&mixed, 1, None).unwrap().into_tensors().unwrap();
+    let ffn = "model.layers.1.mlp.down_proj.weight";
+    assert_eq!(tensors[ffn], mixed[1].read(ffn).unwrap());
+    let attn = "model.layers.0.self_attn.k_proj.weight";
+    let (x, y) = (mixed[0].read(attn).unwrap(), mixed[1].read(attn).unwrap());
+    let mean: Vec<f32> = x.values.iter().zip(&y.values).map(|(p, q)| ((*p as f64 + *q as f64) / 2.0) as f32).collect();
+    assert!(max_abs_diff(&tensors[attn].values, &mean) < 1e-7);
+    let d = drift(&[&same[0], &mixed[0]], &a, None).unwrap();
+    assert_eq!(d[0].from_seed, 0.0);
+    assert!(d[1].from_seed > 0.1 && d[0].from_average > 0.0 && (d[0].from_average - d[1].from_average).abs() < 0.05, "{d:?}");
 }

@@ -45,6 +45,7 @@ fn recipe_text(dir: &Path, experts: &[(&str, &str)], expert_steps: usize) -> Str
     finetune: (steps: 6),
     dense_baseline: true,
     data_matched_baseline: true,
+    diagnose_merge: true,
     eval: (batches: 1, arithmetic_problems: 2, ensemble_prior_sequences: 2, ensemble_sequences: 4),
 )"#,
         tokenizer = tokenizer.display(),
@@ -116,6 +117,10 @@ fn a_rerun_skips_finished_stages_and_a_new_or_changed_expert_reruns_only_its_dep
     // The data-matched baseline sees what BTX saw after the seed: english 8 + 6/3 steps,
     // code 8 + 2, arithmetic 2, at 4 x 32 tokens a step.
     assert!(report.contains("**dense (data-matched)**: the seed continued on the same tokens per domain as the BTX model saw after the seed (experts and finetune): english 1280 tokens, code 1280 tokens, arithmetic 256 tokens."), "{report}");
+    let diagnosis = report.split("## Merge diagnosis").nth(1).unwrap_or_else(|| panic!("no diagnosis:\n{report}"));
+    for member in ["| en | english |", "| code | code |", "| generalist | mean |"] {
+        assert!(diagnosis.contains(member), "diagnosis lacks {member}:\n{diagnosis}");
+    }
     let dense_data: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("dense-data/manifest.json")).unwrap()).unwrap();
     assert_eq!(dense_data["tokens"], 22 * 128);
     // Switch at capacity 0.5 drops half the assignments or more: the report says how many.

@@ -32,6 +32,9 @@ pub struct MergeArgs {
     /// order, then the seed), whose data describes its domain.
     #[arg(long, num_args = 1..)]
     router_data: Vec<PathBuf>,
+    /// transplant: the member whose FFN is kept (0-based; the seed, if given, last).
+    #[arg(long, default_value_t = 0)]
+    member: usize,
     #[arg(long)]
     out: PathBuf,
 }
@@ -47,6 +50,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
         noise: args.noise,
         options,
         router_data: args.router_data,
+        member: args.member,
     };
     let config = request.run(&args.out)?;
     eprintln!(

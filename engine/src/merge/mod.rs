@@ -8,6 +8,7 @@
 //! not need four 7B models in memory).
 
 pub mod average;
+pub mod diagnosis;
 pub mod mix;
 pub mod plan;
 pub mod request;

@@ -21,6 +21,9 @@ pub enum MergeMethod {
     Upcycle,
     /// BTM parameter average of every tensor.
     Average,
+    /// A diagnosis: one member's FFN (--member) inside the members' averaged other weights,
+    /// as a dense model (what the BTX MoE computes when every token goes to that expert).
+    Transplant,
 }
 
 /// Data-initialised router rows describe each expert's domain; upcycled copies are
@@ -49,6 +52,8 @@ pub struct MergeRequest {
     /// With data-initialised routers: each member's training config (experts in order, then
     /// the seed), whose data describes its domain.
     pub router_data: Vec<PathBuf>,
+    /// transplant: the member whose FFN is kept (0-based, the seed last).
+    pub member: usize,
 }
 
 impl MergeRequest {
@@ -71,6 +76,9 @@ impl MergeRequest {
                     bail!("--num-experts must be at least 1");
                 }
             }
+            MergeMethod::Transplant if self.member >= self.members().len() => {
+                bail!("--member {}: there are {} members (0-based, the seed last)", self.member, self.members().len())
+            }
             MergeMethod::Average if self.seed.is_some() => {
                 bail!("--seed keeps a generalist expert in a btx merge; to average the seed too, list it in --experts")
             }
@@ -80,7 +88,7 @@ impl MergeRequest {
             bail!("--noise must be a finite number >= 0, found {}", self.noise);
         }
         check_router_init(self.method, self.options.router_init)?;
-        let uses_router_data = self.method != MergeMethod::Average && self.options.router_init != RouterInit::Random;
+        let uses_router_data = matches!(self.method, MergeMethod::Btx | MergeMethod::Upcycle) && self.options.router_init != RouterInit::Random;
         if uses_router_data && self.router_data.len() != self.members().len() {
             bail!(
                 "router_init {:?} needs one training config per member in --router-data (experts in order, then the seed): {} members, {} configs",
@@ -101,6 +109,7 @@ impl MergeRequest {
         let inputs = self.experts.iter().map(|p| MergeInput::load(p)).collect::<Result<Vec<_>>>()?;
         let seed = self.seed.as_ref().map(|p| MergeInput::load(p)).transpose()?;
         let directions = match self.options.router_init {
+            _ if !matches!(self.method, MergeMethod::Btx | MergeMethod::Upcycle) => None,
             RouterInit::Random => None,
             mode => Some(router_data::router_directions(&self.members(), &self.router_data, mode, &burn::prelude::Device::flex())?),
         };
@@ -109,6 +118,12 @@ impl MergeRequest {
             MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights, &self.options, directions)?,
             MergeMethod::Upcycle => upcycle(&inputs[0], self.num_experts, self.noise, &self.options, directions)?,
             MergeMethod::Average => average(&inputs, weights)?,
+            MergeMethod::Transplant => {
+                let members: Vec<MergeInput> = inputs.into_iter().chain(seed).collect();
+                let plan = super::diagnosis::transplant(&members, self.member, weights)?;
+                plan.write(out, &[])?;
+                return Ok(plan.config.clone());
+            }
         };
         let sources: Vec<String> = self.members().iter().map(|p| p.display().to_string()).collect();
         let record = serde_json::json!({
@@ -132,7 +147,7 @@ impl MergeRequest {
     /// experts get ".0", ".1", ... Empty for an average (no experts).
     fn expert_names(&self, inputs: &[MergeInput], seed: Option<&MergeInput>) -> Vec<String> {
         let whole: Vec<String> = match self.method {
-            MergeMethod::Average => return vec![],
+            MergeMethod::Average | MergeMethod::Transplant => return vec![],
             MergeMethod::Upcycle => (0..self.num_experts).map(|e| format!("copy {e}")).collect(),
             MergeMethod::Btx => inputs.iter().map(|i| run_name(&i.path)).chain(seed.map(|_| "generalist".to_string())).collect(),
         };
@@ -146,7 +161,7 @@ impl MergeRequest {
 
 /// The name of the run a checkpoint belongs to: `RUN` for `RUN/checkpoints/step-N`, else the
 /// folder's own name.
-fn run_name(checkpoint: &Path) -> String {
+pub(crate) fn run_name(checkpoint: &Path) -> String {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     match checkpoint.parent() {
         Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => parent.parent().map(name).unwrap_or_default(),

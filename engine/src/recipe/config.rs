@@ -49,6 +49,10 @@ pub struct Recipe {
     /// finetune mixture), for as many steps.
     #[serde(default)]
     pub data_matched_baseline: bool,
+    /// Diagnose the BTX merge: each member's FFN inside the averaged shared weights, as a
+    /// dense model evaluated beside the expert, and how far the shared weights drifted.
+    #[serde(default)]
+    pub diagnose_merge: bool,
     /// Give every upcycling finetune as many training FLOPs as the experts and the BTX
     /// finetune together, so BTX and upcycling compare at matched compute.
     #[serde(default)]

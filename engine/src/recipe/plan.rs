@@ -33,6 +33,8 @@ pub enum EntryKind {
     /// A model the comparison is about: a finetuned merge, an average, an ensemble, the
     /// dense baseline.
     Final,
+    /// A diagnosis of the BTX merge: one member's FFN in the averaged shared weights.
+    Diagnosis,
 }
 
 impl EntryKind {
@@ -42,6 +44,7 @@ impl EntryKind {
             Self::Expert => "expert",
             Self::Merge => "merge",
             Self::Final => "final",
+            Self::Diagnosis => "diagnosis",
         }
     }
 
@@ -217,6 +220,38 @@ impl Plan<'_> {
         Ok(stages)
     }
 
+    /// The members of BTX's MiX, in merge order: (name, checkpoint folder); the seed last when
+    /// it is kept as the generalist.
+    pub fn btx_members(&self, seed: &Path) -> Vec<(String, PathBuf)> {
+        let r = self.recipe;
+        let experts = r.experts.iter().map(|e| (e.name.clone(), self.dir(&format!("experts/{}", e.name))));
+        experts.chain(r.keep_seed.then(|| ("generalist".to_string(), seed.to_path_buf()))).collect()
+    }
+
+    /// The merge diagnosis stages: for each BTX member, its FFN inside the averaged shared
+    /// weights (`btx merge --method transplant`).
+    pub fn diagnosis_stages(&self, seed: &Path) -> Vec<Stage> {
+        if !self.recipe.diagnose_merge {
+            return vec![];
+        }
+        let members = self.btx_members(seed);
+        let experts: Vec<String> = self.recipe.experts.iter().map(|e| self.dir(&format!("experts/{}", e.name)).display().to_string()).collect();
+        members
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let dir = self.dir(&format!("diagnosis/{name}"));
+                let mut args = strings(&["merge", "--method", "transplant", "--member", &i.to_string(), "--out", &dir.display().to_string(), "--experts"]);
+                args.extend(experts.iter().cloned());
+                if self.recipe.keep_seed {
+                    args.extend(strings(&["--seed", &seed.display().to_string()]));
+                }
+                let inputs = members.iter().map(|(_, p)| model_file(p)).collect();
+                Stage { name: format!("diagnosis/{name}"), dir, args, config: None, inputs }
+            })
+            .collect()
+    }
+
     /// Finetune stages of the MoE merges (their model configs come from the merged folders).
     pub fn finetune_stages(&self) -> Result<Vec<Stage>> {
         self.recipe.merges.iter().filter(|m| m.method.is_moe()).map(|m| self.finetune_stage(m)).collect()
@@ -362,6 +397,10 @@ impl Plan<'_> {
         if r.data_matched_baseline {
             list.push((Entry::new("dense (data-matched)", EntryKind::Final, with_seed(vec!["dense-data".into()])), self.dir("dense-data")));
         }
+        for (name, _) in if r.diagnose_merge { self.btx_members(seed) } else { vec![] } {
+            let label = format!("{name} in averaged shared weights");
+            list.push((Entry::new(label, EntryKind::Diagnosis, with_seed(experts.clone())), self.dir(&format!("diagnosis/{name}"))));
+        }
         let data = self.eval_data_path();
         let e = &r.eval;
         let mut out: Vec<(Entry, Stage)> = list
@@ -443,6 +482,11 @@ impl Plan<'_> {
         if r.data_matched_baseline {
             nodes.push(node("dense-data".into(), seed.clone()));
         }
+        if r.diagnose_merge {
+            let (seed_dir, _) = self.seed()?;
+            let after: Vec<String> = experts.iter().chain(if r.keep_seed { seed.as_slice() } else { &[] }).cloned().collect();
+            nodes.extend(self.diagnosis_stages(&seed_dir).into_iter().map(|s| node(s.name, after.clone())));
+        }
         let (seed_dir, _) = self.seed()?;
         let producers: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
         let mut evals = Vec::new();
@@ -472,6 +516,7 @@ impl Plan<'_> {
             },
             "dense" => self.dense_stage(&seed)?,
             "dense-data" => self.dense_data_stage(&seed)?,
+            "diagnosis" => find(self.diagnosis_stages(&seed)),
             "eval" => find(self.entries(&seed).into_iter().map(|(_, s)| s).collect()),
             _ => None,
         };

@@ -73,6 +73,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     let mut md = format!("# Recipe report: {name}\n\n");
     write_table(&mut md, &rows, &stages)?;
     write_baselines(&mut md, plan)?;
+    write_diagnosis(&mut md, plan, &rows)?;
     write_drops(&mut md, plan, &rows)?;
     write_winners(&mut md, &rows)?;
     let mut figures = Figures::new();
@@ -101,7 +102,7 @@ fn write_table(md: &mut String, rows: &[Row], stages: &[Manifest]) -> Result<()>
     writeln!(md, "| model | tokens | train FLOPs | {} | mean | arithmetic exact match |", domain_names.join(" | "))?;
     writeln!(md, "|---|---:|---:|{}---:|---:|", "---:|".repeat(domain_names.len()))?;
     let bold = |best: bool, v: f64| if best { format!("**{v:.2}**") } else { format!("{v:.2}") };
-    for r in rows {
+    for r in rows.iter().filter(|r| r.entry.kind != EntryKind::Diagnosis) {
         let is_final = r.entry.kind == EntryKind::Final;
         let cells: Vec<String> = r
             .eval
@@ -141,6 +142,50 @@ fn write_drops(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
     for (r, eval, train) in dropping {
         let train = train.map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
         writeln!(md, "| {} | {:.2} | {:.1}% | {train} |", r.entry.label, r.mean_loss().exp(), eval * 100.0)?;
+    }
+    Ok(())
+}
+
+/// The BTX merge diagnosis: how far each member's shared (non-FFN) weights drifted from the
+/// seed and from their average, and each member's perplexity on its own domain alone, then
+/// with its FFN inside the averaged shared weights (what MiX builds), then through the MoE.
+fn write_diagnosis(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+    let r = plan.recipe;
+    let Some(btx) = r.merges.iter().find(|m| m.method == super::config::MergeMethod::Btx).filter(|_| r.diagnose_merge) else {
+        return Ok(());
+    };
+    let (seed, _) = plan.seed()?;
+    let members = plan.btx_members(&seed);
+    let inputs = members.iter().map(|(_, p)| crate::merge::MergeInput::load(p)).collect::<Result<Vec<_>>>()?;
+    let seed_input = crate::merge::MergeInput::load(&seed)?;
+    let drifts = crate::merge::diagnosis::drift(&inputs.iter().collect::<Vec<_>>(), &seed_input, None)?;
+    let row = |label: &str| rows.iter().find(|r| r.entry.label == label);
+    // Perplexity on a member's own domain (its largest data weight), or the mean for the seed.
+    let own = |name: &str| r.experts.iter().find(|e| e.name == name).and_then(|e| e.data.iter().max_by(|a, b| a.1.total_cmp(&b.1))).map(|d| d.0.clone());
+    let ppl = |row: Option<&Row>, domain: &Option<String>| -> String {
+        let Some(row) = row else { return "-".into() };
+        match domain {
+            Some(d) => row.eval.domains.iter().find(|x| &x.domain == d).map_or("-".into(), |x| format!("{:.2}", x.perplexity)),
+            None => format!("{:.2}", row.mean_loss().exp()),
+        }
+    };
+    writeln!(md, "\n## Merge diagnosis\n")?;
+    writeln!(md, "Shared weights = every non-FFN tensor (attention, norms, embeddings), which MiX averages. Drift = ||member - other|| / ||other|| over all of them. Perplexity on the member's own domain (the seed: mean over domains): the member alone, its FFN inside the averaged shared weights (the MoE when every token goes to it), and the BTX model `{}` before and after its finetune.\n", btx.name)?;
+    writeln!(md, "| member | domain | drift from seed | drift from average | alone | in averaged shared weights | BTX before finetune | BTX |\n|---|---|---:|---:|---:|---:|---:|---:|")?;
+    for ((name, _), d) in members.iter().zip(&drifts) {
+        let domain = own(name);
+        let alone = if name == "generalist" { row("seed") } else { row(&format!("expert {name}")) };
+        writeln!(
+            md,
+            "| {name} | {} | {:.3} | {:.3} | {} | {} | {} | {} |",
+            domain.as_deref().unwrap_or("mean"),
+            d.from_seed,
+            d.from_average,
+            ppl(alone, &domain),
+            ppl(row(&format!("{name} in averaged shared weights")), &domain),
+            ppl(row(&format!("{} (before finetune)", btx.name)), &domain),
+            ppl(row(&btx.name), &domain),
+        )?;
     }
     Ok(())
 }
@@ -270,7 +315,7 @@ fn write_pipeline(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut 
     if series.is_empty() {
         return Ok(());
     }
-    let evaluated: Vec<&Row> = rows.iter().filter(|r| r.entry.kind != EntryKind::Expert).collect();
+    let evaluated: Vec<&Row> = rows.iter().filter(|r| !matches!(r.entry.kind, EntryKind::Expert | EntryKind::Diagnosis)).collect();
     series.push(Series {
         label: "validation loss (mean of the domains)".into(),
         points: evaluated.iter().map(|r| (r.flops, r.mean_loss())).collect(),
