@@ -259,3 +259,26 @@ fn a_recipe_can_start_from_an_existing_seed_checkpoint() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| seed |") && report.contains("expert en"), "{report}");
 }
+
+/// With `seeds`, the recipe runs once per seed and the report gives each model's range
+/// across them, calling overlapping ranges ties.
+#[test]
+fn a_recipe_over_seeds_reports_spreads_and_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let text = recipe_text(dir.path(), &[("en", "english")], 4)
+        .replace("    seed: 3,\n", "    seed: 3,\n    seeds: [1, 2],\n")
+        .replace("    data_matched_baseline: true,\n    diagnose_merge: true,\n", "");
+    assert!(text.contains("seeds: [1, 2]"));
+    let (ok, stderr) = run_recipe(dir.path(), &text, &out);
+    assert!(ok, "{stderr}");
+    for seed in [1, 2] {
+        assert!(out.join(format!("seed-{seed}/report.md")).is_file());
+    }
+    // Different seeds, different models: the two runs' seeds differ in their weights.
+    assert_ne!(weights(&out.join("seed-1/seed")), weights(&out.join("seed-2/seed")));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("across 2 seeds") && report.contains("| btx |"), "{report}");
+    let verdicts = report.lines().filter(|l| l.starts_with("- ") && (l.contains(" wins ") || l.contains(" ties with "))).count();
+    assert_eq!(verdicts, 4, "one verdict for the mean and each of 3 domains:\n{report}");
+}

@@ -92,10 +92,25 @@ pub fn run(command: RecipeCommand) -> Result<()> {
             match scheduler {
                 Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()? }),
                 Scheduler::Slurm => {
-                    let plan = Plan { recipe: &parsed, out, device };
                     let options = SlurmOptions { partition, gpus_per_job, time, sbatch_args: sbatch_arg, dry_run };
-                    let jobs = submit(&plan, &resolve(&recipe), &btx()?, &options)?;
-                    if stay && !dry_run { wait(&plan, &jobs) } else { Ok(()) }
+                    // Every seed's run is submitted before any is waited for.
+                    let runs = parsed.runs(&out);
+                    let plans: Vec<Plan<'_>> = runs.iter().map(|(r, o)| Plan { recipe: r, out: o.clone(), device }).collect();
+                    let jobs = plans.iter().map(|p| submit(p, &btx()?, &options)).collect::<Result<Vec<_>>>()?;
+                    let nothing_submitted = jobs.iter().all(Vec::is_empty);
+                    if nothing_submitted && !dry_run && !parsed.seeds.is_empty() {
+                        return crate::recipe::seeds::write_report(&out, &parsed.seeds);
+                    }
+                    if !stay || dry_run {
+                        return Ok(());
+                    }
+                    for (plan, jobs) in plans.iter().zip(&jobs) {
+                        wait(plan, jobs)?;
+                    }
+                    if !parsed.seeds.is_empty() {
+                        crate::recipe::seeds::write_report(&out, &parsed.seeds)?;
+                    }
+                    Ok(())
                 }
             }
         }

@@ -26,6 +26,10 @@ pub struct Recipe {
     pub batch_size: usize,
     #[serde(default)]
     pub seed: u64,
+    /// Run the whole recipe once per seed (each into RUN/seed-N/) and report the spread
+    /// across seeds: a difference within it is a tie. Empty: one run with `seed`.
+    #[serde(default)]
+    pub seeds: Vec<u64>,
     /// Where the seed model comes from.
     pub seed_model: SeedModel,
     /// The experts, each trained from the seed on its own data, in its own process.
@@ -158,6 +162,15 @@ impl MergeMethod {
 }
 
 impl Recipe {
+    /// The runs a recipe asks for: itself into `out`, or, with `seeds`, one copy per seed
+    /// into `out/seed-N`.
+    pub fn runs(&self, out: &Path) -> Vec<(Recipe, PathBuf)> {
+        if self.seeds.is_empty() {
+            return vec![(self.clone(), out.to_path_buf())];
+        }
+        self.seeds.iter().map(|&seed| (Recipe { seed, seeds: vec![], ..self.clone() }, out.join(format!("seed-{seed}")))).collect()
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let recipe: Self = read_ron(path)?;
         recipe.validate(&path.display().to_string())?;
@@ -230,6 +243,10 @@ impl Recipe {
         }
         if self.seq_len > self.model.max_seq_len || self.seq_len < 2 {
             bail!("{origin}: field `seq_len` ({}) must be between 2 and `model.max_seq_len` ({})", self.seq_len, self.model.max_seq_len);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.seeds.iter().find(|s| !seen.insert(**s)) {
+            bail!("{origin}: field `seeds` lists {dup} twice");
         }
         if self.batch_size == 0 {
             bail!("{origin}: field `batch_size` must be at least 1");

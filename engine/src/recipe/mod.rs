@@ -5,6 +5,7 @@ pub mod plan;
 pub mod plots;
 pub mod report;
 pub mod runner;
+pub mod seeds;
 pub mod slurm;
 pub mod stage;
 

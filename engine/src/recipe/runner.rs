@@ -13,6 +13,7 @@ use super::plan::{Plan, REPORT_STAGE, StageNode};
 use super::stage::{Manifest, Stage, StageState};
 use crate::device::DeviceArgs;
 
+#[derive(Clone)]
 pub struct RunOptions {
     pub out: PathBuf,
     pub jobs: usize,
@@ -61,8 +62,19 @@ pub fn waves(graph: &[StageNode]) -> Vec<Vec<String>> {
     waves
 }
 
-/// Runs the recipe here: every stage not up to date, wave by wave, `jobs` at a time.
+/// Runs the recipe here (once per seed when it lists `seeds`, then the report across them).
 pub fn run_recipe(recipe: &Recipe, options: &RunOptions) -> Result<()> {
+    for (run, out) in recipe.runs(&options.out) {
+        run_once(&run, &RunOptions { out, ..options.clone() })?;
+    }
+    if !recipe.seeds.is_empty() {
+        super::seeds::write_report(&options.out, &recipe.seeds)?;
+    }
+    Ok(())
+}
+
+/// One run: every stage not up to date, wave by wave, `jobs` at a time.
+fn run_once(recipe: &Recipe, options: &RunOptions) -> Result<()> {
     std::fs::create_dir_all(&options.out).with_context(|| format!("cannot create {}", options.out.display()))?;
     let plan = Plan { recipe, out: options.out.clone(), device: options.device };
     plan.write_eval_data()?;
@@ -82,8 +94,18 @@ pub fn write_report(plan: &Plan<'_>) -> Result<()> {
     super::report::write_report(plan, &plan.entries(&seed))
 }
 
-/// Prints each stage's state (and its Slurm job, if it was submitted to one).
+/// Prints each stage's state (and its Slurm job, if it was submitted to one), per seed.
 pub fn print_status(recipe: &Recipe, out: &Path) -> Result<()> {
+    for (run, dir) in recipe.runs(out) {
+        if !recipe.seeds.is_empty() {
+            println!("seed {} ({}):", run.seed, dir.display());
+        }
+        print_run_status(&run, &dir)?;
+    }
+    Ok(())
+}
+
+fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
     let plan = Plan { recipe, out: out.to_path_buf(), device: DeviceArgs::new(crate::device::DeviceChoice::Auto) };
     for node in plan.graph()? {
         let state = match plan.stage(&node.name) {

@@ -131,7 +131,7 @@ pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, optio
 
 /// Submits every stage that is not up to date (or prints what it would submit), each
 /// waiting for the jobs of the stages it needs; returns the job ids by stage.
-pub fn submit(plan: &Plan<'_>, recipe: &Path, btx: &Path, options: &SlurmOptions) -> Result<Vec<(String, String)>> {
+pub fn submit(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<Vec<(String, String)>> {
     if plan.out.starts_with("/tmp") {
         bail!("{} is under /tmp, which the nodes of a cluster do not share; give --out a folder on a shared file system", plan.out.display());
     }
@@ -139,7 +139,7 @@ pub fn submit(plan: &Plan<'_>, recipe: &Path, btx: &Path, options: &SlurmOptions
     // The jobs read this copy: editing the recipe later cannot change queued jobs.
     let frozen = plan.out.join("recipe.ron");
     if !options.dry_run {
-        write_atomic(&frozen, &std::fs::read(recipe).with_context(|| format!("cannot read {}", recipe.display()))?)?;
+        write_atomic(&frozen, crate::config::to_ron(plan.recipe)?.as_bytes())?;
         plan.write_eval_data()?;
     }
     let graph = plan.graph()?;
