@@ -282,3 +282,30 @@ fn a_recipe_over_seeds_reports_spreads_and_ties() {
     let verdicts = report.lines().filter(|l| l.starts_with("- ") && (l.contains(" wins ") || l.contains(" ties with "))).count();
     assert_eq!(verdicts, 4, "one verdict for the mean and each of 3 domains:\n{report}");
 }
+
+/// The sweep runs the recipe at every (seed steps, expert steps) point and tabulates BTX
+/// minus each baseline.
+#[test]
+fn a_sweep_runs_every_point_and_reports_the_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = recipe_text(dir.path(), &[("en", "english")], 4).replace("    data_matched_baseline: true,\n    diagnose_merge: true,\n", "");
+    let path = dir.path().join("recipe.ron");
+    std::fs::write(&path, text).unwrap();
+    let out = dir.path().join("sweep");
+    let args = ["recipe", "sweep", path.to_str().unwrap(), "--seed-steps", "6", "--expert-steps", "2,3", "--out", out.to_str().unwrap(), "--device", "cpu"];
+    let (ok, stderr) = run_btx(&args, dir.path());
+    assert!(ok, "{stderr}");
+    let seed = |run: &str| weights(&out.join(run).join("experts/en"));
+    assert_ne!(seed("seed-6-experts-2"), seed("seed-6-experts-3"), "the expert steps did not change");
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    for baseline in ["## vs upcycle", "## vs dense"] {
+        let table = md.split(baseline).nth(1).unwrap_or_else(|| panic!("no {baseline}:\n{md}"));
+        let row = table.lines().find(|l| l.starts_with("| 6 |")).unwrap();
+        let gaps: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+        assert_eq!(gaps.len(), 3, "{row}"); // the seed steps and two gaps
+        assert!(gaps[1..].iter().all(|g| g.is_finite()), "{row}");
+    }
+    assert!(image::open(out.join("sweep_vs_dense.png")).is_ok());
+    let (ok, stderr) = run_btx(&["recipe", "sweep", path.to_str().unwrap(), "--seed-steps", "6,x", "--expert-steps", "2"], dir.path());
+    assert!(!ok && stderr.contains("--seed-steps"), "{stderr}");
+}

@@ -53,6 +53,24 @@ pub enum RecipeCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Run the recipe at every (seed steps, expert steps) point and report BTX minus each
+    /// baseline in mean validation log-perplexity (RUN/sweep.md and a heatmap per baseline).
+    Sweep {
+        recipe: PathBuf,
+        /// Seed training lengths, e.g. 100,400,1600.
+        #[arg(long)]
+        seed_steps: String,
+        /// Expert training lengths, e.g. 25,100,400.
+        #[arg(long)]
+        expert_steps: String,
+        /// Sweep folder (default: runs/<recipe name>-sweep).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Each stage's state: complete, partial, stale or pending (and its Slurm job, if any).
     Status {
         recipe: PathBuf,
@@ -113,6 +131,14 @@ pub fn run(command: RecipeCommand) -> Result<()> {
                     Ok(())
                 }
             }
+        }
+        RecipeCommand::Sweep { recipe, seed_steps, expert_steps, out, jobs, device } => {
+            use crate::recipe::sweep::{steps_list, sweep};
+            let parsed = Recipe::load(&recipe)?;
+            let name = recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
+            let out = resolve(&out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-sweep"))));
+            let (seeds, experts) = (steps_list(&seed_steps, "--seed-steps")?, steps_list(&expert_steps, "--expert-steps")?);
+            sweep(&parsed, &seeds, &experts, &RunOptions { out, jobs, device, btx: btx()? })
         }
         RecipeCommand::Status { recipe, out } => print_status(&Recipe::load(&recipe)?, &resolve(&recipe_out(&recipe, out))),
         RecipeCommand::Stage { recipe, out, stage, device } => {

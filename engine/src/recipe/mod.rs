@@ -8,6 +8,7 @@ pub mod runner;
 pub mod seeds;
 pub mod slurm;
 pub mod stage;
+pub mod sweep;
 
 pub use config::Recipe;
 pub use runner::{RunOptions, print_status, run_recipe};

@@ -75,6 +75,8 @@ pub struct Heatmap {
     /// `[panel][row][column]`.
     pub panels: Vec<Vec<Vec<f64>>>,
     pub panel_label: String,
+    /// `[panel][row][column]` text in the cells, when it is not the shaded value itself.
+    pub cell_text: Vec<Vec<Vec<String>>>,
 }
 
 /// A rendered figure: the PNG, its size, and every string drawn on it besides tick values.
@@ -256,7 +258,8 @@ pub fn heatmap(map: &Heatmap) -> Result<Figure> {
                     let (x, y) = (x0 + c as i32 * cell_w, top + r as i32 * cell_h);
                     root.draw(&Rectangle::new([(x, y), (x + cell_w - 2, y + cell_h - 2)], shade(v / max).filled())).map_err(err)?;
                     let ink = if v / max > 0.6 { WHITE } else { BLACK };
-                    root.draw(&Text::new(format!("{v:.2}"), (x + cell_w / 2 - 14, y + 9), (FONT, 14).into_font().color(&ink))).map_err(err)?;
+                    let label = map.cell_text.get(p).and_then(|t| t.get(r)?.get(c)).cloned().unwrap_or_else(|| format!("{v:.2}"));
+                    root.draw(&Text::new(label, (x + cell_w / 2 - 18, y + 9), (FONT, 14).into_font().color(&ink))).map_err(err)?;
                 }
             }
         }
