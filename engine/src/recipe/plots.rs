@@ -77,6 +77,8 @@ pub struct Heatmap {
     pub panel_label: String,
     /// `[panel][row][column]` text in the cells, when it is not the shaded value itself.
     pub cell_text: Vec<Vec<Vec<String>>>,
+    /// What the colour scale measures.
+    pub scale_label: String,
 }
 
 /// A rendered figure: the PNG, its size, and every string drawn on it besides tick values.
@@ -90,7 +92,7 @@ pub struct Figure {
 
 impl Heatmap {
     pub fn texts(&self) -> Vec<&str> {
-        [&self.title, &self.panel_label].into_iter().chain(&self.rows).chain(&self.columns).map(String::as_str).collect()
+        [&self.title, &self.panel_label, &self.scale_label].into_iter().chain(&self.rows).chain(&self.columns).map(String::as_str).collect()
     }
 }
 
@@ -272,7 +274,7 @@ pub fn heatmap(map: &Heatmap) -> Result<Figure> {
         root.draw(&Rectangle::new([(sx, sy), (sx + 18, sy + sh)], BLACK.stroke_width(1))).map_err(err)?;
         root.draw(&Text::new(format!("{max:.2}"), (sx + 24, sy - 6), text(13))).map_err(err)?;
         root.draw(&Text::new("0".to_string(), (sx + 24, sy + sh - 8), text(13))).map_err(err)?;
-        root.draw(&Text::new("share".to_string(), (sx - 4, sy - 26), text(13))).map_err(err)?;
+        root.draw(&Text::new(map.scale_label.clone(), (sx - 4, sy - 26), text(13))).map_err(err)?;
         Ok(())
     })?;
     Ok(figure(png, width, height, map.texts()))

@@ -384,6 +384,7 @@ fn write_routing(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut F
             panels: (0..routing[0].1.len()).map(|l| routing.iter().map(|(_, layers)| layers[l].clone()).collect()).collect(),
             panel_label: if ensemble { "cached prior".into() } else { "layer".into() },
             cell_text: vec![],
+            scale_label: "share".into(),
         };
         let file = format!("routing_{}.png", slug(&r.entry.label));
         save_png(plan, &file, plots::heatmap(&map), figures)?;

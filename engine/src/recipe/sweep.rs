@@ -76,10 +76,11 @@ pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], opti
         let map = Heatmap {
             title: format!("{} minus {baseline}: mean val log-perplexity (nats; < 0: BTX better)", btx.name),
             rows: seed_steps.iter().map(|s| format!("seed {s} steps")).collect(),
-            columns: expert_steps.iter().map(|e| format!("experts {e}")).collect(),
+            columns: expert_steps.iter().map(|e| e.to_string()).collect(),
             // Shaded by how much better BTX is (0 where it is worse); the values are printed.
             panels: vec![values.iter().map(|r| r.iter().map(|v| (-v).max(0.0)).collect()).collect()],
-            panel_label: "darker: BTX further ahead".into(),
+            panel_label: "expert steps (darker: BTX further ahead)".into(),
+            scale_label: "BTX ahead (nats)".into(),
             cell_text: vec![values.iter().map(|r| r.iter().map(|v| format!("{v:+.3}")).collect()).collect()],
         };
         let figure = plots::heatmap(&map)?;
