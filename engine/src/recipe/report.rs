@@ -71,7 +71,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
 
     let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut md = format!("# Recipe report: {name}\n\n");
-    write_table(&mut md, &rows, &stages)?;
+    write_table(&mut md, &rows, &stages, plan.recipe.seed)?;
     write_baselines(&mut md, plan)?;
     write_diagnosis(&mut md, plan, &rows)?;
     write_drops(&mut md, plan, &rows)?;
@@ -92,13 +92,13 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
 }
 
 /// The table: perplexity per domain and mean, tokens, FLOPs; the best final model in bold.
-fn write_table(md: &mut String, rows: &[Row], stages: &[Manifest]) -> Result<()> {
+fn write_table(md: &mut String, rows: &[Row], stages: &[Manifest], seed: u64) -> Result<()> {
     let mut devices: Vec<&str> = stages.iter().filter(|m| m.tokens > 0).map(|m| m.device.as_str()).collect();
     devices.sort();
     devices.dedup();
     let domain_names: Vec<&str> = rows.first().map(|r| r.eval.domains.iter().map(|d| d.domain.as_str()).collect()).unwrap_or_default();
     let finals: Vec<&Row> = rows.iter().filter(|r| r.entry.kind == EntryKind::Final).collect();
-    writeln!(md, "Validation perplexity per domain (lower is better), mean = exp(mean of the domains' losses). Tokens and training FLOPs (6 x active parameters x tokens, plus attention) count every stage that produced the model, the seed's included. Trained on: {}.\n", devices.join(", "))?;
+    writeln!(md, "Validation perplexity per domain (lower is better), mean = exp(mean of the domains' losses). Tokens and training FLOPs (6 x active parameters x tokens, plus attention) count every stage that produced the model, the seed's included. Trained on: {}. One seed ({}): no spread is measured, so small differences may be noise; the recipe field `seeds` runs several and calls differences within their spread ties.\n", devices.join(", "), seed)?;
     writeln!(md, "| model | tokens | train FLOPs | {} | mean | arithmetic exact match |", domain_names.join(" | "))?;
     writeln!(md, "|---|---:|---:|{}---:|---:|", "---:|".repeat(domain_names.len()))?;
     let bold = |best: bool, v: f64| if best { format!("**{v:.2}**") } else { format!("{v:.2}") };
