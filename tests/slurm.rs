@@ -112,7 +112,7 @@ fn recorded_job(run: &Path, stage: &str) -> String {
 fn a_recipe_runs_through_a_real_slurm_and_a_cancelled_expert_resumes() {
     let Some(()) = cluster() else { return };
     let dir = shared_dir("real");
-    let recipe = recipe(&dir, 400);
+    let recipe = recipe(&dir, 3000);
     let r = recipe.to_str().unwrap();
     let local = dir.join("local");
     let (ok, out) = btx(&["recipe", "run", r, "--out", local.to_str().unwrap(), "--device", "cpu"], &dir);
@@ -126,14 +126,17 @@ fn a_recipe_runs_through_a_real_slurm_and_a_cancelled_expert_resumes() {
     let experts: Vec<String> = ["experts/en", "experts/code", "experts/arith"].iter().map(|s| recorded_job(&slurm, s)).collect();
     assert_eq!(experts.iter().collect::<std::collections::HashSet<_>>().len(), 3, "the experts were not separate jobs");
 
-    // Submitted, then the slow expert's job cancelled once it has a checkpoint.
+    // Submitted, then the slow expert's job cancelled once it has a checkpoint and the stages
+    // that do not need it have finished (so the rerun must find them complete, on a busy
+    // machine too).
     let run = dir.join("cancelled");
     let (ok, out) = btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm"], &dir);
     assert!(ok, "{out}");
     let job = recorded_job(&run, "experts/arith");
     let started = std::time::Instant::now();
-    while !run.join("experts/arith/latest").is_file() {
-        assert!(started.elapsed().as_secs() < 300, "experts/arith wrote no checkpoint: {}", btx::recipe::slurm::job_state(&job));
+    let independent_done = || ["eval/expert-en", "eval/expert-code", "eval/seed"].iter().all(|s| run.join(s).join("manifest.json").is_file());
+    while !run.join("experts/arith/latest").is_file() || !independent_done() {
+        assert!(started.elapsed().as_secs() < 300, "experts/arith wrote no checkpoint, or the other evaluations did not finish: {}", btx::recipe::slurm::job_state(&job));
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert!(std::process::Command::new("scancel").arg(&job).status().unwrap().success());
