@@ -90,11 +90,11 @@ pub enum RecipeCommand {
     },
 }
 
-/// `runs/<recipe file stem>` unless `--out` says otherwise.
-fn recipe_out(recipe: &Path, out: Option<PathBuf>) -> PathBuf {
+/// `runs/<recipe file stem><suffix>` unless `--out` says otherwise.
+fn recipe_out(recipe: &Path, out: Option<PathBuf>, suffix: &str) -> PathBuf {
     out.unwrap_or_else(|| {
         let name = recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
-        PathBuf::from("runs").join(name)
+        PathBuf::from("runs").join(format!("{name}{suffix}"))
     })
 }
 
@@ -106,7 +106,7 @@ pub fn run(command: RecipeCommand) -> Result<()> {
     match command {
         RecipeCommand::Run { recipe, out, jobs, device, scheduler, partition, gpus_per_job, time, sbatch_arg, dry_run, wait: stay } => {
             let parsed = Recipe::load(&recipe)?;
-            let out = resolve(&recipe_out(&recipe, out));
+            let out = resolve(&recipe_out(&recipe, out, ""));
             match scheduler {
                 Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()? }),
                 Scheduler::Slurm => {
@@ -135,12 +135,11 @@ pub fn run(command: RecipeCommand) -> Result<()> {
         RecipeCommand::Sweep { recipe, seed_steps, expert_steps, out, jobs, device } => {
             use crate::recipe::sweep::{steps_list, sweep};
             let parsed = Recipe::load(&recipe)?;
-            let name = recipe.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "recipe".into());
-            let out = resolve(&out.unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-sweep"))));
+            let out = resolve(&recipe_out(&recipe, out, "-sweep"));
             let (seeds, experts) = (steps_list(&seed_steps, "--seed-steps")?, steps_list(&expert_steps, "--expert-steps")?);
             sweep(&parsed, &seeds, &experts, &RunOptions { out, jobs, device, btx: btx()? })
         }
-        RecipeCommand::Status { recipe, out } => print_status(&Recipe::load(&recipe)?, &resolve(&recipe_out(&recipe, out))),
+        RecipeCommand::Status { recipe, out } => print_status(&Recipe::load(&recipe)?, &resolve(&recipe_out(&recipe, out, ""))),
         RecipeCommand::Stage { recipe, out, stage, device } => {
             let parsed = Recipe::load(&recipe)?;
             let plan = Plan { recipe: &parsed, out: resolve(&out), device };

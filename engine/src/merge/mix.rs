@@ -120,12 +120,12 @@ pub(crate) fn assemble_moe<'a>(
                 let Some(&shape) = shapes.get(name.as_str()) else { bail!("tensor `{name}` is missing") };
                 let noise = noise.map(|(std, seed)| Noise { std, seed: seed ^ name_hash(&name) ^ (0xC0FFEE + e as u64) });
                 for c in 0..split {
-                    let (cut, piece_shape) = if proj == "down_proj" {
-                        (Cut::Columns { start: c * chunk, len: chunk }, vec![shape[0], chunk])
-                    } else {
-                        (Cut::Rows { start: c * chunk, len: chunk }, vec![chunk, shape[1]])
+                    // The hidden dimension is down_proj's columns and the others' rows.
+                    let (cut, piece_shape) = match (split, proj) {
+                        (1, _) => (Cut::Whole, shape.to_vec()),
+                        (_, "down_proj") => (Cut::Columns { start: c * chunk, len: chunk }, vec![shape[0], chunk]),
+                        _ => (Cut::Rows { start: c * chunk, len: chunk }, vec![chunk, shape[1]]),
                     };
-                    let (cut, piece_shape) = if split == 1 { (Cut::Whole, shape.to_vec()) } else { (cut, piece_shape) };
                     outputs.push(Output {
                         name: expert_tensor_name(layer, e * split + c, proj),
                         shape: piece_shape,

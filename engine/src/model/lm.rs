@@ -7,7 +7,7 @@ use burn::prelude::*;
 use super::block::Block;
 use super::moe::{MoeAux, RoutingContext};
 use super::init::{linear, linear_init, seeded_init};
-use super::rope::rope_tables;
+use super::rope::rope_tables_from;
 use crate::config::ModelConfig;
 
 #[derive(Module, Debug)]
@@ -33,13 +33,13 @@ impl LanguageModel {
         }
     }
 
-    /// RoPE tables for `seq` positions.
-    fn rope(&self, seq: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    /// RoPE tables for positions `start..start + seq`.
+    fn rope(&self, start: usize, seq: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
         let head_dim = self.layers.first().map_or(2, |b| {
             let [d, _] = b.self_attn.q_proj.weight.dims();
             d / b.self_attn.n_heads
         });
-        rope_tables(seq, head_dim, self.rope_theta, device)
+        rope_tables_from(start, seq, head_dim, self.rope_theta, device)
     }
 
     /// A model initialised from `seed` alone (the same on every backend).
@@ -55,7 +55,7 @@ impl LanguageModel {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let mut x = self.embed_tokens.forward(tokens);
-        let (cos, sin) = self.rope(seq, &device);
+        let (cos, sin) = self.rope(0, seq, &device);
         let mut aux = Vec::new();
         for block in &self.layers {
             let (y, layer_aux) = block.forward(x, &cos, &sin, ctx);
@@ -73,7 +73,7 @@ impl LanguageModel {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
         let mut x = self.embed_tokens.forward(tokens);
-        let (cos, sin) = self.rope(seq, &device);
+        let (cos, sin) = self.rope(0, seq, &device);
         let mut inputs = Vec::with_capacity(self.layers.len());
         for block in &self.layers {
             let h = block.attend(x, &cos, &sin);
@@ -107,8 +107,7 @@ impl LanguageModel {
         if cache.layers.len() != self.layers.len() {
             *cache = KvCache { layers: vec![None; self.layers.len()], len: 0 };
         }
-        let (cos, sin) = self.rope(cache.len + seq, &device);
-        let (cos, sin) = (cos.narrow(0, cache.len, seq), sin.narrow(0, cache.len, seq));
+        let (cos, sin) = self.rope(cache.len, seq, &device);
         let mut x = self.embed_tokens.forward(tokens);
         let mut aux = Vec::new();
         for (block, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -182,9 +181,8 @@ impl LanguageModel {
         let rows: usize = aux.iter().map(|a| a.tokens).sum();
         let experts = aux[0].requested.len();
         let counts: Vec<f32> = (0..experts).map(|e| aux.iter().map(|a| a.requested[e]).sum::<usize>() as f32 / rows as f32).collect();
-        let device = aux[0].router_prob_sum.device();
-        let f = Tensor::<1>::from_data(TensorData::new(counts, [experts]), &device);
-        let p = aux.iter().map(|a| a.router_prob_sum.clone()).reduce(|a, b| a + b)? / rows as f64;
+        let p = aux.iter().map(|a| a.router_prob_sum.clone()).reduce(|a, b| Some(a? + b?))?? / rows as f64;
+        let f = Tensor::<1>::from_data(TensorData::new(counts, [experts]), &p.device());
         Some((f * p).sum() * (config.load_balance * experts as f64))
     }
 }

@@ -41,8 +41,9 @@ pub struct MoeAux {
     /// Assignments each expert was chosen for, before capacity drops (Mixtral's balancing
     /// counts these).
     pub requested: Vec<usize>,
-    /// `[E]`: the router probabilities softmax(W x) summed over this layer's tokens.
-    pub router_prob_sum: Tensor<1>,
+    /// `[E]`: the router probabilities softmax(W x) summed over this layer's tokens; computed
+    /// only for Mixtral's pooled balancing.
+    pub router_prob_sum: Option<Tensor<1>>,
     /// Tokens this layer routed.
     pub tokens: usize,
     /// `[tokens, k]`: the experts each token was routed to (top-k: largest gate first; soft:
@@ -94,8 +95,10 @@ impl MoeLayer {
         let dispatched = self.dispatch(x, &selection);
 
         let mut loss = Tensor::<1>::zeros([1], &logits.device());
-        // Mixtral's balancing pools every layer: the model adds it (LanguageModel::training_loss).
-        let router_prob_sum = softmax(logits.clone(), 1).sum_dim(0).reshape([self.experts.len()]);
+        // Mixtral's balancing pools every layer: the model adds it (LanguageModel::training_loss),
+        // from these sums; nothing else needs them.
+        let pooled = self.config.balance == Balance::Mixtral && self.config.load_balance > 0.0;
+        let router_prob_sum = pooled.then(|| softmax(logits.clone(), 1).sum_dim(0).reshape([self.experts.len()]));
         if self.config.load_balance > 0.0 && self.config.balance == Balance::PerLayer {
             loss = loss + load_balancing_loss(logits.clone(), selection.dense_gates(self.experts.len()), self.config.load_balance);
         }

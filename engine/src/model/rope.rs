@@ -7,12 +7,18 @@ use burn::prelude::*;
 
 /// Cosine and sine tables for positions `0..seq_len`, each `[seq_len, head_dim]`.
 pub fn rope_tables(seq_len: usize, head_dim: usize, theta: f64, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    rope_tables_from(0, seq_len, head_dim, theta, device)
+}
+
+/// Cosine and sine tables for positions `start..start + seq_len` (a decoding step needs only
+/// its own position's rows).
+pub fn rope_tables_from(start: usize, seq_len: usize, head_dim: usize, theta: f64, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let half = head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64) as f32)
         .collect();
     let mut angles = Vec::with_capacity(seq_len * head_dim);
-    for t in 0..seq_len {
+    for t in start..start + seq_len {
         // [freqs, freqs]: both halves of a pair share one angle.
         for _ in 0..2 {
             angles.extend(inv_freq.iter().map(|f| t as f32 * f));

@@ -297,12 +297,13 @@ fn write_loss_curves(md: &mut String, plan: &Plan<'_>, figures: &mut Figures) ->
 /// ended, with each evaluated model's mean validation loss at its FLOPs.
 fn write_pipeline(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut Figures) -> Result<()> {
     let flops = |stage: &str| read_manifest(plan, stage).map_or(0.0, |m| m.train_flops);
-    let per_token = |stage: &str| read_manifest(plan, stage).filter(|m| m.tokens > 0).map(|m| m.train_flops / m.tokens as f64);
     let seed_end = flops("seed");
     let experts_end = seed_end + plan.recipe.experts.iter().map(|e| flops(&format!("experts/{}", e.name))).sum::<f64>();
     let mut series = Vec::new();
     for stage in training_stages(plan) {
-        let (Some(curve), Some(fpt)) = (loss_curve(plan, &stage), per_token(&stage)) else { continue };
+        let Some(manifest) = read_manifest(plan, &stage).filter(|m| m.tokens > 0) else { continue };
+        let Some(curve) = loss_curve(plan, &stage) else { continue };
+        let fpt = manifest.train_flops / manifest.tokens as f64;
         let finetune_of_btx = stage.strip_prefix("finetune/").and_then(|n| plan.recipe.merges.iter().find(|m| m.name == n)).is_some_and(|m| m.method == super::config::MergeMethod::Btx);
         let offset = match stage.as_str() {
             "seed" => 0.0,

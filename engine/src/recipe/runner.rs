@@ -108,7 +108,8 @@ pub fn print_status(recipe: &Recipe, out: &Path) -> Result<()> {
 fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
     let plan = Plan { recipe, out: out.to_path_buf(), device: DeviceArgs::new(crate::device::DeviceChoice::Auto) };
     for node in plan.graph()? {
-        let state = match plan.stage(&node.name) {
+        let stage = plan.stage(&node.name);
+        let state = match &stage {
             Ok(s) => match s.state() {
                 StageState::Complete => "complete".to_string(),
                 StageState::Partial => "partial (will resume)".to_string(),
@@ -118,7 +119,7 @@ fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
             Err(_) if node.name == REPORT_STAGE => (if out.join("report.md").is_file() { "written" } else { "pending" }).to_string(),
             Err(_) => format!("pending (after {})", node.after.join(", ")),
         };
-        let detail = plan.stage(&node.name).ok().and_then(|s| s.manifest()).map(|m| format!("  {} tokens, {:.3e} FLOPs, {:.1} s", m.tokens, m.train_flops, m.wall_time_s)).unwrap_or_default();
+        let detail = stage.ok().and_then(|s| s.manifest()).map(|m| format!("  {} tokens, {:.3e} FLOPs, {:.1} s", m.tokens, m.train_flops, m.wall_time_s)).unwrap_or_default();
         let (job, log) = super::slurm::job_status(&plan, &node.name).map_or((String::new(), None), |(j, log)| (format!("  [{j}]"), log));
         println!("{:<28} {state}{detail}{job}", node.name);
         if let Some(log) = log {
