@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use btx::burn::prelude::*;
+use btx::checkpoint::{load_model, write_model_files, write_tensor_checkpoint};
 use btx::config::ModelConfig;
+use btx::merge::MergeInput;
+use btx::model::LanguageModel;
 use btx::data::{DataConfig, DomainConfig, Source};
 use btx::data::synthetic::ArithmeticConfig;
 use btx::train::{OptimizerConfig, TrainConfig};
@@ -35,6 +38,7 @@ pub fn tiny_model(n_heads: usize, n_kv_heads: usize) -> ModelConfig {
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
         tie_embeddings: false,
+        attention_experts: None,
         moe: None,
     }
 }
@@ -119,4 +123,43 @@ pub fn run_btx(args: &[&str], cwd: &Path) -> (bool, String) {
         .output()
         .expect("btx runs");
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub fn seed_checkpoint(dir: &std::path::Path, name: &str, seed: u64) -> MergeInput {
+    let device = cpu();
+    let config = tiny_model(4, 2);
+    let model = LanguageModel::seeded(&config, seed, &device);
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).unwrap();
+    write_model_files(&path, &model, &config).unwrap();
+    MergeInput::load(&path).unwrap()
+}
+
+/// A seed checkpoint whose tensors `edit` changed (written as they are, unchecked).
+pub fn edited_checkpoint(dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut btx::checkpoint::tensor_file::TensorMap)) -> MergeInput {
+    let original = seed_checkpoint(dir, name, 2);
+    let mut tensors = btx::checkpoint::tensor_file::read_tensors(&original.path.join("model.safetensors")).unwrap();
+    edit(&mut tensors);
+    let edited = dir.join(format!("{name}-edited"));
+    write_tensor_checkpoint(&edited, &original.config, &tensors, &[]).unwrap();
+    MergeInput::load(&edited).unwrap()
+}
+
+/// Logits of a checkpoint written from `tensors`.
+pub fn logits_of(dir: &std::path::Path, config: &btx::config::ModelConfig, tensors: &btx::checkpoint::tensor_file::TensorMap) -> Vec<f32> {
+    let path = dir.join(format!("merged-{}", rand_name(tensors.len())));
+    write_tensor_checkpoint(&path, config, tensors, &[]).unwrap();
+    let device = cpu();
+    let (_, model) = load_model(&path, &device).unwrap();
+    to_vec(model.forward(random_tokens(2, 16, 4096, 77, &device)))
+}
+
+pub fn rand_name(n: usize) -> String {
+    format!("{n}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+pub fn seed_logits(input: &MergeInput) -> Vec<f32> {
+    let device = cpu();
+    let (_, model) = load_model(&input.path, &device).unwrap();
+    to_vec(model.forward(random_tokens(2, 16, 4096, 77, &device)))
 }

@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod docs;
+mod family;
 mod generate;
 mod hf;
 mod merge;

@@ -2,54 +2,15 @@
 //! Mixtral's tensors, averaging is a weighted mean, mismatches are refused by name.
 
 use btx::checkpoint::module_tensors::module_to_tensors;
-use btx::checkpoint::{load_model, write_model_files, write_tensor_checkpoint};
+use btx::checkpoint::load_model;
 use btx::merge::MergeInput;
 use btx::merge::average::average;
-use btx::merge::mix::{MoeOptions, mix};
+use btx::merge::mix::{MoeOptions, Perturbation, mix};
 use btx::merge::upcycle::upcycle;
 use btx::model::LanguageModel;
 use btx::model::moe_config::Routing;
 
 use crate::common::*;
-
-fn seed_checkpoint(dir: &std::path::Path, name: &str, seed: u64) -> MergeInput {
-    let device = cpu();
-    let config = tiny_model(4, 2);
-    let model = LanguageModel::seeded(&config, seed, &device);
-    let path = dir.join(name);
-    std::fs::create_dir_all(&path).unwrap();
-    write_model_files(&path, &model, &config).unwrap();
-    MergeInput::load(&path).unwrap()
-}
-
-/// A seed checkpoint whose tensors `edit` changed (written as they are, unchecked).
-fn edited_checkpoint(dir: &std::path::Path, name: &str, edit: impl FnOnce(&mut btx::checkpoint::tensor_file::TensorMap)) -> MergeInput {
-    let original = seed_checkpoint(dir, name, 2);
-    let mut tensors = btx::checkpoint::tensor_file::read_tensors(&original.path.join("model.safetensors")).unwrap();
-    edit(&mut tensors);
-    let edited = dir.join(format!("{name}-edited"));
-    write_tensor_checkpoint(&edited, &original.config, &tensors, &[]).unwrap();
-    MergeInput::load(&edited).unwrap()
-}
-
-/// Logits of a checkpoint written from `tensors`.
-fn logits_of(dir: &std::path::Path, config: &btx::config::ModelConfig, tensors: &btx::checkpoint::tensor_file::TensorMap) -> Vec<f32> {
-    let path = dir.join(format!("merged-{}", rand_name(tensors.len())));
-    write_tensor_checkpoint(&path, config, tensors, &[]).unwrap();
-    let device = cpu();
-    let (_, model) = load_model(&path, &device).unwrap();
-    to_vec(model.forward(random_tokens(2, 16, 4096, 77, &device)))
-}
-
-fn rand_name(n: usize) -> String {
-    format!("{n}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
-}
-
-fn seed_logits(input: &MergeInput) -> Vec<f32> {
-    let device = cpu();
-    let (_, model) = load_model(&input.path, &device).unwrap();
-    to_vec(model.forward(random_tokens(2, 16, 4096, 77, &device)))
-}
 
 #[test]
 fn mixing_identical_experts_gives_the_seed_logits_with_any_router() {
@@ -73,11 +34,11 @@ fn mixing_identical_experts_gives_the_seed_logits_with_any_router() {
 fn upcycling_without_noise_gives_the_seed_logits() {
     let dir = tempfile::tempdir().unwrap();
     let seed = seed_checkpoint(dir.path(), "seed", 2);
-    let (config, tensors) = upcycle(&seed, 4, 0.0, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
+    let (config, tensors) = upcycle(&seed, 4, Perturbation::default(), &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
     assert_eq!(config.moe.as_ref().unwrap().num_experts, 4);
     let diff = max_abs_diff(&logits_of(dir.path(), &config, &tensors), &seed_logits(&seed));
     assert!(diff < 1e-4, "max logit difference {diff}");
-    let (_, noisy) = upcycle(&seed, 4, 0.01, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
+    let (_, noisy) = upcycle(&seed, 4, Perturbation { noise_std: 0.01, ..Default::default() }, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
     let a = &noisy["model.layers.0.block_sparse_moe.experts.0.w1.weight"].values;
     let b = &noisy["model.layers.0.block_sparse_moe.experts.1.w1.weight"].values;
     assert!(max_abs_diff(a, b) > 0.0, "noise did not make the copies differ");
@@ -258,6 +219,7 @@ fn merges_stream_in_bounded_memory_and_equal_the_in_memory_merge() {
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
         tie_embeddings: false,
+        attention_experts: None,
         moe: None,
     };
     let names: Vec<String> = (0..4).map(|i| format!("e{i}")).collect();
@@ -298,6 +260,8 @@ fn merge_requests_are_checked_by_one_set_of_rules() {
         weights: None,
         num_experts: 4,
         noise: 0.0,
+        drop_ratio: 0.0,
+        shared_kv: false,
         options: MoeOptions { router_init, ..Default::default() },
         router_data: vec![],
         member: 0,

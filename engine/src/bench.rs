@@ -85,6 +85,7 @@ pub fn bench_moe(device: &Device, o: &MoeBenchOptions) -> Vec<MoeBenchRow> {
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
         tie_embeddings: false,
+        attention_experts: None,
         moe: None,
     };
     let moe_config = ModelConfig { moe: Some(moe), ..dense_config.clone() };

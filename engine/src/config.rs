@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::model::attention_experts::AttentionExpertsConfig;
 use crate::model::moe_config::MoeConfig;
 
 /// Sizes of a Llama-style decoder (the seed and every expert share one).
@@ -38,6 +39,10 @@ pub struct ModelConfig {
     /// Share the embedding matrix with the LM head.
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// Attention experts in every layer in place of the one attention (BAM); absent: one
+    /// attention per layer.
+    #[serde(default)]
+    pub attention_experts: Option<AttentionExpertsConfig>,
     /// Mixture-of-Experts layers in place of the FFN (absent: a dense model).
     #[serde(default)]
     pub moe: Option<MoeConfig>,
@@ -113,6 +118,9 @@ impl ModelConfig {
         if let Some(moe) = &self.moe {
             moe.validate(origin, self.n_layers)?;
         }
+        if self.attention_experts.as_ref().is_some_and(|a| a.num_experts == 0) {
+            err("attention_experts.num_experts", "must be at least 1, found 0".into())?;
+        }
         Ok(())
     }
 
@@ -130,13 +138,20 @@ impl ModelConfig {
     fn count_params(&self, active_only: bool) -> usize {
         let d = self.d_model;
         let kv_dim = self.kv_heads() * self.head_dim();
-        let attention = 2 * d * d + 2 * d * kv_dim;
+        // Attention experts are all active (soft routing), so they count in both totals.
+        let attention = match &self.attention_experts {
+            None => 2 * d * d + 2 * d * kv_dim,
+            Some(a) => {
+                let kv_copies = if a.shared_kv { 1 } else { a.num_experts };
+                a.num_experts * (2 * d * d + d) + kv_copies * 2 * d * kv_dim
+            }
+        };
         let dense_ffn = 3 * d * self.d_ff;
         let ffn = |layer: usize| match &self.moe {
             Some(moe) if moe.is_moe_layer(layer) => {
                 let expert = 3 * d * moe.expert_d_ff.unwrap_or(self.d_ff);
                 let used = if active_only { moe.active_experts() } else { moe.num_experts };
-                d * moe.num_experts + used * expert
+                d * moe.num_experts + used * expert + if moe.shared_expert { dense_ffn } else { 0 }
             }
             _ => dense_ffn,
         };
@@ -147,11 +162,13 @@ impl ModelConfig {
 
     /// Training FLOPs per token (forward + backward): 6 x the active parameters a token
     /// multiplies by (the embedding lookup is not a matmul; a tied head is), plus attention's
-    /// score and mix matmuls (nanoGPT's estimate, 12 x layers x d_model x seq_len).
+    /// score and mix matmuls (nanoGPT's estimate, 12 x layers x d_model x seq_len, once per
+    /// attention expert).
     pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
         let matmul_params = self.active_params() - self.vocab_size * self.d_model
             + if self.tie_embeddings { self.vocab_size * self.d_model } else { 0 };
-        6.0 * matmul_params as f64 + 12.0 * (self.n_layers * self.d_model * seq_len) as f64
+        let attentions = self.attention_experts.as_ref().map_or(1, |a| a.num_experts);
+        6.0 * matmul_params as f64 + 12.0 * (attentions * self.n_layers * self.d_model * seq_len) as f64
     }
 }
 

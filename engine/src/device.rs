@@ -206,6 +206,7 @@ pub fn compare_logits_with_cpu(device: &Device) -> (f32, f32) {
         rope_theta: 10_000.0,
         norm_eps: 1e-5,
         tie_embeddings: false,
+        attention_experts: None,
         moe: None,
     };
     let cpu = Device::flex();

@@ -44,7 +44,11 @@ pub fn import(args: ImportArgs) -> Result<()> {
 
 pub fn export(args: ExportArgs) -> Result<()> {
     let config = crate::hf::export_hf(&args.checkpoint, &args.out, args.tokenizer.as_deref(), args.closest)?;
-    let arch = if config.moe.is_some() { "MixtralForCausalLM" } else { "LlamaForCausalLM" };
+    let arch = match &config.moe {
+        None => "LlamaForCausalLM",
+        Some(moe) if moe.shared_expert => "Qwen2MoeForCausalLM",
+        Some(_) => "MixtralForCausalLM",
+    };
     eprintln!("exported {} as {arch} to {}", args.checkpoint.display(), args.out.display());
     Ok(())
 }

@@ -25,7 +25,15 @@ pub struct MergeArgs {
     /// upcycle: std of Gaussian noise added to each copy.
     #[arg(long, default_value_t = 0.0)]
     noise: f64,
-    /// MoE options as RON, e.g. "(top_k: 2, routing: TopK, load_balance: 0.01, split: 1)".
+    /// upcycle: Drop-Upcycling, re-initialising this ratio of each copy's FFN hidden units
+    /// (0 = plain upcycling; the paper's best is 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    drop_ratio: f64,
+    /// bam: one key/value projection (the members' average) shared by every attention expert.
+    #[arg(long)]
+    shared_kv: bool,
+    /// MoE options as RON, e.g. "(top_k: 2, routing: TopK, load_balance: 0.01, split: 1)";
+    /// "(shared_expert: Seed)" adds a shared expert.
     #[arg(long, default_value = "()")]
     moe: String,
     /// With router_init Embedding or Hidden: each member's training config (experts in
@@ -48,6 +56,8 @@ pub fn run(args: MergeArgs) -> Result<()> {
         weights: args.weights,
         num_experts: args.num_experts,
         noise: args.noise,
+        drop_ratio: args.drop_ratio,
+        shared_kv: args.shared_kv,
         options,
         router_data: args.router_data,
         member: args.member,

@@ -1,5 +1,6 @@
 //! Hugging Face `config.json` <-> the engine's model config, for LlamaForCausalLM (and
-//! Mistral without sliding windows) and MixtralForCausalLM; and the tensors each must hold.
+//! Mistral without sliding windows) and MixtralForCausalLM (Qwen2MoeForCausalLM for an MoE
+//! with a shared expert, export only); and the tensors each must hold.
 
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
@@ -65,6 +66,7 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         rope_theta,
         norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         tie_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+        attention_experts: None,
         moe: if moe {
             Some(MoeConfig {
                 num_experts: int("num_local_experts")?,
@@ -77,6 +79,7 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
                 balance: crate::model::moe_config::Balance::Mixtral,
                 router_z_loss: 0.0,
                 freeze_experts: false,
+                shared_expert: false,
             })
         } else {
             None
@@ -116,6 +119,10 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
             hf["attention_bias"] = json!(false);
             hf["mlp_bias"] = json!(false);
         }
+        Some(_) if config.attention_experts.is_some() => bail!(
+            "this model has attention experts (BAM), which neither Mixtral nor any other transformers architecture has; \
+             the engine's own checkpoint keeps them (train, evaluate and generate with it here)"
+        ),
         Some(moe) => {
             if moe.layers.is_some() {
                 bail!("Mixtral has an MoE layer in every layer; this model has MoE layers {:?} only", moe.layers.as_ref().unwrap());
@@ -131,6 +138,10 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
                     moe.num_experts
                 ),
             };
+            if moe.shared_expert {
+                super::qwen2_moe::qwen2_moe_config(&mut hf, config, moe, top_k);
+                return Ok(hf);
+            }
             hf["architectures"] = json!(["MixtralForCausalLM"]);
             hf["model_type"] = json!("mixtral");
             hf["intermediate_size"] = json!(moe.expert_d_ff.unwrap_or(config.d_ff));
@@ -156,10 +167,28 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let p = format!("model.layers.{l}");
         out.push((format!("{p}.input_layernorm.weight"), vec![d]));
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d]));
-        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d]));
+        match &config.attention_experts {
+            None => {
+                out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d]));
+                out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
+                out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
+                out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d]));
+            }
+            Some(a) => {
+                let q = format!("{p}.attention_experts");
+                out.push((format!("{q}.gate.weight"), vec![a.num_experts, d]));
+                let kv_owners: Vec<String> =
+                    if a.shared_kv { vec![q.clone()] } else { (0..a.num_experts).map(|e| format!("{q}.experts.{e}")).collect() };
+                for owner in kv_owners {
+                    out.push((format!("{owner}.k_proj.weight"), vec![kv, d]));
+                    out.push((format!("{owner}.v_proj.weight"), vec![kv, d]));
+                }
+                for e in 0..a.num_experts {
+                    out.push((format!("{q}.experts.{e}.q_proj.weight"), vec![d, d]));
+                    out.push((format!("{q}.experts.{e}.o_proj.weight"), vec![d, d]));
+                }
+            }
+        }
         match &config.moe {
             Some(moe) if moe.is_moe_layer(l) => {
                 let f = moe.expert_d_ff.unwrap_or(config.d_ff);
@@ -168,6 +197,12 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
                     out.push((format!("{p}.block_sparse_moe.experts.{e}.w1.weight"), vec![f, d]));
                     out.push((format!("{p}.block_sparse_moe.experts.{e}.w2.weight"), vec![d, f]));
                     out.push((format!("{p}.block_sparse_moe.experts.{e}.w3.weight"), vec![f, d]));
+                }
+                if moe.shared_expert {
+                    let f = config.d_ff;
+                    out.push((format!("{p}.block_sparse_moe.shared_expert.gate_proj.weight"), vec![f, d]));
+                    out.push((format!("{p}.block_sparse_moe.shared_expert.up_proj.weight"), vec![f, d]));
+                    out.push((format!("{p}.block_sparse_moe.shared_expert.down_proj.weight"), vec![d, f]));
                 }
             }
             _ => {

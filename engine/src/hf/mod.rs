@@ -4,6 +4,7 @@
 //! is a config translation plus a tensor-by-tensor copy (streamed: no whole model in memory).
 
 pub mod config;
+pub mod qwen2_moe;
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +15,40 @@ use crate::config::{ModelConfig, parse_ron, resolve, to_ron};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use config::{expected_tensors, from_hf_config, to_hf_config};
 use crate::checkpoint::stream::{StreamWriter, TensorIndex};
+use crate::checkpoint::tensor_file::HostTensor;
+use qwen2_moe::{ExportedTensor, qwen2_moe_tensors};
 
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
+    check_tensors(index, config, origin)?;
+    let expected = expected_tensors(config);
+    let mut writer = StreamWriter::create(path, expected.clone())?;
+    for (name, _) in &expected {
+        writer.write(name, &index.read(name)?)?;
+    }
+    writer.finish()
+}
+
+/// Writes `exported` into `path` from the engine tensors of `index` (checked first).
+fn write_exported(index: &TensorIndex, config: &ModelConfig, exported: &[ExportedTensor], path: &Path, origin: &str) -> Result<()> {
+    check_tensors(index, config, origin)?;
+    let mut writer = StreamWriter::create(path, exported.iter().map(|t| (t.name.clone(), t.shape.clone())).collect())?;
+    for t in exported {
+        let tensor = match &t.from {
+            Some(from) => {
+                let mut tensor = index.read(from)?;
+                tensor.values.iter_mut().for_each(|v| *v *= t.scale);
+                tensor
+            }
+            None => HostTensor::new(t.shape.clone(), vec![0.0; t.shape.iter().product()]),
+        };
+        writer.write(&t.name, &tensor)?;
+    }
+    writer.finish()
+}
+
+/// Checks that `index` holds exactly the tensors a model of `config` has, with their shapes.
+fn check_tensors(index: &TensorIndex, config: &ModelConfig, origin: &str) -> Result<()> {
     let expected = expected_tensors(config);
     for (name, shape) in &expected {
         match index.tensors.get(name) {
@@ -31,11 +63,7 @@ fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: 
             bail!("{origin}: unexpected tensor `{name}` (config.json describes no such parameter)");
         }
     }
-    let mut writer = StreamWriter::create(path, expected.clone())?;
-    for (name, _) in &expected {
-        writer.write(name, &index.read(name)?)?;
-    }
-    writer.finish()
+    Ok(())
 }
 
 /// `btx import-hf`: a Hugging Face folder (config.json, safetensors, tokenizer.json) into
@@ -71,7 +99,8 @@ pub fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
     Some(resolve(&config.data.tokenizer)).filter(|p| p.is_file())
 }
 
-/// `btx export-hf`: an engine checkpoint as a LlamaForCausalLM or MixtralForCausalLM folder.
+/// `btx export-hf`: an engine checkpoint as a LlamaForCausalLM or MixtralForCausalLM folder
+/// (Qwen2MoeForCausalLM with a shared expert).
 pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: bool) -> Result<ModelConfig> {
     let ckpt = resolve_checkpoint(ckpt)?;
     let config = read_model_config(&ckpt)?;
@@ -84,7 +113,13 @@ pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: boo
     };
     let index = TensorIndex::open(&ckpt)?;
     write_dir_atomic(out, |tmp| {
-        copy_tensors(&index, &config, &tmp.join("model.safetensors"), &ckpt.display().to_string())?;
+        let origin = ckpt.display().to_string();
+        match &config.moe {
+            Some(moe) if moe.shared_expert => {
+                write_exported(&index, &config, &qwen2_moe_tensors(&config, moe), &tmp.join("model.safetensors"), &origin)?
+            }
+            _ => copy_tensors(&index, &config, &tmp.join("model.safetensors"), &origin)?,
+        }
         write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
         std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("cannot copy {}", tokenizer.display()))?;
         let tokenizer_config = serde_json::json!({

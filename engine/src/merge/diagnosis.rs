@@ -10,7 +10,7 @@
 use anyhow::{Result, bail};
 use serde::Serialize;
 
-use super::plan::{Cut, MergePlan, Source, outputs_like};
+use super::plan::{MergePlan, Source, outputs_like};
 use super::{MergeInput, check_same_architecture, ffn_tensor, normalized_weights};
 
 /// How far one member's shared weights are from the seed's and from the members' average,
@@ -64,7 +64,7 @@ pub fn transplant<'a>(members: &'a [MergeInput], member: usize, weights: Option<
     let weights = normalized_weights(weights, members.len())?;
     let average = |name: &str| Source::Average { name: name.to_string(), weights: weights.clone() };
     let mut outputs = outputs_like(&members[0], |n| ffn_tensor(n).is_none(), average);
-    let own = |name: &str| Source::Piece { member, name: name.to_string(), cut: Cut::Whole, noise: None };
+    let own = |name: &str| Source::whole(member, name);
     outputs.extend(outputs_like(&members[member], |n| ffn_tensor(n).is_some(), own));
     Ok(MergePlan::new(members[0].config.clone(), refs, outputs))
 }

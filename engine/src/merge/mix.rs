@@ -9,10 +9,11 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::plan::{Cut, MergePlan, Noise, Output, Source, outputs_like};
+use super::plan::{Cut, MergePlan, Noise, Output, Reinit, Source, outputs_like};
 use super::router_init::{RouterInit, random_router, router_from_directions};
 use super::{MergeInput, check_same_architecture, expert_tensor_name, ffn_tensor, normalized_weights, router_tensor_name};
 use crate::config::ModelConfig;
+use crate::model::attention_experts::AttentionExpertsConfig;
 use crate::model::moe_config::{Balance, MoeConfig, Routing, default_load_balance, default_top_k};
 
 /// The MoE a merge produces: the routing fields of `MoeConfig` (one conversion,
@@ -32,6 +33,20 @@ pub struct MoeOptions {
     pub router_init: RouterInit,
     /// Seeds the random routers (and upcycling noise).
     pub seed: u64,
+    /// A shared expert beside the routed ones, and whose FFN it is.
+    pub shared_expert: SharedExpert,
+}
+
+/// Where the always-active shared expert's FFN comes from (DeepSeekMoE, Dai et al. 2024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SharedExpert {
+    /// No shared expert (BTX, Mixtral).
+    #[default]
+    None,
+    /// The seed's FFN; in BTX the seed is then the shared expert instead of a routed one.
+    Seed,
+    /// The weighted average of every member's FFN (the routed experts stay as they are).
+    Average,
 }
 
 impl Default for MoeOptions {
@@ -46,6 +61,7 @@ impl Default for MoeOptions {
             split: 1,
             router_init: RouterInit::default(),
             seed: 0,
+            shared_expert: SharedExpert::None,
         }
     }
 }
@@ -54,7 +70,8 @@ impl MoeOptions {
     /// The merged model's MoE config for `members` FFNs. Destructures both structs, so a
     /// field added to either fails to compile here until it is mapped.
     pub fn to_moe_config(&self, members: usize, d_ff: usize) -> MoeConfig {
-        let Self { top_k, routing, load_balance, balance, router_z_loss, freeze_experts, split, router_init: _, seed: _ } = self.clone();
+        let Self { top_k, routing, load_balance, balance, router_z_loss, freeze_experts, split, router_init: _, seed: _, shared_expert } =
+            self.clone();
         let split = split.max(1);
         MoeConfig {
             num_experts: members * split,
@@ -66,6 +83,7 @@ impl MoeOptions {
             balance,
             router_z_loss,
             freeze_experts,
+            shared_expert: shared_expert != SharedExpert::None,
         }
     }
 }
@@ -73,6 +91,27 @@ impl MoeOptions {
 /// Per layer, per member: the vector its router row is built from (router_init Embedding or
 /// Hidden). `None` for random routers.
 pub type RouterDirections = Option<Vec<Vec<Vec<f32>>>>;
+
+/// The attention of an MoE merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MergedAttention {
+    /// The members' attentions averaged, as every other shared tensor (BTX).
+    #[default]
+    Averaged,
+    /// Each member's attention kept as an attention expert, softly routed (BAM); with
+    /// `shared_kv`, the key and value projections averaged into one that all share.
+    Experts { shared_kv: bool },
+}
+
+/// How each routed copy of an FFN is made to differ from the FFN it copies (upcycling, where
+/// every expert starts from the same FFN).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Perturbation {
+    /// Std of Gaussian noise added to every weight.
+    pub noise_std: f64,
+    /// Drop-Upcycling's ratio r of hidden units re-initialised (0 = plain upcycling).
+    pub drop_ratio: f64,
+}
 
 /// BTX MiX of `experts` (and the `seed`, kept as a generalist expert, last).
 pub fn mix<'a>(
@@ -82,24 +121,123 @@ pub fn mix<'a>(
     options: &MoeOptions,
     directions: RouterDirections,
 ) -> Result<MergePlan<'a>> {
+    mix_with_attention(experts, seed, weights, options, directions, MergedAttention::Averaged)
+}
+
+/// BAM (Zhang et al. 2024): BTX MiX that also keeps every member's attention, as softly
+/// routed attention experts (`model::attention_experts`).
+pub fn bam<'a>(
+    experts: &'a [MergeInput],
+    seed: Option<&'a MergeInput>,
+    weights: Option<&[f64]>,
+    options: &MoeOptions,
+    directions: RouterDirections,
+    shared_kv: bool,
+) -> Result<MergePlan<'a>> {
+    mix_with_attention(experts, seed, weights, options, directions, MergedAttention::Experts { shared_kv })
+}
+
+fn mix_with_attention<'a>(
+    experts: &'a [MergeInput],
+    seed: Option<&'a MergeInput>,
+    weights: Option<&[f64]>,
+    options: &MoeOptions,
+    directions: RouterDirections,
+    attention: MergedAttention,
+) -> Result<MergePlan<'a>> {
     let members: Vec<&MergeInput> = experts.iter().chain(seed).collect();
     check_same_architecture(&members)?;
     let weights = normalized_weights(weights, members.len())?;
     let average = |name: &str| Source::Average { name: name.to_string(), weights: weights.clone() };
-    let shared = outputs_like(members[0], |n| ffn_tensor(n).is_none(), average);
-    let ffn_sources: Vec<usize> = (0..members.len()).collect();
-    let config = members[0].config.clone();
-    assemble_moe(config, members, shared, &ffn_sources, None, options, directions)
+    let attention_experts = attention != MergedAttention::Averaged;
+    let shared = |n: &str| ffn_tensor(n).is_none() && !(attention_experts && attention_tensor(n).is_some());
+    let mut outputs = outputs_like(members[0], shared, average);
+    let routed: Vec<usize> = match options.shared_expert {
+        SharedExpert::Seed if seed.is_none() => bail!("shared_expert Seed makes the seed the shared expert, but no seed is given (--seed, or keep_seed in a recipe)"),
+        SharedExpert::Seed => {
+            let seed_member = members.len() - 1;
+            outputs.extend(shared_expert_outputs(members[0], |n| Source::whole(seed_member, n)));
+            (0..experts.len()).collect()
+        }
+        SharedExpert::Average => {
+            outputs.extend(shared_expert_outputs(members[0], average));
+            (0..members.len()).collect()
+        }
+        SharedExpert::None => (0..members.len()).collect(),
+    };
+    if let MergedAttention::Experts { shared_kv } = attention {
+        outputs.extend(attention_expert_outputs(&members[0].config, members.len(), shared_kv, &weights, options.seed, &directions));
+    }
+    let mut plan = assemble_moe(members[0].config.clone(), members.clone(), outputs, &routed, Perturbation::default(), options, directions)?;
+    if let MergedAttention::Experts { shared_kv } = attention {
+        plan.config.attention_experts = Some(AttentionExpertsConfig { num_experts: members.len(), shared_kv });
+    }
+    Ok(plan)
 }
 
-/// Builds the MoE plan: `shared` (every non-FFN tensor), the FFN of member `ffn_sources[e]`
-/// as expert e (cut into `split` pieces, with `noise` seeded per expert), a router per layer.
+/// Splits an attention tensor name `model.layers.L.self_attn.P.weight` into (L, P).
+pub fn attention_tensor(name: &str) -> Option<(usize, &str)> {
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let proj = rest.strip_prefix("self_attn.")?.strip_suffix(".weight")?;
+    Some((layer.parse().ok()?, proj))
+}
+
+/// The shared expert of every layer: the FFN tensors of `like`, renamed, from `source`.
+pub(crate) fn shared_expert_outputs(like: &MergeInput, source: impl Fn(&str) -> Source) -> Vec<Output> {
+    let mut outputs = outputs_like(like, |n| ffn_tensor(n).is_some(), source);
+    for o in &mut outputs {
+        let (layer, proj) = ffn_tensor(&o.name).expect("filtered to FFN tensors");
+        o.name = format!("model.layers.{layer}.block_sparse_moe.shared_expert.{proj}.weight");
+    }
+    outputs
+}
+
+/// BAM's attention experts: member e's query and output projections as attention expert e,
+/// its keys and values too (or, with `shared_kv`, every member's averaged into one), and an
+/// attention router per layer (from the members' router directions when given).
+fn attention_expert_outputs(config: &ModelConfig, members: usize, shared_kv: bool, weights: &[f64], seed: u64, directions: &RouterDirections) -> Vec<Output> {
+    let d = config.d_model;
+    let kv_dim = config.kv_heads() * config.head_dim();
+    let mut outputs = Vec::new();
+    for layer in 0..config.n_layers {
+        let ours = format!("model.layers.{layer}.attention_experts");
+        let theirs = |proj: &str| format!("model.layers.{layer}.self_attn.{proj}.weight");
+        for e in 0..members {
+            for (proj, rows) in [("q_proj", d), ("o_proj", d), ("k_proj", kv_dim), ("v_proj", kv_dim)] {
+                if shared_kv && matches!(proj, "k_proj" | "v_proj") {
+                    continue;
+                }
+                outputs.push(Output { name: format!("{ours}.experts.{e}.{proj}.weight"), shape: vec![rows, d], source: Source::whole(e, &theirs(proj)) });
+            }
+        }
+        if shared_kv {
+            for proj in ["k_proj", "v_proj"] {
+                let source = Source::Average { name: theirs(proj), weights: weights.to_vec() };
+                outputs.push(Output { name: format!("{ours}.{proj}.weight"), shape: vec![kv_dim, d], source });
+            }
+        }
+        let router = match directions {
+            Some(dirs) => router_from_directions(&dirs[layer]),
+            None => random_router(members, d, layer, seed.wrapping_add(ATTENTION_ROUTER_SALT)),
+        };
+        outputs.push(Output { name: format!("{ours}.gate.weight"), shape: router.shape.clone(), source: Source::Given(router) });
+    }
+    outputs
+}
+
+/// Keeps the attention routers' random draws apart from the FFN routers'.
+const ATTENTION_ROUTER_SALT: u64 = 0xA77E_0000;
+
+/// Builds the MoE plan: `outputs` (every tensor but the routed experts and routers), the FFN
+/// of member `ffn_sources[e]` as expert e (cut into `split` pieces, perturbed per expert), a
+/// router per layer.
 pub(crate) fn assemble_moe<'a>(
     dense: ModelConfig,
     members: Vec<&'a MergeInput>,
     mut outputs: Vec<Output>,
     ffn_sources: &[usize],
-    noise: Option<(f64, u64)>,
+    perturbation: Perturbation,
     options: &MoeOptions,
     directions: RouterDirections,
 ) -> Result<MergePlan<'a>> {
@@ -115,10 +253,18 @@ pub(crate) fn assemble_moe<'a>(
     let shapes = members[0].shapes();
     for layer in 0..dense.n_layers {
         for (e, &member) in ffn_sources.iter().enumerate() {
+            let expert_seed = options.seed ^ (0xD20F_0000 + ((layer as u64) << 20) + e as u64);
             for proj in ["gate_proj", "up_proj", "down_proj"] {
                 let name = format!("model.layers.{layer}.mlp.{proj}.weight");
                 let Some(&shape) = shapes.get(name.as_str()) else { bail!("tensor `{name}` is missing") };
-                let noise = noise.map(|(std, seed)| Noise { std, seed: seed ^ name_hash(&name) ^ (0xC0FFEE + e as u64) });
+                let salt = options.seed ^ name_hash(&name) ^ (0xC0FFEE + e as u64);
+                let noise = (perturbation.noise_std > 0.0).then_some(Noise { std: perturbation.noise_std, seed: salt });
+                let reinit = (perturbation.drop_ratio > 0.0).then_some(Reinit {
+                    ratio: perturbation.drop_ratio,
+                    index_seed: expert_seed,
+                    value_seed: salt.rotate_left(17),
+                    hidden_in_rows: proj != "down_proj",
+                });
                 for c in 0..split {
                     // The hidden dimension is down_proj's columns and the others' rows.
                     let (cut, piece_shape) = match (split, proj) {
@@ -129,7 +275,7 @@ pub(crate) fn assemble_moe<'a>(
                     outputs.push(Output {
                         name: expert_tensor_name(layer, e * split + c, proj),
                         shape: piece_shape,
-                        source: Source::Piece { member, name: name.clone(), cut, noise },
+                        source: Source::Piece { member, name: name.clone(), cut, noise, reinit },
                     });
                 }
             }
@@ -137,7 +283,7 @@ pub(crate) fn assemble_moe<'a>(
         let router = match (&directions, options.router_init) {
             (Some(dirs), RouterInit::Embedding | RouterInit::Hidden) => {
                 let repeated: Vec<Vec<f32>> =
-                    dirs[layer].iter().flat_map(|d| std::iter::repeat_n(d.clone(), split)).collect();
+                    ffn_sources.iter().flat_map(|&m| std::iter::repeat_n(dirs[layer][m].clone(), split)).collect();
                 router_from_directions(&repeated)
             }
             _ => random_router(moe.num_experts, dense.d_model, layer, options.seed),

@@ -19,10 +19,17 @@ pub enum Source {
     /// sum_j w_j * theta_j[name] over every member (the weights sum to 1).
     Average { name: String, weights: Vec<f64> },
     /// A piece of one member's tensor, optionally with Gaussian noise added to the whole
-    /// tensor before it is cut.
-    Piece { member: usize, name: String, cut: Cut, noise: Option<Noise> },
+    /// tensor, or some of its hidden units re-initialised, before it is cut.
+    Piece { member: usize, name: String, cut: Cut, noise: Option<Noise>, reinit: Option<Reinit> },
     /// A tensor computed up front (routers: small).
     Given(HostTensor),
+}
+
+impl Source {
+    /// Member `member`'s tensor `name`, as it is.
+    pub fn whole(member: usize, name: &str) -> Self {
+        Source::Piece { member, name: name.to_string(), cut: Cut::Whole, noise: None, reinit: None }
+    }
 }
 
 /// Which part of a 2-D tensor a piece takes.
@@ -38,6 +45,50 @@ pub enum Cut {
 pub struct Noise {
     pub std: f64,
     pub seed: u64,
+}
+
+/// Drop-Upcycling's partial re-initialisation (Nakamura et al. 2025, §3): the hidden units in
+/// a random set S of `round(ratio * d_ff)` are drawn afresh from N(mean, std^2) of the
+/// original matrix's own weights. S comes from `index_seed` alone, so an expert's gate, up
+/// and down projections drop the same units; the new values come from `value_seed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reinit {
+    pub ratio: f64,
+    pub index_seed: u64,
+    pub value_seed: u64,
+    /// Where the hidden units are: rows (gate_proj, up_proj, `[d_ff, d_model]`) or columns
+    /// (down_proj, `[d_model, d_ff]`).
+    pub hidden_in_rows: bool,
+}
+
+impl Reinit {
+    /// The hidden units re-initialised, out of `units`: the first `round(ratio * units)` of
+    /// a seeded Fisher-Yates shuffle.
+    pub fn dropped_units(&self, units: usize) -> Vec<usize> {
+        let count = ((self.ratio * units as f64).round() as usize).min(units);
+        let mut order: Vec<usize> = (0..units).collect();
+        let mut rng = Rng::new(self.index_seed);
+        for i in 0..count {
+            let j = i + rng.below((units - i) as u64) as usize;
+            order.swap(i, j);
+        }
+        order.truncate(count);
+        order
+    }
+
+    fn apply(&self, t: &mut HostTensor) {
+        let n = t.values.len() as f64;
+        let mean = t.values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let std = (t.values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let mut rng = Rng::new(self.value_seed);
+        for unit in self.dropped_units(if self.hidden_in_rows { rows } else { cols }) {
+            let cells: Vec<usize> = if self.hidden_in_rows { (0..cols).map(|c| unit * cols + c).collect() } else { (0..rows).map(|r| r * cols + unit).collect() };
+            for cell in cells {
+                t.values[cell] = (mean + std * rng.normal()) as f32;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -90,11 +141,14 @@ impl<'a> MergePlan<'a> {
                 }
                 HostTensor::new(output.shape.clone(), acc.into_iter().map(|v| v as f32).collect())
             }
-            Source::Piece { member, name, cut, noise } => {
+            Source::Piece { member, name, cut, noise, reinit } => {
                 let mut t = self.members[*member].read(name)?;
                 if let Some(noise) = noise {
                     let mut rng = Rng::new(noise.seed);
                     t.values.iter_mut().for_each(|v| *v += (rng.normal() * noise.std) as f32);
+                }
+                if let Some(reinit) = reinit {
+                    reinit.apply(&mut t);
                 }
                 match *cut {
                     Cut::Whole => t,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use super::average::average;
-use super::mix::{MoeOptions, mix};
+use super::mix::{MoeOptions, Perturbation, SharedExpert, bam, mix};
 use super::router_init::RouterInit;
 use super::upcycle::upcycle;
 use super::{MergeInput, router_data};
@@ -17,7 +17,11 @@ use crate::config::ModelConfig;
 pub enum MergeMethod {
     /// BTX MiX: expert FFNs become MoE experts, everything else averaged, routers added.
     Btx,
-    /// Sparse upcycling: the one checkpoint's FFN copied --num-experts times.
+    /// BAM: BTX whose members' attentions become softly routed attention experts
+    /// (--shared-kv: one averaged key/value projection for all of them).
+    Bam,
+    /// Sparse upcycling: the one checkpoint's FFN copied --num-experts times
+    /// (--drop-ratio: Drop-Upcycling).
     Upcycle,
     /// BTM parameter average of every tensor.
     Average,
@@ -48,6 +52,10 @@ pub struct MergeRequest {
     pub num_experts: usize,
     /// upcycle: std of the Gaussian noise added to each copy.
     pub noise: f64,
+    /// upcycle: Drop-Upcycling's ratio of each copy's hidden units re-initialised.
+    pub drop_ratio: f64,
+    /// bam: share one (averaged) key/value projection across the attention experts.
+    pub shared_kv: bool,
     pub options: MoeOptions,
     /// With data-initialised routers: each member's training config (experts in order, then
     /// the seed), whose data describes its domain.
@@ -87,8 +95,23 @@ impl MergeRequest {
         if !(self.noise >= 0.0 && self.noise.is_finite()) {
             bail!("--noise must be a finite number >= 0, found {}", self.noise);
         }
+        if !(0.0..=1.0).contains(&self.drop_ratio) {
+            bail!("--drop-ratio must be between 0 and 1, found {}", self.drop_ratio);
+        }
+        if self.drop_ratio > 0.0 && self.method != MergeMethod::Upcycle {
+            bail!("--drop-ratio re-initialises upcycled copies; it applies to --method upcycle only");
+        }
+        if self.shared_kv && self.method != MergeMethod::Bam {
+            bail!("--shared-kv shares the attention experts' keys and values; it applies to --method bam only");
+        }
+        if self.options.shared_expert == SharedExpert::Seed && matches!(self.method, MergeMethod::Btx | MergeMethod::Bam) && self.seed.is_none() {
+            bail!("shared_expert Seed makes the seed the shared expert: give it with --seed");
+        }
+        if self.options.shared_expert != SharedExpert::None && !self.builds_moe() {
+            bail!("a shared expert is part of an MoE; --method {:?} builds a dense model", self.method);
+        }
         check_router_init(self.method, self.options.router_init)?;
-        let uses_router_data = matches!(self.method, MergeMethod::Btx | MergeMethod::Upcycle) && self.options.router_init != RouterInit::Random;
+        let uses_router_data = self.builds_moe() && self.options.router_init != RouterInit::Random;
         if uses_router_data && self.router_data.len() != self.members().len() {
             bail!(
                 "router_init {:?} needs one training config per member in --router-data (experts in order, then the seed): {} members, {} configs",
@@ -103,20 +126,28 @@ impl MergeRequest {
         Ok(())
     }
 
+    fn builds_moe(&self) -> bool {
+        matches!(self.method, MergeMethod::Btx | MergeMethod::Bam | MergeMethod::Upcycle)
+    }
+
     /// Checks, plans and writes the merged checkpoint to `out` (atomically, streamed).
     pub fn run(&self, out: &Path) -> Result<ModelConfig> {
         self.check()?;
         let inputs = self.experts.iter().map(|p| MergeInput::load(p)).collect::<Result<Vec<_>>>()?;
         let seed = self.seed.as_ref().map(|p| MergeInput::load(p)).transpose()?;
         let directions = match self.options.router_init {
-            _ if !matches!(self.method, MergeMethod::Btx | MergeMethod::Upcycle) => None,
+            _ if !self.builds_moe() => None,
             RouterInit::Random => None,
             mode => Some(router_data::router_directions(&self.members(), &self.router_data, mode, &burn::prelude::Device::flex())?),
         };
         let weights = self.weights.as_deref();
         let plan = match self.method {
             MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights, &self.options, directions)?,
-            MergeMethod::Upcycle => upcycle(&inputs[0], self.num_experts, self.noise, &self.options, directions)?,
+            MergeMethod::Bam => bam(&inputs, seed.as_ref(), weights, &self.options, directions, self.shared_kv)?,
+            MergeMethod::Upcycle => {
+                let perturbation = Perturbation { noise_std: self.noise, drop_ratio: self.drop_ratio };
+                upcycle(&inputs[0], self.num_experts, perturbation, &self.options, directions)?
+            }
             MergeMethod::Average => average(&inputs, weights)?,
             MergeMethod::Transplant => {
                 let members: Vec<MergeInput> = inputs.into_iter().chain(seed).collect();
@@ -142,14 +173,18 @@ impl MergeRequest {
         Ok(plan.config)
     }
 
-    /// The name of each expert of the merged MoE (index = expert id): the run folder each
-    /// member came from, "generalist" for the kept seed, "copy N" for upcycling; split
-    /// experts get ".0", ".1", ... Empty for an average (no experts).
+    /// The name of each routed expert of the merged MoE (index = expert id): the run folder
+    /// each member came from, "generalist" for the kept seed (unless it is the shared
+    /// expert), "copy N" for upcycling; split experts get ".0", ".1", ... Empty for an
+    /// average (no experts).
     fn expert_names(&self, inputs: &[MergeInput], seed: Option<&MergeInput>) -> Vec<String> {
+        let routed_seed = seed.filter(|_| self.options.shared_expert != SharedExpert::Seed);
         let whole: Vec<String> = match self.method {
             MergeMethod::Average | MergeMethod::Transplant => return vec![],
             MergeMethod::Upcycle => (0..self.num_experts).map(|e| format!("copy {e}")).collect(),
-            MergeMethod::Btx => inputs.iter().map(|i| run_name(&i.path)).chain(seed.map(|_| "generalist".to_string())).collect(),
+            MergeMethod::Btx | MergeMethod::Bam => {
+                inputs.iter().map(|i| run_name(&i.path)).chain(routed_seed.map(|_| "generalist".to_string())).collect()
+            }
         };
         let split = self.options.split.max(1);
         if split == 1 {

@@ -54,35 +54,50 @@ impl Attention {
     pub fn forward_cached(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut Option<(Tensor<4>, Tensor<4>)>) -> Tensor<3> {
         let [batch, seq, d_model] = x.dims();
         let head_dim = d_model / self.n_heads;
-        let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, head_dim]).swap_dims(1, 2);
-
-        let q = apply_rope(heads(self.q_proj.forward(x.clone()), self.n_heads), cos, sin);
-        let mut k = apply_rope(heads(self.k_proj.forward(x.clone()), self.n_kv_heads), cos, sin);
-        let mut v = heads(self.v_proj.forward(x), self.n_kv_heads);
-        let causal = match cache.take() {
-            Some((past_k, past_v)) => {
-                assert_eq!(seq, 1, "a cached forward takes one position at a time");
-                k = Tensor::cat(vec![past_k, k], 2);
-                v = Tensor::cat(vec![past_v, v], 2);
-                false
-            }
-            None => true,
-        };
-        *cache = Some((k.clone(), v.clone()));
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
-        let out = attention(q, k, v, None, None, options);
+        let q = apply_rope(split_heads(self.q_proj.forward(x.clone()), head_dim), cos, sin);
+        let k = apply_rope(split_heads(self.k_proj.forward(x.clone()), head_dim), cos, sin);
+        let v = split_heads(self.v_proj.forward(x), head_dim);
+        let (k, v, causal) = append_to_cache(k, v, cache);
+        let group = self.n_heads / self.n_kv_heads;
+        let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, d_model]))
     }
+}
 
-    /// Repeats each key/value head for its group of query heads:
-    /// `[b, kv_heads, s, hd]` -> `[b, heads, s, hd]`.
-    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
-        let group = self.n_heads / self.n_kv_heads;
-        if group == 1 {
-            return x;
+/// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.
+pub(crate) fn split_heads(t: Tensor<3>, head_dim: usize) -> Tensor<4> {
+    let [batch, seq, width] = t.dims();
+    t.reshape([batch, seq, width / head_dim, head_dim]).swap_dims(1, 2)
+}
+
+/// Keys and values of the cached positions followed by the new ones (which are stored in
+/// the cache), and whether the attention is causal: with an empty cache it is the causal
+/// forward over `seq` positions; with a filled one, `seq` must be 1 (one decoding step,
+/// which attends to every cached position).
+pub(crate) fn append_to_cache(k: Tensor<4>, v: Tensor<4>, cache: &mut Option<(Tensor<4>, Tensor<4>)>) -> (Tensor<4>, Tensor<4>, bool) {
+    let (k, v, causal) = match cache.take() {
+        Some((past_k, past_v)) => {
+            assert_eq!(k.dims()[2], 1, "a cached forward takes one position at a time");
+            (Tensor::cat(vec![past_k, k], 2), Tensor::cat(vec![past_v, v], 2), false)
         }
-        let [b, kv, s, hd] = x.dims();
-        x.unsqueeze_dim::<5>(2).expand([b, kv, group, s, hd]).reshape([b, kv * group, s, hd])
+        None => (k, v, true),
+    };
+    *cache = Some((k.clone(), v.clone()));
+    (k, v, causal)
+}
+
+/// softmax(q k^T / sqrt(head_dim)) v per head, causal or over every key.
+pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+    attention(q, k, v, None, None, options)
+}
+
+/// Repeats each key/value head for its group of query heads:
+/// `[b, kv_heads, s, hd]` -> `[b, kv_heads * group, s, hd]`.
+pub(crate) fn repeat_kv(x: Tensor<4>, group: usize) -> Tensor<4> {
+    if group == 1 {
+        return x;
     }
+    let [b, kv, s, hd] = x.dims();
+    x.unsqueeze_dim::<5>(2).expand([b, kv, group, s, hd]).reshape([b, kv * group, s, hd])
 }

@@ -5,6 +5,7 @@ use burn::nn::{RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 
 use super::attention::Attention;
+use super::attention_experts::AttentionExperts;
 use super::ffn::FeedForward;
 use super::moe::{MoeAux, MoeLayer, RoutingContext};
 use super::moe_config::Routing;
@@ -13,7 +14,9 @@ use crate::config::ModelConfig;
 #[derive(Module, Debug)]
 pub struct Block {
     pub input_layernorm: RmsNorm,
-    pub self_attn: Attention,
+    /// One attention, or (BAM) attention experts in its place.
+    pub self_attn: Option<Attention>,
+    pub attention_experts: Option<AttentionExperts>,
     pub post_attention_layernorm: RmsNorm,
     pub mlp: Option<FeedForward>,
     pub block_sparse_moe: Option<MoeLayer>,
@@ -26,7 +29,8 @@ impl Block {
         let first_moe_layer = (0..config.n_layers).find(|&l| moe.is_some_and(|m| m.is_moe_layer(l)));
         Self {
             input_layernorm: norm(),
-            self_attn: Attention::new(config, device),
+            self_attn: config.attention_experts.is_none().then(|| Attention::new(config, device)),
+            attention_experts: config.attention_experts.as_ref().map(|a| AttentionExperts::new(config, a, device)),
             post_attention_layernorm: norm(),
             mlp: moe.is_none().then(|| FeedForward::new(config.d_model, config.d_ff, device)),
             block_sparse_moe: moe.map(|m| {
@@ -45,12 +49,17 @@ impl Block {
 
     /// The attention half: x + attn(norm(x)).
     pub fn attend(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<3> {
-        x.clone() + self.self_attn.forward(self.input_layernorm.forward(x), cos, sin)
+        self.attend_cached(x, cos, sin, &mut None)
     }
 
     /// The attention half over cached keys and values (see `Attention::forward_cached`).
     pub fn attend_cached(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut Option<(Tensor<4>, Tensor<4>)>) -> Tensor<3> {
-        x.clone() + self.self_attn.forward_cached(self.input_layernorm.forward(x), cos, sin, cache)
+        let normed = self.input_layernorm.forward(x.clone());
+        x + match (&self.self_attn, &self.attention_experts) {
+            (_, Some(experts)) => experts.forward_cached(normed, cos, sin, cache),
+            (Some(attention), None) => attention.forward_cached(normed, cos, sin, cache),
+            (None, None) => unreachable!("a block has an attention or attention experts"),
+        }
     }
 
     /// The FFN half: h + ffn(norm(h)), with the MoE layer's auxiliary outputs.

@@ -18,6 +18,7 @@ pub struct LanguageModel {
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
     pub rope_theta: f64,
+    pub head_dim: usize,
 }
 
 impl LanguageModel {
@@ -30,16 +31,13 @@ impl LanguageModel {
             norm: RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
             lm_head: (!config.tie_embeddings).then(|| linear(config.d_model, config.vocab_size, device)),
             rope_theta: config.rope_theta,
+            head_dim: config.head_dim(),
         }
     }
 
     /// RoPE tables for positions `start..start + seq`.
     fn rope(&self, start: usize, seq: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        let head_dim = self.layers.first().map_or(2, |b| {
-            let [d, _] = b.self_attn.q_proj.weight.dims();
-            d / b.self_attn.n_heads
-        });
-        rope_tables_from(start, seq, head_dim, self.rope_theta, device)
+        rope_tables_from(start, seq, self.head_dim, self.rope_theta, device)
     }
 
     /// A model initialised from `seed` alone (the same on every backend).

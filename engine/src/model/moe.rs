@@ -56,6 +56,8 @@ pub struct MoeLayer {
     /// The router W (d_model -> E); Mixtral calls it `gate`.
     pub gate: Linear,
     pub experts: Vec<FeedForward>,
+    /// The always-active shared expert (`MoeConfig::shared_expert`).
+    pub shared_expert: Option<FeedForward>,
     #[module(skip)]
     pub config: MoeConfig,
     /// Soft routing in this layer whatever the config says (sample-top-1's first layer).
@@ -64,15 +66,18 @@ pub struct MoeLayer {
 
 impl MoeLayer {
     pub fn new(d_model: usize, d_ff: usize, config: &MoeConfig, force_soft: bool, device: &Device) -> Self {
-        let d_ff = config.expert_d_ff.unwrap_or(d_ff);
+        let expert_d_ff = config.expert_d_ff.unwrap_or(d_ff);
         let mut experts: Vec<FeedForward> =
-            (0..config.num_experts).map(|_| FeedForward::new(d_model, d_ff, device)).collect();
+            (0..config.num_experts).map(|_| FeedForward::new(d_model, expert_d_ff, device)).collect();
+        let mut shared_expert = config.shared_expert.then(|| FeedForward::new(d_model, d_ff, device));
         if config.freeze_experts {
             experts = experts.into_iter().map(|e| e.no_grad()).collect();
+            shared_expert = shared_expert.map(|e| e.no_grad());
         }
         Self {
             gate: linear(d_model, config.num_experts, device),
             experts,
+            shared_expert,
             config: config.clone(),
             force_soft,
         }
@@ -83,7 +88,8 @@ impl MoeLayer {
     }
 
     /// y = sum_i g_i(x) FFN_i(x) over the experts the router selects (Sukhbaatar et al.
-    /// 2024, §2). Every routing mode is a selection followed by the same dispatch.
+    /// 2024, §2), plus FFN_shared(x) with a shared expert. Every routing mode is a selection
+    /// followed by the same dispatch.
     ///
     /// # Shapes
     /// - x: `[batch, seq, d_model]` -> `[batch, seq, d_model]`
@@ -92,7 +98,10 @@ impl MoeLayer {
         let x = x.reshape([batch * seq, d_model]);
         let logits = self.gate.forward(x.clone()); // [N, E]
         let selection = self.select(logits.clone(), ctx);
-        let dispatched = self.dispatch(x, &selection);
+        let mut dispatched = self.dispatch(x.clone(), &selection);
+        if let Some(shared) = &self.shared_expert {
+            dispatched.output = dispatched.output + shared.forward(x);
+        }
 
         let mut loss = Tensor::<1>::zeros([1], &logits.device());
         // Mixtral's balancing pools every layer: the model adds it (LanguageModel::training_loss),

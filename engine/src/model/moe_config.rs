@@ -76,6 +76,11 @@ pub struct MoeConfig {
     /// Keep the experts' FFNs fixed; routers and all non-FFN weights still train.
     #[serde(default)]
     pub freeze_experts: bool,
+    /// One more FFN (of the model's `d_ff`) that every token goes through beside the routed
+    /// experts, ungated (DeepSeekMoE's shared expert, Dai et al. 2024, §3.2):
+    /// y = FFN_shared(x) + sum_i g_i(x) FFN_i(x).
+    #[serde(default)]
+    pub shared_expert: bool,
 }
 
 /// BTX's defaults, shared with the merge options (`merge::mix::MoeOptions`).
@@ -100,6 +105,7 @@ impl MoeConfig {
             balance: Balance::PerLayer,
             router_z_loss: 0.0,
             freeze_experts: false,
+            shared_expert: false,
         }
     }
 
