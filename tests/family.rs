@@ -157,3 +157,87 @@ fn drop_upcycling_reinitialises_the_same_hidden_units_of_each_projection() {
     sets.dedup();
     assert_eq!(sets.len(), 8, "every expert of every layer drops its own units");
 }
+
+/// An MoE of five distinct experts whose expert 4 no token can choose: in every layer, router
+/// rows w, -w, v, -v and 0, so with top-2 the two positive logits of |w.x| and |v.x| always
+/// beat expert 4's zero.
+fn moe_with_an_unroutable_expert(dir: &std::path::Path) -> std::path::PathBuf {
+    let experts: Vec<MergeInput> = (0..5).map(|i| seed_checkpoint(dir, &format!("m{i}"), 40 + i)).collect();
+    let (config, mut tensors) = mix(&experts, None, None, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
+    for layer in 0..2 {
+        let router = tensors.get_mut(&btx::merge::router_tensor_name(layer)).unwrap();
+        let d = router.shape[1];
+        let (w, v) = (router.values[..d].to_vec(), router.values[d..2 * d].to_vec());
+        let neg = |x: &[f32]| x.iter().map(|a| -a).collect::<Vec<f32>>();
+        router.values = [w.clone(), neg(&w), v.clone(), neg(&v), vec![0.0; d]].concat();
+    }
+    let path = dir.join("moe5");
+    btx::checkpoint::write_tensor_checkpoint(&path, &config, &tensors, &[]).unwrap();
+    path
+}
+
+#[test]
+fn removing_an_expert_no_token_routed_to_leaves_the_logits_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = moe_with_an_unroutable_expert(dir.path());
+    let device = cpu();
+    let (_, model) = load_model(&path, &device).unwrap();
+    let tokens = random_tokens(2, 16, 4096, 77, &device);
+    let (logits, aux) = model.forward_with_aux(tokens.clone(), Default::default());
+    assert!(aux.iter().all(|a| a.expert_tokens[4] == 0), "the premise: expert 4 is never chosen");
+    let want = to_vec(logits);
+
+    let moe = MergeInput::load(&path).unwrap();
+    let (plan, names) = btx::merge::experts::remove_expert(&moe, "4").unwrap();
+    assert_eq!(names, ["0", "1", "2", "3"]);
+    let (config, tensors) = plan.into_tensors().unwrap();
+    assert_eq!(config.moe.as_ref().unwrap().num_experts, 4);
+    let diff = max_abs_diff(&logits_of(dir.path(), &config, &tensors), &want);
+    assert!(diff < 1e-5, "removing an unrouted expert changed the logits by {diff}");
+    // Removing one that tokens do choose changes them (the comparison can fail).
+    let (plan, _) = btx::merge::experts::remove_expert(&moe, "0").unwrap();
+    let (config, tensors) = plan.into_tensors().unwrap();
+    assert!(max_abs_diff(&logits_of(dir.path(), &config, &tensors), &want) > 1e-3);
+    let err = format!("{:#}", btx::merge::experts::remove_expert(&moe, "nine").err().unwrap());
+    assert!(err.contains("no expert named `nine`"), "{err}");
+}
+
+/// Adding an expert and removing it again gives back the MoE bit for bit, with attention
+/// experts (BAM, own or shared keys and values) or without; the added FFNs are the new
+/// expert's own.
+#[test]
+fn adding_then_removing_an_expert_gives_back_the_moe() {
+    use btx::merge::experts::{AddedRouterRows, add_expert, remove_expert};
+    let dir = tempfile::tempdir().unwrap();
+    let experts: Vec<MergeInput> = (0..2).map(|i| seed_checkpoint(dir.path(), &format!("a{i}"), 50 + i)).collect();
+    let seed = seed_checkpoint(dir.path(), "seed", 1);
+    let later = seed_checkpoint(dir.path(), "later", 60);
+    let split = MoeOptions { split: 2, ..Default::default() };
+    let shared = MoeOptions { shared_expert: SharedExpert::Seed, ..Default::default() };
+    let plans = [
+        ("btx", mix(&experts, Some(&seed), None, &MoeOptions::default(), None).unwrap()),
+        ("split", mix(&experts, None, None, &split, None).unwrap()),
+        ("bam", bam(&experts, Some(&seed), None, &shared, None, false).unwrap()),
+        ("bam-shared-kv", bam(&experts, None, None, &MoeOptions::default(), None, true).unwrap()),
+    ];
+    for (label, plan) in plans {
+        let path = dir.path().join(label);
+        plan.write(&path, &[]).unwrap();
+        let original = btx::checkpoint::tensor_file::read_tensors(&path.join("model.safetensors")).unwrap();
+        let moe = MergeInput::load(&path).unwrap();
+        let (grown, names) = add_expert(&moe, &later, "later", &AddedRouterRows::Random { seed: 3 }).unwrap();
+        let grown_path = dir.path().join(format!("{label}-grown"));
+        btx::merge::experts::write_edited(&grown, &moe, &grown_path, "AddExpert", "later", &names).unwrap();
+        let (config, _) = load_model(&grown_path, &cpu()).unwrap(); // it loads as a model
+        let tensors = btx::checkpoint::tensor_file::read_tensors(&grown_path.join("model.safetensors")).unwrap();
+        let e = config.moe.as_ref().unwrap().num_experts - 1;
+        assert_eq!(tensors[&format!("model.layers.1.block_sparse_moe.experts.{e}.w2.weight")].shape[0], 32, "{label}");
+        if label == "btx" {
+            assert_eq!(tensors[&format!("model.layers.1.block_sparse_moe.experts.{e}.w1.weight")], later.read("model.layers.1.mlp.gate_proj.weight").unwrap());
+        }
+        let grown_moe = MergeInput::load(&grown_path).unwrap();
+        let (shrunk, _) = remove_expert(&grown_moe, "later").unwrap();
+        let (_, back) = shrunk.into_tensors().unwrap();
+        assert_eq!(back, original, "{label}: add then remove");
+    }
+}

@@ -169,3 +169,48 @@ fn imported_mixtral_balances_as_transformers_does() {
     let theirs = reference["aux_loss"].as_f64().unwrap();
     assert!((ours - theirs).abs() < 1e-4 * theirs.abs(), "engine {ours}, transformers {theirs}");
 }
+
+/// An MoE with a shared expert exports as transformers' Qwen2-MoE: the tensor names and shapes
+/// of the Qwen2MoeForCausalLM transformers saved, the config fields it reads, the shared gate
+/// zero and the shared down projection doubled (sigmoid(0) = 1/2 halves it back). An MoE with
+/// attention experts is refused: no transformers architecture has them.
+#[test]
+fn a_shared_expert_exports_as_qwen2_moe_and_attention_experts_are_refused() {
+    use btx::merge::mix::{Perturbation, SharedExpert, bam};
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed");
+    import_hf(&fixture("llama"), &seed).unwrap();
+    let input = MergeInput::load(&seed).unwrap();
+    let options = MoeOptions { shared_expert: SharedExpert::Seed, load_balance: 0.01, ..Default::default() };
+    let (config, tensors) = btx::merge::upcycle::upcycle(&input, 4, Perturbation::default(), &options, None).unwrap().into_tensors().unwrap();
+    let moe = dir.path().join("moe");
+    btx::checkpoint::write_tensor_checkpoint(&moe, &config, &tensors, &[]).unwrap();
+    let out = dir.path().join("hf");
+    export_hf(&moe, &out, Some(&repo_root().join("assets/tokenizer.json")), false).unwrap();
+
+    let ours = read_tensors(&out.join("model.safetensors")).unwrap();
+    let theirs = read_tensors(&fixture("qwen2_moe").join("model.safetensors")).unwrap();
+    let shapes = |m: &btx::checkpoint::tensor_file::TensorMap| m.iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect::<Vec<_>>();
+    assert_eq!(shapes(&ours), shapes(&theirs));
+    assert!(ours["model.layers.1.mlp.shared_expert_gate.weight"].values.iter().all(|&v| v == 0.0));
+    let down = &tensors["model.layers.1.block_sparse_moe.shared_expert.down_proj.weight"].values;
+    let doubled: Vec<f32> = down.iter().map(|v| 2.0 * v).collect();
+    assert_eq!(ours["model.layers.1.mlp.shared_expert.down_proj.weight"].values, doubled);
+
+    let ours: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let theirs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("qwen2_moe").join("config.json")).unwrap()).unwrap();
+    for field in [
+        "architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size", "norm_topk_prob",
+        "qkv_bias", "decoder_sparse_step", "mlp_only_layers", "use_sliding_window", "router_aux_loss_coef", "vocab_size",
+    ] {
+        assert_eq!(ours[field], theirs[field], "config field {field}");
+    }
+
+    let experts: Vec<MergeInput> = (0..2).map(|_| MergeInput::load(&seed).unwrap()).collect();
+    let (config, tensors) = bam(&experts, None, None, &MoeOptions::default(), None, true).unwrap().into_tensors().unwrap();
+    let bam_dir = dir.path().join("bam");
+    btx::checkpoint::write_tensor_checkpoint(&bam_dir, &config, &tensors, &[]).unwrap();
+    let err = format!("{:#}", export_hf(&bam_dir, &dir.path().join("bam-hf"), Some(&repo_root().join("assets/tokenizer.json")), false).unwrap_err());
+    assert!(err.contains("attention experts") && err.contains("own checkpoint"), "{err}");
+}

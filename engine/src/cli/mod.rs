@@ -8,6 +8,7 @@ mod eval;
 mod generate;
 mod hf;
 mod merge;
+mod moe;
 mod recipe;
 mod tokenizer;
 mod train;
@@ -44,11 +45,16 @@ enum Command {
     /// parameter average. Works on checkpoint tensors, streamed one tensor at a time; needs
     /// no device.
     Merge(merge::MergeArgs),
+    /// Edit a merged MoE: remove an expert, or add one trained later.
+    Moe {
+        #[command(subcommand)]
+        command: moe::MoeCommand,
+    },
     /// Import a Hugging Face LlamaForCausalLM / MistralForCausalLM / MixtralForCausalLM folder
     /// (config.json, model.safetensors or a sharded set, tokenizer.json) as a checkpoint.
     ImportHf(hf::ImportArgs),
     /// Export a checkpoint as a Hugging Face folder: LlamaForCausalLM for a dense model,
-    /// MixtralForCausalLM for an MoE.
+    /// MixtralForCausalLM for an MoE, Qwen2MoeForCausalLM for an MoE with a shared expert.
     ExportHf(hf::ExportArgs),
     /// Print a checkpoint's logits for a token sequence as JSON (for cross-checks).
     Logits(hf::LogitsArgs),
@@ -96,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate::run(args),
         Command::Recipe { command } => recipe::run(command),
         Command::Merge(args) => merge::run(args),
+        Command::Moe { command } => moe::run(command),
         Command::ImportHf(args) => hf::import(args),
         Command::ExportHf(args) => hf::export(args),
         Command::Logits(args) => hf::logits(args),

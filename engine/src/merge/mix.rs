@@ -249,36 +249,22 @@ pub(crate) fn assemble_moe<'a>(
     if moe.top_k > moe.num_experts {
         bail!("top_k ({}) x split ({split}) is more than the {} experts", options.top_k, moe.num_experts);
     }
-    let chunk = dense.d_ff / split;
     let shapes = members[0].shapes();
     for layer in 0..dense.n_layers {
         for (e, &member) in ffn_sources.iter().enumerate() {
             let expert_seed = options.seed ^ (0xD20F_0000 + ((layer as u64) << 20) + e as u64);
-            for proj in ["gate_proj", "up_proj", "down_proj"] {
-                let name = format!("model.layers.{layer}.mlp.{proj}.weight");
-                let Some(&shape) = shapes.get(name.as_str()) else { bail!("tensor `{name}` is missing") };
-                let salt = options.seed ^ name_hash(&name) ^ (0xC0FFEE + e as u64);
+            let perturb = |name: &str| {
+                let salt = options.seed ^ name_hash(name) ^ (0xC0FFEE + e as u64);
                 let noise = (perturbation.noise_std > 0.0).then_some(Noise { std: perturbation.noise_std, seed: salt });
                 let reinit = (perturbation.drop_ratio > 0.0).then_some(Reinit {
                     ratio: perturbation.drop_ratio,
                     index_seed: expert_seed,
                     value_seed: salt.rotate_left(17),
-                    hidden_in_rows: proj != "down_proj",
+                    hidden_in_rows: !name.contains("down_proj"),
                 });
-                for c in 0..split {
-                    // The hidden dimension is down_proj's columns and the others' rows.
-                    let (cut, piece_shape) = match (split, proj) {
-                        (1, _) => (Cut::Whole, shape.to_vec()),
-                        (_, "down_proj") => (Cut::Columns { start: c * chunk, len: chunk }, vec![shape[0], chunk]),
-                        _ => (Cut::Rows { start: c * chunk, len: chunk }, vec![chunk, shape[1]]),
-                    };
-                    outputs.push(Output {
-                        name: expert_tensor_name(layer, e * split + c, proj),
-                        shape: piece_shape,
-                        source: Source::Piece { member, name: name.clone(), cut, noise, reinit },
-                    });
-                }
-            }
+                (noise, reinit)
+            };
+            outputs.extend(ffn_expert_outputs(layer, member, e * split, split, &shapes, perturb)?);
         }
         let router = match (&directions, options.router_init) {
             (Some(dirs), RouterInit::Embedding | RouterInit::Hidden) => {
@@ -292,6 +278,36 @@ pub(crate) fn assemble_moe<'a>(
     }
     let config = ModelConfig { moe: Some(moe), ..dense };
     Ok(MergePlan::new(config, members, outputs))
+}
+
+/// Member `member`'s FFN in layer `layer` as routed experts `first..first + split` (cut along
+/// its hidden dimension when `split` > 1), each projection perturbed as `perturb` says.
+pub(crate) fn ffn_expert_outputs(
+    layer: usize,
+    member: usize,
+    first: usize,
+    split: usize,
+    shapes: &std::collections::BTreeMap<&str, &[usize]>,
+    perturb: impl Fn(&str) -> (Option<Noise>, Option<Reinit>),
+) -> Result<Vec<Output>> {
+    let mut outputs = Vec::new();
+    for proj in ["gate_proj", "up_proj", "down_proj"] {
+        let name = format!("model.layers.{layer}.mlp.{proj}.weight");
+        let Some(&shape) = shapes.get(name.as_str()) else { bail!("tensor `{name}` is missing") };
+        let (noise, reinit) = perturb(&name);
+        let chunk = shape[if proj == "down_proj" { 1 } else { 0 }] / split;
+        for c in 0..split {
+            // The hidden dimension is down_proj's columns and the others' rows.
+            let (cut, piece_shape) = match (split, proj) {
+                (1, _) => (Cut::Whole, shape.to_vec()),
+                (_, "down_proj") => (Cut::Columns { start: c * chunk, len: chunk }, vec![shape[0], chunk]),
+                _ => (Cut::Rows { start: c * chunk, len: chunk }, vec![chunk, shape[1]]),
+            };
+            let source = Source::Piece { member, name: name.clone(), cut, noise, reinit };
+            outputs.push(Output { name: expert_tensor_name(layer, first + c, proj), shape: piece_shape, source });
+        }
+    }
+    Ok(outputs)
 }
 
 /// FNV-1a of a tensor name: seeds per-tensor noise independently of the order tensors are

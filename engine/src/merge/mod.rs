@@ -9,6 +9,7 @@
 
 pub mod average;
 pub mod diagnosis;
+pub mod experts;
 pub mod mix;
 pub mod plan;
 pub mod request;

@@ -1,0 +1,236 @@
+//! Removing or adding an expert of a merged MoE after the fact. Experts trained apart can be
+//! opted out of, or into, a model without retraining the rest (FlexOlmo, Shi et al. 2025, §3;
+//! BTM's "grow the forest", Li et al. 2022, §4).
+//!
+//! Removing expert e drops its FFNs and its router row in every layer: routing continues over
+//! the rest, so a token that never chose e is computed exactly as before. Adding a dense
+//! expert appends its FFNs (and, in a BAM model, its attention) as one more expert, with a new
+//! router row per layer: random, or from its data (`AddedRouterRows`). The dense expert's
+//! other weights are not used: the MoE's shared weights stay.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+
+use super::mix::ffn_expert_outputs;
+use super::plan::{MergePlan, Output, Source};
+use super::router_init::random_router;
+use super::{MergeInput, check_same_architecture, router_tensor_name};
+use crate::checkpoint::tensor_file::HostTensor;
+use crate::config::ModelConfig;
+
+const ROUTED: &str = ".block_sparse_moe.experts.";
+const ATTENTION: &str = ".attention_experts.experts.";
+
+/// The routed experts of an MoE, and their names (from the merge record, else their numbers).
+pub struct MoeExperts {
+    pub names: Vec<String>,
+    /// Routed experts per member (split experts).
+    pub split: usize,
+}
+
+impl MoeExperts {
+    pub fn of(moe: &MergeInput) -> Result<Self> {
+        let Some(m) = &moe.config.moe else { bail!("{} is a dense checkpoint; expert edits take an MoE", moe.path.display()) };
+        let split = m.expert_d_ff.map_or(1, |f| (moe.config.d_ff / f).max(1));
+        let names = super::expert_names(&moe.path)
+            .filter(|n| n.len() == m.num_experts)
+            .unwrap_or_else(|| (0..m.num_experts).map(|e| e.to_string()).collect());
+        Ok(Self { names, split })
+    }
+
+    /// The routed experts `name` picks: the expert of that name (or number), or the split
+    /// pieces `name.0`, `name.1`, ...
+    pub fn named(&self, name: &str) -> Result<Vec<usize>> {
+        let picked: Vec<usize> = (0..self.names.len())
+            .filter(|&e| self.names[e] == name || self.names[e].strip_prefix(name).is_some_and(|rest| rest.starts_with('.')))
+            .collect();
+        if !picked.is_empty() {
+            return Ok(picked);
+        }
+        match name.parse::<usize>() {
+            Ok(e) if e < self.names.len() => Ok(vec![e]),
+            _ => bail!("no expert named `{name}`: the experts are {:?} (or give a number 0..{})", self.names, self.names.len() - 1),
+        }
+    }
+}
+
+/// The tensor `name` with its expert number after `marker` mapped by `map` (None: dropped);
+/// `None` when `name` is not an expert tensor of that kind.
+fn renumbered(name: &str, marker: &str, map: &[Option<usize>]) -> Option<Option<String>> {
+    let at = name.find(marker)? + marker.len();
+    let (number, rest) = name[at..].split_once('.')?;
+    let old: usize = number.parse().ok()?;
+    Some(map.get(old).copied().flatten().map(|new| format!("{}{new}.{rest}", &name[..at])))
+}
+
+/// The router of the edited experts: row j is the old row that `map` sends to j, or, where
+/// none does (an added expert), the next of `extra`.
+fn router_rows(router: &HostTensor, map: &[Option<usize>], extra: &[Vec<f32>]) -> HostTensor {
+    let d = router.shape[1];
+    let rows = map.iter().flatten().count() + extra.len();
+    let mut extra = extra.iter();
+    let mut values = Vec::with_capacity(rows * d);
+    for j in 0..rows {
+        match map.iter().position(|&new| new == Some(j)) {
+            Some(old) => values.extend_from_slice(&router.values[old * d..(old + 1) * d]),
+            None => values.extend(extra.next().expect("one extra row per added expert")),
+        }
+    }
+    HostTensor::new(vec![rows, d], values)
+}
+
+/// Every tensor of `moe` with routed and attention experts renumbered (dropped where the maps
+/// say None) and routers keeping the rows of the experts kept, with `extra_rows` per layer
+/// where new experts go.
+fn edited_outputs(moe: &MergeInput, routed: &[Option<usize>], attention: &[Option<usize>], extra_rows: &ExtraRows) -> Result<Vec<Output>> {
+    let mut outputs = Vec::new();
+    for (name, shape) in moe.shapes() {
+        let layer_of = |n: &str| n.strip_prefix("model.layers.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<usize>().ok());
+        let output = |n: String, source| Output { name: n, shape: shape.to_vec(), source };
+        if let Some(renamed) = renumbered(name, ROUTED, routed).or_else(|| renumbered(name, ATTENTION, attention)) {
+            outputs.extend(renamed.map(|n| output(n, Source::whole(0, name))));
+        } else if name.ends_with(".block_sparse_moe.gate.weight") || name.ends_with(".attention_experts.gate.weight") {
+            let layer = layer_of(name).unwrap_or(0);
+            let (map, extra) = if name.contains("attention") { (attention, &extra_rows.attention) } else { (routed, &extra_rows.routed) };
+            let router = router_rows(&moe.read(name)?, map, extra.get(layer).map_or(&[][..], |r| r.as_slice()));
+            outputs.push(Output { name: name.to_string(), shape: router.shape.clone(), source: Source::Given(router) });
+        } else {
+            outputs.push(output(name.to_string(), Source::whole(0, name)));
+        }
+    }
+    Ok(outputs)
+}
+
+/// New router rows per layer: `[layer][row][d_model]`.
+#[derive(Default)]
+struct ExtraRows {
+    routed: Vec<Vec<Vec<f32>>>,
+    attention: Vec<Vec<Vec<f32>>>,
+}
+
+/// `moe` without the expert `name` (its split pieces too, and in a BAM model its attention
+/// expert), and the names of the experts that remain.
+pub fn remove_expert<'a>(moe: &'a MergeInput, name: &str) -> Result<(MergePlan<'a>, Vec<String>)> {
+    let experts = MoeExperts::of(moe)?;
+    let dropped = experts.named(name)?;
+    let num = experts.names.len();
+    if dropped.len() == num {
+        bail!("`{name}` is every expert of {}; an MoE needs at least one", moe.path.display());
+    }
+    let mut next = 0;
+    let routed: Vec<Option<usize>> = (0..num).map(|e| (!dropped.contains(&e)).then(|| (next, next += 1).0)).collect();
+    // Attention expert m is member m, whose routed experts are m * split .. (m + 1) * split.
+    let attention_count = moe.config.attention_experts.as_ref().map_or(0, |a| a.num_experts);
+    let dropped_members: Vec<usize> = dropped.iter().map(|e| e / experts.split).collect();
+    let mut next = 0;
+    let attention: Vec<Option<usize>> =
+        (0..attention_count).map(|m| (!dropped_members.contains(&m)).then(|| (next, next += 1).0)).collect();
+    let outputs = edited_outputs(moe, &routed, &attention, &ExtraRows::default())?;
+    let mut config = moe.config.clone();
+    let m = config.moe.as_mut().expect("checked an MoE");
+    m.num_experts = num - dropped.len();
+    m.top_k = m.top_k.min(m.num_experts);
+    if let Some(a) = config.attention_experts.as_mut() {
+        a.num_experts = attention.iter().flatten().count();
+    }
+    let names = (0..num).filter(|e| !dropped.contains(e)).map(|e| experts.names[e].clone()).collect();
+    Ok((MergePlan::new(config, vec![moe], outputs), names))
+}
+
+/// Where an added expert's router rows come from.
+pub enum AddedRouterRows {
+    /// N(0, 0.02) rows, as BTX's routers start.
+    Random { seed: u64 },
+    /// Per layer: the mean router row of the existing experts, tilted towards the new domain
+    /// by `toward[layer]` (the new data's mean FFN input minus the reference data's), scaled
+    /// to the existing rows' mean norm. A token like the new domain then prefers the new expert.
+    Toward { toward: Vec<Vec<f32>> },
+}
+
+/// `moe` with the dense checkpoint `expert` added as routed expert(s) (and attention expert in
+/// a BAM model), and the names of all experts.
+pub fn add_expert<'a>(moe: &'a MergeInput, expert: &'a MergeInput, name: &str, rows: &AddedRouterRows) -> Result<(MergePlan<'a>, Vec<String>)> {
+    let experts = MoeExperts::of(moe)?;
+    let dense = ModelConfig { moe: None, attention_experts: None, ..moe.config.clone() };
+    if expert.config != dense {
+        bail!("{} does not share the MoE's architecture: its config is {:?}, the MoE's dense part {:?}", expert.path.display(), expert.config, dense);
+    }
+    check_same_architecture(&[expert])?;
+    if experts.names.iter().any(|n| n == name) {
+        bail!("{} already has an expert named `{name}`", moe.path.display());
+    }
+    let (num, split) = (experts.names.len(), experts.split);
+    let routed: Vec<Option<usize>> = (0..num).map(Some).collect();
+    // The new attention expert goes after the routed members' (before a shared seed's), so
+    // attention expert m stays member m.
+    let attention_count = moe.config.attention_experts.as_ref().map_or(0, |a| a.num_experts);
+    let insert_at = num / split;
+    let attention: Vec<Option<usize>> = (0..attention_count).map(|m| Some(if m < insert_at { m } else { m + 1 })).collect();
+    let mut extra = ExtraRows::default();
+    for layer in 0..dense.n_layers {
+        let router = moe.read(&router_tensor_name(layer))?;
+        extra.routed.push(vec![new_row(&router, rows, layer); split]);
+        if attention_count > 0 {
+            let attention_router = moe.read(&format!("model.layers.{layer}.attention_experts.gate.weight"))?;
+            extra.attention.push(vec![new_row(&attention_router, rows, layer)]);
+        }
+    }
+    let mut outputs = edited_outputs(moe, &routed, &attention, &extra)?;
+    let shapes = expert.shapes();
+    for layer in 0..dense.n_layers {
+        outputs.extend(ffn_expert_outputs(layer, 1, num, split, &shapes, |_| (None, None))?);
+        if let Some(a) = &moe.config.attention_experts {
+            for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+                if a.shared_kv && matches!(proj, "k_proj" | "v_proj") {
+                    continue;
+                }
+                let theirs = format!("model.layers.{layer}.self_attn.{proj}.weight");
+                let shape = shapes.get(theirs.as_str()).map(|s| s.to_vec()).unwrap_or_default();
+                outputs.push(Output { name: format!("model.layers.{layer}{ATTENTION}{insert_at}.{proj}.weight"), shape, source: Source::whole(1, &theirs) });
+            }
+        }
+    }
+    let mut config = moe.config.clone();
+    config.moe.as_mut().expect("checked an MoE").num_experts += split;
+    if let Some(a) = config.attention_experts.as_mut() {
+        a.num_experts += 1;
+    }
+    let mut names = experts.names;
+    names.extend(if split == 1 { vec![name.to_string()] } else { (0..split).map(|c| format!("{name}.{c}")).collect() });
+    Ok((MergePlan::new(config, vec![moe, expert], outputs), names))
+}
+
+/// The new router row of one layer (see `AddedRouterRows`).
+fn new_row(router: &HostTensor, rows: &AddedRouterRows, layer: usize) -> Vec<f32> {
+    let (e, d) = (router.shape[0], router.shape[1]);
+    match rows {
+        AddedRouterRows::Random { seed } => random_router(1, d, layer, *seed ^ 0xADD0_0000 ^ e as u64).values,
+        AddedRouterRows::Toward { toward } => {
+            let row = |r: usize| &router.values[r * d..(r + 1) * d];
+            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let mean_norm = (0..e).map(|r| norm(row(r))).sum::<f32>() / e as f32;
+            let direction = &toward[layer];
+            let scale = mean_norm / norm(direction).max(1e-12);
+            (0..d).map(|i| (0..e).map(|r| row(r)[i]).sum::<f32>() / e as f32 + direction[i] * scale).collect()
+        }
+    }
+}
+
+/// Writes an edited MoE to `out` (atomically, streamed) with a merge.json that names its
+/// experts and the edit, and the MoE's tokenizer.
+pub fn write_edited(plan: &MergePlan, moe: &MergeInput, out: &Path, edit: &str, expert: &str, names: &[String]) -> Result<()> {
+    let record = serde_json::json!({
+        "method": edit,
+        "sources": [moe.path.display().to_string()],
+        "expert": expert,
+        "expert_names": names,
+    });
+    let mut extra = vec![("merge.json", serde_json::to_string_pretty(&record)?)];
+    if let Some(tokenizer) = crate::hf::checkpoint_tokenizer(&moe.path).and_then(|p| std::fs::read_to_string(p).ok()) {
+        extra.push(("tokenizer.json", tokenizer));
+    }
+    plan.write(out, &extra)?;
+    eprintln!("wrote {} ({} experts: {})", out.display(), names.len(), names.join(", "));
+    Ok(())
+}
