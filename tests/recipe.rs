@@ -309,3 +309,36 @@ fn a_sweep_runs_every_point_and_reports_the_gaps() {
     let (ok, stderr) = run_btx(&["recipe", "sweep", path.to_str().unwrap(), "--seed-steps", "6,x", "--expert-steps", "2"], dir.path());
     assert!(!ok && stderr.contains("--seed-steps"), "{stderr}");
 }
+
+/// The family of methods runs from a recipe: BAM (shared KV), a shared expert, Drop-Upcycling,
+/// and a later expert, trained from the experts' average and added to every finetuned BTX and
+/// BAM model and to the ensemble. Each grown model is evaluated and reported.
+#[test]
+fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = recipe_text(dir.path(), &[("en", "english")], 4)
+        .replace("    data_matched_baseline: true,\n    diagnose_merge: true,\n", "")
+        .replace(
+            r#"        (name: "switch", method: Btx, moe: Some((top_k: 1, routing: Switch(capacity_factor: 0.5)))),"#,
+            r#"        (name: "bam", method: Bam(shared_kv: true)),
+        (name: "shared", method: Btx, moe: (top_k: 1, shared_expert: Seed)),
+        (name: "drop", method: Upcycle(experts: 2, drop_ratio: 0.5)),"#,
+        )
+        .replace("    merges: [", "    later_experts: [(name: \"code\", data: [(\"code\", 1.0)], steps: 4)],\n    merges: [");
+    assert!(text.contains("later_experts") && text.contains("Bam(shared_kv: true)"));
+    let out = dir.path().join("run");
+    let (ok, stderr) = run_recipe(dir.path(), &text, &out);
+    assert!(ok, "{stderr}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for row in ["| bam |", "| shared |", "| drop |", "| btx + code |", "| bam + code |", "| shared + code |", "| ensemble + code |"] {
+        assert!(report.contains(row), "no row {row}:\n{report}");
+    }
+    // The later expert branched from the forest (the experts' average) and joined the models.
+    let later: btx::train::TrainConfig = btx::config::read_ron(&out.join("experts/code/stage.ron")).unwrap();
+    assert_eq!(later.init_from.as_deref(), Some(out.join("forest").as_path()));
+    let names = |ckpt: &Path| btx::merge::expert_names(ckpt).unwrap();
+    assert_eq!(names(&out.join("grow/btx/code")), ["en", "generalist", "code"]);
+    assert_eq!(names(&out.join("grow/shared/code")), ["en", "code"], "the shared seed is not routed");
+    let bam = btx::checkpoint::read_model_config(&out.join("grow/bam/code")).unwrap();
+    assert_eq!((bam.moe.unwrap().num_experts, bam.attention_experts.unwrap().num_experts), (3, 3));
+}

@@ -34,6 +34,12 @@ pub struct Recipe {
     pub seed_model: SeedModel,
     /// The experts, each trained from the seed on its own data, in its own process.
     pub experts: Vec<Expert>,
+    /// Experts trained after the merge, from the average of the experts (BTM's "grow the
+    /// forest"), then added to every finetuned BTX and BAM model (`btx moe add-expert`, no
+    /// further training) and to every BTM ensemble; each grown model is evaluated beside
+    /// the rest.
+    #[serde(default)]
+    pub later_experts: Vec<Expert>,
     /// Keep the seed as one more, generalist, expert in BTX merges.
     #[serde(default = "yes")]
     pub keep_seed: bool,
@@ -93,8 +99,19 @@ pub struct Expert {
 pub enum MergeMethod {
     /// BTX MiX: expert FFNs -> MoE experts, the rest averaged, routers added; finetuned.
     Btx,
-    /// Sparse upcycling of the seed into `experts` copies; finetuned.
-    Upcycle { experts: usize },
+    /// BAM: BTX that also keeps each member's attention as a softly routed attention expert;
+    /// with `shared_kv`, one averaged key/value projection for all of them; finetuned.
+    Bam {
+        #[serde(default)]
+        shared_kv: bool,
+    },
+    /// Sparse upcycling of the seed into `experts` copies; with `drop_ratio` r > 0,
+    /// Drop-Upcycling (r of each copy's FFN hidden units re-initialised); finetuned.
+    Upcycle {
+        experts: usize,
+        #[serde(default)]
+        drop_ratio: f64,
+    },
     /// BTM parameter average of the experts.
     Average,
     /// BTM ensemble of the experts (evaluation only), keeping the `top_k` most probable.
@@ -146,7 +163,12 @@ impl Default for EvalSettings {
 impl MergeMethod {
     /// Merges that build an MoE, which is then finetuned.
     pub fn is_moe(&self) -> bool {
-        matches!(self, Self::Btx | Self::Upcycle { .. })
+        matches!(self, Self::Btx | Self::Bam { .. } | Self::Upcycle { .. })
+    }
+
+    /// MoE merges whose experts are the recipe's experts (BTX and BAM; not upcycling).
+    pub fn mixes_experts(&self) -> bool {
+        matches!(self, Self::Btx | Self::Bam { .. })
     }
 
     /// The `btx merge` method that builds it (None for the ensemble, which is evaluated, not
@@ -154,6 +176,7 @@ impl MergeMethod {
     pub fn merge_method(&self) -> Option<crate::merge::MergeMethod> {
         match self {
             Self::Btx => Some(crate::merge::MergeMethod::Btx),
+            Self::Bam { .. } => Some(crate::merge::MergeMethod::Bam),
             Self::Upcycle { .. } => Some(crate::merge::MergeMethod::Upcycle),
             Self::Average => Some(crate::merge::MergeMethod::Average),
             Self::Ensemble { .. } => None,
@@ -211,13 +234,15 @@ impl Recipe {
             bail!("{origin}: field `experts` is empty; a recipe needs at least one expert");
         }
         let mut names = std::collections::HashSet::new();
-        for (i, e) in self.experts.iter().enumerate() {
-            if !names.insert(&e.name) || e.name.is_empty() || e.name.contains('/') {
-                bail!("{origin}: field `experts[{i}].name`: `{}` must be unique and a valid folder name", e.name);
+        let all_experts = self.experts.iter().map(|e| ("experts", e)).chain(self.later_experts.iter().map(|e| ("later_experts", e)));
+        for (i, (field, e)) in all_experts.enumerate() {
+            let i = if field == "experts" { i } else { i - self.experts.len() };
+            if !names.insert(&e.name) || e.name.is_empty() || e.name.contains('/') || e.name == "generalist" {
+                bail!("{origin}: field `{field}[{i}].name`: `{}` must be unique among all experts, not `generalist`, and a valid folder name", e.name);
             }
-            check_mixture(&format!("experts[{i}].data"), &e.data)?;
+            check_mixture(&format!("{field}[{i}].data"), &e.data)?;
             if e.steps == 0 {
-                bail!("{origin}: field `experts[{i}].steps` must be at least 1");
+                bail!("{origin}: field `{field}[{i}].steps` must be at least 1");
             }
         }
         let mut merge_names = std::collections::HashSet::new();
@@ -229,9 +254,21 @@ impl Recipe {
             if let Some(method) = m.method.merge_method() {
                 crate::merge::check_router_init(method, moe.router_init).map_err(|e| anyhow::anyhow!("{origin}: field `merges[{i}]`: {e}"))?;
             }
+            let shared_seed = moe.shared_expert == crate::merge::mix::SharedExpert::Seed;
             let members = match m.method {
-                MergeMethod::Btx => self.experts.len() + self.keep_seed as usize,
-                MergeMethod::Upcycle { experts } => experts,
+                MergeMethod::Btx | MergeMethod::Bam { .. } if shared_seed && !self.keep_seed => {
+                    bail!("{origin}: field `merges[{i}].moe.shared_expert`: Seed makes the seed the shared expert, but `keep_seed` is false")
+                }
+                MergeMethod::Btx | MergeMethod::Bam { .. } => self.experts.len() + (self.keep_seed && !shared_seed) as usize,
+                MergeMethod::Upcycle { experts, drop_ratio } => {
+                    if !(0.0..=1.0).contains(&drop_ratio) {
+                        bail!("{origin}: field `merges[{i}].method`: drop_ratio must be between 0 and 1, found {drop_ratio}");
+                    }
+                    experts
+                }
+                _ if moe.shared_expert != crate::merge::mix::SharedExpert::None => {
+                    bail!("{origin}: field `merges[{i}].moe.shared_expert`: a shared expert is part of an MoE; {:?} builds none", m.method)
+                }
                 _ => continue,
             };
             if members == 0 || moe.top_k == 0 || moe.top_k > members {

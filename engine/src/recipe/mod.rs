@@ -1,6 +1,7 @@
 //! Recipes: the whole method as one RON file, run stage by stage.
 
 pub mod config;
+pub mod grow;
 pub mod plan;
 pub mod plots;
 pub mod report;

@@ -4,8 +4,11 @@
 //! ```text
 //! RUN/seed/                 btx train (or an existing checkpoint)
 //! RUN/experts/NAME/         btx train, branched from the seed, on the expert's data
-//! RUN/merges/NAME/          btx merge (btx, upcycle, average)
+//! RUN/merges/NAME/          btx merge (btx, bam, upcycle, average)
 //! RUN/finetune/NAME/        btx train of each MoE merge on the finetune mixture
+//! RUN/forest/               btx merge --method average of the experts (with later experts)
+//! RUN/experts/LATER/        btx train of each later expert, branched from the forest
+//! RUN/grow/MERGE/LATER/     btx moe add-expert: a finetuned BTX/BAM model with later experts
 //! RUN/dense/                btx train: the seed continued at matched FLOPs (optional)
 //! RUN/eval/MODEL/           btx eval / btx ensemble
 //! RUN/report.md, report.json, *.png
@@ -66,11 +69,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(label: impl Into<String>, kind: EntryKind, lineage: Vec<String>) -> Self {
+    pub(super) fn new(label: impl Into<String>, kind: EntryKind, lineage: Vec<String>) -> Self {
         Self { label: label.into(), kind, lineage, experts: vec![] }
     }
 
-    fn with_experts(self, experts: Vec<String>) -> Self {
+    pub(super) fn with_experts(self, experts: Vec<String>) -> Self {
         Self { experts, ..self }
     }
 }
@@ -82,7 +85,7 @@ pub struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn dir(&self, stage: &str) -> PathBuf {
+    pub(super) fn dir(&self, stage: &str) -> PathBuf {
         self.out.join(stage)
     }
 
@@ -102,7 +105,7 @@ impl Plan<'_> {
             .collect()
     }
 
-    fn train_config(&self, model: ModelConfig, mixture: Option<&[(String, f64)]>, steps: usize, init_from: Option<PathBuf>, lr: Option<f64>) -> TrainConfig {
+    pub(super) fn train_config(&self, model: ModelConfig, mixture: Option<&[(String, f64)]>, steps: usize, init_from: Option<PathBuf>, lr: Option<f64>) -> TrainConfig {
         let r = self.recipe;
         let optimizer = OptimizerConfig { lr: lr.unwrap_or(r.optimizer.lr), ..r.optimizer.clone() };
         TrainConfig {
@@ -133,7 +136,7 @@ impl Plan<'_> {
         files
     }
 
-    fn train_stage(&self, name: &str, config: &TrainConfig, init: Option<&Path>) -> Result<Stage> {
+    pub(super) fn train_stage(&self, name: &str, config: &TrainConfig, init: Option<&Path>) -> Result<Stage> {
         let dir = self.dir(name);
         let mut inputs = self.data_inputs();
         inputs.extend(init.map(model_file));
@@ -159,15 +162,19 @@ impl Plan<'_> {
         }
     }
 
+    /// The experts' training stages (the later experts' too, branched from the forest).
     pub fn expert_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
-        self.recipe
+        let mut stages: Vec<Stage> = self
+            .recipe
             .experts
             .iter()
             .map(|e| {
                 let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(seed.to_path_buf()), None);
                 self.train_stage(&format!("experts/{}", e.name), &config, Some(seed))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        stages.extend(self.later_expert_stages()?);
+        Ok(stages)
     }
 
     pub fn merge_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
@@ -194,8 +201,13 @@ impl Plan<'_> {
             let mut args = strings(&["merge", "--out", &dir.display().to_string(), "--moe", &moe]);
             let mut inputs: Vec<PathBuf> = Vec::new();
             match m.method {
-                MergeMethod::Btx => {
-                    args.extend(strings(&["--method", "btx", "--experts"]));
+                MergeMethod::Btx | MergeMethod::Bam { .. } => {
+                    let method = if m.method == MergeMethod::Btx { "btx" } else { "bam" };
+                    args.extend(strings(&["--method", method]));
+                    if m.method == (MergeMethod::Bam { shared_kv: true }) {
+                        args.push("--shared-kv".into());
+                    }
+                    args.push("--experts".into());
                     args.extend(experts.iter().map(|p| p.display().to_string()));
                     inputs.extend(experts.iter().map(|p| model_file(p)));
                     if self.recipe.keep_seed {
@@ -204,8 +216,11 @@ impl Plan<'_> {
                     }
                     args.extend(router_data(self.recipe.keep_seed));
                 }
-                MergeMethod::Upcycle { experts: n } => {
+                MergeMethod::Upcycle { experts: n, drop_ratio } => {
                     args.extend(strings(&["--method", "upcycle", "--num-experts", &n.to_string(), "--experts", &seed.display().to_string()]));
+                    if drop_ratio > 0.0 {
+                        args.extend(strings(&["--drop-ratio", &drop_ratio.to_string()]));
+                    }
                     inputs.push(model_file(seed));
                 }
                 MergeMethod::Average => {
@@ -346,19 +361,18 @@ impl Plan<'_> {
         crate::fsutil::write_atomic(&self.eval_data_path(), to_ron(&config)?.as_bytes())
     }
 
-    /// The names of a merge's experts, as `btx merge` records them: the recipe's expert names
-    /// and "generalist" for the kept seed (BTX), "copy N" (upcycling); ".0", ".1"... when split.
+    /// The names of a merge's routed experts, as `btx merge` records them: the recipe's
+    /// expert names and "generalist" for the kept seed (BTX, BAM; not when the seed is the
+    /// shared expert), "copy N" (upcycling); ".0", ".1"... when split.
     pub fn expert_names(&self, merge: &super::config::Merge) -> Vec<String> {
         let r = self.recipe;
+        let moe = merge.moe.as_ref().unwrap_or(&r.moe);
+        let routed_seed = r.keep_seed && moe.shared_expert != crate::merge::mix::SharedExpert::Seed;
         let whole: Vec<String> = match merge.method {
-            MergeMethod::Upcycle { experts } => (0..experts).map(|e| format!("copy {e}")).collect(),
-            _ => r.experts.iter().map(|e| e.name.clone()).chain(r.keep_seed.then(|| "generalist".to_string())).collect(),
+            MergeMethod::Upcycle { experts, .. } => (0..experts).map(|e| format!("copy {e}")).collect(),
+            _ => r.experts.iter().map(|e| e.name.clone()).chain(routed_seed.then(|| "generalist".to_string())).collect(),
         };
-        let split = merge.moe.as_ref().unwrap_or(&r.moe).split.max(1);
-        if split == 1 {
-            return whole;
-        }
-        whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
+        split_names(&whole, moe.split)
     }
 
     /// Every model the report compares, with how it is evaluated.
@@ -379,8 +393,8 @@ impl Plan<'_> {
         for m in &r.merges {
             let merged = self.dir(&format!("merges/{}", m.name));
             match m.method {
-                MergeMethod::Btx | MergeMethod::Upcycle { .. } => {
-                    let trained = if m.method == MergeMethod::Btx { with_seed(experts.clone()) } else { with_seed(vec![]) };
+                MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Upcycle { .. } => {
+                    let trained = if m.method.mixes_experts() { with_seed(experts.clone()) } else { with_seed(vec![]) };
                     let names = self.expert_names(m);
                     list.push((Entry::new(format!("{} (before finetune)", m.name), EntryKind::Merge, trained.clone()).with_experts(names.clone()), merged));
                     let mut ft = trained;
@@ -388,9 +402,15 @@ impl Plan<'_> {
                     list.push((Entry::new(m.name.clone(), EntryKind::Final, ft).with_experts(names), self.dir(&format!("finetune/{}", m.name))));
                 }
                 MergeMethod::Average => list.push((Entry::new(m.name.clone(), EntryKind::Final, with_seed(experts.clone())), merged)),
-                MergeMethod::Ensemble { top_k } => ensembles.push((m.name.clone(), top_k)),
+                MergeMethod::Ensemble { top_k } => {
+                    ensembles.push((m.name.clone(), top_k, experts.clone()));
+                    if let Some((label, members)) = self.grown_ensemble(&m.name, &experts) {
+                        ensembles.push((label, top_k, members));
+                    }
+                }
             }
         }
+        list.extend(self.grown_entries(&with_seed(experts.clone())));
         if r.dense_baseline {
             list.push((Entry::new("dense", EntryKind::Final, with_seed(vec!["dense".into()])), self.dir("dense")));
         }
@@ -417,7 +437,7 @@ impl Plan<'_> {
                 (entry, stage)
             })
             .collect();
-        for (name, top_k) in ensembles {
+        for (name, top_k, members) in ensembles {
             let dir = self.dir(&format!("eval/{}", slug(&name)));
             let mut args = strings(&["ensemble", "--config", &data.display().to_string(),
                 "--prior-sequences", &e.ensemble_prior_sequences.to_string(), "--eval-sequences", &e.ensemble_sequences.to_string(),
@@ -427,11 +447,11 @@ impl Plan<'_> {
                 args.extend(strings(&["--top-k", &k.to_string()]));
             }
             args.push("--experts".into());
-            args.extend(experts.iter().map(|x| self.dir(x).display().to_string()));
-            let mut inputs: Vec<PathBuf> = experts.iter().map(|x| model_file(&self.dir(x))).collect();
+            args.extend(members.iter().map(|x| self.dir(x).display().to_string()));
+            let mut inputs: Vec<PathBuf> = members.iter().map(|x| model_file(&self.dir(x))).collect();
             inputs.push(data.clone());
-            let names = r.experts.iter().map(|e| e.name.clone()).collect();
-            let entry = Entry::new(name.clone(), EntryKind::Final, with_seed(experts.clone())).with_experts(names);
+            let names = members.iter().map(|x| x.trim_start_matches("experts/").to_string()).collect();
+            let entry = Entry::new(name.clone(), EntryKind::Final, with_seed(members.clone())).with_experts(names);
             out.push((entry, Stage { name: format!("eval/{}", slug(&name)), dir, args, config: None, inputs }));
         }
         out
@@ -462,8 +482,8 @@ impl Plan<'_> {
         let budget: Vec<String> = r.merges.iter().find(|m| m.method == MergeMethod::Btx).map(|m| format!("merges/{}", m.name)).into_iter().collect();
         for m in &r.merges {
             let after = match m.method {
-                MergeMethod::Btx if r.keep_seed => experts.iter().chain(&seed).cloned().collect(),
-                MergeMethod::Btx | MergeMethod::Average => experts.clone(),
+                MergeMethod::Btx | MergeMethod::Bam { .. } if r.keep_seed => experts.iter().chain(&seed).cloned().collect(),
+                MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Average => experts.clone(),
                 MergeMethod::Upcycle { .. } => seed.clone(),
                 MergeMethod::Ensemble { .. } => continue,
             };
@@ -476,6 +496,7 @@ impl Plan<'_> {
             }
             nodes.push(node(format!("finetune/{}", m.name), after));
         }
+        nodes.extend(self.grow_nodes());
         if r.dense_baseline {
             nodes.push(node("dense".into(), seed.iter().chain(&budget).cloned().collect()));
         }
@@ -517,6 +538,8 @@ impl Plan<'_> {
             "dense" => self.dense_stage(&seed)?,
             "dense-data" => self.dense_data_stage(&seed)?,
             "diagnosis" => find(self.diagnosis_stages(&seed)),
+            "forest" => self.forest_stage(),
+            "grow" => find(self.grow_stages()),
             "eval" => find(self.entries(&seed).into_iter().map(|(_, s)| s).collect()),
             _ => None,
         };
@@ -524,12 +547,21 @@ impl Plan<'_> {
     }
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
+/// Expert names as split experts are named: "NAME.0", "NAME.1", ... (unchanged when 1).
+pub(crate) fn split_names(whole: &[String], split: usize) -> Vec<String> {
+    if split <= 1 {
+        return whole.to_vec();
+    }
+    whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
+}
+
+pub(crate) fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
 pub fn slug(label: &str) -> String {
-    label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect::<String>().replace("--", "-").trim_matches('-').to_string()
+    let dashed: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    dashed.split('-').filter(|part| !part.is_empty()).collect::<Vec<_>>().join("-")
 }
 
 fn absolute(source: &Source) -> Source {
