@@ -57,16 +57,20 @@ fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn wgpu_logits_match_cpu_dense_and_every_routing() {
     let Some((_turn, gpu)) = gpu("wgpu_logits_match_cpu_dense_and_every_routing") else { return };
+    use btx::model::attention_experts::AttentionExpertsConfig;
+    let attention = |shared_kv| Some(AttentionExpertsConfig { num_experts: 3, shared_kv });
     let routings = [
-        ("dense", None),
-        ("top-2", Some(MoeConfig::new(4, 2, Routing::TopK))),
+        ("dense", None, None),
+        ("top-2", Some(MoeConfig::new(4, 2, Routing::TopK)), None),
         // Capacity 0.5 x tokens / experts: some assignments are dropped.
-        ("switch", Some(MoeConfig::new(4, 1, Routing::Switch { capacity_factor: 0.5 }))),
-        ("soft", Some(MoeConfig::new(4, 1, Routing::Soft))),
-        ("sample-top-1 (eval)", Some(MoeConfig::new(4, 1, Routing::SampleTop1 { tau_min: 0.5, tau_decay: 1e-3, first_layer_soft: true }))),
+        ("switch", Some(MoeConfig::new(4, 1, Routing::Switch { capacity_factor: 0.5 })), None),
+        ("soft", Some(MoeConfig::new(4, 1, Routing::Soft)), None),
+        ("sample-top-1 (eval)", Some(MoeConfig::new(4, 1, Routing::SampleTop1 { tau_min: 0.5, tau_decay: 1e-3, first_layer_soft: true })), None),
+        ("BAM attention experts", Some(MoeConfig::new(4, 2, Routing::TopK)), attention(false)),
+        ("BAM shared KV, shared expert", Some(MoeConfig { shared_expert: true, ..MoeConfig::new(4, 2, Routing::TopK) }), attention(true)),
     ];
-    for (label, moe) in routings {
-        let config = btx::config::ModelConfig { moe, ..tiny_model(4, 2) };
+    for (label, moe, attention_experts) in routings {
+        let config = btx::config::ModelConfig { moe, attention_experts, ..tiny_model(4, 2) };
         let reference = LanguageModel::seeded(&config, 11, &cpu());
         let model = moved(&reference, &config, &gpu.device);
         let run = |m: &LanguageModel, d: &Device| {

@@ -169,8 +169,12 @@ fn bench_recipe(btx: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The workspace this `cargo xtask` was run in. `cargo run` sets CARGO_MANIFEST_DIR at run
+/// time; the compile-time value can name another checkout when a target folder is shared
+/// (cargo reuses the binary: its fingerprint does not depend on the workspace's path).
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
 /// Builds the release `btx` binary and returns its path.

@@ -245,6 +245,25 @@ impl Recipe {
                 bail!("{origin}: field `{field}[{i}].steps` must be at least 1");
             }
         }
+        self.validate_merges(origin)?;
+        if let Some(mixture) = &self.finetune.mixture {
+            check_mixture("finetune.mixture", mixture)?;
+        }
+        if self.seq_len > self.model.max_seq_len || self.seq_len < 2 {
+            bail!("{origin}: field `seq_len` ({}) must be between 2 and `model.max_seq_len` ({})", self.seq_len, self.model.max_seq_len);
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.seeds.iter().find(|s| !seen.insert(**s)) {
+            bail!("{origin}: field `seeds` lists {dup} twice");
+        }
+        if self.batch_size == 0 {
+            bail!("{origin}: field `batch_size` must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Each merge's name, method and MoE options.
+    fn validate_merges(&self, origin: &str) -> Result<()> {
         let mut merge_names = std::collections::HashSet::new();
         for (i, m) in self.merges.iter().enumerate() {
             if !merge_names.insert(&m.name) || m.name.is_empty() || m.name.contains('/') {
@@ -274,19 +293,6 @@ impl Recipe {
             if members == 0 || moe.top_k == 0 || moe.top_k > members {
                 bail!("{origin}: field `merges[{i}]`: top_k ({}) must be between 1 and the number of experts ({members})", moe.top_k);
             }
-        }
-        if let Some(mixture) = &self.finetune.mixture {
-            check_mixture("finetune.mixture", mixture)?;
-        }
-        if self.seq_len > self.model.max_seq_len || self.seq_len < 2 {
-            bail!("{origin}: field `seq_len` ({}) must be between 2 and `model.max_seq_len` ({})", self.seq_len, self.model.max_seq_len);
-        }
-        let mut seen = std::collections::HashSet::new();
-        if let Some(dup) = self.seeds.iter().find(|s| !seen.insert(**s)) {
-            bail!("{origin}: field `seeds` lists {dup} twice");
-        }
-        if self.batch_size == 0 {
-            bail!("{origin}: field `batch_size` must be at least 1");
         }
         Ok(())
     }
