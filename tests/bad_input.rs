@@ -176,4 +176,15 @@ fn command_line_errors_exit_non_zero_with_a_message() {
     let (ok, stderr) = run_btx(&["eval", "--checkpoint", "nowhere", "--device", "cpu"], dir.path());
     assert!(!ok);
     assert!(stderr.contains("nowhere") && stderr.contains("does not exist"), "{stderr}");
+
+    // Expert edits of a dense model, and merge options that do not fit the method.
+    let dense = seed_checkpoint(dir.path(), "dense", 1);
+    let dense = dense.path.to_str().unwrap();
+    let (ok, stderr) = run_btx(&["moe", "remove-expert", dense, "--expert", "code", "--out", "edited"], dir.path());
+    assert!(!ok && stderr.contains("dense checkpoint") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.path().join("edited").exists(), "nothing is written");
+    let (ok, stderr) = run_btx(&["merge", "--method", "btx", "--experts", dense, dense, "--drop-ratio", "0.5", "--out", "m"], dir.path());
+    assert!(!ok && stderr.contains("--drop-ratio") && stderr.contains("upcycle"), "{stderr}");
+    let (ok, stderr) = run_btx(&["merge", "--method", "btx", "--experts", dense, "--moe", "(shared_expert: Seed)", "--out", "m"], dir.path());
+    assert!(!ok && stderr.contains("shared_expert Seed") && stderr.contains("--seed"), "{stderr}");
 }

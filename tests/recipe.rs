@@ -232,6 +232,17 @@ fn recipe_errors_name_the_field() {
 
     let e = recipe_error(&good.replace(r#"(name: "en","#, r#"(name: "a/b","#));
     assert!(e.contains("experts[0].name"), "{e}");
+
+    let e = recipe_error(&good.replace("Upcycle(experts: 2)", "Upcycle(experts: 2, drop_ratio: 1.5)"));
+    assert!(e.contains("merges[1].method") && e.contains("drop_ratio"), "{e}");
+
+    let later = good.replace("    merges: [", "    later_experts: [(name: \"en\", data: [(\"code\", 1.0)], steps: 2)],\n    merges: [");
+    let e = recipe_error(&later);
+    assert!(e.contains("later_experts[0].name") && e.contains("unique"), "{e}");
+
+    let shared = good.replace("    merges: [", "    keep_seed: false,\n    merges: [").replace("(name: \"btx\", method: Btx)", "(name: \"btx\", method: Btx, moe: (shared_expert: Seed))");
+    let e = recipe_error(&shared);
+    assert!(e.contains("merges[0].moe.shared_expert") && e.contains("keep_seed"), "{e}");
 }
 
 
