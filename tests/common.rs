@@ -91,6 +91,7 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
         eval_every: 0,
         eval_batches: 2,
         init_from: None,
+        trainable: None,
     }
 }
 

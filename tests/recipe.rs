@@ -341,15 +341,22 @@ fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
     let (ok, stderr) = run_recipe(dir.path(), &text, &out);
     assert!(ok, "{stderr}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
-    for row in ["| bam |", "| shared |", "| drop |", "| btx + code |", "| bam + code |", "| shared + code |", "| ensemble + code |"] {
+    for row in ["| bam |", "| shared |", "| drop |", "| btx + code (added) |", "| btx + code |", "| bam + code |", "| shared + code |", "| ensemble + code |"] {
         assert!(report.contains(row), "no row {row}:\n{report}");
     }
     // The later expert branched from the forest (the experts' average) and joined the models.
     let later: btx::train::TrainConfig = btx::config::read_ron(&out.join("experts/code/stage.ron")).unwrap();
     assert_eq!(later.init_from.as_deref(), Some(out.join("forest").as_path()));
     let names = |ckpt: &Path| btx::merge::expert_names(ckpt).unwrap();
-    assert_eq!(names(&out.join("grow/btx/code")), ["en", "generalist", "code"]);
-    assert_eq!(names(&out.join("grow/shared/code")), ["en", "code"], "the shared seed is not routed");
-    let bam = btx::checkpoint::read_model_config(&out.join("grow/bam/code")).unwrap();
+    assert_eq!(names(&out.join("grow/btx/code/trained")), ["en", "generalist", "code"]);
+    assert_eq!(names(&out.join("grow/shared/code/added")), ["en", "code"], "the shared seed is not routed");
+    let bam = btx::checkpoint::read_model_config(&out.join("grow/bam/code/added")).unwrap();
     assert_eq!((bam.moe.unwrap().num_experts, bam.attention_experts.unwrap().num_experts), (3, 3));
+    // Inside the MoE only the new expert trained: its FFNs (and in BAM its attention expert).
+    for (merge, new) in [("btx", vec![".block_sparse_moe.experts.2."]), ("bam", vec![".block_sparse_moe.experts.2.", ".attention_experts.experts.2."])] {
+        let (added, trained) = (weights(&out.join(format!("grow/{merge}/code/added"))), weights(&out.join(format!("grow/{merge}/code/trained"))));
+        let changed: Vec<&String> = added.keys().filter(|k| added[*k] != trained[*k]).collect();
+        assert!(!changed.is_empty() && changed.iter().all(|k| new.iter().any(|n| k.contains(n))), "{merge}: {changed:?}");
+        assert!(new.iter().all(|n| changed.iter().any(|k| k.contains(n))), "{merge}: {changed:?}");
+    }
 }

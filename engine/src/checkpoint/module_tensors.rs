@@ -142,3 +142,33 @@ pub fn module_from_tensors<M: Module>(module: M, tensors: &TensorMap, origin: &s
     }
     Ok(module)
 }
+
+/// `module` with every float parameter frozen (no gradient) unless its checkpoint name
+/// contains one of `trainable`; also returns how many parameters stay trainable.
+pub fn freeze_all_but<M: Module>(module: M, trainable: &[String]) -> (M, usize) {
+    struct Freeze<'a> {
+        path: PathStack,
+        trainable: &'a [String],
+        kept: usize,
+    }
+    impl ModuleMapper for Freeze<'_> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let name = checkpoint_name(&self.path.module_path());
+            if self.trainable.iter().any(|t| name.contains(t.as_str())) {
+                self.kept += 1;
+                param
+            } else {
+                param.set_require_grad(false)
+            }
+        }
+    }
+    let mut freeze = Freeze { path: PathStack::default(), trainable, kept: 0 };
+    let module = module.map(&mut freeze);
+    (module, freeze.kept)
+}

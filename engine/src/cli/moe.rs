@@ -36,7 +36,8 @@ pub enum MoeCommand {
         #[arg(long)]
         name: Option<String>,
         /// The new expert's training config: its router row leans towards its data's mean
-        /// hidden state (against --reference-data's). Without it, the row is random.
+        /// hidden state (away from --reference-data's), just enough to tie the best existing
+        /// expert on that mean. Without it, the row is random.
         #[arg(long, requires = "reference_data")]
         router_data: Option<PathBuf>,
         /// A config over the data the MoE already serves (e.g. every domain).
@@ -65,8 +66,9 @@ pub fn run(command: MoeCommand) -> Result<()> {
                 (Some(data), Some(reference)) => {
                     let members = [moe.path.clone(), moe.path.clone()];
                     let means = router_directions(&members, &[data, reference], RouterInit::Hidden, &burn::prelude::Device::flex())?;
-                    let toward = means.iter().map(|m| m[0].iter().zip(&m[1]).map(|(a, b)| a - b).collect()).collect();
-                    AddedRouterRows::Toward { toward }
+                    let new_mean = means.iter().map(|m| m[0].clone()).collect();
+                    let reference_mean = means.iter().map(|m| m[1].clone()).collect();
+                    AddedRouterRows::Toward { new_mean, reference_mean }
                 }
                 (None, None) => AddedRouterRows::Random { seed },
                 _ => bail!("--router-data and --reference-data go together"),

@@ -142,10 +142,12 @@ pub fn remove_expert<'a>(moe: &'a MergeInput, name: &str) -> Result<(MergePlan<'
 pub enum AddedRouterRows {
     /// N(0, 0.02) rows, as BTX's routers start.
     Random { seed: u64 },
-    /// Per layer: the mean router row of the existing experts, tilted towards the new domain
-    /// by `toward[layer]` (the new data's mean FFN input minus the reference data's), scaled
-    /// to the existing rows' mean norm. A token like the new domain then prefers the new expert.
-    Toward { toward: Vec<Vec<f32>> },
+    /// Per layer: the mean router row of the existing experts r, tilted along u, the unit
+    /// vector from the reference data's mean FFN input towards the new data's:
+    /// w = r + alpha u, with alpha such that on the new data's mean the new expert's logit
+    /// ties the best existing expert's. Tokens like the new domain then rank it near the top,
+    /// tokens like the reference data lower (by alpha times the distance between the means).
+    Toward { new_mean: Vec<Vec<f32>>, reference_mean: Vec<Vec<f32>> },
 }
 
 /// `moe` with the dense checkpoint `expert` added as routed expert(s) (and attention expert in
@@ -206,13 +208,21 @@ fn new_row(router: &HostTensor, rows: &AddedRouterRows, layer: usize) -> Vec<f32
     let (e, d) = (router.shape[0], router.shape[1]);
     match rows {
         AddedRouterRows::Random { seed } => random_router(1, d, layer, *seed ^ 0xADD0_0000 ^ e as u64).values,
-        AddedRouterRows::Toward { toward } => {
-            let row = |r: usize| &router.values[r * d..(r + 1) * d];
-            let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-            let mean_norm = (0..e).map(|r| norm(row(r))).sum::<f32>() / e as f32;
-            let direction = &toward[layer];
-            let scale = mean_norm / norm(direction).max(1e-12);
-            (0..d).map(|i| (0..e).map(|r| row(r)[i]).sum::<f32>() / e as f32 + direction[i] * scale).collect()
+        AddedRouterRows::Toward { new_mean, reference_mean } => {
+            let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+            let rows: Vec<&[f32]> = (0..e).map(|r| &router.values[r * d..(r + 1) * d]).collect();
+            let mean_row: Vec<f32> = (0..d).map(|i| rows.iter().map(|r| r[i]).sum::<f32>() / e as f32).collect();
+            let h = &new_mean[layer];
+            let toward: Vec<f32> = h.iter().zip(&reference_mean[layer]).map(|(a, b)| a - b).collect();
+            let norm = dot(&toward, &toward).sqrt().max(1e-12);
+            let unit: Vec<f32> = toward.iter().map(|x| x / norm).collect();
+            let best = rows.iter().map(|r| dot(r, h)).fold(f32::NEG_INFINITY, f32::max);
+            // When the tilt does not raise the new mean's logit, fall back to the rows' norm.
+            let alpha = match dot(&unit, h) {
+                along if along > 1e-6 => ((best - dot(&mean_row, h)) / along).max(0.0),
+                _ => rows.iter().map(|r| dot(r, r).sqrt()).sum::<f32>() / e as f32,
+            };
+            mean_row.iter().zip(&unit).map(|(m, u)| m + alpha * u).collect()
         }
     }
 }

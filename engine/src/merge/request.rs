@@ -216,7 +216,7 @@ fn shared_tokenizer(members: &[&MergeInput]) -> Option<String> {
 /// The names of a merged checkpoint's experts, from its `merge.json`, or, for a run trained
 /// from a merge (a finetune), from the checkpoint its training started from.
 pub fn expert_names(checkpoint: &Path) -> Option<Vec<String>> {
-    let mut dir = checkpoint.to_path_buf();
+    let mut dir = crate::checkpoint::resolve_checkpoint(checkpoint).unwrap_or_else(|_| checkpoint.to_path_buf());
     for _ in 0..8 {
         if let Ok(text) = std::fs::read_to_string(dir.join("merge.json")) {
             let record: serde_json::Value = serde_json::from_str(&text).ok()?;

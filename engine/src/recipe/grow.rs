@@ -1,8 +1,13 @@
 //! Growing merged models after the fact (BTM's "grow the forest", Li et al. 2022, §4;
 //! FlexOlmo, Shi et al. 2025, §3). A recipe's later experts branch from the average of its
-//! experts (the forest), train on their own data like any expert, and then join every
-//! finetuned BTX and BAM model (`btx moe add-expert`, router rows from their data, no
-//! further training) and every BTM ensemble. Each grown model is evaluated beside the rest.
+//! experts (the forest) and train on their own data like any expert. Each then joins every
+//! BTM ensemble as it is, and every finetuned BTX and BAM model as one more expert
+//! (`btx moe add-expert`, its router row from its data): RUN/grow/MERGE/LATER/added. As the
+//! expert's FFN learned against the forest's shared weights, not the MoE's, it then trains
+//! on its own data once more inside the MoE with every other weight frozen (FlexOlmo's
+//! protocol: the MoE's shared weights and routers stay as they are, so what the MoE already
+//! serves is disturbed only where tokens route to the new expert): RUN/grow/MERGE/LATER/trained.
+//! Both are evaluated beside the rest.
 
 use std::path::PathBuf;
 
@@ -43,27 +48,46 @@ impl Plan<'_> {
             .collect()
     }
 
-    /// For each finetuned BTX or BAM model, one stage per later expert, each adding it to the
-    /// model the previous one grew: RUN/grow/MERGE/LATER.
-    pub fn grow_stages(&self) -> Vec<Stage> {
+    /// For each finetuned BTX or BAM model, two stages per later expert: adding it to the
+    /// model the previous one grew (RUN/grow/MERGE/LATER/added), then training its new
+    /// weights alone (RUN/grow/MERGE/LATER/trained). The training stage reads the added
+    /// model's config, so it is built only once that exists (None before).
+    pub fn grow_stages(&self) -> Result<Vec<(Stage, Option<Stage>)>> {
         let data = self.eval_data_path();
         let mut stages = Vec::new();
         for m in self.recipe.merges.iter().filter(|m| m.method.mixes_experts()) {
             let mut previous = self.dir(&format!("finetune/{}", m.name));
-            for (name, expert_stage) in self.later_stage_names() {
-                let stage_name = format!("grow/{}/{name}", m.name);
-                let (dir, expert) = (self.dir(&stage_name), self.dir(&expert_stage));
+            let mut routed = self.expert_names(m).len();
+            let split = m.moe.as_ref().unwrap_or(&self.recipe.moe).split.max(1);
+            for later in &self.recipe.later_experts {
+                let (added, trained) = (format!("grow/{}/{}/added", m.name, later.name), format!("grow/{}/{}/trained", m.name, later.name));
+                let (dir, expert) = (self.dir(&added), self.dir(&format!("experts/{}", later.name)));
                 let args = strings(&[
-                    "moe", "add-expert", &previous.display().to_string(), "--expert", &expert.display().to_string(), "--name", &name,
+                    "moe", "add-expert", &previous.display().to_string(), "--expert", &expert.display().to_string(), "--name", &later.name,
                     "--router-data", &expert.join("stage.ron").display().to_string(), "--reference-data", &data.display().to_string(),
                     "--out", &dir.display().to_string(),
                 ]);
                 let inputs = vec![model_file(&previous), model_file(&expert), data.clone()];
-                stages.push(Stage { name: stage_name, dir: dir.clone(), args, config: None, inputs });
-                previous = dir;
+                // The new expert's weights: routed experts routed.., and in BAM the attention
+                // expert of its member, which `add-expert` places after the routed members'.
+                let mut trainable: Vec<String> = (routed..routed + split).map(|e| format!(".block_sparse_moe.experts.{e}.")).collect();
+                if matches!(m.method, super::config::MergeMethod::Bam { .. }) {
+                    trainable.push(format!(".attention_experts.experts.{}.", routed / split));
+                }
+                let train = match crate::checkpoint::read_model_config(&dir) {
+                    Ok(model) => {
+                        let mut config = self.train_config(model, Some(&later.data), later.steps, Some(dir.clone()), self.recipe.finetune.lr);
+                        config.trainable = Some(trainable);
+                        Some(self.train_stage(&trained, &config, Some(&dir))?)
+                    }
+                    Err(_) => None,
+                };
+                stages.push((Stage { name: added, dir: dir.clone(), args, config: None, inputs }, train));
+                previous = self.dir(&trained);
+                routed += split;
             }
         }
-        stages
+        Ok(stages)
     }
 
     /// The forest, later expert and grow stages with the stages each waits for.
@@ -78,16 +102,18 @@ impl Plan<'_> {
         for m in r.merges.iter().filter(|m| m.method.mixes_experts()) {
             let mut previous = format!("finetune/{}", m.name);
             for (name, expert_stage) in self.later_stage_names() {
-                let stage = format!("grow/{}/{name}", m.name);
-                nodes.push(node(stage.clone(), vec![previous, expert_stage]));
-                previous = stage;
+                let (added, trained) = (format!("grow/{}/{name}/added", m.name), format!("grow/{}/{name}/trained", m.name));
+                nodes.push(node(added.clone(), vec![previous, expert_stage]));
+                nodes.push(node(trained.clone(), vec![added]));
+                previous = trained;
             }
         }
         nodes
     }
 
-    /// The grown BTX and BAM models to evaluate ("MERGE + LATER"), with their lineage after
-    /// `trained` (the seed and experts) and their experts' names.
+    /// The grown BTX and BAM models to evaluate ("MERGE + LATER (added)", and trained:
+    /// "MERGE + LATER"), with their lineage after `trained` (the seed and experts) and their
+    /// experts' names.
     pub fn grown_entries(&self, trained: &[String]) -> Vec<(Entry, PathBuf)> {
         let mut out = Vec::new();
         for m in self.recipe.merges.iter().filter(|m| m.method.mixes_experts()) {
@@ -98,9 +124,13 @@ impl Plan<'_> {
             for (name, expert_stage) in self.later_stage_names() {
                 label = format!("{label} + {name}");
                 names.extend(split_names(std::slice::from_ref(&name), split));
-                lineage.extend([expert_stage, format!("grow/{}/{name}", m.name)]);
+                let stage = |step: &str| format!("grow/{}/{name}/{step}", m.name);
+                lineage.extend([expert_stage, stage("added")]);
+                let added = Entry::new(format!("{label} (added)"), EntryKind::Merge, lineage.clone()).with_experts(names.clone());
+                out.push((added, self.dir(&stage("added"))));
+                lineage.push(stage("trained"));
                 let entry = Entry::new(label.clone(), EntryKind::Final, lineage.clone()).with_experts(names.clone());
-                out.push((entry, self.dir(&format!("grow/{}/{name}", m.name))));
+                out.push((entry, self.dir(&stage("trained"))));
             }
         }
         out

@@ -120,6 +120,7 @@ impl Plan<'_> {
             eval_every: 0,
             eval_batches: r.eval.batches,
             init_from,
+            trainable: None,
         }
     }
 
@@ -539,7 +540,13 @@ impl Plan<'_> {
             "dense-data" => self.dense_data_stage(&seed)?,
             "diagnosis" => find(self.diagnosis_stages(&seed)),
             "forest" => self.forest_stage(),
-            "grow" => find(self.grow_stages()),
+            "grow" => {
+                let stages: Vec<Stage> = self.grow_stages()?.into_iter().flat_map(|(added, trained)| std::iter::once(added).chain(trained)).collect();
+                if name.ends_with("/trained") && !stages.iter().any(|s| s.name == name) {
+                    anyhow::bail!("stage {} must run before {name}", name.replace("/trained", "/added"));
+                }
+                find(stages)
+            }
             "eval" => find(self.entries(&seed).into_iter().map(|(_, s)| s).collect()),
             _ => None,
         };

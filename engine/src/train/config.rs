@@ -36,6 +36,12 @@ pub struct TrainConfig {
     /// Start from this checkpoint's weights instead of a random initialisation (a branch).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Train only the parameters whose checkpoint names contain one of these strings; the
+    /// rest stay frozen (an expert added to an MoE learns against the MoE's fixed shared
+    /// weights, as FlexOlmo's experts do). Absent: every parameter trains (and it is left
+    /// out of written configs, so the configs of runs that predate it are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<Vec<String>>,
 }
 
 fn one() -> usize {

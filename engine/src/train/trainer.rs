@@ -80,6 +80,13 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     let resume_from = existing.filter(|_| options.resume);
     let (mut model, mut state) = start_or_resume(config, origin, resume_from, &mut optimizer, &mut sampler, selected, &device)?;
     state.device = selected.description.clone();
+    if let Some(trainable) = &config.trainable {
+        let (frozen, kept) = checkpoint::module_tensors::freeze_all_but(model, trainable);
+        if kept == 0 {
+            bail!("{origin}: field `trainable`: {trainable:?} names no parameter of the model");
+        }
+        model = frozen;
+    }
 
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), state.step)?;
     let flops_per_token = config.model.train_flops_per_token(config.data.seq_len);
@@ -219,8 +226,12 @@ fn train_step(
         if let Some(aux) = &loss.aux {
             aux_sum += aux.clone().into_scalar::<f32>() as f64;
         }
-        let grads = (loss.total() / config.grad_accum as f64).backward();
-        accumulator.accumulate(&model, GradientsParams::from_grads(grads, &model));
+        let total = loss.total() / config.grad_accum as f64;
+        // With some weights frozen (`trainable`), a batch may not reach any trainable one
+        // (no token routed to the one expert that trains): nothing to learn from it.
+        if total.is_tracked() {
+            accumulator.accumulate(&model, GradientsParams::from_grads(total.backward(), &model));
+        }
     }
     let grads = accumulator.grads();
     let grad_norm = global_grad_norm(&model, &grads);
