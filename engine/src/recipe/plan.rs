@@ -8,7 +8,8 @@
 //! RUN/finetune/NAME/        btx train of each MoE merge on the finetune mixture
 //! RUN/forest/               btx merge --method average of the experts (with later experts)
 //! RUN/experts/LATER/        btx train of each later expert, branched from the forest
-//! RUN/grow/MERGE/LATER/     btx moe add-expert: a finetuned BTX/BAM model with later experts
+//! RUN/grow/MERGE/LATER/     added: btx moe add-expert to a finetuned BTX/BAM model;
+//!                           trained: btx train of the new expert's weights alone
 //! RUN/dense/                btx train: the seed continued at matched FLOPs (optional)
 //! RUN/eval/MODEL/           btx eval / btx ensemble
 //! RUN/report.md, report.json, *.png
