@@ -106,6 +106,14 @@ fn a_shared_expert_is_the_seeds_ffn_beside_the_routed_experts() {
     }
     let diff = max_abs_diff(&logits_of(dir.path(), &config, &tensors), &seed_logits(&seed));
     assert!(diff < 1e-4, "max |diff| {diff}");
+    // Average: the members' FFNs averaged (the seed stays a routed expert).
+    let average = MoeOptions { shared_expert: SharedExpert::Average, ..Default::default() };
+    let (config, tensors) = mix(&experts, Some(&seed), None, &average, None).unwrap().into_tensors().unwrap();
+    assert_eq!(config.moe.as_ref().unwrap().num_experts, 4);
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let members: Vec<HostTensor> = experts.iter().chain([&seed]).map(|m| m.read(name).unwrap()).collect();
+    let mean: Vec<f32> = (0..members[0].values.len()).map(|i| members.iter().map(|m| m.values[i] as f64).sum::<f64>() as f32 / 4.0).collect();
+    assert!(max_abs_diff(&tensors["model.layers.1.block_sparse_moe.shared_expert.up_proj.weight"].values, &mean) < 1e-6);
     // Without --seed, shared_expert Seed is an error naming what is missing.
     let err = format!("{:#}", mix(&experts, None, None, &options, None).err().unwrap());
     assert!(err.contains("no seed"), "{err}");

@@ -265,6 +265,7 @@ fn merge_requests_are_checked_by_one_set_of_rules() {
         options: MoeOptions { router_init, ..Default::default() },
         router_data: vec![],
         member: 0,
+        posterior_data: None,
     };
     let err = |r: MergeRequest| format!("{:#}", r.check().unwrap_err());
     assert!(err(request(MergeMethod::Upcycle, &["s"], None, RouterInit::Hidden)).contains("cannot tell them apart"));

@@ -346,7 +346,10 @@ fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
     }
     // The later expert branched from the forest (the experts' average) and joined the models.
     let later: btx::train::TrainConfig = btx::config::read_ron(&out.join("experts/code/stage.ron")).unwrap();
-    assert_eq!(later.init_from.as_deref(), Some(out.join("forest").as_path()));
+    assert_eq!(later.init_from.as_deref(), Some(out.join("forest/code").as_path()));
+    let forest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("forest/code/merge.json")).unwrap()).unwrap();
+    let forest_weights: Vec<f64> = serde_json::from_value(forest["weights"].clone()).unwrap();
+    assert!(forest_weights.len() == 1 && (forest_weights[0] - 1.0).abs() < 1e-9, "one expert: all the weight, {forest_weights:?}");
     let names = |ckpt: &Path| btx::merge::expert_names(ckpt).unwrap();
     assert_eq!(names(&out.join("grow/btx/code/trained")), ["en", "generalist", "code"]);
     assert_eq!(names(&out.join("grow/shared/code/added")), ["en", "code"], "the shared seed is not routed");

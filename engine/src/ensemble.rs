@@ -112,3 +112,20 @@ pub fn evaluate_ensemble(
         })
         .collect()
 }
+
+/// The experts' mean domain posterior over `seqs` (uniform prior): for each sequence
+/// P(D=j | x) ∝ p(x | D=j), averaged over the sequences. BTM (Li et al. 2022, §4) weights
+/// the average that a new expert branches from by it: the experts closest to the new
+/// domain count most.
+pub fn mean_domain_posterior(experts: &[LanguageModel], seqs: &[Vec<u32>], batch_size: usize, device: &Device) -> Vec<f64> {
+    let lp = expert_log_probs(experts, seqs, batch_size, device);
+    let mut mean = vec![0.0; experts.len()];
+    for s in 0..seqs.len() {
+        let log_likelihood: Vec<f64> = lp.iter().map(|e| e[s].iter().sum()).collect();
+        let norm = log_sum_exp(&log_likelihood);
+        for (m, ll) in mean.iter_mut().zip(&log_likelihood) {
+            *m += (ll - norm).exp() / seqs.len() as f64;
+        }
+    }
+    mean
+}

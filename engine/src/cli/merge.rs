@@ -43,6 +43,10 @@ pub struct MergeArgs {
     /// transplant: the member whose FFN is kept (0-based; the seed, if given, last).
     #[arg(long, default_value_t = 0)]
     member: usize,
+    /// average: weight each checkpoint by its domain posterior on this training config's data
+    /// (how BTM branches a new expert from the existing ones), instead of --weights.
+    #[arg(long)]
+    posterior_data: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -61,6 +65,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
         options,
         router_data: args.router_data,
         member: args.member,
+        posterior_data: args.posterior_data,
     };
     let config = request.run(&args.out)?;
     eprintln!(

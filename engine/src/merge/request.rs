@@ -62,6 +62,9 @@ pub struct MergeRequest {
     pub router_data: Vec<PathBuf>,
     /// transplant: the member whose FFN is kept (0-based, the seed last).
     pub member: usize,
+    /// average: weight each member by its domain posterior on this config's training data
+    /// (BTM's branching of a new expert) instead of `weights`.
+    pub posterior_data: Option<PathBuf>,
 }
 
 impl MergeRequest {
@@ -110,6 +113,9 @@ impl MergeRequest {
         if self.options.shared_expert != SharedExpert::None && !self.builds_moe() {
             bail!("a shared expert is part of an MoE; --method {:?} builds a dense model", self.method);
         }
+        if self.posterior_data.is_some() && (self.method != MergeMethod::Average || self.weights.is_some()) {
+            bail!("--posterior-data weights a BTM average (--method average) and replaces --weights");
+        }
         check_router_init(self.method, self.options.router_init)?;
         let uses_router_data = self.builds_moe() && self.options.router_init != RouterInit::Random;
         if uses_router_data && self.router_data.len() != self.members().len() {
@@ -140,7 +146,11 @@ impl MergeRequest {
             RouterInit::Random => None,
             mode => Some(router_data::router_directions(&self.members(), &self.router_data, mode, &burn::prelude::Device::flex())?),
         };
-        let weights = self.weights.as_deref();
+        let posterior = match &self.posterior_data {
+            Some(data) => Some(router_data::posterior_weights(&self.experts, data, &burn::prelude::Device::flex())?),
+            None => None,
+        };
+        let weights = posterior.as_deref().or(self.weights.as_deref());
         let plan = match self.method {
             MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights, &self.options, directions)?,
             MergeMethod::Bam => bam(&inputs, seed.as_ref(), weights, &self.options, directions, self.shared_kv)?,
@@ -160,7 +170,7 @@ impl MergeRequest {
         let record = serde_json::json!({
             "method": format!("{:?}", self.method),
             "sources": sources,
-            "weights": self.weights,
+            "weights": weights,
             "moe": crate::config::to_ron(&self.options)?,
             "expert_names": self.expert_names(&inputs, seed.as_ref()),
         });

@@ -49,3 +49,13 @@ fn mean_over_tokens(x: Tensor<3>) -> Vec<f32> {
     let [b, s, d] = x.dims();
     x.reshape([b * s, d]).mean_dim(0).into_data().convert::<f32>().try_to_vec().expect("f32")
 }
+
+/// Weights for averaging `members` (BTM's branching of a new expert): each member's mean
+/// domain posterior on the data `config` trains on (its domains with weight > 0).
+pub fn posterior_weights(members: &[std::path::PathBuf], config_path: &std::path::Path, device: &Device) -> Result<Vec<f64>> {
+    let config = TrainConfig::load(&resolve(config_path)).with_context(|| format!("--posterior-data {}", config_path.display()))?;
+    let domains = load_domains(&config, &config_path.display().to_string())?;
+    let seqs: Vec<Vec<u32>> = domains.iter().filter(|d| d.weight > 0.0).flat_map(|d| d.train.iter().take(ROUTER_SEQUENCES).cloned()).collect();
+    let models = members.iter().map(|m| Ok(load_model(&resolve_checkpoint(m)?, device)?.1)).collect::<Result<Vec<_>>>()?;
+    Ok(crate::ensemble::mean_domain_posterior(&models, &seqs, 8, device))
+}

@@ -1,6 +1,7 @@
 //! Growing merged models after the fact (BTM's "grow the forest", Li et al. 2022, §4;
 //! FlexOlmo, Shi et al. 2025, §3). A recipe's later experts branch from the average of its
-//! experts (the forest) and train on their own data like any expert. Each then joins every
+//! experts weighted by their domain posterior on the new expert's data (BTM's forest
+//! growth, RUN/forest/LATER) and train on their own data like any expert. Each then joins every
 //! BTM ensemble as it is, and every finetuned BTX and BAM model as one more expert
 //! (`btx moe add-expert`, its router row from its data): RUN/grow/MERGE/LATER/added. As the
 //! expert's FFN learned against the forest's shared weights, not the MoE's, it then trains
@@ -16,34 +17,56 @@ use anyhow::Result;
 use super::plan::{Entry, EntryKind, Plan, StageNode, split_names, strings};
 use super::stage::{Stage, model_file};
 
-const FOREST: &str = "forest";
+fn forest(name: &str) -> String {
+    format!("forest/{name}")
+}
 
 impl Plan<'_> {
     fn later_stage_names(&self) -> Vec<(String, String)> {
         self.recipe.later_experts.iter().map(|e| (e.name.clone(), format!("experts/{}", e.name))).collect()
     }
 
-    /// RUN/forest: the experts' average, which the later experts branch from.
-    pub fn forest_stage(&self) -> Option<Stage> {
-        if self.recipe.later_experts.is_empty() {
-            return None;
-        }
-        let experts: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.dir(&format!("experts/{}", e.name))).collect();
-        let dir = self.dir(FOREST);
-        let mut args = strings(&["merge", "--method", "average", "--out", &dir.display().to_string(), "--experts"]);
-        args.extend(experts.iter().map(|p| p.display().to_string()));
-        Some(Stage { name: FOREST.into(), dir, args, config: None, inputs: experts.iter().map(|p| model_file(p)).collect() })
+    /// The data a later expert trains on, as a training config (written before any stage
+    /// runs: its forest is weighted by it).
+    pub fn later_data_path(&self, name: &str) -> PathBuf {
+        self.out.join(format!("data-{name}.ron"))
     }
 
-    /// The later experts' training stages, each branched from the forest.
+    pub(super) fn write_later_data(&self) -> Result<()> {
+        for e in &self.recipe.later_experts {
+            let config = self.train_config(self.recipe.model.clone(), Some(&e.data), 1, None, None);
+            crate::fsutil::write_atomic(&self.later_data_path(&e.name), crate::config::to_ron(&config)?.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// RUN/forest/LATER: the experts' average weighted by their domain posterior on the
+    /// later expert's data, which it branches from.
+    pub fn forest_stages(&self) -> Vec<Stage> {
+        let experts: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.dir(&format!("experts/{}", e.name))).collect();
+        self.recipe
+            .later_experts
+            .iter()
+            .map(|later| {
+                let (dir, data) = (self.dir(&forest(&later.name)), self.later_data_path(&later.name));
+                let mut args = strings(&["merge", "--method", "average", "--posterior-data", &data.display().to_string(), "--out", &dir.display().to_string(), "--experts"]);
+                args.extend(experts.iter().map(|p| p.display().to_string()));
+                let mut inputs: Vec<PathBuf> = experts.iter().map(|p| model_file(p)).collect();
+                inputs.push(data);
+                Stage { name: forest(&later.name), dir, args, config: None, inputs }
+            })
+            .collect()
+    }
+
+    /// The later experts' training stages, each branched from its forest.
     pub fn later_expert_stages(&self) -> Result<Vec<Stage>> {
-        let forest = self.dir(FOREST);
         self.recipe
             .later_experts
             .iter()
             .map(|e| {
-                let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(forest.clone()), None);
-                self.train_stage(&format!("experts/{}", e.name), &config, Some(&forest))
+                let from = self.dir(&forest(&e.name));
+                let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(from.clone()), None);
+                self.train_stage(&format!("experts/{}", e.name), &config, Some(&from))
             })
             .collect()
     }
@@ -97,8 +120,12 @@ impl Plan<'_> {
             return vec![];
         }
         let node = |name: String, after: Vec<String>| StageNode { name, after };
-        let mut nodes = vec![node(FOREST.into(), r.experts.iter().map(|e| format!("experts/{}", e.name)).collect())];
-        nodes.extend(self.later_stage_names().into_iter().map(|(_, stage)| node(stage, vec![FOREST.into()])));
+        let experts: Vec<String> = r.experts.iter().map(|e| format!("experts/{}", e.name)).collect();
+        let mut nodes = Vec::new();
+        for (name, stage) in self.later_stage_names() {
+            nodes.push(node(forest(&name), experts.clone()));
+            nodes.push(node(stage, vec![forest(&name)]));
+        }
         for m in r.merges.iter().filter(|m| m.method.mixes_experts()) {
             let mut previous = format!("finetune/{}", m.name);
             for (name, expert_stage) in self.later_stage_names() {
@@ -119,9 +146,10 @@ impl Plan<'_> {
         for m in self.recipe.merges.iter().filter(|m| m.method.mixes_experts()) {
             let split = m.moe.as_ref().unwrap_or(&self.recipe.moe).split;
             let mut lineage = trained.to_vec();
-            lineage.extend([format!("finetune/{}", m.name), FOREST.to_string()]);
+            lineage.push(format!("finetune/{}", m.name));
             let (mut label, mut names) = (m.name.clone(), self.expert_names(m));
             for (name, expert_stage) in self.later_stage_names() {
+                lineage.push(forest(&name));
                 label = format!("{label} + {name}");
                 names.extend(split_names(std::slice::from_ref(&name), split));
                 let stage = |step: &str| format!("grow/{}/{name}/{step}", m.name);

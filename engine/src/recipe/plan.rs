@@ -6,8 +6,9 @@
 //! RUN/experts/NAME/         btx train, branched from the seed, on the expert's data
 //! RUN/merges/NAME/          btx merge (btx, bam, upcycle, average)
 //! RUN/finetune/NAME/        btx train of each MoE merge on the finetune mixture
-//! RUN/forest/               btx merge --method average of the experts (with later experts)
-//! RUN/experts/LATER/        btx train of each later expert, branched from the forest
+//! RUN/forest/LATER/         btx merge --method average of the experts, weighted by their
+//!                           domain posterior on a later expert's data
+//! RUN/experts/LATER/        btx train of each later expert, branched from its forest
 //! RUN/grow/MERGE/LATER/     added: btx moe add-expert to a finetuned BTX/BAM model;
 //!                           trained: btx train of the new expert's weights alone
 //! RUN/dense/                btx train: the seed continued at matched FLOPs (optional)
@@ -358,9 +359,12 @@ impl Plan<'_> {
         self.out.join("eval-data.ron")
     }
 
+    /// Writes the data configs stages read: every domain (evaluation) and each later
+    /// expert's data.
     pub fn write_eval_data(&self) -> Result<()> {
         let config = self.train_config(self.recipe.model.clone(), None, 1, None, None);
-        crate::fsutil::write_atomic(&self.eval_data_path(), to_ron(&config)?.as_bytes())
+        crate::fsutil::write_atomic(&self.eval_data_path(), to_ron(&config)?.as_bytes())?;
+        self.write_later_data()
     }
 
     /// The names of a merge's routed experts, as `btx merge` records them: the recipe's
@@ -540,7 +544,7 @@ impl Plan<'_> {
             "dense" => self.dense_stage(&seed)?,
             "dense-data" => self.dense_data_stage(&seed)?,
             "diagnosis" => find(self.diagnosis_stages(&seed)),
-            "forest" => self.forest_stage(),
+            "forest" => find(self.forest_stages()),
             "grow" => {
                 let stages: Vec<Stage> = self.grow_stages()?.into_iter().flat_map(|(added, trained)| std::iter::once(added).chain(trained)).collect();
                 if name.ends_with("/trained") && !stages.iter().any(|s| s.name == name) {
