@@ -80,13 +80,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     let resume_from = existing.filter(|_| options.resume);
     let (mut model, mut state) = start_or_resume(config, origin, resume_from, &mut optimizer, &mut sampler, selected, &device)?;
     state.device = selected.description.clone();
-    if let Some(trainable) = &config.trainable {
-        let (frozen, kept) = checkpoint::module_tensors::freeze_all_but(model, trainable);
-        if kept == 0 {
-            bail!("{origin}: field `trainable`: {trainable:?} names no parameter of the model");
-        }
-        model = frozen;
-    }
+    model = freeze_untrainable(model, config, origin)?;
 
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), state.step)?;
     let flops_per_token = config.model.train_flops_per_token(config.data.seq_len);
@@ -240,6 +234,16 @@ fn train_step(
     model = optimizer.step(model, grads, lr, scale);
     device.sync().ok();
     (model, StepOutcome { loss_sum, aux_sum, grad_norm, routing })
+}
+
+/// `model` with every parameter that `trainable` does not name frozen (all train if absent).
+fn freeze_untrainable(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
+    let Some(trainable) = &config.trainable else { return Ok(model) };
+    let (frozen, kept) = checkpoint::module_tensors::freeze_all_but(model, trainable);
+    if kept == 0 {
+        bail!("{origin}: field `trainable`: {trainable:?} names no parameter of the model");
+    }
+    Ok(frozen)
 }
 
 /// A fresh model, or the weights of `init_from` (a branch of an existing checkpoint).
