@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::merge::MergeInput;
 use crate::merge::experts::{AddedRouterRows, add_expert, remove_expert, write_edited};
-use crate::merge::router_data::router_directions;
+use crate::checkpoint::load_model;
+use crate::merge::router_data::{domain_sequences, mean_router_inputs};
 use crate::merge::router_init::RouterInit;
 
 #[derive(clap::Subcommand)]
@@ -64,11 +65,14 @@ pub fn run(command: MoeCommand) -> Result<()> {
             let name = name.unwrap_or_else(|| crate::merge::request::run_name(&dense.path));
             let rows = match (router_data, reference_data) {
                 (Some(data), Some(reference)) => {
-                    let members = [moe.path.clone(), moe.path.clone()];
-                    let means = router_directions(&members, &[data, reference], RouterInit::Hidden, &burn::prelude::Device::flex())?;
-                    let new_mean = means.iter().map(|m| m[0].clone()).collect();
-                    let reference_mean = means.iter().map(|m| m[1].clone()).collect();
-                    AddedRouterRows::Toward { new_mean, reference_mean }
+                    // What the MoE's routers see, averaged over each data set.
+                    let device = burn::prelude::Device::flex();
+                    let (_, model) = load_model(&moe.path, &device)?;
+                    let mean = |config: &PathBuf| -> Result<Vec<Vec<f32>>> {
+                        let seqs = domain_sequences(config).with_context(|| format!("router data {}", config.display()))?;
+                        Ok(mean_router_inputs(&model, &seqs, RouterInit::Hidden, &device))
+                    };
+                    AddedRouterRows::Toward { new_mean: mean(&data)?, reference_mean: mean(&reference)? }
                 }
                 (None, None) => AddedRouterRows::Random { seed },
                 _ => bail!("--router-data and --reference-data go together"),

@@ -20,13 +20,8 @@ use qwen2_moe::{ExportedTensor, qwen2_moe_tensors};
 
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
-    check_tensors(index, config, origin)?;
-    let expected = expected_tensors(config);
-    let mut writer = StreamWriter::create(path, expected.clone())?;
-    for (name, _) in &expected {
-        writer.write(name, &index.read(name)?)?;
-    }
-    writer.finish()
+    let same: Vec<ExportedTensor> = expected_tensors(config).into_iter().map(|(name, shape)| ExportedTensor::copy(name.clone(), shape, name)).collect();
+    write_exported(index, config, &same, path, origin)
 }
 
 /// Writes `exported` into `path` from the engine tensors of `index` (checked first).
@@ -37,7 +32,9 @@ fn write_exported(index: &TensorIndex, config: &ModelConfig, exported: &[Exporte
         let tensor = match &t.from {
             Some(from) => {
                 let mut tensor = index.read(from)?;
-                tensor.values.iter_mut().for_each(|v| *v *= t.scale);
+                if t.scale != 1.0 {
+                    tensor.values.iter_mut().for_each(|v| *v *= t.scale);
+                }
                 tensor
             }
             None => HostTensor::new(t.shape.clone(), vec![0.0; t.shape.iter().product()]),

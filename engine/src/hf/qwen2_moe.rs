@@ -21,6 +21,13 @@ pub struct ExportedTensor {
     pub scale: f32,
 }
 
+impl ExportedTensor {
+    /// The engine tensor `from` as it is.
+    pub fn copy(name: String, shape: Vec<usize>, from: String) -> Self {
+        Self { name, shape, from: Some(from), scale: 1.0 }
+    }
+}
+
 /// The config.json fields that make a Qwen2-MoE of the engine's MoE (`hf` holds the fields
 /// every architecture shares).
 pub fn qwen2_moe_config(hf: &mut Value, config: &ModelConfig, moe: &MoeConfig, top_k: usize) {
@@ -48,7 +55,7 @@ pub fn qwen2_moe_config(hf: &mut Value, config: &ModelConfig, moe: &MoeConfig, t
 
 /// Every Qwen2-MoE tensor, named and shaped as transformers saves it, from the engine's.
 pub fn qwen2_moe_tensors(config: &ModelConfig, moe: &MoeConfig) -> Vec<ExportedTensor> {
-    let copy = |name: String, shape: Vec<usize>, from: String| ExportedTensor { name, shape, from: Some(from), scale: 1.0 };
+    let copy = ExportedTensor::copy;
     let (d, v) = (config.d_model, config.vocab_size);
     let kv = config.kv_heads() * config.head_dim();
     let (f, shared_f) = (moe.expert_d_ff.unwrap_or(config.d_ff), config.d_ff);

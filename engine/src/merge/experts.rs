@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use super::mix::ffn_expert_outputs;
+use super::mix::{ffn_expert_outputs, member_attention_outputs};
 use super::plan::{MergePlan, Output, Source};
 use super::router_init::random_router;
 use super::{MergeInput, check_same_architecture, router_tensor_name};
@@ -62,6 +62,12 @@ fn renumbered(name: &str, marker: &str, map: &[Option<usize>]) -> Option<Option<
     let (number, rest) = name[at..].split_once('.')?;
     let old: usize = number.parse().ok()?;
     Some(map.get(old).copied().flatten().map(|new| format!("{}{new}.{rest}", &name[..at])))
+}
+
+/// New numbers for `count` experts once `dropped` are gone: the rest keep their order.
+fn renumber_without(count: usize, dropped: &[usize]) -> Vec<Option<usize>> {
+    let mut next = 0..;
+    (0..count).map(|e| (!dropped.contains(&e)).then(|| next.next().expect("unbounded"))).collect()
 }
 
 /// The router of the edited experts: row j is the old row that `map` sends to j, or, where
@@ -118,14 +124,11 @@ pub fn remove_expert<'a>(moe: &'a MergeInput, name: &str) -> Result<(MergePlan<'
     if dropped.len() == num {
         bail!("`{name}` is every expert of {}; an MoE needs at least one", moe.path.display());
     }
-    let mut next = 0;
-    let routed: Vec<Option<usize>> = (0..num).map(|e| (!dropped.contains(&e)).then(|| (next, next += 1).0)).collect();
+    let routed = renumber_without(num, &dropped);
     // Attention expert m is member m, whose routed experts are m * split .. (m + 1) * split.
     let attention_count = moe.config.attention_experts.as_ref().map_or(0, |a| a.num_experts);
     let dropped_members: Vec<usize> = dropped.iter().map(|e| e / experts.split).collect();
-    let mut next = 0;
-    let attention: Vec<Option<usize>> =
-        (0..attention_count).map(|m| (!dropped_members.contains(&m)).then(|| (next, next += 1).0)).collect();
+    let attention = renumber_without(attention_count, &dropped_members);
     let outputs = edited_outputs(moe, &routed, &attention, &ExtraRows::default())?;
     let mut config = moe.config.clone();
     let m = config.moe.as_mut().expect("checked an MoE");
@@ -183,14 +186,7 @@ pub fn add_expert<'a>(moe: &'a MergeInput, expert: &'a MergeInput, name: &str, r
     for layer in 0..dense.n_layers {
         outputs.extend(ffn_expert_outputs(layer, 1, num, split, &shapes, |_| (None, None))?);
         if let Some(a) = &moe.config.attention_experts {
-            for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-                if a.shared_kv && matches!(proj, "k_proj" | "v_proj") {
-                    continue;
-                }
-                let theirs = format!("model.layers.{layer}.self_attn.{proj}.weight");
-                let shape = shapes.get(theirs.as_str()).map(|s| s.to_vec()).unwrap_or_default();
-                outputs.push(Output { name: format!("model.layers.{layer}{ATTENTION}{insert_at}.{proj}.weight"), shape, source: Source::whole(1, &theirs) });
-            }
+            outputs.extend(member_attention_outputs(&dense, layer, 1, insert_at, a.shared_kv));
         }
     }
     let mut config = moe.config.clone();
@@ -199,7 +195,7 @@ pub fn add_expert<'a>(moe: &'a MergeInput, expert: &'a MergeInput, name: &str, r
         a.num_experts += 1;
     }
     let mut names = experts.names;
-    names.extend(if split == 1 { vec![name.to_string()] } else { (0..split).map(|c| format!("{name}.{c}")).collect() });
+    names.extend(super::split_expert_names(&[name.to_string()], split));
     Ok((MergePlan::new(config, vec![moe, expert], outputs), names))
 }
 
@@ -237,9 +233,7 @@ pub fn write_edited(plan: &MergePlan, moe: &MergeInput, out: &Path, edit: &str, 
         "expert_names": names,
     });
     let mut extra = vec![("merge.json", serde_json::to_string_pretty(&record)?)];
-    if let Some(tokenizer) = crate::hf::checkpoint_tokenizer(&moe.path).and_then(|p| std::fs::read_to_string(p).ok()) {
-        extra.push(("tokenizer.json", tokenizer));
-    }
+    extra.extend(super::request::shared_tokenizer(&[moe]).map(|t| ("tokenizer.json", t)));
     plan.write(out, &extra)?;
     eprintln!("wrote {} ({} experts: {})", out.display(), names.len(), names.join(", "));
     Ok(())

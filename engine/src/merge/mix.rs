@@ -204,12 +204,7 @@ fn attention_expert_outputs(config: &ModelConfig, members: usize, shared_kv: boo
         let ours = format!("model.layers.{layer}.attention_experts");
         let theirs = |proj: &str| format!("model.layers.{layer}.self_attn.{proj}.weight");
         for e in 0..members {
-            for (proj, rows) in [("q_proj", d), ("o_proj", d), ("k_proj", kv_dim), ("v_proj", kv_dim)] {
-                if shared_kv && matches!(proj, "k_proj" | "v_proj") {
-                    continue;
-                }
-                outputs.push(Output { name: format!("{ours}.experts.{e}.{proj}.weight"), shape: vec![rows, d], source: Source::whole(e, &theirs(proj)) });
-            }
+            outputs.extend(member_attention_outputs(config, layer, e, e, shared_kv));
         }
         if shared_kv {
             for proj in ["k_proj", "v_proj"] {
@@ -224,6 +219,21 @@ fn attention_expert_outputs(config: &ModelConfig, members: usize, shared_kv: boo
         outputs.push(Output { name: format!("{ours}.gate.weight"), shape: router.shape.clone(), source: Source::Given(router) });
     }
     outputs
+}
+
+/// Member `member`'s attention in layer `layer` as attention expert `expert`: its query and
+/// output projections, and its keys and values unless they are shared.
+pub(crate) fn member_attention_outputs(config: &ModelConfig, layer: usize, member: usize, expert: usize, shared_kv: bool) -> Vec<Output> {
+    let d = config.d_model;
+    let kv_dim = config.kv_heads() * config.head_dim();
+    let own: &[(&str, usize)] = if shared_kv { &[("q_proj", d), ("o_proj", d)] } else { &[("q_proj", d), ("o_proj", d), ("k_proj", kv_dim), ("v_proj", kv_dim)] };
+    own.iter()
+        .map(|&(proj, rows)| Output {
+            name: format!("model.layers.{layer}.attention_experts.experts.{expert}.{proj}.weight"),
+            shape: vec![rows, d],
+            source: Source::whole(member, &format!("model.layers.{layer}.self_attn.{proj}.weight")),
+        })
+        .collect()
 }
 
 /// Keeps the attention routers' random draws apart from the FFN routers'.

@@ -149,6 +149,15 @@ pub fn expert_tensor_name(layer: usize, expert: usize, proj: &str) -> String {
     format!("model.layers.{layer}.block_sparse_moe.experts.{expert}.{w}.weight")
 }
 
+/// Expert names as split experts are named: "NAME.0", "NAME.1", ... (unchanged when `split`
+/// is 1).
+pub fn split_expert_names(whole: &[String], split: usize) -> Vec<String> {
+    if split <= 1 {
+        return whole.to_vec();
+    }
+    whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
+}
+
 pub fn router_tensor_name(layer: usize) -> String {
     format!("model.layers.{layer}.block_sparse_moe.gate.weight")
 }

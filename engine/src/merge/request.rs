@@ -146,10 +146,7 @@ impl MergeRequest {
             RouterInit::Random => None,
             mode => Some(router_data::router_directions(&self.members(), &self.router_data, mode, &burn::prelude::Device::flex())?),
         };
-        let posterior = match &self.posterior_data {
-            Some(data) => Some(router_data::posterior_weights(&self.experts, data, &burn::prelude::Device::flex())?),
-            None => None,
-        };
+        let posterior = self.posterior_data.as_ref().map(|data| router_data::posterior_weights(&self.experts, data, &burn::prelude::Device::flex())).transpose()?;
         let weights = posterior.as_deref().or(self.weights.as_deref());
         let plan = match self.method {
             MergeMethod::Btx => mix(&inputs, seed.as_ref(), weights, &self.options, directions)?,
@@ -196,11 +193,7 @@ impl MergeRequest {
                 inputs.iter().map(|i| run_name(&i.path)).chain(routed_seed.map(|_| "generalist".to_string())).collect()
             }
         };
-        let split = self.options.split.max(1);
-        if split == 1 {
-            return whole;
-        }
-        whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
+        super::split_expert_names(&whole, self.options.split)
     }
 }
 
@@ -215,7 +208,7 @@ pub(crate) fn run_name(checkpoint: &Path) -> String {
 }
 
 /// The tokenizer every member was trained with, when they share one (same contents).
-fn shared_tokenizer(members: &[&MergeInput]) -> Option<String> {
+pub(crate) fn shared_tokenizer(members: &[&MergeInput]) -> Option<String> {
     let texts: Vec<String> = members
         .iter()
         .map(|m| crate::hf::checkpoint_tokenizer(&m.path).and_then(|p| std::fs::read_to_string(p).ok()))

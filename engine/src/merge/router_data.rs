@@ -8,6 +8,7 @@ use burn::prelude::*;
 use super::router_init::RouterInit;
 use crate::checkpoint::{load_model, resolve_checkpoint};
 use crate::config::resolve;
+use crate::model::LanguageModel;
 use crate::data::sampler::make_batch;
 use crate::train::{TrainConfig, trainer::load_domains};
 
@@ -23,26 +24,30 @@ pub fn router_directions(members: &[std::path::PathBuf], configs: &[std::path::P
     }
     let mut per_member = Vec::new();
     for (ckpt, config_path) in members.iter().zip(configs) {
-        let config = TrainConfig::load(&resolve(config_path)).with_context(|| format!("router data of {}", ckpt.display()))?;
-        let domains = load_domains(&config, &config_path.display().to_string())?;
-        let seqs: Vec<&Vec<u32>> = domains
-            .iter()
-            .filter(|d| d.weight > 0.0)
-            .flat_map(|d| d.train.iter().take(ROUTER_SEQUENCES))
-            .collect();
+        let seqs = domain_sequences(config_path).with_context(|| format!("router data of {}", ckpt.display()))?;
         let (_, model) = load_model(&resolve_checkpoint(ckpt)?, device)?;
-        let batch = make_batch(&seqs, device);
-        let means: Vec<Vec<f32>> = match mode {
-            RouterInit::Hidden => model.ffn_inputs(batch.inputs).into_iter().map(mean_over_tokens).collect(),
-            RouterInit::Embedding | RouterInit::Random => {
-                let mean = mean_over_tokens(model.embed_tokens.forward(batch.inputs));
-                vec![mean; model.layers.len()]
-            }
-        };
-        per_member.push(means);
+        per_member.push(mean_router_inputs(&model, &seqs, mode, device));
     }
     let layers = per_member[0].len();
     Ok((0..layers).map(|l| per_member.iter().map(|m| m[l].clone()).collect()).collect())
+}
+
+/// The sequences that describe the data a training config trains on: up to
+/// `ROUTER_SEQUENCES` of each of its domains with weight > 0.
+pub fn domain_sequences(config_path: &std::path::Path) -> Result<Vec<Vec<u32>>> {
+    let config = TrainConfig::load(&resolve(config_path))?;
+    let domains = load_domains(&config, &config_path.display().to_string())?;
+    Ok(domains.iter().filter(|d| d.weight > 0.0).flat_map(|d| d.train.iter().take(ROUTER_SEQUENCES).cloned()).collect())
+}
+
+/// `[layer][d_model]`: what `model`'s routers see on `seqs`, averaged over the tokens: each
+/// layer's FFN input (Hidden), or the token embedding for every layer (Embedding).
+pub fn mean_router_inputs(model: &LanguageModel, seqs: &[Vec<u32>], mode: RouterInit, device: &Device) -> Vec<Vec<f32>> {
+    let batch = make_batch(&seqs.iter().collect::<Vec<_>>(), device);
+    match mode {
+        RouterInit::Hidden => model.ffn_inputs(batch.inputs).into_iter().map(mean_over_tokens).collect(),
+        RouterInit::Embedding | RouterInit::Random => vec![mean_over_tokens(model.embed_tokens.forward(batch.inputs)); model.layers.len()],
+    }
 }
 
 fn mean_over_tokens(x: Tensor<3>) -> Vec<f32> {
@@ -53,9 +58,7 @@ fn mean_over_tokens(x: Tensor<3>) -> Vec<f32> {
 /// Weights for averaging `members` (BTM's branching of a new expert): each member's mean
 /// domain posterior on the data `config` trains on (its domains with weight > 0).
 pub fn posterior_weights(members: &[std::path::PathBuf], config_path: &std::path::Path, device: &Device) -> Result<Vec<f64>> {
-    let config = TrainConfig::load(&resolve(config_path)).with_context(|| format!("--posterior-data {}", config_path.display()))?;
-    let domains = load_domains(&config, &config_path.display().to_string())?;
-    let seqs: Vec<Vec<u32>> = domains.iter().filter(|d| d.weight > 0.0).flat_map(|d| d.train.iter().take(ROUTER_SEQUENCES).cloned()).collect();
+    let seqs = domain_sequences(config_path).with_context(|| format!("--posterior-data {}", config_path.display()))?;
     let models = members.iter().map(|m| Ok(load_model(&resolve_checkpoint(m)?, device)?.1)).collect::<Result<Vec<_>>>()?;
     Ok(crate::ensemble::mean_domain_posterior(&models, &seqs, 8, device))
 }

@@ -185,6 +185,11 @@ impl MergeMethod {
 }
 
 impl Recipe {
+    /// The MoE options of `merge`: its own, else the recipe's.
+    pub fn moe_of<'a>(&'a self, merge: &'a Merge) -> &'a MoeOptions {
+        merge.moe.as_ref().unwrap_or(&self.moe)
+    }
+
     /// The runs a recipe asks for: itself into `out`, or, with `seeds`, one copy per seed
     /// into `out/seed-N`.
     pub fn runs(&self, out: &Path) -> Vec<(Recipe, PathBuf)> {
@@ -269,7 +274,7 @@ impl Recipe {
             if !merge_names.insert(&m.name) || m.name.is_empty() || m.name.contains('/') {
                 bail!("{origin}: field `merges[{i}].name`: `{}` must be unique and a valid folder name", m.name);
             }
-            let moe = m.moe.as_ref().unwrap_or(&self.moe);
+            let moe = self.moe_of(m);
             if let Some(method) = m.method.merge_method() {
                 crate::merge::check_router_init(method, moe.router_init).map_err(|e| anyhow::anyhow!("{origin}: field `merges[{i}]`: {e}"))?;
             }

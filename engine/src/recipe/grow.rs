@@ -14,11 +14,16 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::plan::{Entry, EntryKind, Plan, StageNode, split_names, strings};
+use super::plan::{Entry, EntryKind, Plan, StageNode, strings};
 use super::stage::{Stage, model_file};
 
 fn forest(name: &str) -> String {
     format!("forest/{name}")
+}
+
+/// A grow stage: `step` is "added" or "trained".
+fn grow(merge: &str, later: &str, step: &str) -> String {
+    format!("grow/{merge}/{later}/{step}")
 }
 
 impl Plan<'_> {
@@ -81,9 +86,9 @@ impl Plan<'_> {
         for m in self.recipe.merges.iter().filter(|m| m.method.mixes_experts()) {
             let mut previous = self.dir(&format!("finetune/{}", m.name));
             let mut routed = self.expert_names(m).len();
-            let split = m.moe.as_ref().unwrap_or(&self.recipe.moe).split.max(1);
+            let split = self.recipe.moe_of(m).split.max(1);
             for later in &self.recipe.later_experts {
-                let (added, trained) = (format!("grow/{}/{}/added", m.name, later.name), format!("grow/{}/{}/trained", m.name, later.name));
+                let (added, trained) = (grow(&m.name, &later.name, "added"), grow(&m.name, &later.name, "trained"));
                 let (dir, expert) = (self.dir(&added), self.dir(&format!("experts/{}", later.name)));
                 let args = strings(&[
                     "moe", "add-expert", &previous.display().to_string(), "--expert", &expert.display().to_string(), "--name", &later.name,
@@ -129,7 +134,7 @@ impl Plan<'_> {
         for m in r.merges.iter().filter(|m| m.method.mixes_experts()) {
             let mut previous = format!("finetune/{}", m.name);
             for (name, expert_stage) in self.later_stage_names() {
-                let (added, trained) = (format!("grow/{}/{name}/added", m.name), format!("grow/{}/{name}/trained", m.name));
+                let (added, trained) = (grow(&m.name, &name, "added"), grow(&m.name, &name, "trained"));
                 nodes.push(node(added.clone(), vec![previous, expert_stage]));
                 nodes.push(node(trained.clone(), vec![added]));
                 previous = trained;
@@ -144,15 +149,15 @@ impl Plan<'_> {
     pub fn grown_entries(&self, trained: &[String]) -> Vec<(Entry, PathBuf)> {
         let mut out = Vec::new();
         for m in self.recipe.merges.iter().filter(|m| m.method.mixes_experts()) {
-            let split = m.moe.as_ref().unwrap_or(&self.recipe.moe).split;
+            let split = self.recipe.moe_of(m).split;
             let mut lineage = trained.to_vec();
             lineage.push(format!("finetune/{}", m.name));
             let (mut label, mut names) = (m.name.clone(), self.expert_names(m));
             for (name, expert_stage) in self.later_stage_names() {
                 lineage.push(forest(&name));
                 label = format!("{label} + {name}");
-                names.extend(split_names(std::slice::from_ref(&name), split));
-                let stage = |step: &str| format!("grow/{}/{name}/{step}", m.name);
+                names.extend(crate::merge::split_expert_names(std::slice::from_ref(&name), split));
+                let stage = |step: &str| grow(&m.name, &name, step);
                 lineage.extend([expert_stage, stage("added")]);
                 let added = Entry::new(format!("{label} (added)"), EntryKind::Merge, lineage.clone()).with_experts(names.clone());
                 out.push((added, self.dir(&stage("added"))));

@@ -184,7 +184,7 @@ impl Plan<'_> {
         let experts: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.dir(&format!("experts/{}", e.name))).collect();
         let mut stages = Vec::new();
         for m in &self.recipe.merges {
-            let options = m.moe.as_ref().unwrap_or(&self.recipe.moe);
+            let options = self.recipe.moe_of(m);
             let moe = to_ron(options)?.replace('\n', " ");
             // Data-initialised routers read each member's training data: the experts' own
             // configs, and every domain for the seed.
@@ -372,13 +372,13 @@ impl Plan<'_> {
     /// shared expert), "copy N" (upcycling); ".0", ".1"... when split.
     pub fn expert_names(&self, merge: &super::config::Merge) -> Vec<String> {
         let r = self.recipe;
-        let moe = merge.moe.as_ref().unwrap_or(&r.moe);
+        let moe = r.moe_of(merge);
         let routed_seed = r.keep_seed && moe.shared_expert != crate::merge::mix::SharedExpert::Seed;
         let whole: Vec<String> = match merge.method {
             MergeMethod::Upcycle { experts, .. } => (0..experts).map(|e| format!("copy {e}")).collect(),
             _ => r.experts.iter().map(|e| e.name.clone()).chain(routed_seed.then(|| "generalist".to_string())).collect(),
         };
-        split_names(&whole, moe.split)
+        crate::merge::split_expert_names(&whole, moe.split)
     }
 
     /// Every model the report compares, with how it is evaluated.
@@ -557,14 +557,6 @@ impl Plan<'_> {
         };
         found.with_context(|| format!("the recipe has no stage `{name}`"))
     }
-}
-
-/// Expert names as split experts are named: "NAME.0", "NAME.1", ... (unchanged when 1).
-pub(crate) fn split_names(whole: &[String], split: usize) -> Vec<String> {
-    if split <= 1 {
-        return whole.to_vec();
-    }
-    whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
 }
 
 pub(crate) fn strings(items: &[&str]) -> Vec<String> {
