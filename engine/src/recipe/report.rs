@@ -304,10 +304,10 @@ fn write_pipeline(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut 
         let Some(manifest) = read_manifest(plan, &stage).filter(|m| m.tokens > 0) else { continue };
         let Some(curve) = loss_curve(plan, &stage) else { continue };
         let fpt = manifest.train_flops / manifest.tokens as f64;
-        let finetune_of_btx = stage.strip_prefix("finetune/").and_then(|n| plan.recipe.merges.iter().find(|m| m.name == n)).is_some_and(|m| m.method == super::config::MergeMethod::Btx);
+        let finetune_after_experts = stage.strip_prefix("finetune/").and_then(|n| plan.recipe.merges.iter().find(|m| m.name == n)).is_some_and(|m| m.method.mixes_experts());
         let offset = match stage.as_str() {
             "seed" => 0.0,
-            _ if finetune_of_btx => experts_end,
+            _ if finetune_after_experts => experts_end,
             _ => seed_end,
         };
         let points = curve.into_iter().map(|(_, tokens, loss)| (offset + tokens * fpt, loss)).collect();
