@@ -92,6 +92,9 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
         eval_batches: 2,
         init_from: None,
         trainable: None,
+        keep_last: 2,
+        keep_every: None,
+        spike_guard: Default::default(),
     }
 }
 

@@ -15,5 +15,6 @@ mod recipe;
 mod slurm;
 mod moe;
 mod moe_lm;
+mod protection;
 mod training;
 mod wgpu;

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use crate::common::*;
 
-/// A folder for a run that a cluster's nodes could share: under the target folder, not /tmp.
+/// A folder for a run, under the target folder (which may itself be under /tmp: the one-node
+/// test cluster shares it, and its submissions say so with --allow-node-local).
 fn shared_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("slurm-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -55,8 +56,14 @@ fn recipe(dir: &Path, slow_steps: usize) -> PathBuf {
 }
 
 fn btx(args: &[&str], cwd: &Path) -> (bool, String) {
+    let (ok, stdout, stderr) = btx_streams(args, cwd);
+    (ok, format!("{stdout}{stderr}"))
+}
+
+/// Success, stdout and stderr.
+fn btx_streams(args: &[&str], cwd: &Path) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_btx")).args(args).current_dir(cwd).output().expect("btx runs");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -64,9 +71,11 @@ fn slurm_scripts_and_graph_match_the_golden_file() {
     let dir = shared_dir("golden");
     let recipe = recipe(&dir, 6);
     let run = dir.join("run");
-    let (ok, out) = btx(&["recipe", "run", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm",
+    // The scripts and graph are stdout; a warning about node-local paths (when this clone is
+    // under /tmp) goes to stderr and does not stop a dry run.
+    let (ok, out, stderr) = btx_streams(&["recipe", "run", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm",
         "--partition", "gpu", "--gpus-per-job", "1", "--time", "1:00:00", "--sbatch-arg=--account=lab", "--dry-run"], &dir);
-    assert!(ok, "{out}");
+    assert!(ok, "{stderr}");
     let normalized = out
         .replace(&run.display().to_string(), "RUN")
         .replace(env!("CARGO_BIN_EXE_btx"), "BTX")
@@ -79,8 +88,26 @@ fn slurm_scripts_and_graph_match_the_golden_file() {
     assert_eq!(normalized, want, "dry-run output differs from {} (BTX_UPDATE_GOLDEN=1 rewrites it)", golden.display());
     assert!(!run.join("seed").exists(), "a dry run wrote stage folders");
 
-    let (ok, out) = btx(&["recipe", "run", recipe.to_str().unwrap(), "--out", "/tmp/btx-run", "--scheduler", "slurm", "--dry-run"], &dir);
-    assert!(!ok && out.contains("/tmp") && out.contains("shared"), "{out}");
+}
+
+/// A submission whose run folder, binary or inputs are node-local is refused before anything
+/// is submitted (so this needs no cluster), naming each path; a dry run only warns.
+#[test]
+fn a_submission_with_node_local_paths_is_refused_naming_them() {
+    let dir = tempfile::Builder::new().prefix("btx-slurm-local").tempdir_in("/tmp").unwrap();
+    let recipe = recipe(dir.path(), 6);
+    let run = dir.path().join("run");
+    let args = ["recipe", "run", recipe.to_str().unwrap(), "--out", run.to_str().unwrap(), "--scheduler", "slurm"];
+    let (ok, out) = btx(&args, dir.path());
+    assert!(!ok, "{out}");
+    for named in [format!("the run folder (--out): {}", run.display()), format!("an input of the recipe: {}", dir.path().join("english.txt").display())] {
+        assert!(out.contains(&named), "the refusal does not name `{named}`:\n{out}");
+    }
+    assert!(out.contains("--allow-node-local"), "{out}");
+    assert!(!run.join("recipe.ron").exists() && !run.join("seed").exists(), "a refused submission wrote into the run folder");
+
+    let (ok, stdout, stderr) = btx_streams(&[&args[..], &["--dry-run"]].concat(), dir.path());
+    assert!(ok && stderr.contains("warning: these paths are in node-local folders") && stdout.contains("#SBATCH"), "{stderr}");
 }
 
 /// The cluster, if one runs here.
@@ -120,7 +147,7 @@ fn a_recipe_runs_through_a_real_slurm_and_a_cancelled_expert_resumes() {
 
     // The whole recipe as jobs, waited for: the same report as the local run.
     let slurm = dir.join("slurm");
-    let (ok, out) = btx(&["recipe", "run", r, "--out", slurm.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm", "--wait"], &dir);
+    let (ok, out) = btx(&["recipe", "run", r, "--out", slurm.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm", "--allow-node-local", "--wait"], &dir);
     assert!(ok, "{out}");
     assert_eq!(mean_losses(&slurm), mean_losses(&local));
     let experts: Vec<String> = ["experts/en", "experts/code", "experts/arith"].iter().map(|s| recorded_job(&slurm, s)).collect();
@@ -130,7 +157,7 @@ fn a_recipe_runs_through_a_real_slurm_and_a_cancelled_expert_resumes() {
     // that do not need it have finished (so the rerun must find them complete, on a busy
     // machine too).
     let run = dir.join("cancelled");
-    let (ok, out) = btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm"], &dir);
+    let (ok, out) = btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm", "--allow-node-local"], &dir);
     assert!(ok, "{out}");
     let job = recorded_job(&run, "experts/arith");
     let started = std::time::Instant::now();
@@ -147,7 +174,7 @@ fn a_recipe_runs_through_a_real_slurm_and_a_cancelled_expert_resumes() {
     assert!(ok && out.contains(&format!("slurm job {job} CANCELLED")), "{out}");
 
     // The next run resubmits only the cancelled expert and what depends on it.
-    let (ok, out) = btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm", "--wait"], &dir);
+    let (ok, out) = btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu", "--scheduler", "slurm", "--allow-node-local", "--wait"], &dir);
     assert!(ok, "{out}");
     for done in ["seed ", "experts/en ", "experts/code ", "eval/seed ", "eval/expert-en ", "eval/expert-code "] {
         assert!(out.lines().any(|l| l.starts_with(done) && l.ends_with("complete")), "{done} was not kept:\n{out}");

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod merge;
 pub mod model;
 pub mod recipe;
+pub mod run_lock;
 pub mod train;
 
 pub use burn;

@@ -1,14 +1,18 @@
 //! Checkpoints: a folder per saved step, written whole under a temporary name and renamed
 //! into place, with a `latest` file (also replaced atomically) naming the newest one. A crash
 //! at any moment leaves the previous checkpoint intact and `latest` pointing at a whole one.
+//! Each folder is sealed with its files' hashes (`integrity`), checked whenever it is loaded;
+//! a run keeps its last few checkpoints (`Retention`), so a good one outlives a bad stretch.
 //!
 //! ```text
 //! RUN/latest                      "checkpoints/step-0000300"
 //! RUN/checkpoints/step-0000300/   model.safetensors  (Hugging Face names and layout)
 //!                                 model.ron          (the model config)
 //!                                 optimizer.safetensors, state.json, train.ron (training only)
+//!                                 checksums.json     (every other file's SHA-256)
 //! ```
 
+pub mod integrity;
 pub mod module_tensors;
 pub mod stream;
 pub mod tensor_file;
@@ -48,6 +52,9 @@ pub struct TrainState {
     /// Seconds spent training, summed over resumed sessions.
     pub wall_time_s: f64,
     pub device: String,
+    /// The loss spike guard's memory (absent in checkpoints that predate it).
+    #[serde(default)]
+    pub guard: crate::train::guard::GuardState,
 }
 
 /// What one checkpoint holds besides the weights (absent for a weights-only checkpoint).
@@ -87,14 +94,29 @@ pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     run_dir.join(LATEST_FILE).is_file().then(|| resolve_checkpoint(run_dir).ok()).flatten()
 }
 
+/// Which of a run's checkpoints survive a newer one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many (at least 1: the one `latest` names).
+    pub keep_last: usize,
+    /// Also every checkpoint whose step is a multiple of this, for good.
+    pub keep_every: Option<usize>,
+}
+
+impl Retention {
+    /// Only the newest checkpoint.
+    pub const LATEST_ONLY: Self = Self { keep_last: 1, keep_every: None };
+}
+
 /// Writes a checkpoint of `model` as `RUN/checkpoints/step-N`, then points `latest` at it
-/// and removes older checkpoints of the run.
+/// and removes the older checkpoints of the run that `retention` does not keep.
 pub fn save_checkpoint(
     run_dir: &Path,
     step: usize,
     model: &LanguageModel,
     config: &ModelConfig,
     training: Option<TrainingParts<'_>>,
+    retention: Retention,
 ) -> Result<PathBuf> {
     let parent = run_dir.join("checkpoints");
     std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -107,16 +129,30 @@ pub fn save_checkpoint(
             write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(t.state)?.as_bytes())?;
             write_atomic(&tmp.join(TRAIN_CONFIG_FILE), t.train_config_ron.as_bytes())?;
         }
-        Ok(())
+        integrity::seal(tmp)
     })?;
     write_atomic(&run_dir.join(LATEST_FILE), format!("checkpoints/{name}\n").as_bytes())?;
-    for entry in std::fs::read_dir(&parent)?.flatten() {
-        let file_name = entry.file_name().to_string_lossy().into_owned();
-        if file_name.starts_with("step-") && file_name != name {
-            let _ = std::fs::remove_dir_all(entry.path());
+    let mut steps = checkpoint_steps(run_dir);
+    steps.sort_unstable_by(|a, b| b.cmp(a));
+    for (rank, (old, dir)) in steps.into_iter().enumerate() {
+        let kept = rank < retention.keep_last.max(1) || retention.keep_every.is_some_and(|k| k > 0 && old % k == 0);
+        if !kept && old != step {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
     Ok(final_dir)
+}
+
+/// The run's checkpoint folders (`checkpoints/step-N`) with their steps, in no order.
+pub fn checkpoint_steps(run_dir: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(run_dir.join("checkpoints")) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let step = e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect()
 }
 
 /// Writes a weights-only checkpoint folder (model.safetensors, model.ron, and `extra`
@@ -143,7 +179,7 @@ pub fn write_weights_checkpoint(
         for (file, text) in extra {
             write_atomic(&tmp.join(file), text.as_bytes())?;
         }
-        Ok(())
+        integrity::seal(tmp)
     })
 }
 
@@ -162,8 +198,9 @@ pub fn read_model_config(ckpt: &Path) -> Result<ModelConfig> {
     Ok(config)
 }
 
-/// Loads a checkpoint's model onto `device`.
+/// Loads a checkpoint's model onto `device`, after checking its files' hashes.
 pub fn load_model(ckpt: &Path, device: &Device) -> Result<(ModelConfig, LanguageModel)> {
+    integrity::verify(ckpt)?;
     let config = read_model_config(ckpt)?;
     let path = ckpt.join(MODEL_FILE);
     let tensors = read_tensors(&path)?;

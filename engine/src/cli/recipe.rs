@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use crate::config::resolve;
 use crate::device::DeviceArgs;
 use crate::recipe::plan::{Plan, REPORT_STAGE};
-use crate::recipe::slurm::{SlurmOptions, submit, wait};
+use crate::recipe::slurm::{SlurmOptions, check_shared_paths, submit, wait};
+use crate::run_lock::{FolderLock, RECIPE_LOCK};
 use crate::recipe::{Recipe, RunOptions, print_status, run_recipe};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +53,10 @@ pub enum RecipeCommand {
         /// Slurm: stay until every job has ended, with progress.
         #[arg(long)]
         wait: bool,
+        /// Slurm: submit even if the run folder, the btx binary or an input is in a
+        /// node-local folder (/tmp, ...): for a one-node cluster, or one that shares them.
+        #[arg(long)]
+        allow_node_local: bool,
     },
     /// Run the recipe at every (seed steps, expert steps) point and report BTX minus each
     /// baseline in mean validation log-perplexity (RUN/sweep.md and a heatmap per baseline).
@@ -104,16 +109,21 @@ fn btx() -> Result<PathBuf> {
 
 pub fn run(command: RecipeCommand) -> Result<()> {
     match command {
-        RecipeCommand::Run { recipe, out, jobs, device, scheduler, partition, gpus_per_job, time, sbatch_arg, dry_run, wait: stay } => {
+        RecipeCommand::Run { recipe, out, jobs, device, scheduler, partition, gpus_per_job, time, sbatch_arg, dry_run, wait: stay, allow_node_local } => {
             let parsed = Recipe::load(&recipe)?;
             let out = resolve(&recipe_out(&recipe, out, ""));
             match scheduler {
                 Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()? }),
                 Scheduler::Slurm => {
-                    let options = SlurmOptions { partition, gpus_per_job, time, sbatch_args: sbatch_arg, dry_run };
+                    let options = SlurmOptions { partition, gpus_per_job, time, sbatch_args: sbatch_arg, dry_run, allow_node_local };
                     // Every seed's run is submitted before any is waited for.
                     let runs = parsed.runs(&out);
                     let plans: Vec<Plan<'_>> = runs.iter().map(|(r, o)| Plan { recipe: r, out: o.clone(), device }).collect();
+                    for plan in &plans {
+                        check_shared_paths(plan, &btx()?, &options)?;
+                    }
+                    // One submitter (and waiter) per run folder; a dry run writes nothing.
+                    let _lock = if dry_run { None } else { Some(FolderLock::acquire(&out, RECIPE_LOCK)?) };
                     let jobs = plans.iter().map(|p| submit(p, &btx()?, &options)).collect::<Result<Vec<_>>>()?;
                     let nothing_submitted = jobs.iter().all(Vec::is_empty);
                     if nothing_submitted && !dry_run && !parsed.seeds.is_empty() {

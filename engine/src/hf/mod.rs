@@ -79,7 +79,7 @@ pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
         if tokenizer.is_file() {
             std::fs::copy(&tokenizer, tmp.join("tokenizer.json"))?;
         }
-        Ok(())
+        crate::checkpoint::integrity::seal(tmp)
     })?;
     Ok(config)
 }
@@ -100,6 +100,7 @@ pub fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
 /// (Qwen2MoeForCausalLM with a shared expert).
 pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: bool) -> Result<ModelConfig> {
     let ckpt = resolve_checkpoint(ckpt)?;
+    crate::checkpoint::integrity::verify(&ckpt)?;
     let config = read_model_config(&ckpt)?;
     let hf = to_hf_config(&config, closest)?;
     let tokenizer = match tokenizer {

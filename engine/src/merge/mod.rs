@@ -45,6 +45,7 @@ impl MergeInput {
     /// Reads the config and the safetensors header only.
     pub fn load(path: &Path) -> Result<Self> {
         let dir = resolve_checkpoint(path)?;
+        crate::checkpoint::integrity::verify(&dir)?;
         let config = read_model_config(&dir)?;
         let store = Store::File(TensorIndex::open(&dir)?);
         Ok(Self { path: dir, config, store })
@@ -53,6 +54,7 @@ impl MergeInput {
     /// Reads every tensor into memory.
     pub fn load_in_memory(path: &Path) -> Result<Self> {
         let dir = resolve_checkpoint(path)?;
+        crate::checkpoint::integrity::verify(&dir)?;
         let config = read_model_config(&dir)?;
         let store = Store::Memory(read_tensors(&dir.join(MODEL_FILE))?);
         Ok(Self { path: dir, config, store })

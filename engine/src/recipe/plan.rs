@@ -123,6 +123,9 @@ impl Plan<'_> {
             eval_batches: r.eval.batches,
             init_from,
             trainable: None,
+            keep_last: 2,
+            keep_every: None,
+            spike_guard: Default::default(),
         }
     }
 

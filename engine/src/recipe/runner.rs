@@ -12,6 +12,7 @@ use super::config::Recipe;
 use super::plan::{Plan, REPORT_STAGE, StageNode};
 use super::stage::{Manifest, Stage, StageState};
 use crate::device::DeviceArgs;
+use crate::run_lock::{FolderLock, RECIPE_LOCK};
 
 #[derive(Clone)]
 pub struct RunOptions {
@@ -64,6 +65,7 @@ pub fn waves(graph: &[StageNode]) -> Vec<Vec<String>> {
 
 /// Runs the recipe here (once per seed when it lists `seeds`, then the report across them).
 pub fn run_recipe(recipe: &Recipe, options: &RunOptions) -> Result<()> {
+    let _lock = FolderLock::acquire(&options.out, RECIPE_LOCK)?;
     for (run, out) in recipe.runs(&options.out) {
         run_once(&run, &RunOptions { out, ..options.clone() })?;
     }
@@ -112,6 +114,11 @@ fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
         let state = match &stage {
             Ok(s) => match s.state() {
                 StageState::Complete => "complete".to_string(),
+                state @ (StageState::Partial | StageState::Pending) if s.failure().is_some() => {
+                    let error = s.failure().unwrap_or_default();
+                    let next = if state == StageState::Partial { "will resume" } else { "will run again" };
+                    format!("failed ({next}): {}", error.trim().replace('\n', "\n    "))
+                }
                 StageState::Partial => "partial (will resume)".to_string(),
                 StageState::Stale => "stale (inputs changed; will rerun)".to_string(),
                 StageState::Pending => "pending".to_string(),

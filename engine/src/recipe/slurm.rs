@@ -4,7 +4,8 @@
 //! whole recipe is submitted at once. The expert stages need nothing but the seed, so they
 //! run as separate jobs, on separate nodes, at once or days apart.
 //!
-//! The run folder must be on a file system every node shares (never /tmp). Each job's
+//! The run folder, the binary and the inputs must be on a file system every node shares (a
+//! submission refuses node-local folders such as /tmp; see `check_shared_paths`). Each job's
 //! script, output and id are kept in its stage folder (`slurm.sh`, `slurm-ID.out`,
 //! `slurm.json`); a stage whose job is still queued or running is not submitted twice, and a
 //! failed, cancelled or timed-out one is submitted again by the next `recipe run`, resuming
@@ -33,6 +34,47 @@ pub struct SlurmOptions {
     pub sbatch_args: Vec<String>,
     /// Print the scripts and the dependency graph; submit nothing.
     pub dry_run: bool,
+    /// Submit even if a path the jobs need is in a node-local folder (a one-node cluster, or
+    /// one whose /tmp is shared).
+    pub allow_node_local: bool,
+}
+
+/// Folders that are each node's own on a typical cluster.
+const NODE_LOCAL: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/user"];
+
+/// Every path a job needs must be one the nodes share: the run folder (every job reads and
+/// writes it), the `btx` binary, the folder the jobs start in (where the recipe's relative
+/// paths resolve) and the data and tokenizer files of the stages that can be planned now.
+/// A node-local one is refused for a submission and warned about by a dry run (which only
+/// prints).
+pub fn check_shared_paths(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<()> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let mut needed = vec![("the run folder (--out)", plan.out.clone()), ("the btx binary", btx.to_path_buf()), ("the folder the jobs start in (this one)", cwd)];
+    let stages = plan.graph().map(|g| g.iter().filter_map(|n| plan.stage(&n.name).ok()).collect::<Vec<_>>()).unwrap_or_default();
+    let mut inputs: Vec<PathBuf> = stages.into_iter().flat_map(|s| s.inputs).collect();
+    inputs.sort();
+    inputs.dedup();
+    needed.extend(inputs.into_iter().map(|p| ("an input of the recipe", p)));
+    let local: Vec<String> = needed
+        .iter()
+        .filter(|(_, p)| NODE_LOCAL.iter().any(|l| p.starts_with(l)))
+        .map(|(what, p)| format!("{what}: {}", p.display()))
+        .collect();
+    if local.is_empty() || options.allow_node_local {
+        return Ok(());
+    }
+    let message = format!(
+        "these paths are in node-local folders ({}), which the other nodes of a cluster do not see:\n  {}\n\
+         Put them on a file system every node shares, or pass --allow-node-local if this cluster is one node \
+         (or shares these folders)",
+        NODE_LOCAL.join(", "),
+        local.join("\n  ")
+    );
+    if options.dry_run {
+        eprintln!("warning: {message}");
+        return Ok(());
+    }
+    bail!("{message}")
 }
 
 /// What a stage folder records of its Slurm job.
@@ -130,11 +172,9 @@ pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, optio
 }
 
 /// Submits every stage that is not up to date (or prints what it would submit), each
-/// waiting for the jobs of the stages it needs; returns the job ids by stage.
+/// waiting for the jobs of the stages it needs; returns the job ids by stage. The caller
+/// checks the paths first (`check_shared_paths`).
 pub fn submit(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<Vec<(String, String)>> {
-    if plan.out.starts_with("/tmp") {
-        bail!("{} is under /tmp, which the nodes of a cluster do not share; give --out a folder on a shared file system", plan.out.display());
-    }
     std::fs::create_dir_all(&plan.out).with_context(|| format!("cannot create {}", plan.out.display()))?;
     // The jobs read this copy: editing the recipe later cannot change queued jobs.
     let frozen = plan.out.join("recipe.ron");

@@ -2,7 +2,6 @@
 //! recorded by a manifest. A stage whose manifest matches (same command, same config, same
 //! input contents) is skipped; an interrupted one resumes; a changed one starts over.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -12,10 +11,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{MODEL_FILE, latest_checkpoint, read_train_state};
-use crate::fsutil::write_atomic;
+use crate::fsutil::{sha256_file, write_atomic};
+use crate::run_lock::{FolderLock, STAGE_LOCK};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 const KEY_FILE: &str = "stage.key";
+/// The error of the stage's last run, if it failed (removed when it runs again).
+pub const FAILURE_FILE: &str = "failed.txt";
 
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -62,20 +64,6 @@ pub enum StageState {
     Pending,
 }
 
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
-}
-
 impl Stage {
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("stage.ron")
@@ -103,6 +91,11 @@ impl Stage {
     pub fn manifest(&self) -> Option<Manifest> {
         let text = std::fs::read_to_string(self.dir.join(MANIFEST_FILE)).ok()?;
         serde_json::from_str(&text).ok()
+    }
+
+    /// The error its last run stopped with, if it failed and has not run since.
+    pub fn failure(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(FAILURE_FILE)).ok()
     }
 
     pub fn state(&self) -> StageState {
@@ -138,11 +131,14 @@ impl Stage {
             progress.suspend(|| eprintln!("[{}] up to date, skipped", self.name));
             return Ok(m);
         }
+        // One process per stage folder (a Slurm job resubmitted while the old one runs, two
+        // recipe runs sharing stages): the second stops here, naming the first.
+        let _lock = FolderLock::acquire(&self.dir, STAGE_LOCK)?;
         let resuming = std::fs::read_to_string(self.dir.join(KEY_FILE)).is_ok_and(|k| k.trim() == key);
-        if self.dir.exists() && !resuming {
+        if !resuming {
             clear_stage_dir(&self.dir)?;
         }
-        std::fs::create_dir_all(&self.dir)?;
+        let _ = std::fs::remove_file(self.dir.join(FAILURE_FILE));
         write_atomic(&self.dir.join(KEY_FILE), key.as_bytes())?;
         if let Some(config) = &self.config {
             write_atomic(&self.config_path(), config.as_bytes())?;
@@ -173,6 +169,9 @@ impl Stage {
         if !status.success() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+            // What `recipe status` shows: the stage's own error, else how its process ended.
+            let error = log.rfind("error: ").map(|i| log[i..].trim_end().to_string()).unwrap_or_else(|| format!("its process ended {status}"));
+            write_atomic(&self.dir.join(FAILURE_FILE), error.as_bytes())?;
             bail!("stage {} failed ({status}); its log {}:\n{}", self.name, log_path.display(), tail.join("\n"));
         }
         let (tokens, train_flops, wall_time_s, device) = match latest_checkpoint(&self.dir).and_then(|c| read_train_state(&c).ok()) {
@@ -215,10 +214,12 @@ fn without_device_args(args: &[String]) -> Vec<&String> {
 }
 
 /// Empties a stage folder for a fresh start, keeping the scheduler's records (`slurm*`: the
-/// job's script, id and output, which the running job is writing).
+/// job's script, id and output, which the running job is writing) and the stage's lock
+/// (removing a held lock file would let a second process lock a new one).
 fn clear_stage_dir(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot clear {}", dir.display()))?.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("slurm") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("slurm") || name == STAGE_LOCK {
             continue;
         }
         let path = entry.path();

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+use super::guard::SpikeGuard;
+use crate::checkpoint::Retention;
 use crate::config::{ModelConfig, read_ron};
 use crate::data::DataConfig;
 
@@ -42,6 +44,24 @@ pub struct TrainConfig {
     /// out of written configs, so the configs of runs that predate it are unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable: Option<Vec<String>>,
+    /// Checkpoints kept: the newest `keep_last` (at least 1)...
+    #[serde(default = "default_keep_last", skip_serializing_if = "is_default_keep_last")]
+    pub keep_last: usize,
+    /// ...and, for good, every one whose step is a multiple of `keep_every`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_every: Option<usize>,
+    /// Updates skipped when the loss spikes; a run whose loss stays up stops (see
+    /// `train::guard`). Left out of written configs while at its defaults, as the two above,
+    /// so the configs (and recipe stage keys) of runs that predate them are unchanged.
+    #[serde(default, skip_serializing_if = "SpikeGuard::is_default")]
+    pub spike_guard: SpikeGuard,
+}
+
+fn default_keep_last() -> usize {
+    2
+}
+fn is_default_keep_last(n: &usize) -> bool {
+    *n == default_keep_last()
 }
 
 fn one() -> usize {
@@ -128,6 +148,13 @@ impl TrainConfig {
         if self.checkpoint_every == 0 {
             bail!("{origin}: field `checkpoint_every` must be at least 1, found 0");
         }
+        if self.keep_last == 0 {
+            bail!("{origin}: field `keep_last` must be at least 1 (the checkpoint a resume starts from), found 0");
+        }
+        if self.keep_every == Some(0) {
+            bail!("{origin}: field `keep_every` must be at least 1, found 0 (leave it out to keep no checkpoint for good)");
+        }
+        self.spike_guard.validate(origin)?;
         let o = &self.optimizer;
         if !(o.lr > 0.0 && o.lr <= 1.0) {
             bail!("{origin}: field `optimizer.lr` must be in (0, 1], found {}", o.lr);
@@ -146,6 +173,11 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// Which checkpoints a run keeps.
+    pub fn retention(&self) -> Retention {
+        Retention { keep_last: self.keep_last, keep_every: self.keep_every }
     }
 
     /// Tokens consumed per optimizer step.

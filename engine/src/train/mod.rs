@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod config;
+pub mod guard;
 pub mod metrics;
 pub mod trainer;
 

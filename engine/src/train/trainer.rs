@@ -1,6 +1,8 @@
 //! The training loop: mixture batches, gradient accumulation, global-norm clipping, AdamW
 //! with warmup + cosine, periodic evaluation per domain and atomic checkpoints; `resume`
-//! continues from the last checkpoint exactly as if the run had never stopped.
+//! continues from the last checkpoint exactly as if the run had never stopped. Each update
+//! is first judged by the spike guard (`guard`), and one process at a time writes a run
+//! folder (`run_lock`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,6 +15,7 @@ use serde_json::json;
 
 use super::adamw::{AdamW, global_grad_norm};
 use super::config::{TrainConfig, learning_rate};
+use super::guard::{SpikeGuard, Verdict};
 use super::metrics::MetricsLog;
 use crate::checkpoint::{
     self, OPTIMIZER_FILE, TRAIN_CONFIG_FILE, TrainState, TrainingParts, latest_checkpoint,
@@ -27,6 +30,7 @@ use crate::eval::{DomainEval, evaluate, mean_loss};
 use crate::model::LanguageModel;
 use crate::model::moe::RoutingContext;
 use crate::model::routing_stats::RoutingStats;
+use crate::run_lock::{FolderLock, TRAIN_LOCK};
 
 pub struct TrainOptions {
     /// The run folder: checkpoints, metrics.jsonl.
@@ -65,6 +69,8 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     let config_ron = to_ron(config)?;
     let out = &options.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
+    // Held to the end: a second process on this folder is refused before it touches a file.
+    let _lock = FolderLock::acquire(out, TRAIN_LOCK)?;
 
     let device = selected.device.clone().autodiff();
     let existing = latest_checkpoint(out);
@@ -95,9 +101,30 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         }
         let started = Instant::now();
         let lr = learning_rate(&config.optimizer, state.step, config.steps);
-        let (updated, step) = train_step(model, &mut optimizer, &mut sampler, &domains, config, state.step, lr, &device);
-        model = updated;
+        let (grads, step) = forward_backward(&model, &mut sampler, &domains, config, state.step, &device);
         let StepOutcome { loss_sum, aux_sum, grad_norm, routing } = step;
+        let loss = loss_sum / config.grad_accum as f64;
+        let aux_loss = aux_sum / config.grad_accum as f64;
+        // Judged before the update: a spike's update is never applied.
+        let skipped = match state.guard.judge(&config.spike_guard, loss, grad_norm) {
+            Verdict::Apply => {
+                let clip = config.optimizer.grad_clip;
+                let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+                model = optimizer.step(model, grads, lr, scale);
+                device.sync().ok();
+                None
+            }
+            Verdict::Skip(reason) => {
+                say(&progress, &format!("step {:>6} | update skipped: {reason}", state.step + 1));
+                Some(reason)
+            }
+            Verdict::Stop(reason) => {
+                progress.finish_and_clear();
+                let step = state.step + 1;
+                let first_spike = step + 1 - state.guard.skipped_in_a_row;
+                bail!("{}", stopped_message(out, origin, step, first_spike, &reason, &config.spike_guard));
+            }
+        };
         let seconds = started.elapsed().as_secs_f64();
         state.step += 1;
         state.optimizer_updates = optimizer.updates;
@@ -105,11 +132,6 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         state.tokens_seen += tokens_per_step as u64;
         state.train_flops += flops_per_token * tokens_per_step as f64;
         state.wall_time_s += seconds;
-        let loss = loss_sum / config.grad_accum as f64;
-        let aux_loss = aux_sum / config.grad_accum as f64;
-        if !loss.is_finite() {
-            bail!("training diverged at step {}: loss is {loss}; lower `optimizer.lr` in {origin}", state.step);
-        }
         let tokens_per_s = tokens_per_step as f64 / seconds;
         let mut line = json!({
             "step": state.step, "loss": loss, "aux_loss": aux_loss, "lr": lr, "grad_norm": grad_norm,
@@ -118,6 +140,9 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         if !routing.is_empty() {
             line["routing"] = json!(routing.shares());
             line["dropped"] = json!(routing.dropped_fraction());
+        }
+        if let Some(reason) = skipped {
+            line["skipped"] = json!(reason);
         }
         metrics.write(line)?;
         progress.set_position(state.step as u64);
@@ -129,9 +154,11 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
             log_eval(&mut metrics, state.step, &final_eval)?;
             say(&progress, &format!("step {:>6} | {}", state.step, format_eval(&final_eval)));
         }
-        if last || state.step % config.checkpoint_every == 0 {
+        // Not while updates are being skipped: a checkpoint then would hold the weights that
+        // spiked and rotate a good one out.
+        if last || (state.step % config.checkpoint_every == 0 && state.guard.skipped_in_a_row == 0) {
             let training = TrainingParts { optimizer: optimizer.state_tensors(), state: &state, train_config_ron: &config_ron };
-            checkpoint::save_checkpoint(out, state.step, &model, &config.model, Some(training))?;
+            checkpoint::save_checkpoint(out, state.step, &model, &config.model, Some(training), config.retention())?;
         }
     }
     progress.finish_and_clear();
@@ -171,6 +198,7 @@ fn start_or_resume(
             train_flops: 0.0,
             wall_time_s: 0.0,
             device: selected.description.clone(),
+            guard: Default::default(),
         };
         return Ok((initial_model(config, origin, device)?, state));
     };
@@ -193,19 +221,16 @@ struct StepOutcome {
     routing: RoutingStats,
 }
 
-/// One optimizer step: `grad_accum` micro-batches forward and backward, global-norm
-/// clipping, AdamW.
-#[allow(clippy::too_many_arguments)]
-fn train_step(
-    mut model: LanguageModel,
-    optimizer: &mut AdamW,
+/// The gradients of one optimizer step: `grad_accum` micro-batches forward and backward
+/// (the update itself is applied by the caller, once the spike guard has judged the loss).
+fn forward_backward(
+    model: &LanguageModel,
     sampler: &mut MixtureSampler,
     domains: &[Domain],
     config: &TrainConfig,
     step: usize,
-    lr: f64,
     device: &Device,
-) -> (LanguageModel, StepOutcome) {
+) -> (GradientsParams, StepOutcome) {
     let mut accumulator = GradientsAccumulator::new();
     let (mut loss_sum, mut aux_sum) = (0.0, 0.0);
     let mut routing = RoutingStats::default();
@@ -224,16 +249,41 @@ fn train_step(
         // With some weights frozen (`trainable`), a batch may not reach any trainable one
         // (no token routed to the one expert that trains): nothing to learn from it.
         if total.is_tracked() {
-            accumulator.accumulate(&model, GradientsParams::from_grads(total.backward(), &model));
+            accumulator.accumulate(model, GradientsParams::from_grads(total.backward(), model));
         }
     }
     let grads = accumulator.grads();
-    let grad_norm = global_grad_norm(&model, &grads);
-    let clip = config.optimizer.grad_clip;
-    let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-    model = optimizer.step(model, grads, lr, scale);
-    device.sync().ok();
-    (model, StepOutcome { loss_sum, aux_sum, grad_norm, routing })
+    let grad_norm = global_grad_norm(model, &grads);
+    (grads, StepOutcome { loss_sum, aux_sum, grad_norm, routing })
+}
+
+/// Why a run stopped, and where its last good weights are: the newest checkpoint written
+/// before the update that preceded the first spike (`first_spike - 1` made the weights
+/// whose loss spiked).
+fn stopped_message(out: &Path, origin: &str, step: usize, first_spike: usize, reason: &str, guard: &SpikeGuard) -> String {
+    let what = if guard.factor == 0.0 {
+        format!("training diverged at step {step}: {reason}")
+    } else {
+        format!(
+            "training stopped at step {step}: {reason}. The updates of steps {first_spike}-{step} were all skipped \
+             (spike_guard.patience: {}), so the run is diverging",
+            guard.patience
+        )
+    };
+    let mut good: Vec<(usize, PathBuf)> = checkpoint::checkpoint_steps(out).into_iter().filter(|(s, _)| s + 1 < first_spike).collect();
+    good.sort_unstable_by(|a, b| b.cmp(a));
+    let good = match good.as_slice() {
+        [] => "No checkpoint of this run predates the spike".to_string(),
+        [(s, dir), older @ ..] => {
+            let older: Vec<String> = older.iter().map(|(s, _)| s.to_string()).collect();
+            let also = if older.is_empty() { String::new() } else { format!("; older ones kept: steps {}", older.join(", ")) };
+            format!("The last good checkpoint is {} (step {s}){also}", dir.display())
+        }
+    };
+    format!(
+        "{what}. {good}. Lower `optimizer.lr` (or raise `optimizer.warmup_steps`) in {origin} and train \
+         again; a new run can start from that checkpoint with `init_from`"
+    )
 }
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).

@@ -1,0 +1,205 @@
+//! Runs that protect themselves: one writer per folder (a second is refused, a SIGKILLed
+//! holder leaves no lock), a loss spike skipped and then stopped with the last good
+//! checkpoint named, the checkpoints kept, and a corrupted checkpoint caught when loaded.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use btx::checkpoint::{self, checkpoint_steps, integrity};
+use btx::config::to_ron;
+use btx::eval::{evaluate, mean_loss};
+use btx::merge::MergeInput;
+use btx::run_lock::{FolderLock, RECIPE_LOCK, STAGE_LOCK};
+use btx::train::{TrainConfig, TrainOptions, train, trainer::load_domains};
+
+use crate::common::*;
+
+fn options(out: &Path, resume: bool, stop_after: Option<usize>) -> TrainOptions {
+    TrainOptions { out: out.to_path_buf(), resume, progress: false, stop_after }
+}
+
+fn write_config(dir: &Path, config: &TrainConfig) -> std::path::PathBuf {
+    let path = dir.join("train.ron");
+    std::fs::write(&path, to_ron(config).unwrap()).unwrap();
+    path
+}
+
+fn step_lines(run: &Path) -> Vec<u64> {
+    let metrics = btx::train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
+    metrics.iter().filter(|m| m.get("loss").is_some()).map(|m| m["step"].as_u64().unwrap()).collect()
+}
+
+fn sorted_steps(run: &Path) -> Vec<usize> {
+    let mut steps: Vec<usize> = checkpoint_steps(run).into_iter().map(|(s, _)| s).collect();
+    steps.sort_unstable();
+    steps
+}
+
+#[test]
+fn a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 1_000_000);
+    config.checkpoint_every = 2;
+    let config_path = write_config(dir.path(), &config);
+    let run = dir.path().join("run");
+    let args = ["train", "--config", config_path.to_str().unwrap(), "--out", run.to_str().unwrap(), "--device", "cpu"];
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_btx")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while checkpoint::latest_checkpoint(&run).is_none() {
+        assert!(holder.try_wait().unwrap().is_none(), "the first writer ended early");
+        assert!(started.elapsed() < Duration::from_secs(120), "the first writer wrote no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The second writer stops at once, naming the first, and leaves its files alone.
+    let (ok, err) = run_btx(&[&args[..], &["--resume"]].concat(), dir.path());
+    assert!(!ok, "a second writer ran");
+    assert!(err.contains("is in use") && err.contains(&format!("process {}", holder.id())), "{err}");
+    let written = step_lines(&run).len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(holder.try_wait().unwrap().is_none(), "the first writer stopped");
+    assert!(step_lines(&run).len() > written, "the first writer stopped writing metrics");
+
+    // SIGKILL: the OS releases the lock; the run resumes, and its metrics are one run.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let resumed_from = checkpoint::read_train_state(&checkpoint::latest_checkpoint(&run).unwrap()).unwrap().step;
+    let summary = train(&config, "test", &cpu_selected(), &options(&run, true, Some(3))).unwrap();
+    assert_eq!(summary.state.step, resumed_from + 3);
+    assert_eq!(step_lines(&run), (1..=resumed_from as u64 + 3).collect::<Vec<_>>());
+}
+
+/// A recipe run and a recipe stage each refuse a folder another process holds.
+#[test]
+fn recipe_runs_and_stages_take_one_writer_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let english = small_corpus(dir.path(), "english.txt", 20_000);
+    let recipe = dir.path().join("recipe.ron");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"(
+    model: (vocab_size: 4096, d_model: 32, n_layers: 1, n_heads: 4, d_ff: 64, max_seq_len: 64),
+    tokenizer: "{}",
+    seq_len: 32,
+    domains: [(name: "english", source: File("{}"))],
+    optimizer: (lr: 1e-2, warmup_steps: 2),
+    batch_size: 2,
+    seed_model: Train(steps: 2, mixture: [("english", 1.0)]),
+    experts: [(name: "en", data: [("english", 1.0)], steps: 2)],
+    merges: [(name: "btx", method: Btx)],
+    finetune: (steps: 2),
+)"#,
+            repo_root().join("assets/tokenizer.json").display(),
+            english.display()
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let r = recipe.to_str().unwrap();
+
+    let held = FolderLock::acquire(&run, RECIPE_LOCK).unwrap();
+    let (ok, err) = run_btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu"], dir.path());
+    assert!(!ok && err.contains(&format!("process {}", std::process::id())) && err.contains(&held.path().display().to_string()), "{err}");
+    assert!(!run.join("seed").exists(), "the refused run started a stage");
+    drop(held);
+
+    let _stage = FolderLock::acquire(&run.join("seed"), STAGE_LOCK).unwrap();
+    let (ok, err) = run_btx(&["recipe", "stage", r, "--out", run.to_str().unwrap(), "--stage", "seed", "--device", "cpu"], dir.path());
+    assert!(!ok && err.contains("is in use") && err.contains(&format!("process {}", std::process::id())), "{err}");
+    assert!(!run.join("seed/stage.key").exists(), "the refused stage wrote into its folder");
+}
+
+/// The learning rate of a run jumps from 1e-2 to 1.0 at step 20 (its checkpoint's config is
+/// edited, and the checkpoint sealed again, as a user resuming with another lr would need):
+/// the first update at 1.0 is applied (nothing could tell it apart), every update after it
+/// sees a spiked loss and is skipped, and after `patience` of them the run stops, naming the
+/// checkpoint of step 20 as the last good one. No checkpoint is written while skipping.
+#[test]
+fn a_learning_rate_jump_is_skipped_then_stopped_naming_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 40);
+    config.checkpoint_every = 5;
+    let run = dir.path().join("run");
+    train(&config, "test", &cpu_selected(), &options(&run, false, Some(20))).unwrap();
+    assert_eq!(sorted_steps(&run), vec![15, 20], "keep_last 2");
+    assert!(step_lines(&run).len() == 20);
+
+    let mut jumped = config.clone();
+    jumped.optimizer.lr = 1.0;
+    jumped.optimizer.min_lr_ratio = 1.0;
+    let ckpt = checkpoint::latest_checkpoint(&run).unwrap();
+    std::fs::write(ckpt.join(checkpoint::TRAIN_CONFIG_FILE), to_ron(&jumped).unwrap()).unwrap();
+    integrity::seal(&ckpt).unwrap();
+
+    let err = train(&jumped, "jumped.ron", &cpu_selected(), &options(&run, true, None)).err().expect("the diverging run stops").to_string();
+    let patience = jumped.spike_guard.patience;
+    assert!(err.contains(&format!("training stopped at step {}", 21 + patience)), "{err}");
+    assert!(err.contains(&format!("The updates of steps 22-{} were all skipped", 21 + patience)), "{err}");
+    assert!(err.contains(&format!("The last good checkpoint is {} (step 20); older ones kept: steps 15", ckpt.display())), "{err}");
+    assert!(err.contains("jumped.ron"), "{err}");
+
+    let metrics = btx::train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
+    let skipped: Vec<u64> = metrics.iter().filter(|m| m.get("skipped").is_some()).map(|m| m["step"].as_u64().unwrap()).collect();
+    assert_eq!(skipped, (22..=21 + patience as u64).collect::<Vec<_>>());
+    assert_eq!(sorted_steps(&run), vec![15, 20], "a checkpoint was written while skipping (step 25 is a checkpoint step)");
+
+    // The named checkpoint loads, and its model is finite and as good as it was.
+    let device = cpu();
+    let (_, model) = checkpoint::load_model(&ckpt, &device).unwrap();
+    let loss = mean_loss(&evaluate(&model, &load_domains(&config, "test").unwrap(), 8, 2, &device));
+    assert!(loss.is_finite() && loss < 7.0, "mean validation loss {loss}");
+}
+
+#[test]
+fn keep_last_and_keep_every_choose_the_checkpoints_that_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 20);
+    config.checkpoint_every = 2;
+    let run = dir.path().join("default");
+    train(&config, "test", &cpu_selected(), &options(&run, false, None)).unwrap();
+    assert_eq!(sorted_steps(&run), vec![18, 20]);
+
+    config.keep_last = 3;
+    config.keep_every = Some(8);
+    let run = dir.path().join("kept");
+    train(&config, "test", &cpu_selected(), &options(&run, false, None)).unwrap();
+    assert_eq!(sorted_steps(&run), vec![8, 16, 18, 20]);
+    // Every kept checkpoint is whole and sealed.
+    for (_, ckpt) in checkpoint_steps(&run) {
+        integrity::verify(&ckpt).unwrap();
+        assert!(ckpt.join(integrity::CHECKSUMS_FILE).is_file());
+    }
+
+    config.keep_last = 0;
+    let err = config.validate("t.ron").unwrap_err().to_string();
+    assert!(err.contains("t.ron: field `keep_last` must be at least 1"), "{err}");
+}
+
+/// One byte flipped in the weights of a finished checkpoint: a resume and a merge refuse it,
+/// naming the file; nothing is written by the merge.
+#[test]
+fn a_flipped_byte_in_a_checkpoint_is_caught_on_resume_and_on_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 10);
+    config.checkpoint_every = 5;
+    let run = dir.path().join("run");
+    train(&config, "test", &cpu_selected(), &options(&run, false, Some(6))).unwrap();
+    let ckpt = checkpoint::latest_checkpoint(&run).unwrap();
+    let weights = ckpt.join(checkpoint::MODEL_FILE);
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&weights, bytes).unwrap();
+    let corrupt = format!("checkpoint file {} is corrupt", weights.display());
+
+    let err = train(&config, "test", &cpu_selected(), &options(&run, true, None)).err().expect("resume refused").to_string();
+    assert!(err.contains(&corrupt), "{err}");
+    let err = MergeInput::load(&run).err().expect("merge input refused").to_string();
+    assert!(err.contains(&corrupt), "{err}");
+    let out = dir.path().join("merged");
+    let (ok, err) = run_btx(&["merge", "--method", "average", "--experts", run.to_str().unwrap(), run.to_str().unwrap(), "--out", out.to_str().unwrap()], dir.path());
+    assert!(!ok && err.contains(&corrupt), "{err}");
+    assert!(!out.exists(), "a refused merge wrote its output");
+}
