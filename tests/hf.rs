@@ -101,6 +101,7 @@ fn routing_mixtral_cannot_express_is_refused_unless_closest() {
     let mut config = btx::checkpoint::read_model_config(&ckpt).unwrap();
     config.moe.as_mut().unwrap().routing = Routing::Soft;
     std::fs::write(ckpt.join("model.ron"), btx::config::to_ron(&config).unwrap()).unwrap();
+    btx::checkpoint::integrity::seal(&ckpt).unwrap(); // an edit the checkpoint's hashes accept
     let tokenizer = repo_root().join("assets/tokenizer.json");
     let err = format!("{:#}", export_hf(&ckpt, &dir.path().join("out"), Some(&tokenizer), false).unwrap_err());
     assert!(err.contains("Soft") && err.contains("--closest"), "{err}");

@@ -70,32 +70,35 @@ fn a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock() {
     assert_eq!(step_lines(&run), (1..=resumed_from as u64 + 3).collect::<Vec<_>>());
 }
 
-/// A recipe run and a recipe stage each refuse a folder another process holds.
-#[test]
-fn recipe_runs_and_stages_take_one_writer_each() {
-    let dir = tempfile::tempdir().unwrap();
-    let english = small_corpus(dir.path(), "english.txt", 20_000);
-    let recipe = dir.path().join("recipe.ron");
-    std::fs::write(
-        &recipe,
-        format!(
-            r#"(
+/// A one-expert recipe over a slice of the English corpus, at learning rate `lr`.
+fn tiny_recipe(dir: &Path, lr: f64, seed_steps: usize) -> std::path::PathBuf {
+    let english = small_corpus(dir, "english.txt", 20_000);
+    let recipe = dir.join("recipe.ron");
+    let text = format!(
+        r#"(
     model: (vocab_size: 4096, d_model: 32, n_layers: 1, n_heads: 4, d_ff: 64, max_seq_len: 64),
     tokenizer: "{}",
     seq_len: 32,
     domains: [(name: "english", source: File("{}"))],
-    optimizer: (lr: 1e-2, warmup_steps: 2),
+    optimizer: (lr: {lr:?}, warmup_steps: 2),
     batch_size: 2,
-    seed_model: Train(steps: 2, mixture: [("english", 1.0)]),
+    seed_model: Train(steps: {seed_steps}, mixture: [("english", 1.0)]),
     experts: [(name: "en", data: [("english", 1.0)], steps: 2)],
     merges: [(name: "btx", method: Btx)],
     finetune: (steps: 2),
 )"#,
-            repo_root().join("assets/tokenizer.json").display(),
-            english.display()
-        ),
-    )
-    .unwrap();
+        repo_root().join("assets/tokenizer.json").display(),
+        english.display()
+    );
+    std::fs::write(&recipe, text).unwrap();
+    recipe
+}
+
+/// A recipe run and a recipe stage each refuse a folder another process holds.
+#[test]
+fn recipe_runs_and_stages_take_one_writer_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), 1e-2, 2);
     let run = dir.path().join("run");
     let r = recipe.to_str().unwrap();
 
@@ -109,6 +112,21 @@ fn recipe_runs_and_stages_take_one_writer_each() {
     let (ok, err) = run_btx(&["recipe", "stage", r, "--out", run.to_str().unwrap(), "--stage", "seed", "--device", "cpu"], dir.path());
     assert!(!ok && err.contains("is in use") && err.contains(&format!("process {}", std::process::id())), "{err}");
     assert!(!run.join("seed/stage.key").exists(), "the refused stage wrote into its folder");
+}
+
+/// A recipe whose seed diverges at lr 1.0: the stage fails with the guard's message, and
+/// `recipe status` shows it.
+#[test]
+fn a_diverging_recipe_stage_fails_and_status_shows_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = tiny_recipe(dir.path(), 1.0, 200);
+    let (r, run) = (recipe.to_str().unwrap(), dir.path().join("run"));
+    let (ok, err) = run_btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu"], dir.path());
+    assert!(!ok && err.contains("stage seed failed") && err.contains("training stopped at step"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_btx")).args(["recipe", "status", r, "--out", run.to_str().unwrap()]).output().unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    let seed = status.lines().find(|l| l.starts_with("seed ")).unwrap_or_default();
+    assert!(seed.contains("failed (will resume): error: training stopped at step"), "{status}");
 }
 
 /// The learning rate of a run jumps from 1e-2 to 1.0 at step 20 (its checkpoint's config is

@@ -121,6 +121,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
             Verdict::Stop(reason) => {
                 progress.finish_and_clear();
                 let step = state.step + 1;
+                metrics.write(json!({ "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped": reason, "stopped": true }))?;
                 let first_spike = step + 1 - state.guard.skipped_in_a_row;
                 bail!("{}", stopped_message(out, origin, step, first_spike, &reason, &config.spike_guard));
             }
