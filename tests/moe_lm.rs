@@ -104,8 +104,8 @@ fn moe_lm_trains_in_every_routing_mode() {
         let routing_shares = &summary.final_eval[0].routing;
         assert_eq!(routing_shares.len(), 2, "{routing:?}");
         assert!(routing_shares.iter().all(|l| l.len() == 4 && (l.iter().sum::<f64>() - 1.0).abs() < 1e-9));
-        let metrics = btx::train::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap();
-        assert!(metrics[0].get("routing").is_some() && metrics[0]["aux_loss"].as_f64().unwrap() > 0.0);
+        let steps = btx::train::metrics::read_steps(&out.join("metrics.jsonl")).unwrap();
+        assert!(steps[0].routing.is_some() && steps[0].aux_loss > 0.0);
     }
 }
 

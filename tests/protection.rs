@@ -25,9 +25,8 @@ fn write_config(dir: &Path, config: &TrainConfig) -> std::path::PathBuf {
     path
 }
 
-fn step_lines(run: &Path) -> Vec<u64> {
-    let metrics = btx::train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
-    metrics.iter().filter(|m| m.get("loss").is_some()).map(|m| m["step"].as_u64().unwrap()).collect()
+fn step_lines(run: &Path) -> Vec<usize> {
+    btx::train::metrics::read_steps(&run.join("metrics.jsonl")).unwrap().iter().map(|s| s.step).collect()
 }
 
 fn sorted_steps(run: &Path) -> Vec<usize> {
@@ -67,7 +66,7 @@ fn a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock() {
     let resumed_from = checkpoint::read_train_state(&checkpoint::latest_checkpoint(&run).unwrap()).unwrap().step;
     let summary = train(&config, "test", &cpu_selected(), &options(&run, true, Some(3))).unwrap();
     assert_eq!(summary.state.step, resumed_from + 3);
-    assert_eq!(step_lines(&run), (1..=resumed_from as u64 + 3).collect::<Vec<_>>());
+    assert_eq!(step_lines(&run), (1..=resumed_from + 3).collect::<Vec<_>>());
 }
 
 /// A one-expert recipe over a slice of the English corpus, at learning rate `lr`.
@@ -158,9 +157,10 @@ fn a_learning_rate_jump_is_skipped_then_stopped_naming_the_last_good_checkpoint(
     assert!(err.contains(&format!("The last good checkpoint is {} (step 20); older ones kept: steps 15", ckpt.display())), "{err}");
     assert!(err.contains("jumped.ron"), "{err}");
 
-    let metrics = btx::train::metrics::read_metrics(&run.join("metrics.jsonl")).unwrap();
-    let skipped: Vec<u64> = metrics.iter().filter(|m| m.get("skipped").is_some()).map(|m| m["step"].as_u64().unwrap()).collect();
-    assert_eq!(skipped, (22..=21 + patience as u64).collect::<Vec<_>>());
+    let steps = btx::train::metrics::read_steps(&run.join("metrics.jsonl")).unwrap();
+    let skipped: Vec<usize> = steps.iter().filter(|s| s.skipped.is_some()).map(|s| s.step).collect();
+    assert_eq!(skipped, (22..=21 + patience).collect::<Vec<_>>());
+    assert!(steps.last().is_some_and(|s| s.stopped && s.step == 21 + patience));
     assert_eq!(sorted_steps(&run), vec![15, 20], "a checkpoint was written while skipping (step 25 is a checkpoint step)");
 
     // The named checkpoint loads, and its model is finite and as good as it was.

@@ -31,9 +31,9 @@ fn validation_loss_falls_on_every_domain() {
     }
     assert!(mean_loss(&after) < mean_loss(&before) - 2.0);
     // Metrics: one line per step plus one per domain evaluation.
-    let metrics = btx::train::metrics::read_metrics(&out.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.iter().filter(|m| m.get("loss").is_some()).count(), 60);
-    assert_eq!(metrics.iter().filter(|m| m.get("val_loss").is_some()).count(), 3);
+    let metrics = out.join("metrics.jsonl");
+    assert_eq!(btx::train::metrics::read_steps(&metrics).unwrap().len(), 60);
+    assert_eq!(btx::train::metrics::read_evals(&metrics).unwrap().len(), 3);
 }
 
 #[test]
@@ -63,8 +63,7 @@ fn resumed_run_equals_uninterrupted_run() {
         assert!(diff <= 1e-6, "tensor {name} differs by {diff}");
     }
     // The metrics describe one run: 9 step lines, no duplicates from the lost steps.
-    let metrics = btx::train::metrics::read_metrics(&interrupted.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = metrics.iter().filter(|m| m.get("loss").is_some()).map(|m| m["step"].as_u64().unwrap()).collect();
+    let steps: Vec<usize> = btx::train::metrics::read_steps(&interrupted.join("metrics.jsonl")).unwrap().iter().map(|s| s.step).collect();
     assert_eq!(steps, (1..=9).collect::<Vec<_>>());
 }
 

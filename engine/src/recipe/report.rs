@@ -125,8 +125,8 @@ fn write_table(md: &mut String, rows: &[Row], stages: &[Manifest], seed: u64) ->
 fn write_drops(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
     let training_drops = |r: &Row| -> Option<f64> {
         let stage = r.entry.lineage.last().filter(|s| s.starts_with("finetune/"))?;
-        let metrics = crate::train::metrics::read_metrics(&plan.out.join(stage).join("metrics.jsonl")).ok()?;
-        let drops: Vec<f64> = metrics.iter().filter_map(|m| m.get("dropped")?.as_f64()).collect();
+        let steps = crate::train::metrics::read_steps(&plan.out.join(stage).join("metrics.jsonl")).ok()?;
+        let drops: Vec<f64> = steps.iter().filter_map(|s| s.dropped).collect();
         (!drops.is_empty()).then(|| drops.iter().sum::<f64>() / drops.len() as f64)
     };
     let dropping: Vec<(&Row, f64, Option<f64>)> = rows
@@ -234,11 +234,8 @@ fn write_winners(md: &mut String, rows: &[Row]) -> Result<()> {
 
 /// A training stage's loss curve: (tokens seen, smoothed loss) per logged step.
 fn loss_curve(plan: &Plan<'_>, stage: &str) -> Option<Vec<(f64, f64, f64)>> {
-    let metrics = crate::train::metrics::read_metrics(&plan.out.join(stage).join("metrics.jsonl")).ok()?;
-    let raw: Vec<(f64, f64, f64)> = metrics
-        .iter()
-        .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("tokens")?.as_f64()?, v.get("loss")?.as_f64()?)))
-        .collect();
+    let steps = crate::train::metrics::read_steps(&plan.out.join(stage).join("metrics.jsonl")).ok()?;
+    let raw: Vec<(f64, f64, f64)> = steps.iter().map(|s| (s.step as f64, s.tokens as f64, s.loss)).collect();
     // A moving average of 10 steps.
     let smoothed = (0..raw.len())
         .map(|i| {

@@ -237,10 +237,7 @@ fn logged_device(log: &Path) -> String {
 
 /// The last step a training stage logged.
 fn last_step(metrics: &Path) -> u64 {
-    std::fs::read_to_string(metrics)
-        .ok()
-        .and_then(|t| t.lines().rev().find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?.get("step")?.as_u64()))
-        .unwrap_or(0)
+    crate::train::metrics::read_metrics(metrics).ok().and_then(|m| m.last().map(|r| r.step() as u64)).unwrap_or(0)
 }
 
 /// The weights file of a stage's output (a run folder's latest checkpoint, or a folder that

@@ -11,12 +11,11 @@ use anyhow::{Context, Result, bail};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use super::adamw::{AdamW, global_grad_norm};
 use super::config::{TrainConfig, learning_rate};
 use super::guard::{SpikeGuard, Verdict};
-use super::metrics::MetricsLog;
+use super::metrics::{EvalRecord, MetricsLog, MetricsRecord, StepRecord};
 use crate::checkpoint::{
     self, OPTIMIZER_FILE, TRAIN_CONFIG_FILE, TrainState, TrainingParts, latest_checkpoint,
     tensor_file::read_tensors,
@@ -106,25 +105,19 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         let loss = loss_sum / config.grad_accum as f64;
         let aux_loss = aux_sum / config.grad_accum as f64;
         // Judged before the update: a spike's update is never applied.
-        let skipped = match state.guard.judge(&config.spike_guard, loss, grad_norm) {
+        let (skipped, stop) = match state.guard.judge(&config.spike_guard, loss, grad_norm) {
             Verdict::Apply => {
                 let clip = config.optimizer.grad_clip;
                 let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
                 model = optimizer.step(model, grads, lr, scale);
                 device.sync().ok();
-                None
+                (None, false)
             }
             Verdict::Skip(reason) => {
                 say(&progress, &format!("step {:>6} | update skipped: {reason}", state.step + 1));
-                Some(reason)
+                (Some(reason), false)
             }
-            Verdict::Stop(reason) => {
-                progress.finish_and_clear();
-                let step = state.step + 1;
-                metrics.write(json!({ "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "skipped": reason, "stopped": true }))?;
-                let first_spike = step + 1 - state.guard.skipped_in_a_row;
-                bail!("{}", stopped_message(out, origin, step, first_spike, &reason, &config.spike_guard));
-            }
+            Verdict::Stop(reason) => (Some(reason), true),
         };
         let seconds = started.elapsed().as_secs_f64();
         state.step += 1;
@@ -134,18 +127,26 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         state.train_flops += flops_per_token * tokens_per_step as f64;
         state.wall_time_s += seconds;
         let tokens_per_s = tokens_per_step as f64 / seconds;
-        let mut line = json!({
-            "step": state.step, "loss": loss, "aux_loss": aux_loss, "lr": lr, "grad_norm": grad_norm,
-            "tokens": state.tokens_seen, "tokens_per_s": tokens_per_s, "seconds": seconds,
-        });
-        if !routing.is_empty() {
-            line["routing"] = json!(routing.shares());
-            line["dropped"] = json!(routing.dropped_fraction());
+        metrics.write(&MetricsRecord::Step(StepRecord {
+            step: state.step,
+            loss,
+            aux_loss,
+            lr,
+            grad_norm,
+            tokens: state.tokens_seen,
+            tokens_per_s,
+            seconds,
+            routing: (!routing.is_empty()).then(|| routing.shares()),
+            dropped: (!routing.is_empty()).then(|| routing.dropped_fraction()),
+            skipped: skipped.clone(),
+            stopped: stop,
+        }))?;
+        if stop {
+            progress.finish_and_clear();
+            let first_spike = state.step + 1 - state.guard.skipped_in_a_row;
+            let reason = skipped.unwrap_or_default();
+            bail!("{}", stopped_message(out, origin, state.step, first_spike, &reason, &config.spike_guard));
         }
-        if let Some(reason) = skipped {
-            line["skipped"] = json!(reason);
-        }
-        metrics.write(line)?;
         progress.set_position(state.step as u64);
         progress.set_message(format!("loss {loss:.3} | {:.0} tok/s", tokens_per_s));
 
@@ -167,14 +168,11 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     Ok(TrainSummary { checkpoint, state, final_eval })
 }
 
-/// One metrics line per evaluated domain.
+/// One metrics record per evaluated domain.
 fn log_eval(metrics: &mut MetricsLog, step: usize, evals: &[DomainEval]) -> Result<()> {
     for e in evals {
-        let mut line = json!({ "step": step, "eval": e.domain, "val_loss": e.loss, "val_ppl": e.perplexity });
-        if !e.routing.is_empty() {
-            line["routing"] = json!(e.routing);
-        }
-        metrics.write(line)?;
+        let record = EvalRecord { step, eval: e.domain.clone(), val_loss: e.loss, val_ppl: e.perplexity, routing: e.routing.clone() };
+        metrics.write(&MetricsRecord::Eval(record))?;
     }
     Ok(())
 }
