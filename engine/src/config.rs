@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::model::attention_experts::AttentionExpertsConfig;
+use crate::model::moe_config::AttentionExpertsConfig;
 use crate::model::moe_config::MoeConfig;
 
 /// Sizes of a Llama-style decoder (the seed and every expert share one).

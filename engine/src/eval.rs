@@ -93,7 +93,7 @@ pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, ma
         .collect()
 }
 
-/// The mean of the domains' losses, and its perplexity.
+/// The mean of the domains' losses (exp of it is the report's mean perplexity).
 pub fn mean_loss(evals: &[DomainEval]) -> f64 {
     evals.iter().map(|e| e.loss).sum::<f64>() / evals.len().max(1) as f64
 }

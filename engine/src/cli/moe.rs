@@ -62,7 +62,7 @@ pub fn run(command: MoeCommand) -> Result<()> {
         MoeCommand::AddExpert { checkpoint, expert, name, router_data, reference_data, seed, out } => {
             let moe = MergeInput::load(&checkpoint)?;
             let dense = MergeInput::load(&expert)?;
-            let name = name.unwrap_or_else(|| crate::merge::request::run_name(&dense.path));
+            let name = name.unwrap_or_else(|| crate::merge::run_name(&dense.path));
             let rows = match (router_data, reference_data) {
                 (Some(data), Some(reference)) => {
                     // What the MoE's routers see, averaged over each data set.

@@ -3,7 +3,7 @@
 //! seed and from each other, the less each expert's FFN finds the inputs it was trained on.
 //!
 //! Two measures: `drift`, the relative distance of each member's shared (non-FFN) weights to
-//! the seed's and to their average; and `transplant`, a dense model made of one expert's FFN
+//! the seed's and to their average (formulas at `Drift`); and `transplant`, a dense model made of one expert's FFN
 //! inside the averaged shared weights (what the merged MoE computes when every token goes to
 //! that expert), to be evaluated beside the expert itself.
 
@@ -13,8 +13,10 @@ use serde::Serialize;
 use super::plan::{MergePlan, Source, outputs_like};
 use super::{MergeInput, check_same_architecture, ffn_tensor, normalized_weights};
 
-/// How far one member's shared weights are from the seed's and from the members' average,
-/// as ||a - b|| / ||b|| over every non-FFN tensor together.
+/// How far one member m's shared weights are from the seed s's and from the members'
+/// (weighted) average a, over every non-FFN tensor together:
+///   from_seed    = ||m - s|| / ||s||   (relative to the seed's norm)
+///   from_average = ||m - a|| / ||m||   (relative to the member's own norm)
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Drift {
     pub member: String,
@@ -46,7 +48,7 @@ pub fn drift(members: &[&MergeInput], seed: &MergeInput, weights: Option<&[f64]>
     }
     Ok((0..n)
         .map(|m| Drift {
-            member: super::request::run_name(&members[m].path),
+            member: super::run_name(&members[m].path),
             from_seed: (to_seed[m] / seed_norm.max(1e-30)).sqrt(),
             from_average: (to_avg[m] / own_norm[m].max(1e-30)).sqrt(),
         })

@@ -13,7 +13,7 @@ use super::plan::{Cut, MergePlan, Noise, Output, Reinit, Source, outputs_like};
 use super::router_init::{RouterInit, random_router, router_from_directions};
 use super::{MergeInput, check_same_architecture, expert_tensor_name, ffn_tensor, normalized_weights, router_tensor_name};
 use crate::config::ModelConfig;
-use crate::model::attention_experts::AttentionExpertsConfig;
+use crate::model::moe_config::AttentionExpertsConfig;
 use crate::model::moe_config::{Balance, MoeConfig, Routing, default_load_balance, default_top_k};
 
 /// The MoE a merge produces: the routing fields of `MoeConfig` (one conversion,

@@ -79,6 +79,16 @@ impl MergeInput {
     }
 }
 
+/// The name of the run a checkpoint belongs to: `RUN` for `RUN/checkpoints/step-N`, else the
+/// folder's own name.
+pub(crate) fn run_name(checkpoint: &Path) -> String {
+    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match checkpoint.parent() {
+        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => parent.parent().map(name).unwrap_or_default(),
+        _ => name(checkpoint),
+    }
+}
+
 /// Checks that every input is a dense model of one architecture with the same tensors,
 /// naming the first mismatch.
 pub fn check_same_architecture(inputs: &[&MergeInput]) -> Result<()> {

@@ -10,7 +10,7 @@ use super::average::average;
 use super::mix::{MoeOptions, Perturbation, SharedExpert, bam, mix};
 use super::router_init::RouterInit;
 use super::upcycle::upcycle;
-use super::{MergeInput, router_data};
+use super::{MergeInput, router_data, run_name};
 use crate::config::ModelConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,16 +194,6 @@ impl MergeRequest {
             }
         };
         super::split_expert_names(&whole, self.options.split)
-    }
-}
-
-/// The name of the run a checkpoint belongs to: `RUN` for `RUN/checkpoints/step-N`, else the
-/// folder's own name.
-pub(crate) fn run_name(checkpoint: &Path) -> String {
-    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    match checkpoint.parent() {
-        Some(parent) if parent.file_name().is_some_and(|n| n == "checkpoints") => parent.parent().map(name).unwrap_or_default(),
-        _ => name(checkpoint),
     }
 }
 

@@ -15,21 +15,12 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use serde::{Deserialize, Serialize};
 
 use super::attention::{append_to_cache, causal_attention, repeat_kv, split_heads};
 use super::init::linear;
 use super::rope::apply_rope;
+pub use super::moe_config::AttentionExpertsConfig;
 use crate::config::ModelConfig;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttentionExpertsConfig {
-    pub num_experts: usize,
-    /// One key and value projection shared by every attention expert.
-    #[serde(default)]
-    pub shared_kv: bool,
-}
 
 /// One attention expert: its own queries and output, and its own keys and values unless they
 /// are shared.

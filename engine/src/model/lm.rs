@@ -1,5 +1,7 @@
-//! The dense decoder-only language model (Llama style). Field names follow Hugging Face's
-//! `LlamaForCausalLM`, so a checkpoint's tensor names are its module paths.
+//! The decoder-only language model (Llama style): dense, or MoE when its config has `moe`
+//! (the FFN of its MoE layers then a `model::moe` layer, see `block`) and/or attention
+//! experts (BAM). Field names follow Hugging Face's `LlamaForCausalLM` /
+//! `MixtralForCausalLM`, so a checkpoint's tensor names are its module paths.
 
 use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::prelude::*;

@@ -1,5 +1,7 @@
 //! Configuration of the Mixture-of-Experts layers: the routing variants of the BTX paper
-//! (Sukhbaatar et al. 2024, "Branch-Train-MiX", §2), load balancing, z-loss, frozen experts.
+//! (Sukhbaatar et al. 2024, "Branch-Train-MiX", §2), load balancing, z-loss, frozen experts;
+//! and of BAM's attention experts (`AttentionExpertsConfig`). Here, not beside the layers,
+//! so that `config::ModelConfig` names them without the layers naming it back.
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -158,4 +160,14 @@ impl MoeConfig {
         }
         Ok(())
     }
+}
+
+/// BAM's attention experts (Zhang et al. 2024): one attention per member in every layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionExpertsConfig {
+    pub num_experts: usize,
+    /// One key and value projection shared by every attention expert.
+    #[serde(default)]
+    pub shared_kv: bool,
 }

@@ -170,7 +170,7 @@ fn write_diagnosis(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()>
         }
     };
     writeln!(md, "\n## Merge diagnosis\n")?;
-    writeln!(md, "Shared weights = every non-FFN tensor (attention, norms, embeddings), which MiX averages. Drift = ||member - other|| / ||other|| over all of them. Perplexity on the member's own domain (the seed: mean over domains): the member alone, its FFN inside the averaged shared weights (the MoE when every token goes to it), and the BTX model `{}` before and after its finetune.\n", btx.name)?;
+    writeln!(md, "Shared weights = every non-FFN tensor (attention, norms, embeddings), which MiX averages. Drift from seed = ||member - seed|| / ||seed||, drift from average = ||member - average|| / ||member||, over all of them. Perplexity on the member's own domain (the seed: mean over domains): the member alone, its FFN inside the averaged shared weights (the MoE when every token goes to it), and the BTX model `{}` before and after its finetune.\n", btx.name)?;
     writeln!(md, "| member | domain | drift from seed | drift from average | alone | in averaged shared weights | BTX before finetune | BTX |\n|---|---|---:|---:|---:|---:|---:|---:|")?;
     for ((name, _), d) in members.iter().zip(&drifts) {
         let domain = own(name);
