@@ -8,7 +8,8 @@ use btx::checkpoint::{self, load_model, write_model_files};
 use btx::eval::{evaluate, mean_loss};
 use btx::model::LanguageModel;
 use btx::model::moe_config::{MoeConfig, Routing};
-use btx::train::{TrainOptions, train, trainer::load_domains};
+use btx::train::{TrainOptions, train};
+use btx::data::load_domains;
 
 use crate::common::*;
 
@@ -90,7 +91,7 @@ fn moe_lm_trains_in_every_routing_mode() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = tiny_train_config(dir.path(), 30);
         config.model.moe = Some(MoeConfig::new(4, k, routing.clone()));
-        let domains = load_domains(&config, "test").unwrap();
+        let domains = load_domains(&config.data, config.model.vocab_size, "test").unwrap();
         let device = cpu();
         device.seed(config.seed);
         let before = mean_loss(&evaluate(&LanguageModel::new(&config.model, &device), &domains, 8, 2, &device));

@@ -11,7 +11,8 @@ use btx::config::to_ron;
 use btx::eval::{evaluate, mean_loss};
 use btx::merge::MergeInput;
 use btx::run_lock::{FolderLock, RECIPE_LOCK, STAGE_LOCK};
-use btx::train::{TrainConfig, TrainOptions, train, trainer::load_domains};
+use btx::train::{TrainConfig, TrainOptions, train};
+use btx::data::load_domains;
 
 use crate::common::*;
 
@@ -166,7 +167,7 @@ fn a_learning_rate_jump_is_skipped_then_stopped_naming_the_last_good_checkpoint(
     // The named checkpoint loads, and its model is finite and as good as it was.
     let device = cpu();
     let (_, model) = checkpoint::load_model(&ckpt, &device).unwrap();
-    let loss = mean_loss(&evaluate(&model, &load_domains(&config, "test").unwrap(), 8, 2, &device));
+    let loss = mean_loss(&evaluate(&model, &load_domains(&config.data, config.model.vocab_size, "test").unwrap(), 8, 2, &device));
     assert!(loss.is_finite() && loss < 7.0, "mean validation loss {loss}");
 }
 

@@ -4,7 +4,8 @@
 use btx::checkpoint::{self, module_tensors::module_to_tensors};
 use btx::eval::{evaluate, mean_loss};
 use btx::model::LanguageModel;
-use btx::train::{TrainOptions, train, trainer::load_domains};
+use btx::train::{TrainOptions, train};
+use btx::data::load_domains;
 
 use crate::common::*;
 
@@ -17,7 +18,7 @@ fn options(out: &std::path::Path, resume: bool, stop_after: Option<usize>) -> Tr
 fn validation_loss_falls_on_every_domain() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_train_config(dir.path(), 60);
-    let domains = load_domains(&config, "test").unwrap();
+    let domains = load_domains(&config.data, config.model.vocab_size, "test").unwrap();
     let device = cpu();
     device.seed(config.seed);
     let before = evaluate(&LanguageModel::new(&config.model, &device), &domains, 8, 2, &device);

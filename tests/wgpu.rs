@@ -18,7 +18,8 @@ use btx::eval::evaluate;
 use btx::model::LanguageModel;
 use btx::model::moe::RoutingContext;
 use btx::model::moe_config::{MoeConfig, Routing};
-use btx::train::{TrainConfig, TrainOptions, train, trainer::load_domains};
+use btx::train::{TrainConfig, TrainOptions, train};
+use btx::data::load_domains;
 
 use crate::common::*;
 
@@ -139,7 +140,7 @@ fn wgpu_training_matches_cpu_resumes_and_merges() {
     let merged = dir.path().join("merged");
     let options = btx::merge::mix::MoeOptions { top_k: 1, ..Default::default() };
     btx::merge::mix::mix(&experts, None, None, &options, None).unwrap().write(&merged, &[]).unwrap();
-    let domains = load_domains(&dense, "test").unwrap();
+    let domains = load_domains(&dense.data, dense.model.vocab_size, "test").unwrap();
     let eval_on = |device: &Device| {
         let (_, model) = checkpoint::load_model(&merged, device).unwrap();
         evaluate(&model, &domains, 2, 1, device)

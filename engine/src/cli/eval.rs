@@ -9,7 +9,8 @@ use crate::checkpoint::{self, TRAIN_CONFIG_FILE};
 use crate::config::resolve;
 use crate::device::{DeviceArgs, select_device};
 use crate::eval::{DomainEval, EvalReport, arithmetic_accuracy, evaluate, mean_loss};
-use crate::train::{TrainConfig, trainer::load_domains};
+use crate::data::load_domains;
+use crate::train::TrainConfig;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -69,7 +70,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .with_context(|| format!("the data to evaluate on comes from {}", config_path.display()))?;
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
-    let domains = load_domains(&config, &config_path.display().to_string())?;
+    let domains = load_domains(&config.data, config.model.vocab_size, &config_path.display().to_string())?;
     let (_, model) = checkpoint::load_model(&ckpt, &selected.device)?;
     let evals = evaluate(&model, &domains, config.batch_size, args.batches, &selected.device);
     let mut accuracy = BTreeMap::new();
@@ -97,7 +98,7 @@ pub fn run_ensemble(args: EnsembleArgs) -> Result<()> {
     let config = TrainConfig::load(&resolve(&args.config))?;
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
-    let domains = load_domains(&config, &args.config.display().to_string())?;
+    let domains = load_domains(&config.data, config.model.vocab_size, &args.config.display().to_string())?;
     let models = args
         .experts
         .iter()

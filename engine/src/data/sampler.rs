@@ -16,7 +16,7 @@ pub struct Batch {
 
 pub struct MixtureSampler {
     cumulative: Vec<f64>,
-    pub rng: Rng,
+    rng: Rng,
 }
 
 impl MixtureSampler {
@@ -31,6 +31,16 @@ impl MixtureSampler {
             })
             .collect();
         Self { cumulative, rng: Rng::new(seed) }
+    }
+
+    /// Where the sampler stands (what a checkpoint saves).
+    pub fn state(&self) -> u64 {
+        self.rng.state
+    }
+
+    /// Continues from a position `state` returned.
+    pub fn restore(&mut self, state: u64) {
+        self.rng.state = state;
     }
 
     fn pick_domain(&mut self) -> usize {

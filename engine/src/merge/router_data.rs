@@ -10,7 +10,8 @@ use crate::checkpoint::{load_model, resolve_checkpoint};
 use crate::config::resolve;
 use crate::model::LanguageModel;
 use crate::data::sampler::make_batch;
-use crate::train::{TrainConfig, trainer::load_domains};
+use crate::data::load_domains;
+use crate::train::TrainConfig;
 
 /// Sequences of a member's data that describe its domain.
 pub const ROUTER_SEQUENCES: usize = 32;
@@ -36,7 +37,7 @@ pub fn router_directions(members: &[std::path::PathBuf], configs: &[std::path::P
 /// `ROUTER_SEQUENCES` of each of its domains with weight > 0.
 pub fn domain_sequences(config_path: &std::path::Path) -> Result<Vec<Vec<u32>>> {
     let config = TrainConfig::load(&resolve(config_path))?;
-    let domains = load_domains(&config, &config_path.display().to_string())?;
+    let domains = load_domains(&config.data, config.model.vocab_size, &config_path.display().to_string())?;
     Ok(domains.iter().filter(|d| d.weight > 0.0).flat_map(|d| d.train.iter().take(ROUTER_SEQUENCES).cloned()).collect())
 }
 

@@ -5,6 +5,7 @@ pub mod grow;
 pub mod plan;
 pub mod plots;
 pub mod report;
+pub mod report_record;
 pub mod runner;
 pub mod seeds;
 pub mod slurm;

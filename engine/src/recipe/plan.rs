@@ -29,7 +29,8 @@ use crate::device::DeviceArgs;
 use crate::train::{OptimizerConfig, TrainConfig};
 
 /// What a compared model is, for the report's tables and plots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     Seed,
     Expert,

@@ -5,12 +5,12 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use serde_json::{Value, json};
 
 use super::plan::{Entry, EntryKind, Plan, slug};
 use super::plots::{self, Chart, Heatmap, Series};
 use super::stage::{Manifest, Stage};
 use crate::eval::EvalReport;
+use super::report_record::{DomainRecord, FigureRecord, ModelRecord, ReportRecord, StageRecord};
 use crate::fsutil::write_atomic;
 
 struct Row {
@@ -257,12 +257,12 @@ fn training_stages(plan: &Plan<'_>) -> Vec<String> {
 }
 
 /// The figures a report drew, recorded in report.json (file, size, the texts on it).
-type Figures = Vec<Value>;
+type Figures = Vec<FigureRecord>;
 
 fn save_png(plan: &Plan<'_>, file: &str, figure: Result<plots::Figure>, figures: &mut Figures) -> Result<()> {
     let figure = figure?;
     write_atomic(&plan.out.join(file), &figure.png)?;
-    figures.push(json!({ "file": file, "width": figure.width, "height": figure.height, "texts": figure.texts }));
+    figures.push(FigureRecord { file: file.to_string(), height: figure.height, texts: figure.texts, width: figure.width });
     Ok(())
 }
 
@@ -392,19 +392,24 @@ fn write_routing(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut F
 }
 
 fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest], figures: &Figures) -> Result<()> {
-    let models: Vec<Value> = rows
+    let models = rows
         .iter()
-        .map(|r| json!({
-            "model": r.entry.label, "kind": r.entry.kind.name(), "tokens": r.tokens, "train_flops": r.flops,
-            "domains": r.eval.domains.iter().map(|d| json!({"domain": d.domain, "loss": d.loss, "perplexity": d.perplexity})).collect::<Vec<_>>(),
-            "mean_loss": r.mean_loss(), "accuracy": r.eval.accuracy, "routing": r.routing(),
-        }))
+        .map(|r| ModelRecord {
+            accuracy: r.eval.accuracy.clone(),
+            domains: r.eval.domains.iter().map(|d| DomainRecord { domain: d.domain.clone(), loss: d.loss, perplexity: d.perplexity }).collect(),
+            kind: r.entry.kind,
+            mean_loss: r.mean_loss(),
+            model: r.entry.label.clone(),
+            routing: r.routing().into_iter().map(|(d, shares)| (d.to_string(), shares.clone())).collect(),
+            tokens: r.tokens,
+            train_flops: r.flops,
+        })
         .collect();
-    let stages: Vec<Value> = stages
+    let stages = stages
         .iter()
-        .map(|m| json!({"stage": m.stage, "tokens": m.tokens, "train_flops": m.train_flops, "wall_time_s": m.wall_time_s, "device": m.device}))
+        .map(|m| StageRecord { device: m.device.clone(), stage: m.stage.clone(), tokens: m.tokens, train_flops: m.train_flops, wall_time_s: m.wall_time_s })
         .collect();
-    write_atomic(&plan.out.join("report.json"), serde_json::to_string_pretty(&json!({ "models": models, "stages": stages, "figures": figures }))?.as_bytes())
+    ReportRecord { figures: figures.clone(), models, stages }.write(&plan.out)
 }
 
 fn collect_manifests(dir: &std::path::Path, out: &mut Vec<Manifest>) {

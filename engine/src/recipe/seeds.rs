@@ -6,29 +6,11 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use serde::Deserialize;
+use anyhow::Result;
+use super::plan::EntryKind;
+use super::report_record::{ModelRecord, ReportRecord};
 
 use crate::fsutil::write_atomic;
-
-#[derive(Deserialize)]
-struct RunReport {
-    models: Vec<ModelResult>,
-}
-
-#[derive(Deserialize)]
-struct ModelResult {
-    model: String,
-    kind: String,
-    mean_loss: f64,
-    domains: Vec<DomainResult>,
-}
-
-#[derive(Deserialize)]
-struct DomainResult {
-    domain: String,
-    loss: f64,
-}
 
 /// One model's losses on one measure (mean, or a domain) across seeds.
 struct Spread {
@@ -69,20 +51,16 @@ fn verdict(names: &[&str], spreads: &[&Spread]) -> String {
 pub fn write_report(out: &Path, seeds: &[u64]) -> Result<()> {
     let reports = seeds
         .iter()
-        .map(|s| {
-            let path = out.join(format!("seed-{s}")).join("report.json");
-            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            serde_json::from_str::<RunReport>(&text).with_context(|| format!("{} is not a recipe report", path.display()))
-        })
+        .map(|s| ReportRecord::read(&out.join(format!("seed-{s}"))))
         .collect::<Result<Vec<_>>>()?;
     let first = &reports[0];
     let domains: Vec<&str> = first.models.first().map(|m| m.domains.iter().map(|d| d.domain.as_str()).collect()).unwrap_or_default();
     // [model][measure: mean, then each domain] spreads, in the first run's order.
-    let spreads: Vec<(&ModelResult, Vec<Spread>)> = first
+    let spreads: Vec<(&ModelRecord, Vec<Spread>)> = first
         .models
         .iter()
         .map(|m| {
-            let runs: Vec<&ModelResult> = reports.iter().filter_map(|r| r.models.iter().find(|x| x.model == m.model)).collect();
+            let runs: Vec<&ModelRecord> = reports.iter().filter_map(|r| r.models.iter().find(|x| x.model == m.model)).collect();
             let mut measures = vec![Spread { losses: runs.iter().map(|r| r.mean_loss).collect() }];
             measures.extend((0..domains.len()).map(|d| Spread { losses: runs.iter().map(|r| r.domains[d].loss).collect() }));
             (m, measures)
@@ -95,7 +73,7 @@ pub fn write_report(out: &Path, seeds: &[u64]) -> Result<()> {
         let cells: Vec<String> = measures.iter().map(Spread::cell).collect();
         writeln!(md, "| {} | {} |", m.model, cells.join(" | "))?;
     }
-    let finals: Vec<&(&ModelResult, Vec<Spread>)> = spreads.iter().filter(|(m, _)| m.kind == "final").collect();
+    let finals: Vec<&(&ModelRecord, Vec<Spread>)> = spreads.iter().filter(|(m, _)| m.kind == EntryKind::Final).collect();
     if finals.len() >= 2 {
         let names: Vec<&str> = finals.iter().map(|(m, _)| m.model.as_str()).collect();
         writeln!(md, "\nAmong the final models:\n")?;

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use super::report_record::{ModelRecord, ReportRecord};
 
 use super::config::{MergeMethod, Recipe, SeedModel};
 use super::plots::{self, Heatmap};
@@ -26,17 +26,6 @@ pub fn variant(recipe: &Recipe, seed_steps: usize, expert_steps: usize) -> Resul
     Ok(r)
 }
 
-#[derive(Deserialize)]
-struct Model {
-    model: String,
-    mean_loss: f64,
-}
-
-#[derive(Deserialize)]
-struct Report {
-    models: Vec<Model>,
-}
-
 /// Runs every (seed steps, expert steps) point into `out/seed-S-experts-E`, then writes
 /// `out/sweep.md` and one heatmap per baseline (`out/sweep_vs_BASELINE.png`).
 pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], options: &RunOptions) -> Result<()> {
@@ -48,19 +37,18 @@ pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], opti
         bail!("a sweep needs a baseline: set `dense_baseline`, `data_matched_baseline` or add an Upcycle merge");
     }
     // [seed][expert] -> the report's mean loss per model.
-    let mut grid: Vec<Vec<Vec<Model>>> = Vec::new();
+    let mut grid: Vec<Vec<Vec<ModelRecord>>> = Vec::new();
     for &s in seed_steps {
         let mut row = Vec::new();
         for &e in expert_steps {
             let out: PathBuf = options.out.join(format!("seed-{s}-experts-{e}"));
             eprintln!("sweep point: seed {s} steps, experts {e} steps -> {}", out.display());
             run_recipe(&variant(recipe, s, e)?, &RunOptions { out: out.clone(), ..options.clone() })?;
-            let text = std::fs::read_to_string(out.join("report.json")).with_context(|| format!("{} has no report", out.display()))?;
-            row.push(serde_json::from_str::<Report>(&text)?.models);
+            row.push(ReportRecord::read(&out)?.models);
         }
         grid.push(row);
     }
-    let gap = |models: &[Model], baseline: &str| -> Option<f64> {
+    let gap = |models: &[ModelRecord], baseline: &str| -> Option<f64> {
         let loss = |name: &str| models.iter().find(|m| m.model == name).map(|m| m.mean_loss);
         Some(loss(&btx.name)? - loss(baseline)?)
     };

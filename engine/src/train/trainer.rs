@@ -22,8 +22,7 @@ use crate::checkpoint::{
 };
 use crate::config::{parse_ron, resolve, to_ron};
 use crate::data::sampler::MixtureSampler;
-use crate::data::tokenizer::load_tokenizer;
-use crate::data::Domain;
+use crate::data::{Domain, load_domains};
 use crate::device::SelectedDevice;
 use crate::eval::{DomainEval, evaluate, mean_loss};
 use crate::model::LanguageModel;
@@ -48,23 +47,9 @@ pub struct TrainSummary {
     pub final_eval: Vec<DomainEval>,
 }
 
-/// Loads the tokenizer and the domains of `config`, checking the vocabulary fits the model.
-pub fn load_domains(config: &TrainConfig, origin: &str) -> Result<Vec<Domain>> {
-    let tokenizer = load_tokenizer(&resolve(&config.data.tokenizer))?;
-    let vocab = tokenizer.get_vocab_size(true);
-    if vocab > config.model.vocab_size {
-        bail!(
-            "{origin}: field `model.vocab_size` ({}) is smaller than the vocabulary of tokenizer {} ({vocab} tokens)",
-            config.model.vocab_size,
-            config.data.tokenizer.display()
-        );
-    }
-    config.data.load(&tokenizer, origin)
-}
-
 pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, options: &TrainOptions) -> Result<TrainSummary> {
     config.validate(origin)?;
-    let domains = load_domains(config, origin)?;
+    let domains = load_domains(&config.data, config.model.vocab_size, origin)?;
     let config_ron = to_ron(config)?;
     let out = &options.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
@@ -122,7 +107,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         let seconds = started.elapsed().as_secs_f64();
         state.step += 1;
         state.optimizer_updates = optimizer.updates;
-        state.sampler_state = sampler.rng.state;
+        state.sampler_state = sampler.state();
         state.tokens_seen += tokens_per_step as u64;
         state.train_flops += flops_per_token * tokens_per_step as f64;
         state.wall_time_s += seconds;
@@ -192,7 +177,7 @@ fn start_or_resume(
         let state = TrainState {
             step: 0,
             optimizer_updates: 0,
-            sampler_state: sampler.rng.state,
+            sampler_state: sampler.state(),
             tokens_seen: 0,
             train_flops: 0.0,
             wall_time_s: 0.0,
@@ -206,7 +191,7 @@ fn start_or_resume(
     let state = checkpoint::read_train_state(&ckpt)?;
     let moments = read_tensors(&ckpt.join(OPTIMIZER_FILE))?;
     optimizer.load_state_tensors(&moments, state.optimizer_updates, device);
-    sampler.rng.state = state.sampler_state;
+    sampler.restore(state.sampler_state);
     eprintln!("resuming {} at step {}", ckpt.display(), state.step);
     Ok((model, state))
 }
