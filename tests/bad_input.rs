@@ -16,13 +16,19 @@ fn opts(out: &Path, resume: bool) -> TrainOptions {
 }
 
 /// Every file under `dir` with its bytes.
+/// Every file of a run folder and its bytes, but the lock file (which records the last
+/// process that opened the folder, the refused one included).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap().flatten() {
             let p = entry.path();
-            if p.is_dir() { stack.push(p) } else { out.insert(p.clone(), std::fs::read(&p).unwrap()); }
+            if p.is_dir() {
+                stack.push(p)
+            } else if !p.ends_with(btx::run_lock::TRAIN_LOCK) {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
         }
     }
     out

@@ -71,7 +71,7 @@ fn a_second_writer_is_refused_and_a_killed_holder_leaves_no_lock() {
 }
 
 /// A one-expert recipe over a slice of the English corpus, at learning rate `lr`.
-fn tiny_recipe(dir: &Path, lr: f64, seed_steps: usize) -> std::path::PathBuf {
+fn tiny_recipe(dir: &Path, lr: f64, seed_steps: usize, extra: &str) -> std::path::PathBuf {
     let english = small_corpus(dir, "english.txt", 20_000);
     let recipe = dir.join("recipe.ron");
     let text = format!(
@@ -85,7 +85,7 @@ fn tiny_recipe(dir: &Path, lr: f64, seed_steps: usize) -> std::path::PathBuf {
     seed_model: Train(steps: {seed_steps}, mixture: [("english", 1.0)]),
     experts: [(name: "en", data: [("english", 1.0)], steps: 2)],
     merges: [(name: "btx", method: Btx)],
-    finetune: (steps: 2),
+    finetune: (steps: 2),{extra}
 )"#,
         repo_root().join("assets/tokenizer.json").display(),
         english.display()
@@ -98,7 +98,7 @@ fn tiny_recipe(dir: &Path, lr: f64, seed_steps: usize) -> std::path::PathBuf {
 #[test]
 fn recipe_runs_and_stages_take_one_writer_each() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(dir.path(), 1e-2, 2);
+    let recipe = tiny_recipe(dir.path(), 1e-2, 2, "");
     let run = dir.path().join("run");
     let r = recipe.to_str().unwrap();
 
@@ -114,15 +114,16 @@ fn recipe_runs_and_stages_take_one_writer_each() {
     assert!(!run.join("seed/stage.key").exists(), "the refused stage wrote into its folder");
 }
 
-/// A recipe whose seed diverges at lr 1.0: the stage fails with the guard's message, and
-/// `recipe status` shows it.
+/// A recipe whose seed diverges at lr 1.0: the stage fails with the guard's message (with the
+/// recipe's own `spike_guard`), and `recipe status` shows it.
 #[test]
 fn a_diverging_recipe_stage_fails_and_status_shows_why() {
     let dir = tempfile::tempdir().unwrap();
-    let recipe = tiny_recipe(dir.path(), 1.0, 200);
+    let recipe = tiny_recipe(dir.path(), 1.0, 200, "\n    spike_guard: (patience: 3),");
     let (r, run) = (recipe.to_str().unwrap(), dir.path().join("run"));
     let (ok, err) = run_btx(&["recipe", "run", r, "--out", run.to_str().unwrap(), "--device", "cpu"], dir.path());
     assert!(!ok && err.contains("stage seed failed") && err.contains("training stopped at step"), "{err}");
+    assert!(err.contains("(spike_guard.patience: 3)"), "{err}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_btx")).args(["recipe", "status", r, "--out", run.to_str().unwrap()]).output().unwrap();
     let status = String::from_utf8_lossy(&out.stdout);
     let seed = status.lines().find(|l| l.starts_with("seed ")).unwrap_or_default();

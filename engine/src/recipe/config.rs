@@ -69,6 +69,10 @@ pub struct Recipe {
     pub match_flops: bool,
     #[serde(default)]
     pub eval: EvalSettings,
+    /// The loss spike guard of every training stage (see `train::guard`): a stage whose loss
+    /// stays far above its best level stops and the recipe reports it failed.
+    #[serde(default, skip_serializing_if = "crate::train::guard::SpikeGuard::is_default")]
+    pub spike_guard: crate::train::guard::SpikeGuard,
 }
 
 fn default_val_every() -> usize {
@@ -251,6 +255,7 @@ impl Recipe {
             }
         }
         self.validate_merges(origin)?;
+        self.spike_guard.validate(origin)?;
         if let Some(mixture) = &self.finetune.mixture {
             check_mixture("finetune.mixture", mixture)?;
         }

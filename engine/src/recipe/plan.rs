@@ -126,7 +126,7 @@ impl Plan<'_> {
             trainable: None,
             keep_last: 2,
             keep_every: None,
-            spike_guard: Default::default(),
+            spike_guard: r.spike_guard.clone(),
         }
     }
 
