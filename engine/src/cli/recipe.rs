@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 
 use crate::config::resolve;
 use crate::device::DeviceArgs;
-use crate::recipe::plan::{Plan, REPORT_STAGE};
+use crate::recipe::graph::REPORT_STAGE;
+use crate::recipe::plan::Plan;
 use crate::recipe::slurm::{SlurmOptions, check_shared_paths, submit, wait};
 use crate::run_lock::{FolderLock, RECIPE_LOCK};
 use crate::recipe::{Recipe, RunOptions, print_status, run_recipe};

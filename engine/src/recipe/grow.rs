@@ -14,7 +14,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::plan::{Entry, EntryKind, Plan, StageNode, strings};
+use super::entries::{Entry, EntryKind};
+use super::graph::StageNode;
+use super::plan::{Plan, strings};
 use super::stage::{Stage, model_file};
 
 fn forest(name: &str) -> String {

@@ -1,6 +1,8 @@
 //! Recipes: the whole method as one RON file, run stage by stage.
 
 pub mod config;
+pub mod entries;
+pub mod graph;
 pub mod grow;
 pub mod plan;
 pub mod plots;

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::plan::{Entry, EntryKind, Plan, slug};
+use super::entries::{Entry, EntryKind};
+use super::plan::{Plan, slug};
 use super::plots::{self, Chart, Heatmap, Series};
 use super::stage::{Manifest, Stage};
 use crate::eval::EvalReport;

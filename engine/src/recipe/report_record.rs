@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::plan::EntryKind;
+use super::entries::EntryKind;
 
 pub const REPORT_JSON: &str = "report.json";
 

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 use super::config::Recipe;
-use super::plan::{Plan, REPORT_STAGE, StageNode};
+use super::graph::{REPORT_STAGE, StageNode};
+use super::plan::Plan;
 use super::stage::{Manifest, Stage, StageState};
 use crate::device::DeviceArgs;
 use crate::run_lock::{FolderLock, RECIPE_LOCK};

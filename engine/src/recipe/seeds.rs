@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use super::plan::EntryKind;
+use super::entries::EntryKind;
 use super::report_record::{ModelRecord, ReportRecord};
 
 use crate::fsutil::write_atomic;

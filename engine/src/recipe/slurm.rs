@@ -18,7 +18,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::plan::{Plan, REPORT_STAGE, StageNode};
+use super::graph::{REPORT_STAGE, StageNode};
+use super::plan::Plan;
 use super::stage::StageState;
 use crate::fsutil::write_atomic;
 
