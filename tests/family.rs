@@ -173,7 +173,7 @@ fn moe_with_an_unroutable_expert(dir: &std::path::Path) -> std::path::PathBuf {
     let experts: Vec<MergeInput> = (0..5).map(|i| seed_checkpoint(dir, &format!("m{i}"), 40 + i)).collect();
     let (config, mut tensors) = mix(&experts, None, None, &MoeOptions::default(), None).unwrap().into_tensors().unwrap();
     for layer in 0..2 {
-        let router = tensors.get_mut(&btx::merge::router_tensor_name(layer)).unwrap();
+        let router = tensors.get_mut(&btx::checkpoint::tensor_names::router(layer)).unwrap();
         let d = router.shape[1];
         let (w, v) = (router.values[..d].to_vec(), router.values[d..2 * d].to_vec());
         let neg = |x: &[f32]| x.iter().map(|a| -a).collect::<Vec<f32>>();

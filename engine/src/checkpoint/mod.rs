@@ -16,6 +16,7 @@ pub mod integrity;
 pub mod module_tensors;
 pub mod stream;
 pub mod tensor_file;
+pub mod tensor_names;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -41,11 +41,7 @@ pub fn checkpoint_name(module_path: &str) -> String {
         Some(stem) => format!("{stem}.weight"),
         None => module_path.to_string(),
     };
-    if name.contains(".block_sparse_moe.experts.") {
-        for (ours, mixtral) in [(".gate_proj.", ".w1."), (".down_proj.", ".w2."), (".up_proj.", ".w3.")] {
-            name = name.replace(ours, mixtral);
-        }
-    }
+    name = super::tensor_names::mixtral_expert_path(&name);
     if name.starts_with("lm_head.") { name } else { format!("model.{name}") }
 }
 

@@ -2,6 +2,7 @@
 //! Mistral without sliding windows) and MixtralForCausalLM (Qwen2MoeForCausalLM for an MoE
 //! with a shared expert, export only); and the tensors each must hold.
 
+use crate::checkpoint::tensor_names::{self, Projection};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
@@ -192,25 +193,15 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         match &config.moe {
             Some(moe) if moe.is_moe_layer(l) => {
                 let f = moe.expert_d_ff.unwrap_or(config.d_ff);
-                out.push((format!("{p}.block_sparse_moe.gate.weight"), vec![moe.num_experts, d]));
+                out.push((tensor_names::router(l), vec![moe.num_experts, d]));
                 for e in 0..moe.num_experts {
-                    out.push((format!("{p}.block_sparse_moe.experts.{e}.w1.weight"), vec![f, d]));
-                    out.push((format!("{p}.block_sparse_moe.experts.{e}.w2.weight"), vec![d, f]));
-                    out.push((format!("{p}.block_sparse_moe.experts.{e}.w3.weight"), vec![f, d]));
+                    out.extend(Projection::ALL.map(|proj| (tensor_names::expert_ffn(l, e, proj), proj.shape(d, f))));
                 }
                 if moe.shared_expert {
-                    let f = config.d_ff;
-                    out.push((format!("{p}.block_sparse_moe.shared_expert.gate_proj.weight"), vec![f, d]));
-                    out.push((format!("{p}.block_sparse_moe.shared_expert.up_proj.weight"), vec![f, d]));
-                    out.push((format!("{p}.block_sparse_moe.shared_expert.down_proj.weight"), vec![d, f]));
+                    out.extend(Projection::ALL.map(|proj| (tensor_names::shared_expert_ffn(l, proj), proj.shape(d, config.d_ff))));
                 }
             }
-            _ => {
-                let f = config.d_ff;
-                out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
-                out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
-                out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
-            }
+            _ => out.extend(Projection::ALL.map(|proj| (tensor_names::dense_ffn(l, proj), proj.shape(d, config.d_ff)))),
         }
     }
     out.sort();

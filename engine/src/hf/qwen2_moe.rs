@@ -9,6 +9,7 @@
 
 use serde_json::{Value, json};
 
+use crate::checkpoint::tensor_names::{self, Projection};
 use crate::config::ModelConfig;
 use crate::model::moe_config::MoeConfig;
 
@@ -76,16 +77,15 @@ pub fn qwen2_moe_tensors(config: &ModelConfig, moe: &MoeConfig) -> Vec<ExportedT
         ] {
             out.push(same(&format!("{p}.{part}.weight"), shape));
         }
-        let ours = format!("{p}.block_sparse_moe");
-        out.push(copy(format!("{p}.mlp.gate.weight"), vec![moe.num_experts, d], format!("{ours}.gate.weight")));
+        out.push(copy(format!("{p}.mlp.gate.weight"), vec![moe.num_experts, d], tensor_names::router(l)));
         for e in 0..moe.num_experts {
-            for (proj, mixtral, shape) in [("gate_proj", "w1", vec![f, d]), ("up_proj", "w3", vec![f, d]), ("down_proj", "w2", vec![d, f])] {
-                out.push(copy(format!("{p}.mlp.experts.{e}.{proj}.weight"), shape, format!("{ours}.experts.{e}.{mixtral}.weight")));
+            for proj in Projection::ALL {
+                out.push(copy(format!("{p}.mlp.experts.{e}.{}.weight", proj.llama()), proj.shape(d, f), tensor_names::expert_ffn(l, e, proj)));
             }
         }
-        for (proj, shape) in [("gate_proj", vec![shared_f, d]), ("up_proj", vec![shared_f, d]), ("down_proj", vec![d, shared_f])] {
-            let mut t = copy(format!("{p}.mlp.shared_expert.{proj}.weight"), shape, format!("{ours}.shared_expert.{proj}.weight"));
-            if proj == "down_proj" {
+        for proj in Projection::ALL {
+            let mut t = copy(format!("{p}.mlp.shared_expert.{}.weight", proj.llama()), proj.shape(d, shared_f), tensor_names::shared_expert_ffn(l, proj));
+            if proj == Projection::Down {
                 t.scale = 2.0; // sigmoid(0) = 1/2 halves it again
             }
             out.push(t);

@@ -15,7 +15,8 @@ use anyhow::{Result, bail};
 use super::mix::{ffn_expert_outputs, member_attention_outputs};
 use super::plan::{MergePlan, Output, Source};
 use super::router_init::random_router;
-use super::{MergeInput, check_same_architecture, router_tensor_name};
+use super::{MergeInput, check_same_architecture};
+use crate::checkpoint::tensor_names;
 use crate::checkpoint::tensor_file::HostTensor;
 use crate::config::ModelConfig;
 
@@ -174,7 +175,7 @@ pub fn add_expert<'a>(moe: &'a MergeInput, expert: &'a MergeInput, name: &str, r
     let attention: Vec<Option<usize>> = (0..attention_count).map(|m| Some(if m < insert_at { m } else { m + 1 })).collect();
     let mut extra = ExtraRows::default();
     for layer in 0..dense.n_layers {
-        let router = moe.read(&router_tensor_name(layer))?;
+        let router = moe.read(&tensor_names::router(layer))?;
         extra.routed.push(vec![new_row(&router, rows, layer); split]);
         if attention_count > 0 {
             let attention_router = moe.read(&format!("model.layers.{layer}.attention_experts.gate.weight"))?;

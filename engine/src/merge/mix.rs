@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{Cut, MergePlan, Noise, Output, Reinit, Source, outputs_like};
 use super::router_init::{RouterInit, random_router, router_from_directions};
-use super::{MergeInput, check_same_architecture, expert_tensor_name, ffn_tensor, normalized_weights, router_tensor_name};
+use super::{MergeInput, check_same_architecture, ffn_tensor, normalized_weights};
+use crate::checkpoint::tensor_names::{self, Projection};
 use crate::config::ModelConfig;
 use crate::model::moe_config::AttentionExpertsConfig;
 use crate::model::moe_config::{Balance, MoeConfig, Routing, default_load_balance, default_top_k};
@@ -188,7 +189,7 @@ pub(crate) fn shared_expert_outputs(like: &MergeInput, source: impl Fn(&str) -> 
     let mut outputs = outputs_like(like, |n| ffn_tensor(n).is_some(), source);
     for o in &mut outputs {
         let (layer, proj) = ffn_tensor(&o.name).expect("filtered to FFN tensors");
-        o.name = format!("model.layers.{layer}.block_sparse_moe.shared_expert.{proj}.weight");
+        o.name = tensor_names::shared_expert_ffn(layer, proj);
     }
     outputs
 }
@@ -284,7 +285,7 @@ pub(crate) fn assemble_moe<'a>(
             }
             _ => random_router(moe.num_experts, dense.d_model, layer, options.seed),
         };
-        outputs.push(Output { name: router_tensor_name(layer), shape: router.shape.clone(), source: Source::Given(router) });
+        outputs.push(Output { name: tensor_names::router(layer), shape: router.shape.clone(), source: Source::Given(router) });
     }
     let config = ModelConfig { moe: Some(moe), ..dense };
     Ok(MergePlan::new(config, members, outputs))
@@ -301,20 +302,20 @@ pub(crate) fn ffn_expert_outputs(
     perturb: impl Fn(&str) -> (Option<Noise>, Option<Reinit>),
 ) -> Result<Vec<Output>> {
     let mut outputs = Vec::new();
-    for proj in ["gate_proj", "up_proj", "down_proj"] {
-        let name = format!("model.layers.{layer}.mlp.{proj}.weight");
+    for proj in Projection::ALL {
+        let name = tensor_names::dense_ffn(layer, proj);
         let Some(&shape) = shapes.get(name.as_str()) else { bail!("tensor `{name}` is missing") };
         let (noise, reinit) = perturb(&name);
-        let chunk = shape[if proj == "down_proj" { 1 } else { 0 }] / split;
+        let chunk = shape[proj.hidden_dim()] / split;
         for c in 0..split {
             // The hidden dimension is down_proj's columns and the others' rows.
             let (cut, piece_shape) = match (split, proj) {
                 (1, _) => (Cut::Whole, shape.to_vec()),
-                (_, "down_proj") => (Cut::Columns { start: c * chunk, len: chunk }, vec![shape[0], chunk]),
+                (_, Projection::Down) => (Cut::Columns { start: c * chunk, len: chunk }, vec![shape[0], chunk]),
                 _ => (Cut::Rows { start: c * chunk, len: chunk }, vec![chunk, shape[1]]),
             };
             let source = Source::Piece { member, name: name.clone(), cut, noise, reinit };
-            outputs.push(Output { name: expert_tensor_name(layer, first + c, proj), shape: piece_shape, source });
+            outputs.push(Output { name: tensor_names::expert_ffn(layer, first + c, proj), shape: piece_shape, source });
         }
     }
     Ok(outputs)

@@ -25,6 +25,7 @@ use anyhow::{Result, bail};
 use crate::checkpoint::stream::TensorIndex;
 use crate::checkpoint::tensor_file::{HostTensor, TensorMap, read_tensors};
 use crate::checkpoint::{MODEL_FILE, read_model_config, resolve_checkpoint};
+use crate::checkpoint::tensor_names::Projection;
 use crate::config::ModelConfig;
 pub use request::{MergeMethod, MergeRequest, check_router_init, expert_names};
 
@@ -143,22 +144,8 @@ pub fn normalized_weights(weights: Option<&[f64]>, n: usize) -> Result<Vec<f64>>
 }
 
 /// Splits a dense FFN tensor name `model.layers.L.mlp.P.weight` into (L, P).
-pub fn ffn_tensor(name: &str) -> Option<(usize, &str)> {
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let proj = rest.strip_prefix("mlp.")?.strip_suffix(".weight")?;
-    Some((layer.parse().ok()?, proj))
-}
-
-/// The Mixtral name of expert `e`'s projection `proj` (gate_proj, up_proj, down_proj) in layer `l`.
-pub fn expert_tensor_name(layer: usize, expert: usize, proj: &str) -> String {
-    let w = match proj {
-        "gate_proj" => "w1",
-        "down_proj" => "w2",
-        "up_proj" => "w3",
-        other => other,
-    };
-    format!("model.layers.{layer}.block_sparse_moe.experts.{expert}.{w}.weight")
+pub fn ffn_tensor(name: &str) -> Option<(usize, Projection)> {
+    crate::checkpoint::tensor_names::parse_dense_ffn(name)
 }
 
 /// Expert names as split experts are named: "NAME.0", "NAME.1", ... (unchanged when `split`
@@ -170,6 +157,3 @@ pub fn split_expert_names(whole: &[String], split: usize) -> Vec<String> {
     whole.iter().flat_map(|n| (0..split).map(move |c| format!("{n}.{c}"))).collect()
 }
 
-pub fn router_tensor_name(layer: usize) -> String {
-    format!("model.layers.{layer}.block_sparse_moe.gate.weight")
-}
