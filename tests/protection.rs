@@ -30,6 +30,16 @@ fn step_lines(run: &Path) -> Vec<usize> {
     btx::train::metrics::read_steps(&run.join("metrics.jsonl")).unwrap().iter().map(|s| s.step).collect()
 }
 
+/// A run of `steps` steps checkpointed every 5, trained into `dir/run` and stopped after
+/// `stop_after` of them.
+fn stopped_run(dir: &Path, steps: usize, stop_after: usize) -> (TrainConfig, std::path::PathBuf) {
+    let mut config = tiny_train_config(dir, steps);
+    config.checkpoint_every = 5;
+    let run = dir.join("run");
+    train(&config, "test", &cpu_selected(), &options(&run, false, Some(stop_after))).unwrap();
+    (config, run)
+}
+
 fn sorted_steps(run: &Path) -> Vec<usize> {
     let mut steps: Vec<usize> = checkpoint_steps(run).into_iter().map(|(s, _)| s).collect();
     steps.sort_unstable();
@@ -138,10 +148,7 @@ fn a_diverging_recipe_stage_fails_and_status_shows_why() {
 #[test]
 fn a_learning_rate_jump_is_skipped_then_stopped_naming_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = tiny_train_config(dir.path(), 40);
-    config.checkpoint_every = 5;
-    let run = dir.path().join("run");
-    train(&config, "test", &cpu_selected(), &options(&run, false, Some(20))).unwrap();
+    let (config, run) = stopped_run(dir.path(), 40, 20);
     assert_eq!(sorted_steps(&run), vec![15, 20], "keep_last 2");
     assert!(step_lines(&run).len() == 20);
 
@@ -202,10 +209,7 @@ fn keep_last_and_keep_every_choose_the_checkpoints_that_survive() {
 #[test]
 fn a_flipped_byte_in_a_checkpoint_is_caught_on_resume_and_on_merge() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = tiny_train_config(dir.path(), 10);
-    config.checkpoint_every = 5;
-    let run = dir.path().join("run");
-    train(&config, "test", &cpu_selected(), &options(&run, false, Some(6))).unwrap();
+    let (config, run) = stopped_run(dir.path(), 10, 6);
     let ckpt = checkpoint::latest_checkpoint(&run).unwrap();
     let weights = ckpt.join(checkpoint::MODEL_FILE);
     let mut bytes = std::fs::read(&weights).unwrap();

@@ -58,6 +58,19 @@ pub struct TrainState {
     pub guard: crate::train::guard::GuardState,
 }
 
+impl TrainState {
+    /// Records one more optimizer step (applied or skipped: the data and schedule move on
+    /// either way) of `tokens` tokens, `flops` FLOPs and `seconds` of wall time.
+    pub fn advance(&mut self, tokens: u64, flops: f64, seconds: f64, optimizer_updates: u64, sampler_state: u64) {
+        self.step += 1;
+        self.optimizer_updates = optimizer_updates;
+        self.sampler_state = sampler_state;
+        self.tokens_seen += tokens;
+        self.train_flops += flops;
+        self.wall_time_s += seconds;
+    }
+}
+
 /// What one checkpoint holds besides the weights (absent for a weights-only checkpoint).
 pub struct TrainingParts<'a> {
     pub optimizer: TensorMap,
@@ -102,11 +115,6 @@ pub struct Retention {
     pub keep_last: usize,
     /// Also every checkpoint whose step is a multiple of this, for good.
     pub keep_every: Option<usize>,
-}
-
-impl Retention {
-    /// Only the newest checkpoint.
-    pub const LATEST_ONLY: Self = Self { keep_last: 1, keep_every: None };
 }
 
 /// Writes a checkpoint of `model` as `RUN/checkpoints/step-N`, then points `latest` at it

@@ -113,16 +113,15 @@ fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
     for node in plan.graph()? {
         let stage = plan.stage(&node.name);
         let state = match &stage {
-            Ok(s) => match s.state() {
-                StageState::Complete => "complete".to_string(),
-                state @ (StageState::Partial | StageState::Pending) if s.failure().is_some() => {
-                    let error = s.failure().unwrap_or_default();
+            Ok(s) => match (s.state(), s.failure()) {
+                (StageState::Complete, _) => "complete".to_string(),
+                (state @ (StageState::Partial | StageState::Pending), Some(error)) => {
                     let next = if state == StageState::Partial { "will resume" } else { "will run again" };
                     format!("failed ({next}): {}", error.trim().replace('\n', "\n    "))
                 }
-                StageState::Partial => "partial (will resume)".to_string(),
-                StageState::Stale => "stale (inputs changed; will rerun)".to_string(),
-                StageState::Pending => "pending".to_string(),
+                (StageState::Partial, None) => "partial (will resume)".to_string(),
+                (StageState::Stale, _) => "stale (inputs changed; will rerun)".to_string(),
+                (StageState::Pending, None) => "pending".to_string(),
             },
             Err(_) if node.name == REPORT_STAGE => (if out.join("report.md").is_file() { "written" } else { "pending" }).to_string(),
             Err(_) => format!("pending (after {})", node.after.join(", ")),

@@ -57,17 +57,9 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     let _lock = FolderLock::acquire(out, TRAIN_LOCK)?;
 
     let device = selected.device.clone().autodiff();
-    let existing = latest_checkpoint(out);
-    if existing.is_some() && !options.resume {
-        bail!(
-            "{} already holds a checkpoint; pass --resume to continue that run, or choose another --out",
-            out.display()
-        );
-    }
-
+    let resume_from = checkpoint_to_resume(out, options.resume)?;
     let mut optimizer = AdamW::new(config.optimizer.clone());
     let mut sampler = MixtureSampler::new(&domains, config.seed);
-    let resume_from = existing.filter(|_| options.resume);
     let (mut model, mut state) = start_or_resume(config, origin, resume_from, &mut optimizer, &mut sampler, selected, &device)?;
     state.device = selected.description.clone();
     model = freeze_untrainable(model, config, origin)?;
@@ -92,10 +84,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         // Judged before the update: a spike's update is never applied.
         let (skipped, stop) = match state.guard.judge(&config.spike_guard, loss, grad_norm) {
             Verdict::Apply => {
-                let clip = config.optimizer.grad_clip;
-                let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-                model = optimizer.step(model, grads, lr, scale);
-                device.sync().ok();
+                model = apply_update(model, &mut optimizer, grads, config.optimizer.grad_clip, lr, grad_norm, &device);
                 (None, false)
             }
             Verdict::Skip(reason) => {
@@ -105,12 +94,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
             Verdict::Stop(reason) => (Some(reason), true),
         };
         let seconds = started.elapsed().as_secs_f64();
-        state.step += 1;
-        state.optimizer_updates = optimizer.updates;
-        state.sampler_state = sampler.state();
-        state.tokens_seen += tokens_per_step as u64;
-        state.train_flops += flops_per_token * tokens_per_step as f64;
-        state.wall_time_s += seconds;
+        state.advance(tokens_per_step as u64, flops_per_token * tokens_per_step as f64, seconds, optimizer.updates, sampler.state());
         let tokens_per_s = tokens_per_step as f64 / seconds;
         metrics.write(&MetricsRecord::Step(StepRecord {
             step: state.step,
@@ -128,9 +112,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         }))?;
         if stop {
             progress.finish_and_clear();
-            let first_spike = state.step + 1 - state.guard.skipped_in_a_row;
-            let reason = skipped.unwrap_or_default();
-            bail!("{}", stopped_message(out, origin, state.step, first_spike, &reason, &config.spike_guard));
+            bail!("{}", stopped_message(out, origin, &state, &skipped.unwrap_or_default(), &config.spike_guard));
         }
         progress.set_position(state.step as u64);
         progress.set_message(format!("loss {loss:.3} | {:.0} tok/s", tokens_per_s));
@@ -160,6 +142,16 @@ fn log_eval(metrics: &mut MetricsLog, step: usize, evals: &[DomainEval]) -> Resu
         metrics.write(&MetricsRecord::Eval(record))?;
     }
     Ok(())
+}
+
+/// The checkpoint a run continues from: the folder's latest with `resume` (none in an empty
+/// folder), and an error without it if the folder already holds one.
+fn checkpoint_to_resume(out: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    let existing = latest_checkpoint(out);
+    if existing.is_some() && !resume {
+        bail!("{} already holds a checkpoint; pass --resume to continue that run, or choose another --out", out.display());
+    }
+    Ok(existing)
 }
 
 /// The model and state a run starts from: a fresh (or branched) model, or the checkpoint it
@@ -241,10 +233,12 @@ fn forward_backward(
     (grads, StepOutcome { loss_sum, aux_sum, grad_norm, routing })
 }
 
-/// Why a run stopped, and where its last good weights are: the newest checkpoint written
-/// before the update that preceded the first spike (`first_spike - 1` made the weights
-/// whose loss spiked).
-fn stopped_message(out: &Path, origin: &str, step: usize, first_spike: usize, reason: &str, guard: &SpikeGuard) -> String {
+/// Why a run stopped at `state.step`, and where its last good weights are: the newest
+/// checkpoint written before the update that preceded the first spike (update
+/// `first_spike - 1` made the weights whose loss spiked).
+fn stopped_message(out: &Path, origin: &str, state: &TrainState, reason: &str, guard: &SpikeGuard) -> String {
+    let step = state.step;
+    let first_spike = step + 1 - state.guard.skipped_in_a_row;
     let what = if guard.factor == 0.0 {
         format!("training diverged at step {step}: {reason}")
     } else {
@@ -268,6 +262,14 @@ fn stopped_message(out: &Path, origin: &str, step: usize, first_spike: usize, re
         "{what}. {good}. Lower `optimizer.lr` (or raise `optimizer.warmup_steps`) in {origin} and train \
          again; a new run can start from that checkpoint with `init_from`"
     )
+}
+
+/// One AdamW update, the gradients first scaled down to a global norm of `clip` (0: none).
+fn apply_update(model: LanguageModel, optimizer: &mut AdamW, grads: GradientsParams, clip: f64, lr: f64, grad_norm: f64, device: &Device) -> LanguageModel {
+    let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+    let model = optimizer.step(model, grads, lr, scale);
+    device.sync().ok();
+    model
 }
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
