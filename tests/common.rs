@@ -72,6 +72,7 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
                 },
             ],
             val_every: 10,
+            val_fraction: 0.01,
         },
         optimizer: OptimizerConfig {
             lr: 1e-2,

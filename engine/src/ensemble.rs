@@ -30,8 +30,7 @@ fn expert_log_probs(experts: &[LanguageModel], seqs: &[Vec<u32>], batch_size: us
         .map(|model| {
             let mut out = Vec::with_capacity(seqs.len());
             for chunk in seqs.chunks(batch_size) {
-                let rows: Vec<&Vec<u32>> = chunk.iter().collect();
-                let batch = make_batch(&rows, device);
+                let batch = make_batch(chunk, device);
                 let [b, s] = batch.targets.dims();
                 let lp: Vec<f32> = model
                     .token_log_probs(batch.inputs, batch.targets)
@@ -86,8 +85,8 @@ pub fn evaluate_ensemble(
         .iter()
         .map(|domain| {
             let dev_count = prior_sequences.min(domain.val.len() / 2);
-            let (dev, test) = domain.val.split_at(dev_count);
-            let test = &test[..eval_sequences.min(test.len())];
+            let dev = &domain.val.range(0..dev_count)[..];
+            let test = &domain.val.range(dev_count..dev_count.saturating_add(eval_sequences))[..];
             // Cached prior: EMA of per-sequence posteriors, starting uniform.
             let mut prior = vec![1.0 / n as f64; n];
             let dev_lp = expert_log_probs(experts, dev, batch_size, device);

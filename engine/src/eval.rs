@@ -71,9 +71,8 @@ pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, ma
             let limit = if max_batches == 0 { domain.val.len() } else { (max_batches * batch_size).min(domain.val.len()) };
             let (mut sum, mut tokens) = (0.0f64, 0usize);
             let mut routing = RoutingStats::default();
-            for chunk in domain.val[..limit].chunks(batch_size) {
-                let rows: Vec<&Vec<u32>> = chunk.iter().collect();
-                let batch = make_batch(&rows, device);
+            for start in (0..limit).step_by(batch_size.max(1)) {
+                let batch = make_batch(&domain.val.range(start..(start + batch_size).min(limit)), device);
                 let [b, s] = batch.targets.dims();
                 let (logits, aux) = model.forward_with_aux(batch.inputs, RoutingContext::default());
                 routing.add(&aux);

@@ -7,6 +7,8 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench_data;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Run the BTX engine's jobs")]
 struct Cli {
@@ -85,6 +87,7 @@ fn run(cli: Cli) -> Result<()> {
             match args.first().map(String::as_str) {
                 Some("compare") => bench_compare(&btx, &args[1..]),
                 Some("recipe") => bench_recipe(&btx, &args[1..]),
+                Some("data") => bench_data::run(&btx, &args[1..]),
                 _ => {
                     let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
                     run_btx(&btx, &args)
@@ -100,7 +103,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The value of `--name` in `args`, if given.
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 

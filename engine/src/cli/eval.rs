@@ -76,7 +76,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let mut accuracy = BTreeMap::new();
     if args.arithmetic > 0 {
         let tokenizer = crate::data::tokenizer::load_tokenizer(&resolve(&config.data.tokenizer))?;
-        for d in &config.data.domains {
+        for d in &domains {
             if let crate::data::Source::Arithmetic(a) = &d.source {
                 let acc = arithmetic_accuracy(&model, &tokenizer, a, args.arithmetic, &selected.device)?;
                 accuracy.insert(d.name.clone(), acc);

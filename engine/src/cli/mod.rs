@@ -3,6 +3,7 @@
 //! subcommand lives in its own file: it parses its arguments and calls the library.
 
 mod bench;
+mod data;
 mod devices;
 mod eval;
 mod generate;
@@ -36,6 +37,11 @@ enum Command {
     /// Generate text from a checkpoint (or a BTM ensemble), streamed, with the experts each
     /// token was routed to.
     Generate(generate::GenerateArgs),
+    /// Training data: tokenize once (`prepare`), look inside (`inspect`).
+    Data {
+        #[command(subcommand)]
+        command: data::DataCommand,
+    },
     /// Recipes: the whole pipeline from one RON file.
     Recipe {
         #[command(subcommand)]
@@ -100,6 +106,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Ensemble(args) => eval::run_ensemble(args),
         Command::Generate(args) => generate::run(args),
+        Command::Data { command } => data::run(command),
         Command::Recipe { command } => recipe::run(command),
         Command::Merge(args) => merge::run(args),
         Command::Moe { command } => moe::run(command),

@@ -1,14 +1,18 @@
 //! Domains of training data: where each comes from, its deterministic train/validation split,
 //! and its sequences packed to a fixed length.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use super::documents::{ReadOptions, expand_inputs, read_raw_lines};
+use super::prepare::{DomainPreparation, Documents, Preparation, prepare};
+use super::prepared::{InputRecord, PreparedDomain, PreparedMeta, SplitRule, TokenizerFingerprint, Windows};
 use super::synthetic::{ArithmeticConfig, arithmetic_text};
-use super::tokenizer::encode;
 use crate::config::resolve;
 
 /// The data section of a training config.
@@ -21,13 +25,26 @@ pub struct DataConfig {
     pub seq_len: usize,
     /// The domains; training samples them by `weight`, evaluation reports each one.
     pub domains: Vec<DomainConfig>,
-    /// Every `val_every`-th packed sequence of a domain is held out for validation.
+    /// A `File`, `Script` or `Arithmetic` domain (one continuous text) holds out every
+    /// `val_every`-th window for validation.
     #[serde(default = "default_val_every")]
     pub val_every: usize,
+    /// A `Jsonl` or `Parquet` domain holds out whole documents, this share of them (chosen by
+    /// a hash of each document's text).
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
 }
 
 fn default_val_every() -> usize {
     20
+}
+
+pub fn default_val_fraction() -> f64 {
+    0.01
+}
+
+fn default_text_field() -> String {
+    "text".to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,6 +70,21 @@ pub enum Source {
     /// The lines of `files` written mostly in `script`: a domain defined by a data filter
     /// rather than by a file (e.g. one language's Arabic-script and Latin-script halves).
     Script { files: Vec<PathBuf>, script: Script },
+    /// JSON lines (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`; files, folders or glob patterns), a
+    /// document per line in `field`.
+    Jsonl {
+        files: Vec<PathBuf>,
+        #[serde(default = "default_text_field")]
+        field: String,
+    },
+    /// Parquet files (e.g. a Hugging Face dataset's), a document per row in `column`.
+    Parquet {
+        files: Vec<PathBuf>,
+        #[serde(default = "default_text_field")]
+        column: String,
+    },
+    /// A folder made by `btx data prepare`: read as it is, nothing tokenized again.
+    Prepared(PathBuf),
 }
 
 /// Writing systems a domain filter can select.
@@ -77,14 +109,16 @@ impl Script {
     }
 }
 
-/// One domain's token stream, cut into sequences of `seq_len + 1` tokens (inputs and the
-/// targets shifted by one); consecutive sequences share one token so every token is a
-/// target exactly once.
+/// One domain, ready to read: its training and validation windows of `seq_len + 1` tokens
+/// (inputs and the targets shifted by one), memory-mapped from its prepared token files.
 pub struct Domain {
     pub name: String,
     pub weight: f64,
-    pub train: Vec<Vec<u32>>,
-    pub val: Vec<Vec<u32>>,
+    pub train: Windows,
+    pub val: Windows,
+    /// Where its data came from (for a `Prepared` domain, the source it was prepared from,
+    /// if meta.json records one): evaluation reads an arithmetic domain's settings here.
+    pub source: Source,
 }
 
 impl DataConfig {
@@ -95,6 +129,9 @@ impl DataConfig {
         }
         if self.val_every < 2 {
             bail!("{origin}: field `data.val_every` must be at least 2, found {}", self.val_every);
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            bail!("{origin}: field `data.val_fraction` must be between 0 and 1, found {}", self.val_fraction);
         }
         if self.domains.is_empty() {
             bail!("{origin}: field `data.domains` is empty; name at least one domain");
@@ -114,63 +151,121 @@ impl DataConfig {
         Ok(())
     }
 
-    /// Loads, tokenizes and splits every domain.
+    /// Opens every domain: a `Prepared` one where it is, any other tokenized first into a
+    /// temporary folder (a recipe prepares each once, in its data stage, and hands its stages
+    /// `Prepared` domains).
     pub fn load(&self, tokenizer: &Tokenizer, origin: &str) -> Result<Vec<Domain>> {
-        self.domains.iter().map(|d| self.load_domain(d, tokenizer, origin)).collect()
+        let fingerprint = TokenizerFingerprint::of(tokenizer, &resolve(&self.tokenizer))?;
+        self.domains.iter().map(|d| self.load_domain(d, &fingerprint, origin)).collect()
     }
 
-    fn load_domain(&self, domain: &DomainConfig, tokenizer: &Tokenizer, origin: &str) -> Result<Domain> {
-        let (text, what) = match &domain.source {
-            Source::File(path) => {
-                let path = resolve(path);
-                let text = std::fs::read_to_string(&path).with_context(|| {
-                    format!("{origin}: domain `{}`: cannot read data file {}", domain.name, path.display())
-                })?;
-                (text, path.display().to_string())
-            }
-            Source::Arithmetic(config) => (arithmetic_text(config), "generated arithmetic".to_string()),
-            Source::Script { files, script } => {
-                let mut text = String::new();
-                for path in files {
-                    let path = resolve(path);
-                    let file = std::fs::read_to_string(&path).with_context(|| {
-                        format!("{origin}: domain `{}`: cannot read data file {}", domain.name, path.display())
-                    })?;
-                    for line in file.lines().filter(|l| script.matches_line(l)) {
-                        text.push_str(line);
-                        text.push('\n');
-                    }
-                }
-                (text, format!("{script:?}-script lines of {} file(s)", files.len()))
+    fn load_domain(&self, domain: &DomainConfig, fingerprint: &TokenizerFingerprint, origin: &str) -> Result<Domain> {
+        let context = || format!("{origin}: domain `{}`", domain.name);
+        let (dir, owner) = match &domain.source {
+            Source::Prepared(dir) => (resolve(dir), None),
+            source => {
+                let temp = Arc::new(tempfile::Builder::new().prefix("btx-data-").tempdir().context("cannot create a temporary folder for tokenized data")?);
+                let dir = temp.path().join("tokens");
+                let preparation = DomainPreparation { domain: domain.name.clone(), tokenizer: self.tokenizer.clone(), source: source.clone(), val_fraction: self.val_fraction };
+                preparation.run(&dir, false).with_context(context)?;
+                (dir, Some(temp))
             }
         };
-        let ids = encode(tokenizer, &text)?;
-        let (train, val) = split_sequences(&ids, self.seq_len, self.val_every);
-        if train.is_empty() || val.is_empty() {
-            bail!(
-                "{origin}: domain `{}` ({what}) has {} tokens: too few for one training and one \
-                 validation sequence of data.seq_len + 1 = {} tokens with data.val_every = {} \
-                 (it needs at least {} tokens); lower `data.seq_len` or `data.val_every`, or add data",
-                domain.name,
-                ids.len(),
-                self.seq_len + 1,
-                self.val_every,
-                self.val_every * self.seq_len + 1,
-            );
+        let prepared = PreparedDomain::open(&dir, self.seq_len, self.val_every, owner).with_context(context)?;
+        prepared.meta.check_tokenizer(&dir, fingerprint).with_context(context)?;
+        if matches!(domain.source, Source::Prepared(_)) {
+            prepared.meta.check_inputs(&dir).with_context(context)?;
         }
-        Ok(Domain { name: domain.name.clone(), weight: domain.weight, train, val })
+        let tokens = prepared.meta.train.tokens + prepared.meta.val.tokens;
+        if prepared.train.is_empty() || prepared.val.is_empty() {
+            let what = match prepared.meta.split {
+                SplitRule::Interleaved => format!(
+                    "too few for one training and one validation sequence of data.seq_len + 1 = {} tokens with data.val_every = {} \
+                     (it needs at least {} tokens); lower `data.seq_len` or `data.val_every`, or add data",
+                    self.seq_len + 1,
+                    self.val_every,
+                    self.val_every * self.seq_len + 1
+                ),
+                SplitRule::Documents { .. } => format!(
+                    "{} training and {} validation tokens: each split needs at least data.seq_len + 1 = {} tokens; lower `data.seq_len`, \
+                     hold out more documents, or add data",
+                    prepared.meta.train.tokens,
+                    prepared.meta.val.tokens,
+                    self.seq_len + 1
+                ),
+            };
+            bail!("{} ({}) has {tokens} tokens: {what}", context(), prepared.meta.reader);
+        }
+        let source = match (&domain.source, &prepared.meta.source) {
+            (Source::Prepared(_), Some(original)) => original.clone(),
+            (source, _) => source.clone(),
+        };
+        Ok(Domain { name: domain.name.clone(), weight: domain.weight, train: prepared.train, val: prepared.val, source })
     }
 }
 
-/// Packs `ids` into sequences of `seq_len + 1` tokens; sequence i is held out for
-/// validation when i % val_every == val_every - 1 (spread over the whole corpus, so the
-/// validation set has the same mix as the training set).
-pub fn split_sequences(ids: &[u32], seq_len: usize, val_every: usize) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let count = ids.len().saturating_sub(1) / seq_len;
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for i in 0..count {
-        let seq = ids[i * seq_len..i * seq_len + seq_len + 1].to_vec();
-        if i % val_every == val_every - 1 { val.push(seq) } else { train.push(seq) }
+impl DomainPreparation {
+    /// Tokenizes the domain into `out`: users' files by document, a `File`, `Script` or
+    /// `Arithmetic` domain as one continuous stream read line by line (the split is then made
+    /// by window when read, as it always was for these domains).
+    pub fn run(&self, out: &Path, progress: bool) -> Result<PreparedMeta> {
+        let documents = match &self.source {
+            Source::Prepared(dir) => bail!("domain `{}` is already prepared ({})", self.domain, dir.display()),
+            Source::Jsonl { files, field } => Documents::Files {
+                files: expand_inputs(&files.iter().map(|f| resolve(f)).collect::<Vec<_>>())?,
+                options: ReadOptions { text_field: field.clone(), doc_per_line: false },
+                script: None,
+            },
+            Source::Parquet { files, column } => Documents::Files {
+                files: expand_inputs(&files.iter().map(|f| resolve(f)).collect::<Vec<_>>())?,
+                options: ReadOptions { text_field: column.clone(), doc_per_line: false },
+                script: None,
+            },
+            source => {
+                let source = source.clone();
+                Documents::Stream(Box::new(move |read: &AtomicU64, emit: &mut dyn FnMut(String) -> Result<()>| stream_lines(&source, read, emit)))
+            }
+        };
+        let preparation = Preparation {
+            documents,
+            tokenizer_path: resolve(&self.tokenizer),
+            val_fraction: self.val_fraction,
+            val_docs: None,
+            split_seed: 0,
+            eos: None,
+            source: Some(self.source.clone()),
+            progress,
+        };
+        prepare(preparation, out)
     }
-    (train, val)
+}
+
+/// The lines of a `File`, `Script` or `Arithmetic` domain's text, each with its newline.
+fn stream_lines(source: &Source, read: &AtomicU64, emit: &mut dyn FnMut(String) -> Result<()>) -> Result<Vec<InputRecord>> {
+    let mut inputs = Vec::new();
+    let mut each_line = |path: &Path, emit: &mut dyn FnMut(String) -> Result<()>| -> Result<()> {
+        let (bytes, modified) = InputRecord::stat(path).with_context(|| format!("cannot read data file {}", path.display()))?;
+        let sha256 = read_raw_lines(path, read, emit)?;
+        inputs.push(InputRecord { path: path.to_path_buf(), bytes, modified, sha256 });
+        Ok(())
+    };
+    match source {
+        Source::File(path) => each_line(&resolve(path), emit)?,
+        Source::Script { files, script } => {
+            for path in files {
+                each_line(&resolve(path), &mut |line| {
+                    let line = line.strip_suffix('\n').unwrap_or(&line);
+                    let line = line.strip_suffix('\r').unwrap_or(line);
+                    if script.matches_line(line) { emit(format!("{line}\n")) } else { Ok(()) }
+                })?;
+            }
+        }
+        Source::Arithmetic(config) => {
+            for line in arithmetic_text(config).split_inclusive('\n') {
+                emit(line.to_string())?;
+            }
+        }
+        Source::Jsonl { .. } | Source::Parquet { .. } | Source::Prepared(_) => unreachable!("documents are read by `prepare`"),
+    }
+    Ok(inputs)
 }

@@ -1,6 +1,11 @@
-//! Training data: tokenizer, domains, the synthetic task, and the mixture sampler.
+//! Training data: tokenizer, domains, the synthetic task, preparation (tokenizing once into
+//! memory-mapped token files) and the mixture sampler.
 
 pub mod corpus;
+pub mod documents;
+pub mod inspect;
+pub mod prepare;
+pub mod prepared;
 pub mod rng;
 pub mod sampler;
 pub mod synthetic;

@@ -55,8 +55,8 @@ impl MixtureSampler {
         let mut picked = Vec::with_capacity(batch_size);
         for _ in 0..batch_size {
             let d = self.pick_domain();
-            let seqs = &domains[d].train;
-            rows.push(&seqs[self.rng.below(seqs.len() as u64) as usize]);
+            let windows = &domains[d].train;
+            rows.push(windows.get(self.rng.below(windows.len() as u64) as usize));
             picked.push(d);
         }
         let mut batch = make_batch(&rows, device);
@@ -66,7 +66,7 @@ impl MixtureSampler {
 }
 
 /// Stacks token sequences of `seq_len + 1` into an input/target batch.
-pub fn make_batch(rows: &[&Vec<u32>], device: &Device) -> Batch {
+pub fn make_batch(rows: &[Vec<u32>], device: &Device) -> Batch {
     let seq_len = rows[0].len() - 1;
     let mut inputs = Vec::with_capacity(rows.len() * seq_len);
     let mut targets = Vec::with_capacity(rows.len() * seq_len);

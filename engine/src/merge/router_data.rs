@@ -38,13 +38,13 @@ pub fn router_directions(members: &[std::path::PathBuf], configs: &[std::path::P
 pub fn domain_sequences(config_path: &std::path::Path) -> Result<Vec<Vec<u32>>> {
     let config = TrainConfig::load(&resolve(config_path))?;
     let domains = load_domains(&config.data, config.model.vocab_size, &config_path.display().to_string())?;
-    Ok(domains.iter().filter(|d| d.weight > 0.0).flat_map(|d| d.train.iter().take(ROUTER_SEQUENCES).cloned()).collect())
+    Ok(domains.iter().filter(|d| d.weight > 0.0).flat_map(|d| d.train.range(0..ROUTER_SEQUENCES)).collect())
 }
 
 /// `[layer][d_model]`: what `model`'s routers see on `seqs`, averaged over the tokens: each
 /// layer's FFN input (Hidden), or the token embedding for every layer (Embedding).
 pub fn mean_router_inputs(model: &LanguageModel, seqs: &[Vec<u32>], mode: RouterInit, device: &Device) -> Vec<Vec<f32>> {
-    let batch = make_batch(&seqs.iter().collect::<Vec<_>>(), device);
+    let batch = make_batch(seqs, device);
     match mode {
         RouterInit::Hidden => model.ffn_inputs(batch.inputs).into_iter().map(mean_over_tokens).collect(),
         RouterInit::Embedding | RouterInit::Random => vec![mean_over_tokens(model.embed_tokens.forward(batch.inputs)); model.layers.len()],

@@ -20,6 +20,9 @@ pub struct Recipe {
     pub seq_len: usize,
     #[serde(default = "default_val_every")]
     pub val_every: usize,
+    /// Share of a `Jsonl` or `Parquet` domain's documents held out for validation.
+    #[serde(default = "crate::data::corpus::default_val_fraction")]
+    pub val_fraction: f64,
     /// Every domain: experts and mixtures name them; evaluation reports each.
     pub domains: Vec<DomainConfig>,
     pub optimizer: OptimizerConfig,
@@ -261,6 +264,16 @@ impl Recipe {
         }
         if self.seq_len > self.model.max_seq_len || self.seq_len < 2 {
             bail!("{origin}: field `seq_len` ({}) must be between 2 and `model.max_seq_len` ({})", self.seq_len, self.model.max_seq_len);
+        }
+        // Each domain is prepared into RUN/data/NAME.
+        let mut domain_names = std::collections::HashSet::new();
+        for (i, d) in self.domains.iter().enumerate() {
+            if !domain_names.insert(&d.name) || d.name.is_empty() || d.name.contains(['/', '\\']) || d.name.starts_with('.') {
+                bail!("{origin}: field `domains[{i}].name`: `{}` must be unique and a valid folder name", d.name);
+            }
+        }
+        if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
+            bail!("{origin}: field `val_fraction` must be between 0 and 1, found {}", self.val_fraction);
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = self.seeds.iter().find(|s| !seen.insert(**s)) {

@@ -119,7 +119,8 @@ impl Plan<'_> {
                     "--arithmetic", &e.arithmetic_problems.to_string(), "--json", &dir.join("eval.json").display().to_string(),
                 ]);
                 args.extend(self.device.to_args());
-                let stage = Stage { name: format!("eval/{}", slug(&entry.label)), dir, args, config: None, inputs: vec![model_file(&ckpt), data.clone()] };
+                let inputs = [model_file(&ckpt), data.clone()].into_iter().chain(self.data_inputs()).collect();
+                let stage = Stage { name: format!("eval/{}", slug(&entry.label)), dir, args, config: None, inputs };
                 (entry, stage)
             })
             .collect();
@@ -136,6 +137,7 @@ impl Plan<'_> {
             args.extend(members.iter().map(|x| self.dir(x).display().to_string()));
             let mut inputs: Vec<PathBuf> = members.iter().map(|x| model_file(&self.dir(x))).collect();
             inputs.push(data.clone());
+            inputs.extend(self.data_inputs());
             let names = members.iter().map(|x| x.trim_start_matches("experts/").to_string()).collect();
             let entry = Entry::new(name.clone(), EntryKind::Final, with_seed(members.clone())).with_experts(names);
             out.push((entry, Stage { name: format!("eval/{}", slug(&name)), dir, args, config: None, inputs }));

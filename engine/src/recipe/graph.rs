@@ -23,9 +23,18 @@ impl Plan<'_> {
     pub fn graph(&self) -> Result<Vec<StageNode>> {
         let r = self.recipe;
         let node = |name: String, after: Vec<String>| StageNode { name, after };
-        let seed: Vec<String> = matches!(r.seed_model, SeedModel::Train { .. }).then(|| "seed".to_string()).into_iter().collect();
+        // Every domain is tokenized first; what trains waits for the seed, which waits for
+        // the data (with a given seed checkpoint, the stages wait for the data directly).
+        let data = self.data_stage_names();
+        let mut nodes: Vec<StageNode> = data.iter().map(|d| node(d.clone(), vec![])).collect();
+        let seed: Vec<String> = match r.seed_model {
+            SeedModel::Train { .. } => {
+                nodes.push(node("seed".into(), data.clone()));
+                vec!["seed".to_string()]
+            }
+            SeedModel::Checkpoint(_) => data,
+        };
         let experts: Vec<String> = r.experts.iter().map(|e| format!("experts/{}", e.name)).collect();
-        let mut nodes: Vec<StageNode> = seed.iter().map(|s| node(s.clone(), vec![])).collect();
         nodes.extend(experts.iter().map(|e| node(e.clone(), seed.clone())));
         // The first BTX merge sets the FLOPs budget of the compute-matched baselines.
         let budget: Vec<String> = r.merges.iter().find(|m| m.method == MergeMethod::Btx).map(|m| format!("merges/{}", m.name)).into_iter().collect();
@@ -77,6 +86,7 @@ impl Plan<'_> {
         let (seed, seed_stage) = self.seed()?;
         let find = |stages: Vec<Stage>| stages.into_iter().find(|s| s.name == name);
         let found = match name.split_once('/').map_or(name, |(kind, _)| kind) {
+            "data" => find(self.data_stages()?),
             "seed" => seed_stage,
             "experts" => find(self.expert_stages(&seed)?),
             "merges" => find(self.merge_stages(&seed)?),

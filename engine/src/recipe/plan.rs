@@ -3,6 +3,8 @@
 //! `entries`; the runner executes the plan and the report reads it.
 //!
 //! ```text
+//! RUN/data/NAME/            btx data prepare-domain: each domain tokenized once, into
+//!                           data/NAME/tokens (a `Prepared` domain is read where it is)
 //! RUN/seed/                 btx train (or an existing checkpoint)
 //! RUN/experts/NAME/         btx train, branched from the seed, on the expert's data
 //! RUN/merges/NAME/          btx merge (btx, bam, upcycle, average)
@@ -25,6 +27,7 @@ use super::config::{MergeMethod, Recipe, SeedModel};
 use super::stage::{Stage, model_file};
 use crate::checkpoint::read_model_config;
 use crate::config::{ModelConfig, resolve, to_ron};
+use crate::data::prepare::DomainPreparation;
 use crate::data::{DataConfig, DomainConfig, Source};
 use crate::device::DeviceArgs;
 use crate::train::{OptimizerConfig, TrainConfig};
@@ -47,7 +50,7 @@ impl Plan<'_> {
             .iter()
             .map(|d| DomainConfig {
                 name: d.name.clone(),
-                source: absolute(&d.source),
+                source: Source::Prepared(self.prepared_dir(d)),
                 weight: match mixture {
                     Some(m) => m.iter().find(|(n, _)| *n == d.name).map_or(0.0, |(_, w)| *w),
                     None => 1.0,
@@ -61,7 +64,13 @@ impl Plan<'_> {
         let optimizer = OptimizerConfig { lr: lr.unwrap_or(r.optimizer.lr), ..r.optimizer.clone() };
         TrainConfig {
             model,
-            data: DataConfig { tokenizer: resolve(&r.tokenizer), seq_len: r.seq_len, domains: self.domains(mixture), val_every: r.val_every },
+            data: DataConfig {
+                tokenizer: resolve(&r.tokenizer),
+                seq_len: r.seq_len,
+                domains: self.domains(mixture),
+                val_every: r.val_every,
+                val_fraction: r.val_fraction,
+            },
             optimizer,
             steps,
             batch_size: r.batch_size,
@@ -78,16 +87,46 @@ impl Plan<'_> {
         }
     }
 
-    /// Data files and the tokenizer: inputs of every training and evaluation stage.
-    fn data_inputs(&self) -> Vec<PathBuf> {
-        let mut files = vec![resolve(&self.recipe.tokenizer)];
-        for d in &self.recipe.domains {
-            match &d.source {
-                Source::File(p) => files.push(resolve(p)),
-                Source::Script { files: f, .. } => files.extend(f.iter().map(|p| resolve(p))),
-                Source::Arithmetic(_) => {}
-            }
+    /// Where a domain's tokens are: its data stage's output, or a folder prepared beforehand.
+    pub(super) fn prepared_dir(&self, domain: &DomainConfig) -> PathBuf {
+        match &domain.source {
+            Source::Prepared(dir) => resolve(dir),
+            _ => self.dir(&Self::data_stage_name(domain)).join("tokens"),
         }
+    }
+
+    fn data_stage_name(domain: &DomainConfig) -> String {
+        format!("data/{}", domain.name)
+    }
+
+    /// The names of the data stages (every domain not prepared beforehand).
+    pub(super) fn data_stage_names(&self) -> Vec<String> {
+        self.recipe.domains.iter().filter(|d| !matches!(d.source, Source::Prepared(_))).map(Self::data_stage_name).collect()
+    }
+
+    /// Each domain's tokens, prepared once: `btx data prepare-domain` of its source.
+    pub fn data_stages(&self) -> Result<Vec<Stage>> {
+        let r = self.recipe;
+        let tokenizer = resolve(&r.tokenizer);
+        let mut stages = Vec::new();
+        for d in r.domains.iter().filter(|d| !matches!(d.source, Source::Prepared(_))) {
+            let name = Self::data_stage_name(d);
+            let dir = self.dir(&name);
+            let source = absolute(&d.source);
+            let mut inputs = vec![tokenizer.clone()];
+            inputs.extend(source_files(&source).with_context(|| format!("recipe domain `{}`", d.name))?);
+            let preparation = DomainPreparation { domain: d.name.clone(), tokenizer: tokenizer.clone(), source, val_fraction: r.val_fraction };
+            let args = strings(&["data", "prepare-domain", "--config", &dir.join("stage.ron").display().to_string(), "--out", &dir.join("tokens").display().to_string()]);
+            stages.push(Stage { name, dir, args, config: Some(to_ron(&preparation)?), inputs });
+        }
+        Ok(stages)
+    }
+
+    /// The tokenizer and every domain's prepared meta.json (which holds the hashes of its
+    /// token files): inputs of every training and evaluation stage.
+    pub(super) fn data_inputs(&self) -> Vec<PathBuf> {
+        let mut files = vec![resolve(&self.recipe.tokenizer)];
+        files.extend(self.recipe.domains.iter().map(|d| self.prepared_dir(d).join(crate::data::prepared::META_FILE)));
         files
     }
 
@@ -343,11 +382,26 @@ pub fn slug(label: &str) -> String {
     dashed.split('-').filter(|part| !part.is_empty()).collect::<Vec<_>>().join("-")
 }
 
+/// The source with its paths made absolute (stages run in their own folders).
 fn absolute(source: &Source) -> Source {
+    let all = |files: &[PathBuf]| files.iter().map(|p| resolve(p)).collect();
     match source {
         Source::File(p) => Source::File(resolve(p)),
-        Source::Script { files, script } => Source::Script { files: files.iter().map(|p| resolve(p)).collect(), script: *script },
-        other => other.clone(),
+        Source::Script { files, script } => Source::Script { files: all(files), script: *script },
+        Source::Jsonl { files, field } => Source::Jsonl { files: all(files), field: field.clone() },
+        Source::Parquet { files, column } => Source::Parquet { files: all(files), column: column.clone() },
+        Source::Prepared(p) => Source::Prepared(resolve(p)),
+        Source::Arithmetic(a) => Source::Arithmetic(a.clone()),
     }
+}
+
+/// The files a source reads (its folders and patterns expanded): a data stage's inputs.
+fn source_files(source: &Source) -> Result<Vec<PathBuf>> {
+    Ok(match source {
+        Source::File(p) => vec![p.clone()],
+        Source::Script { files, .. } => files.clone(),
+        Source::Jsonl { files, .. } | Source::Parquet { files, .. } => crate::data::documents::expand_inputs(files)?,
+        Source::Prepared(_) | Source::Arithmetic(_) => vec![],
+    })
 }
 

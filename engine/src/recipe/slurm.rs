@@ -160,7 +160,8 @@ pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, optio
         format!("#SBATCH --chdir={}", std::env::current_dir().unwrap_or_default().display()),
     ];
     lines.extend(options.partition.iter().map(|p| format!("#SBATCH --partition={p}")));
-    if options.gpus_per_job > 0 {
+    // Tokenizing runs on the CPU's cores: a data stage holds no GPU.
+    if options.gpus_per_job > 0 && !stage.starts_with("data/") {
         lines.push(format!("#SBATCH --gres=gpu:{}", options.gpus_per_job));
     }
     lines.extend(options.time.iter().map(|t| format!("#SBATCH --time={t}")));

@@ -48,8 +48,10 @@ pub struct TrainSummary {
 }
 
 pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, options: &TrainOptions) -> Result<TrainSummary> {
+    let started_at = Instant::now();
     config.validate(origin)?;
     let domains = load_domains(&config.data, config.model.vocab_size, origin)?;
+    eprintln!("data: {} domains ready after {:.2} s", domains.len(), started_at.elapsed().as_secs_f64());
     let config_ron = to_ron(config)?;
     let out = &options.out;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
@@ -113,6 +115,9 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         if stop {
             progress.finish_and_clear();
             bail!("{}", stopped_message(out, origin, &state, &skipped.unwrap_or_default(), &config.spike_guard));
+        }
+        if state.step == session_start_step + 1 {
+            say(&progress, &format!("first step done after {:.2} s", started_at.elapsed().as_secs_f64()));
         }
         progress.set_position(state.step as u64);
         progress.set_message(format!("loss {loss:.3} | {:.0} tok/s", tokens_per_s));
