@@ -118,10 +118,14 @@ fn recipe_runs_and_stages_take_one_writer_each() {
     assert!(!run.join("seed").exists(), "the refused run started a stage");
     drop(held);
 
-    let _stage = FolderLock::acquire(&run.join("seed"), STAGE_LOCK).unwrap();
-    let (ok, err) = run_btx(&["recipe", "stage", r, "--out", run.to_str().unwrap(), "--stage", "seed", "--device", "cpu"], dir.path());
+    // The first stage (the domain's tokenization): its inputs exist, its folder is held.
+    let _stage = FolderLock::acquire(&run.join("data/english"), STAGE_LOCK).unwrap();
+    let (ok, err) = run_btx(&["recipe", "stage", r, "--out", run.to_str().unwrap(), "--stage", "data/english", "--device", "cpu"], dir.path());
     assert!(!ok && err.contains("is in use") && err.contains(&format!("process {}", std::process::id())), "{err}");
-    assert!(!run.join("seed/stage.key").exists(), "the refused stage wrote into its folder");
+    assert!(!run.join("data/english/stage.key").exists(), "the refused stage wrote into its folder");
+    // A stage whose inputs are not made yet says which.
+    let (ok, err) = run_btx(&["recipe", "stage", r, "--out", run.to_str().unwrap(), "--stage", "seed", "--device", "cpu"], dir.path());
+    assert!(!ok && err.contains("data/english/tokens/meta.json does not exist") && err.contains("must run first"), "{err}");
 }
 
 /// A recipe whose seed diverges at lr 1.0: the stage fails with the guard's message (with the

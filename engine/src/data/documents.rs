@@ -325,14 +325,16 @@ fn read_parquet(path: &Path, column: &str, emit: &mut dyn FnMut(String) -> Resul
             if records == 0 {
                 break;
             }
-            for value in &values {
-                let text = value.as_utf8().map_err(|_| anyhow!("{}: row {row} of column `{column}` is not UTF-8 text", path.display()))?;
-                emit(text.to_string())?;
-                row += 1;
-            }
-            // Null rows count as empty documents.
-            for _ in values.len()..records {
-                emit(String::new())?;
+            // A nullable column gives a definition level per row: below the maximum is a
+            // null (an empty document); the values are the non-null rows in order.
+            let mut non_null = values.iter();
+            for r in 0..records {
+                let present = defs.is_empty() || defs[r] == descr.max_def_level();
+                let text = match present.then(|| non_null.next()).flatten() {
+                    Some(value) => value.as_utf8().map_err(|_| anyhow!("{}: row {row} of column `{column}` is not UTF-8 text", path.display()))?.to_string(),
+                    None => String::new(),
+                };
+                emit(text)?;
                 row += 1;
             }
         }

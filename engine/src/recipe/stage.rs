@@ -36,6 +36,20 @@ pub struct Stage {
 pub struct InputHash {
     pub path: PathBuf,
     pub sha256: String,
+    /// Size and modification time (ns since the epoch) when hashed: while both are the same,
+    /// the manifest's hash is reused instead of reading the file again (a data stage's
+    /// inputs can be many GB, and every `recipe run` and `status` computes every key).
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub modified_ns: u64,
+}
+
+/// A file's size and modification time in ns (0 where the platform has none).
+fn file_stamp(path: &Path) -> Result<(u64, u64)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64);
+    Ok((meta.len(), modified))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,7 +84,22 @@ impl Stage {
     }
 
     fn input_hashes(&self) -> Result<Vec<InputHash>> {
-        self.inputs.iter().map(|p| Ok(InputHash { path: p.clone(), sha256: sha256_file(p)? })).collect()
+        let known = self.manifest().map(|m| m.inputs).unwrap_or_default();
+        self.inputs
+            .iter()
+            .map(|p| {
+                if !p.exists() {
+                    bail!("stage {}: its input {} does not exist (the stage that makes it must run first)", self.name, p.display());
+                }
+                let (bytes, modified_ns) = file_stamp(p)?;
+                let cached = known.iter().find(|k| k.path == *p && k.bytes == bytes && k.modified_ns == modified_ns && modified_ns != 0);
+                let sha256 = match cached {
+                    Some(k) => k.sha256.clone(),
+                    None => sha256_file(p)?,
+                };
+                Ok(InputHash { path: p.clone(), sha256, bytes, modified_ns })
+            })
+            .collect()
     }
 
     /// The content key: command, config and input contents.
