@@ -87,8 +87,13 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    crate::memory::keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // Tensor work reuses its freed buffers; tokenizing allocates on every core in small,
+    // short-lived pieces, whose memory should go back to the system (its peak stays bounded).
+    if !matches!(cli.command, Command::Data { .. }) {
+        crate::memory::keep_freed_memory();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -174,17 +174,7 @@ pub fn read_raw_lines(path: &Path, read: &AtomicU64, emit: &mut dyn FnMut(String
     let file = std::fs::File::open(path).with_context(|| format!("cannot read data file {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut reader = BufReader::with_capacity(1 << 20, Tap { inner: file, hasher: &mut hasher, read });
-    let (mut line, mut offset, mut number) = (Vec::new(), 0u64, 0u64);
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        number += 1;
-        emit(utf8(path, &line, offset, Some(number))?.to_string())?;
-        offset += n as u64;
-    }
+    each_line(path, &mut reader, &mut |line, _| emit(line.to_string()))?;
     drop(reader);
     Ok(format!("{:x}", hasher.finalize()))
 }
@@ -209,21 +199,12 @@ fn read_text(path: &Path, reader: &mut dyn BufRead, doc_per_line: bool, emit: &m
         reader.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", path.display()))?;
         return emit(utf8(path, &bytes, 0, None)?.to_string());
     }
-    let (mut line, mut offset, mut number) = (Vec::new(), 0u64, 0u64);
-    loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line).with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            return Ok(());
-        }
-        number += 1;
-        let text = utf8(path, &line, offset, Some(number))?;
-        offset += n as u64;
-        emit(text.trim_end_matches(['\n', '\r']).to_string())?;
-    }
+    each_line(path, reader, &mut |line, _| emit(line.trim_end_matches(['\n', '\r']).to_string()))
 }
 
-fn read_jsonl(path: &Path, reader: &mut dyn BufRead, field: &str, emit: &mut dyn FnMut(String) -> Result<()>) -> Result<()> {
+/// Calls `f` with every line of `reader` (with its line ending) and its 1-based number;
+/// bytes that are not UTF-8 are an error naming the file, byte offset and line.
+fn each_line(path: &Path, reader: &mut dyn BufRead, f: &mut dyn FnMut(&str, u64) -> Result<()>) -> Result<()> {
     let (mut line, mut offset, mut number) = (Vec::new(), 0u64, 0u64);
     loop {
         line.clear();
@@ -232,10 +213,15 @@ fn read_jsonl(path: &Path, reader: &mut dyn BufRead, field: &str, emit: &mut dyn
             return Ok(());
         }
         number += 1;
-        let text = utf8(path, &line, offset, Some(number))?;
+        f(utf8(path, &line, offset, Some(number))?, number)?;
         offset += n as u64;
+    }
+}
+
+fn read_jsonl(path: &Path, reader: &mut dyn BufRead, field: &str, emit: &mut dyn FnMut(String) -> Result<()>) -> Result<()> {
+    each_line(path, reader, &mut |text, number| {
         if text.trim().is_empty() {
-            continue;
+            return Ok(());
         }
         let at = || format!("{} line {number}", path.display());
         let mut de = serde_json::Deserializer::from_str(text);
@@ -250,7 +236,8 @@ fn read_jsonl(path: &Path, reader: &mut dyn BufRead, field: &str, emit: &mut dyn
                 bail!("{}: no field `{field}`; the line has fields {} (choose one with --text-field)", at(), keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "));
             }
         }
-    }
+        Ok(())
+    })
 }
 
 /// What a JSON object holds under one key.
