@@ -174,6 +174,23 @@ fn run_btx_stdout(args: &[&str], cwd: &Path) -> (bool, String) {
 }
 
 #[test]
+fn the_script_filter_keeps_one_writing_system() {
+    // One language in two scripts, a document per line, mixed in one file.
+    let dir = tempfile::tempdir().unwrap();
+    let arabic: Vec<String> = std::fs::read_to_string(repo_root().join("assets/corpora/arabic.txt")).unwrap().lines().take(60).map(String::from).collect();
+    let latin: Vec<String> = std::fs::read_to_string(repo_root().join("assets/corpora/arabic_latin.txt")).unwrap().lines().take(60).map(String::from).collect();
+    let mixed: Vec<String> = arabic.iter().zip(&latin).flat_map(|(a, l)| [a.clone(), l.clone()]).collect();
+    std::fs::write(dir.path().join("mixed.txt"), mixed.join("\n")).unwrap();
+    for (script, kept) in [("Latin", &latin), ("Arabic", &arabic)] {
+        let out = dir.path().join(script);
+        let (ok, err) = prepare(dir.path(), &out, &["mixed.txt", "--doc-per-line", "--script", script, "--val-docs", "6"]);
+        assert!(ok, "{err}");
+        assert_documents_split(&out, kept);
+        assert_eq!(PreparedMeta::read(&out).unwrap().empty_documents, 60, "{script}: the other script's lines are left out");
+    }
+}
+
+#[test]
 fn a_file_domain_reads_the_windows_it_read_before_preparation() {
     // Before prepared data, a `File` domain was the file's text encoded line by line, cut into
     // windows of seq_len + 1 at multiples of seq_len, every val_every-th held out: the shipped
@@ -335,6 +352,18 @@ fn a_recipe_prepares_each_domain_once_and_its_stages_read_the_tokens() {
     }
     let report = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(report.contains("docs"), "{report}");
+    // Prepared data made with another tokenizer stops a recipe before any stage runs.
+    let other = d.join("other-tokenizer.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tokenizer_path()).unwrap()).unwrap();
+    json["model"]["vocab"].as_object_mut().unwrap().insert("zzzz-new".into(), serde_json::json!(4096));
+    std::fs::write(&other, json.to_string()).unwrap();
+    let prepared_elsewhere = d.join("prepared-other");
+    let (ok, err) = run_btx(&["data", "prepare", "docs.jsonl", "--tokenizer", other.to_str().unwrap(), "--out", prepared_elsewhere.to_str().unwrap(), "--val-fraction", "0.1"], d);
+    assert!(ok, "{err}");
+    let with_prepared = std::fs::read_to_string(d.join("r.ron")).unwrap().replace(r#"Jsonl(files: ["docs.jsonl"], field: "text")"#, r#"Prepared("prepared-other")"#);
+    std::fs::write(d.join("r2.ron"), with_prepared).unwrap();
+    let (ok, err) = run_btx(&["recipe", "run", "r2.ron", "--out", d.join("run2").to_str().unwrap(), "--device", "cpu"], d);
+    assert!(!ok && err.contains("r2.ron: domain `docs`") && err.contains("other-tokenizer.json (sha256") && !d.join("run2/seed").exists(), "{err}");
     // A second run finds everything up to date, the data stages included.
     let (ok, err) = run_btx(&["recipe", "run", "r.ron", "--out", run.to_str().unwrap(), "--device", "cpu"], d);
     assert!(ok && err.contains("[data/docs] up to date") && !err.contains("running"), "{err}");

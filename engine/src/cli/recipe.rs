@@ -112,6 +112,8 @@ pub fn run(command: RecipeCommand) -> Result<()> {
     match command {
         RecipeCommand::Run { recipe, out, jobs, device, scheduler, partition, gpus_per_job, time, sbatch_arg, dry_run, wait: stay, allow_node_local } => {
             let parsed = Recipe::load(&recipe)?;
+            // Before any stage starts: data prepared beforehand fits this recipe.
+            parsed.check_prepared_domains(&recipe.display().to_string())?;
             let out = resolve(&recipe_out(&recipe, out, ""));
             match scheduler {
                 Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()? }),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelConfig, read_ron};
@@ -210,6 +210,34 @@ impl Recipe {
         let recipe: Self = read_ron(path)?;
         recipe.validate(&path.display().to_string())?;
         Ok(recipe)
+    }
+
+    /// Errors unless every `Prepared` domain was made with the recipe's tokenizer (whose
+    /// vocabulary must fit the model's), and its inputs did not change since.
+    pub fn check_prepared_domains(&self, origin: &str) -> Result<()> {
+        use crate::data::prepared::{PreparedMeta, TokenizerFingerprint};
+        let prepared: Vec<(&str, PathBuf)> = self
+            .domains
+            .iter()
+            .filter_map(|d| match &d.source {
+                crate::data::Source::Prepared(dir) => Some((d.name.as_str(), crate::config::resolve(dir))),
+                _ => None,
+            })
+            .collect();
+        if prepared.is_empty() {
+            return Ok(());
+        }
+        let path = crate::config::resolve(&self.tokenizer);
+        let fingerprint = TokenizerFingerprint::of(&crate::data::tokenizer::load_tokenizer(&path)?, &path)?;
+        if fingerprint.vocab_size > self.model.vocab_size {
+            bail!("{origin}: field `model.vocab_size` ({}) is smaller than the vocabulary of tokenizer {} ({} tokens)", self.model.vocab_size, path.display(), fingerprint.vocab_size);
+        }
+        for (name, dir) in prepared {
+            let meta = PreparedMeta::read(&dir).with_context(|| format!("{origin}: domain `{name}`"))?;
+            meta.check_tokenizer(&dir, &fingerprint).with_context(|| format!("{origin}: domain `{name}`"))?;
+            meta.check_inputs(&dir).with_context(|| format!("{origin}: domain `{name}`"))?;
+        }
+        Ok(())
     }
 
     pub fn validate(&self, origin: &str) -> Result<()> {
