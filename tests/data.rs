@@ -135,6 +135,31 @@ fn every_input_format_gives_each_document_whole_on_one_side() {
 }
 
 #[test]
+fn a_vocabulary_over_65536_tokens_is_stored_as_u32() {
+    // The shipped tokenizer with its vocabulary padded to 70,000 entries (merges unchanged, so
+    // the ids of any text are the same): its tokens need 32 bits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tokenizer_path()).unwrap()).unwrap();
+    let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+    for id in vocab.len()..70_000 {
+        vocab.insert(format!("zzfill{id}"), serde_json::json!(id));
+    }
+    let big = dir.path().join("big-tokenizer.json");
+    std::fs::write(&big, json.to_string()).unwrap();
+    let docs = documents(60);
+    write_jsonl(&dir.path().join("docs.jsonl"), &docs);
+    let out = dir.path().join("prepared");
+    let mut args: Vec<String> = ["data", "prepare", "docs.jsonl", "--val-docs", "6", "--out"].iter().map(|s| s.to_string()).collect();
+    args.extend([out.display().to_string(), "--tokenizer".into(), big.display().to_string()]);
+    let (ok, err) = run_btx(&args.iter().map(String::as_str).collect::<Vec<_>>(), dir.path());
+    assert!(ok, "{err}");
+    let meta = PreparedMeta::read(&out).unwrap();
+    assert_eq!(meta.dtype, btx::data::prepared::TokenDtype::U32);
+    assert_eq!(std::fs::metadata(out.join(TRAIN_TOKENS)).unwrap().len(), meta.train.tokens * 4);
+    assert_eq!(assert_documents_split(&out, &docs), 6);
+}
+
+#[test]
 fn the_split_is_by_document_hash_and_a_glob_reads_many_files() {
     let dir = tempfile::tempdir().unwrap();
     let docs = documents(300);
