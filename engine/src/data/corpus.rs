@@ -172,10 +172,8 @@ impl DataConfig {
             }
         };
         let prepared = PreparedDomain::open(&dir, self.seq_len, self.val_every, owner).with_context(context)?;
-        prepared.meta.check_tokenizer(&dir, fingerprint).with_context(context)?;
-        if matches!(domain.source, Source::Prepared(_)) {
-            prepared.meta.check_inputs(&dir).with_context(context)?;
-        }
+        // A folder this call prepared just now needs no check of its inputs.
+        prepared.meta.check(&dir, fingerprint, matches!(domain.source, Source::Prepared(_))).with_context(context)?;
         let tokens = prepared.meta.train.tokens + prepared.meta.val.tokens;
         if prepared.train.is_empty() || prepared.val.is_empty() {
             let what = match prepared.meta.split {
@@ -211,12 +209,7 @@ impl DomainPreparation {
     pub fn run(&self, out: &Path, progress: bool) -> Result<PreparedMeta> {
         let documents = match &self.source {
             Source::Prepared(dir) => bail!("domain `{}` is already prepared ({})", self.domain, dir.display()),
-            Source::Jsonl { files, field } => Documents::Files {
-                files: expand_inputs(&files.iter().map(|f| resolve(f)).collect::<Vec<_>>())?,
-                options: ReadOptions { text_field: field.clone(), doc_per_line: false },
-                script: None,
-            },
-            Source::Parquet { files, column } => Documents::Files {
+            Source::Jsonl { files, field: column } | Source::Parquet { files, column } => Documents::Files {
                 files: expand_inputs(&files.iter().map(|f| resolve(f)).collect::<Vec<_>>())?,
                 options: ReadOptions { text_field: column.clone(), doc_per_line: false },
                 script: None,

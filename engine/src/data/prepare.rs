@@ -188,7 +188,9 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, mut meta: PreparedMet
                 let stream = if piece.val { &mut val } else { &mut train };
                 stream.push(encoding.get_ids())?;
                 if piece.last {
-                    stream.push(&eos_id.into_iter().collect::<Vec<_>>())?;
+                    if let Some(eos) = eos_id {
+                        stream.push(&[eos])?;
+                    }
                     stream.end_document();
                 }
             }

@@ -182,6 +182,16 @@ impl PreparedMeta {
         Ok(())
     }
 
+    /// Errors unless the data was made by the tokenizer `expected` describes and (with
+    /// `inputs`) its inputs are as they were.
+    pub fn check(&self, dir: &Path, expected: &TokenizerFingerprint, inputs: bool) -> Result<()> {
+        self.check_tokenizer(dir, expected)?;
+        if inputs {
+            self.check_inputs(dir)?;
+        }
+        Ok(())
+    }
+
     /// Errors unless the data was made by the tokenizer `expected` describes.
     pub fn check_tokenizer(&self, dir: &Path, expected: &TokenizerFingerprint) -> Result<()> {
         if self.tokenizer.sha256 != expected.sha256 {

@@ -234,8 +234,7 @@ impl Recipe {
         }
         for (name, dir) in prepared {
             let meta = PreparedMeta::read(&dir).with_context(|| format!("{origin}: domain `{name}`"))?;
-            meta.check_tokenizer(&dir, &fingerprint).with_context(|| format!("{origin}: domain `{name}`"))?;
-            meta.check_inputs(&dir).with_context(|| format!("{origin}: domain `{name}`"))?;
+            meta.check(&dir, &fingerprint, true).with_context(|| format!("{origin}: domain `{name}`"))?;
         }
         Ok(())
     }

@@ -116,9 +116,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
             progress.finish_and_clear();
             bail!("{}", stopped_message(out, origin, &state, &skipped.unwrap_or_default(), &config.spike_guard));
         }
-        if state.step == session_start_step + 1 {
-            say(&progress, &format!("first step done after {:.2} s", started_at.elapsed().as_secs_f64()));
-        }
+        say_first_step(&progress, state.step - session_start_step, started_at);
         progress.set_position(state.step as u64);
         progress.set_message(format!("loss {loss:.3} | {:.0} tok/s", tokens_per_s));
 
@@ -141,6 +139,14 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
 }
 
 /// One metrics record per evaluated domain.
+/// After this session's first step, how long the start took (data, model, resume): what
+/// `cargo xtask bench data` compares across data sizes.
+fn say_first_step(progress: &ProgressBar, steps_this_session: usize, started_at: Instant) {
+    if steps_this_session == 1 {
+        say(progress, &format!("first step done after {:.2} s", started_at.elapsed().as_secs_f64()));
+    }
+}
+
 fn log_eval(metrics: &mut MetricsLog, step: usize, evals: &[DomainEval]) -> Result<()> {
     for e in evals {
         let record = EvalRecord { step, eval: e.domain.clone(), val_loss: e.loss, val_ppl: e.perplexity, routing: e.routing.clone() };
