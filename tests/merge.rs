@@ -254,24 +254,18 @@ fn merges_stream_in_bounded_memory_and_equal_the_in_memory_merge() {
 fn merge_requests_are_checked_by_one_set_of_rules() {
     use btx::merge::{MergeMethod, MergeRequest, router_init::RouterInit};
     let request = |method, experts: &[&str], seed: Option<&str>, router_init| MergeRequest {
-        method,
-        experts: experts.iter().map(std::path::PathBuf::from).collect(),
         seed: seed.map(std::path::PathBuf::from),
-        weights: None,
-        num_experts: 4,
-        noise: 0.0,
-        drop_ratio: 0.0,
-        shared_kv: false,
         options: MoeOptions { router_init, ..Default::default() },
-        router_data: vec![],
-        member: 0,
-        posterior_data: None,
+        ..MergeRequest::new(method, experts.iter().map(std::path::PathBuf::from).collect())
     };
+    let upcycle = MergeMethod::Upcycle { experts: 4, drop_ratio: 0.0 };
     let err = |r: MergeRequest| format!("{:#}", r.check().unwrap_err());
-    assert!(err(request(MergeMethod::Upcycle, &["s"], None, RouterInit::Hidden)).contains("cannot tell them apart"));
-    assert!(err(request(MergeMethod::Upcycle, &["a", "b"], None, RouterInit::Random)).contains("exactly one"));
+    assert!(err(request(upcycle.clone(), &["s"], None, RouterInit::Hidden)).contains("cannot tell them apart"));
+    assert!(err(request(upcycle, &["a", "b"], None, RouterInit::Random)).contains("exactly one"));
     assert!(err(request(MergeMethod::Average, &["a", "b"], Some("s"), RouterInit::Random)).contains("--seed"));
     assert!(err(request(MergeMethod::Btx, &["a", "b"], None, RouterInit::Embedding)).contains("--router-data"));
+    let top_k = MergeRequest { options: MoeOptions { top_k: 3, ..Default::default() }, ..request(MergeMethod::Btx, &["a", "b"], None, RouterInit::Random) };
+    assert_eq!(top_k.check().unwrap_err().field, "moe.top_k");
     assert!(request(MergeMethod::Btx, &["a", "b"], Some("s"), RouterInit::Random).check().is_ok());
     // A recipe asking for the same upcycling gets the same rule, with the field named.
     let recipe = std::fs::read_to_string(repo_root().join("recipes/compare-tiny.ron")).unwrap();

@@ -240,11 +240,51 @@ fn recipe_errors_name_the_field() {
     let e = recipe_error(&later);
     assert!(e.contains("later_experts[0].name") && e.contains("unique"), "{e}");
 
+    let e = recipe_error(&good.replace("    merges:", "    expert_optimizer: (lr: 1e-3, router_lr_multiplier: 10.0),\n    merges:"));
+    assert!(e.contains("expert_optimizer.router_lr_multiplier"), "{e}");
+    assert!(e.contains("no router"), "{e}");
+
+    let e = recipe_error(&good.replace("finetune: (steps: 6)", "finetune: (steps: 6, lr: 1e-3, optimizer: (lr: 2e-3))"));
+    assert!(e.contains("finetune.lr") && e.contains("finetune.optimizer.lr"), "{e}");
+
+    let e = recipe_error(&good.replace(r#"steps: 4)"#, r#"steps: 4, optimizer: (min_lr_ratio: 2.0))"#));
+    assert!(e.contains("experts[0].optimizer.min_lr_ratio"), "{e}");
+
     let shared = good.replace("    merges: [", "    keep_seed: false,\n    merges: [").replace("(name: \"btx\", method: Btx)", "(name: \"btx\", method: Btx, moe: (shared_expert: Seed))");
     let e = recipe_error(&shared);
     assert!(e.contains("merges[0].moe.shared_expert") && e.contains("keep_seed"), "{e}");
 }
 
+/// Each stage trains with the recipe's optimizer changed by its own settings: the experts by
+/// `expert_optimizer` and then their own `optimizer`, the baselines by `baseline_optimizer`,
+/// the finetune by `finetune.optimizer` (its `lr` folded in); the seed keeps the recipe's.
+#[test]
+fn each_stage_takes_its_own_optimizer() {
+    use btx::recipe::plan::Plan;
+    use btx::recipe::stage_id::StageId;
+    let dir = tempfile::tempdir().unwrap();
+    let text = recipe_text(dir.path(), &[("en", "english"), ("code", "code")], 4)
+        .replace(r#"(name: "code", data: [("code", 1.0)], steps: 4)"#, r#"(name: "code", data: [("code", 1.0)], steps: 4, optimizer: (lr: 5e-4, weight_decay: 0.0))"#)
+        .replace("    merges:", "    expert_optimizer: (lr: 1e-3, warmup_steps: 1),\n    baseline_optimizer: (min_lr_ratio: 0.5),\n    merges:")
+        .replace("finetune: (steps: 6)", "finetune: (steps: 6, lr: 2e-3, optimizer: (router_lr_multiplier: 8.0))");
+    let path = dir.path().join("recipe.ron");
+    std::fs::write(&path, text).unwrap();
+    let recipe = btx::recipe::Recipe::load(&path).unwrap();
+    let plan = Plan { recipe: &recipe, out: dir.path().join("run"), device: btx::device::DeviceArgs::new(btx::device::DeviceChoice::Cpu) };
+    let (seed, seed_stage) = plan.seed().unwrap();
+    let optimizer = |stage: &btx::recipe::stage::Stage| btx::config::parse_ron::<btx::train::TrainConfig>(stage.config.as_deref().unwrap(), "stage").unwrap().optimizer;
+    let o = optimizer(&seed_stage.unwrap());
+    assert_eq!((o.lr, o.warmup_steps, o.min_lr_ratio, o.router_lr_multiplier), (1e-2, 3, 0.1, 1.0));
+    let experts = plan.expert_stages(&seed).unwrap();
+    let of = |id: StageId| optimizer(experts.iter().find(|s| s.id == id).unwrap());
+    let (en, code) = (of(StageId::Expert("en".into())), of(StageId::Expert("code".into())));
+    assert_eq!((en.lr, en.warmup_steps, en.weight_decay), (1e-3, 1, 0.1));
+    assert_eq!((code.lr, code.warmup_steps, code.weight_decay), (5e-4, 1, 0.0));
+    let dense = optimizer(&plan.dense_data_stage(&seed).unwrap().unwrap());
+    assert_eq!((dense.lr, dense.warmup_steps, dense.min_lr_ratio), (1e-2, 3, 0.5));
+    let finetune = recipe.finetune.optimizer().apply(&recipe.optimizer);
+    assert_eq!((finetune.lr, finetune.router_lr_multiplier), (2e-3, 8.0));
+}
 
 #[test]
 fn a_recipe_can_start_from_an_existing_seed_checkpoint() {
@@ -333,7 +373,8 @@ fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
             r#"        (name: "switch", method: Btx, moe: Some((top_k: 1, routing: Switch(capacity_factor: 0.5)))),"#,
             r#"        (name: "bam", method: Bam(shared_kv: true)),
         (name: "shared", method: Btx, moe: (top_k: 1, shared_expert: Seed)),
-        (name: "drop", method: Upcycle(experts: 2, drop_ratio: 0.5)),"#,
+        (name: "drop", method: Upcycle(experts: 2, drop_ratio: 0.5)),
+        (name: "hidden", method: Btx, moe: (top_k: 2, router_init: Hidden)),"#,
         )
         .replace("    merges: [", "    later_experts: [(name: \"code\", data: [(\"code\", 1.0)], steps: 4)],\n    merges: [");
     assert!(text.contains("later_experts") && text.contains("Bam(shared_kv: true)"));
@@ -362,4 +403,25 @@ fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
         assert!(!changed.is_empty() && changed.iter().all(|k| new.iter().any(|n| k.contains(n))), "{merge}: {changed:?}");
         assert!(new.iter().all(|n| changed.iter().any(|k| k.contains(n))), "{merge}: {changed:?}");
     }
+    // The data-initialised routers were measured in a stage of their own (on the run's
+    // device), and the merge that read them is the merge `btx merge` makes by running the
+    // members forward itself. The merge replaced its stage's folder but kept the stage's
+    // config and log.
+    assert!(out.join("merges/hidden/log.txt").is_file() && out.join("merges/hidden/model.safetensors").is_file());
+    let request: btx::merge::MergeRequest = btx::config::read_ron(&out.join("merges/hidden/stage.ron")).unwrap();
+    assert_eq!(request.measured.as_deref(), Some(out.join("router-data/hidden/measured.json").as_path()));
+    assert!(request.router_data.is_empty());
+    let (e, seed, data) = (out.join("experts/en"), out.join("seed"), out.join("eval-data.ron"));
+    let args = ["merge", "--method", "btx", "--experts", e.to_str().unwrap(), "--seed", seed.to_str().unwrap(), "--moe", "(top_k: 2, router_init: Hidden)"];
+    let router_data = [e.join("stage.ron"), data];
+    let mut args: Vec<&str> = args.to_vec();
+    args.push("--router-data");
+    args.extend(router_data.iter().map(|p| p.to_str().unwrap()));
+    args.extend(["--out", "by-hand"]);
+    let (ok, stderr) = run_btx(&args, dir.path());
+    assert!(ok, "{stderr}");
+    let (staged, by_hand) = (weights(&out.join("merges/hidden")), weights(&dir.path().join("by-hand")));
+    let router = "model.layers.0.block_sparse_moe.gate.weight";
+    assert_eq!(staged[router], by_hand[router]);
+    assert!(staged[router].values.iter().any(|v| *v != 0.0));
 }

@@ -107,7 +107,7 @@ pub fn evaluate_ensemble(
                 tokens += lp.len();
             }
             let loss = sum / tokens.max(1) as f64;
-            DomainEval { domain: domain.name.clone(), loss, perplexity: loss.exp(), tokens, routing: vec![prior], dropped: 0.0 }
+            DomainEval { domain: domain.name.clone(), loss, perplexity: loss.exp(), tokens, routing: Some(crate::eval::DomainRouting::Prior(prior)), dropped: 0.0, router_entropy: vec![] }
         })
         .collect()
 }

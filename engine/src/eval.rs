@@ -18,12 +18,57 @@ pub struct DomainEval {
     pub perplexity: f64,
     /// Target tokens evaluated.
     pub tokens: usize,
-    /// MoE models: `[layer][expert]` share of this domain's tokens routed to each expert.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routing: Vec<Vec<f64>>,
+    /// Where the domain's tokens went (MoE models and ensembles).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "routing_as_written")]
+    pub routing: Option<DomainRouting>,
     /// MoE models: share of token-expert assignments dropped for capacity.
     #[serde(default)]
     pub dropped: f64,
+    /// MoE models: per layer, the router's mean entropy per token of the domain (nats; ln E
+    /// is a router that cannot tell its E experts apart).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub router_entropy: Vec<f64>,
+}
+
+/// Where a domain's tokens went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum DomainRouting {
+    /// An MoE: `[layer][expert]` share of the domain's tokens its routers sent to each expert.
+    Layers(Vec<Vec<f64>>),
+    /// A BTM ensemble: its cached prior over the experts (Li et al. 2022, §3).
+    Prior(Vec<f64>),
+}
+
+impl DomainRouting {
+    /// As `[panel][expert]` shares: one panel per layer, or the prior as one.
+    pub fn panels(&self) -> Vec<Vec<f64>> {
+        match self {
+            Self::Layers(layers) => layers.clone(),
+            Self::Prior(prior) => vec![prior.clone()],
+        }
+    }
+
+    /// Whether there is a choice to show: more than one expert.
+    pub fn chooses(&self) -> bool {
+        self.panels().first().is_some_and(|p| p.len() > 1) || matches!(self, Self::Layers(l) if l.len() > 1)
+    }
+}
+
+/// The routing field as written now (`{"Layers": ...}` / `{"Prior": ...}`), or as evaluations
+/// written before it had a type wrote it: bare `[layer][expert]` shares (an ensemble's prior
+/// as one layer, which `EvalReport::read` turns back into its prior).
+fn routing_as_written<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<DomainRouting>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Typed(DomainRouting),
+        Bare(Vec<Vec<f64>>),
+    }
+    Ok(match Option::<Written>::deserialize(deserializer)? {
+        None => None,
+        Some(Written::Typed(routing)) => Some(routing),
+        Some(Written::Bare(layers)) => (!layers.is_empty()).then_some(DomainRouting::Layers(layers)),
+    })
 }
 
 /// What `btx eval` and `btx ensemble` write with `--json` (`eval.json` in a recipe), and
@@ -49,7 +94,17 @@ impl EvalReport {
     pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
         use anyhow::Context;
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not an evaluation written by btx eval or btx ensemble", path.display()))
+        let mut report: Self = serde_json::from_str(&text).with_context(|| format!("{} is not an evaluation written by btx eval or btx ensemble", path.display()))?;
+        if !report.experts.is_empty() {
+            for d in &mut report.domains {
+                if let Some(DomainRouting::Layers(layers)) = &d.routing
+                    && let [prior] = layers.as_slice()
+                {
+                    d.routing = Some(DomainRouting::Prior(prior.clone()));
+                }
+            }
+        }
+        Ok(report)
     }
 
     pub fn write(&self, path: &std::path::Path) -> anyhow::Result<()> {
@@ -85,8 +140,9 @@ pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, ma
                 loss,
                 perplexity: loss.exp(),
                 tokens,
-                routing: routing.shares(),
+                routing: Some(routing.shares()).filter(|s| !s.is_empty()).map(DomainRouting::Layers),
                 dropped: routing.dropped_fraction(),
+                router_entropy: routing.entropies(),
             }
         })
         .collect()

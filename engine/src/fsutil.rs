@@ -29,7 +29,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Builds the folder `dir` under a temporary sibling name with `fill`, then renames it into
 /// place (replacing an existing `dir`): readers see no folder or a whole one, and a failure
-/// leaves nothing behind.
+/// leaves nothing behind. A recipe stage's own files in a replaced `dir` (its log, lock,
+/// key and config: `recipe::stage::STAGE_FILES`) move into the new folder, still open.
 pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = temp_sibling(dir);
     let parent = tmp.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -37,6 +38,11 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
     let _ = std::fs::remove_dir_all(&tmp);
     let result = std::fs::create_dir_all(&tmp).map_err(anyhow::Error::from).and_then(|()| fill(&tmp)).and_then(|()| {
         if dir.exists() {
+            for name in crate::recipe::stage::STAGE_FILES {
+                if dir.join(name).exists() && !tmp.join(name).exists() {
+                    std::fs::rename(dir.join(name), tmp.join(name))?;
+                }
+            }
             std::fs::remove_dir_all(dir)?;
         }
         std::fs::rename(&tmp, dir)?;

@@ -72,6 +72,39 @@ pub fn router(layer: usize) -> String {
     format!("model.layers.{layer}.block_sparse_moe.gate.weight")
 }
 
+/// What every tensor name of a routed expert holds before the expert's number.
+pub const ROUTED_EXPERTS: &str = ".block_sparse_moe.experts.";
+/// The same for BAM's attention experts.
+pub const ATTENTION_EXPERTS: &str = ".attention_experts.experts.";
+/// The name ends of the two kinds of router.
+pub const ROUTER_END: &str = ".block_sparse_moe.gate.weight";
+pub const ATTENTION_ROUTER_END: &str = ".attention_experts.gate.weight";
+
+/// Whether a tensor (by checkpoint name or Burn module path) is a router of either kind.
+pub fn is_router(name: &str) -> bool {
+    name.ends_with(ROUTER_END) || name.ends_with(ATTENTION_ROUTER_END)
+}
+
+/// `.block_sparse_moe.experts.E.`: the part of a name every tensor of routed expert E holds.
+pub fn routed_expert_part(expert: usize) -> String {
+    format!("{ROUTED_EXPERTS}{expert}.")
+}
+
+/// `.attention_experts.experts.E.`: the same for attention expert E.
+pub fn attention_expert_part(expert: usize) -> String {
+    format!("{ATTENTION_EXPERTS}{expert}.")
+}
+
+/// `model.layers.L.self_attn.P.weight`: an attention projection (`q_proj`, ...).
+pub fn self_attention(layer: usize, proj: &str) -> String {
+    format!("model.layers.{layer}.self_attn.{proj}.weight")
+}
+
+/// `model.layers.L.attention_experts.experts.E.P.weight`: an attention expert's projection.
+pub fn attention_expert(layer: usize, expert: usize, proj: &str) -> String {
+    format!("model.layers.{layer}{}{proj}.weight", attention_expert_part(expert))
+}
+
 /// The (layer, projection) of a dense FFN tensor name, or None for any other tensor.
 pub fn parse_dense_ffn(name: &str) -> Option<(usize, Projection)> {
     let rest = name.strip_prefix("model.layers.")?;
@@ -83,7 +116,7 @@ pub fn parse_dense_ffn(name: &str) -> Option<(usize, Projection)> {
 /// A module path's expert projections renamed to Mixtral's (`experts.E.gate_proj.` ->
 /// `experts.E.w1.`): the model's experts are FFN modules with Llama's field names.
 pub fn mixtral_expert_path(path: &str) -> String {
-    if !path.contains(".block_sparse_moe.experts.") {
+    if !path.contains(ROUTED_EXPERTS) {
         return path.to_string();
     }
     Projection::ALL.iter().fold(path.to_string(), |p, proj| p.replace(&format!(".{}.", proj.llama()), &format!(".{}.", proj.mixtral())))

@@ -117,7 +117,8 @@ pub fn run_ensemble(args: EnsembleArgs) -> Result<()> {
     println!("BTM ensemble of {} experts, top-{k}", models.len());
     print_evals(&evals);
     for e in &evals {
-        let prior: Vec<String> = e.routing[0].iter().map(|p| format!("{p:.2}")).collect();
+        let Some(crate::eval::DomainRouting::Prior(prior)) = &e.routing else { continue };
+        let prior: Vec<String> = prior.iter().map(|p| format!("{p:.2}")).collect();
         println!("  cached prior on {}: [{}]", e.domain, prior.join(", "));
     }
     if let Some(json) = args.json {

@@ -121,7 +121,14 @@ fn read_prior(path: &std::path::Path, experts: usize) -> Result<Vec<f64>> {
         return Ok(weights);
     }
     let report = crate::eval::EvalReport::read(path)?;
-    let priors: Vec<&Vec<f64>> = report.domains.iter().filter_map(|d| d.routing.first()).collect();
+    let priors: Vec<&Vec<f64>> = report
+        .domains
+        .iter()
+        .filter_map(|d| match &d.routing {
+            Some(crate::eval::DomainRouting::Prior(prior)) => Some(prior),
+            _ => None,
+        })
+        .collect();
     if priors.is_empty() || priors.iter().any(|p| p.len() != experts) {
         bail!("{}: expected a JSON array of {experts} weights or the eval.json of a {experts}-expert `btx ensemble`", path.display());
     }

@@ -2,16 +2,21 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
+use crate::merge::method::{METHOD_NAMES, MethodFlags};
 use crate::merge::{MergeMethod, MergeRequest, mix::MoeOptions};
 
 #[derive(clap::Args)]
 pub struct MergeArgs {
-    #[arg(long, value_enum)]
-    method: MergeMethod,
+    /// A merge request written as RON (what a recipe's merge stage runs): its method,
+    /// checkpoints and options, instead of the flags below.
+    #[arg(long, conflicts_with_all = ["method", "experts", "seed", "weights", "moe", "router_data", "posterior_data", "drift_from"])]
+    config: Option<PathBuf>,
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(METHOD_NAMES), required_unless_present = "config")]
+    method: Option<String>,
     /// The expert checkpoints (btx, average), or the one seed (upcycle).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "config")]
     experts: Vec<PathBuf>,
     /// btx: keep this seed checkpoint as one more, generalist, expert (last).
     #[arg(long)]
@@ -27,8 +32,8 @@ pub struct MergeArgs {
     noise: f64,
     /// upcycle: Drop-Upcycling, re-initialising this ratio of each copy's FFN hidden units
     /// (0 = plain upcycling; the paper's best is 0.5).
-    #[arg(long, default_value_t = 0.0)]
-    drop_ratio: f64,
+    #[arg(long)]
+    drop_ratio: Option<f64>,
     /// bam: one key/value projection (the members' average) shared by every attention expert.
     #[arg(long)]
     shared_kv: bool,
@@ -41,36 +46,47 @@ pub struct MergeArgs {
     #[arg(long, num_args = 1..)]
     router_data: Vec<PathBuf>,
     /// transplant: the member whose FFN is kept (0-based; the seed, if given, last).
-    #[arg(long, default_value_t = 0)]
-    member: usize,
+    #[arg(long)]
+    member: Option<usize>,
     /// average: weight each checkpoint by its domain posterior on this training config's data
     /// (how BTM branches a new expert from the existing ones), instead of --weights.
     #[arg(long)]
     posterior_data: Option<PathBuf>,
+    /// transplant: also measure how far each member's shared (non-FFN) weights drifted from
+    /// this seed checkpoint, recorded in the result's merge.json.
+    #[arg(long)]
+    drift_from: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
 }
 
-pub fn run(args: MergeArgs) -> Result<()> {
-    let options: MoeOptions = crate::config::parse_ron(&args.moe, "--moe")?;
-    let request = MergeRequest {
-        method: args.method,
+/// The request the flags (or `--config`) ask for.
+fn request(args: MergeArgs) -> Result<MergeRequest> {
+    if let Some(config) = &args.config {
+        return crate::config::read_ron(config);
+    }
+    let flags = MethodFlags { num_experts: args.num_experts, drop_ratio: args.drop_ratio, shared_kv: args.shared_kv, member: args.member };
+    let Some(name) = &args.method else { bail!("--method is required") };
+    Ok(MergeRequest {
+        method: MergeMethod::from_flags(name, &flags)?,
         experts: args.experts,
         seed: args.seed,
         weights: args.weights,
-        num_experts: args.num_experts,
         noise: args.noise,
-        drop_ratio: args.drop_ratio,
-        shared_kv: args.shared_kv,
-        options,
+        options: crate::config::parse_ron::<MoeOptions>(&args.moe, "--moe")?,
         router_data: args.router_data,
-        member: args.member,
         posterior_data: args.posterior_data,
-    };
-    let config = request.run(&args.out)?;
+        measured: None,
+        drift_from: args.drift_from,
+    })
+}
+
+pub fn run(args: MergeArgs) -> Result<()> {
+    let out = args.out.clone();
+    let config = request(args)?.run(&out)?;
     eprintln!(
         "wrote {} ({:.2}M parameters, {:.2}M active per token); peak resident memory {}",
-        args.out.display(),
+        out.display(),
         config.num_params() as f64 / 1e6,
         config.active_params() as f64 / 1e6,
         crate::bench::peak_resident_mb().map_or("unknown".into(), |mb| format!("{mb:.0} MB")),

@@ -8,6 +8,7 @@ mod devices;
 mod eval;
 mod generate;
 mod hf;
+mod measure;
 mod merge;
 mod moe;
 mod recipe;
@@ -49,8 +50,12 @@ enum Command {
     },
     /// Merge dense checkpoints: BTX MiX into an MoE, sparse upcycling of one seed, or a BTM
     /// parameter average. Works on checkpoint tensors, streamed one tensor at a time; needs
-    /// no device.
+    /// no device (data-initialised routers and posterior weights run the members forward on
+    /// the CPU, or come measured beforehand by `btx measure`).
     Merge(merge::MergeArgs),
+    /// Run merge members forward on data, on a device: router rows from data, or BTM's
+    /// posterior weights, for a merge to read (`measured` in its request).
+    Measure(measure::MeasureArgs),
     /// Edit a merged MoE: remove an expert, or add one trained later.
     Moe {
         #[command(subcommand)]
@@ -114,6 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data { command } => data::run(command),
         Command::Recipe { command } => recipe::run(command),
         Command::Merge(args) => merge::run(args),
+        Command::Measure(args) => measure::run(args),
         Command::Moe { command } => moe::run(command),
         Command::ImportHf(args) => hf::import(args),
         Command::ExportHf(args) => hf::export(args),

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::config::resolve;
 use crate::device::DeviceArgs;
-use crate::recipe::graph::REPORT_STAGE;
+use crate::recipe::stage_id::StageId;
 use crate::recipe::plan::Plan;
 use crate::recipe::slurm::{SlurmOptions, check_shared_paths, submit, wait};
 use crate::run_lock::{FolderLock, RECIPE_LOCK};
@@ -90,7 +90,7 @@ pub enum RecipeCommand {
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
-        stage: String,
+        stage: StageId,
         #[command(flatten)]
         device: DeviceArgs,
     },
@@ -156,7 +156,7 @@ pub fn run(command: RecipeCommand) -> Result<()> {
         RecipeCommand::Stage { recipe, out, stage, device } => {
             let parsed = Recipe::load(&recipe)?;
             let plan = Plan { recipe: &parsed, out: resolve(&out), device };
-            if stage == REPORT_STAGE {
+            if stage == StageId::Report {
                 return crate::recipe::runner::write_report(&plan);
             }
             plan.stage(&stage)?.run(&btx()?, &indicatif::MultiProgress::new())?;

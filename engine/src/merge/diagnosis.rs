@@ -8,7 +8,7 @@
 //! that expert), to be evaluated beside the expert itself.
 
 use anyhow::{Result, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::plan::{MergePlan, Source, outputs_like};
 use super::{MergeInput, check_same_architecture, ffn_tensor, normalized_weights};
@@ -17,7 +17,7 @@ use super::{MergeInput, check_same_architecture, ffn_tensor, normalized_weights}
 /// (weighted) average a, over every non-FFN tensor together:
 ///   from_seed    = ||m - s|| / ||s||   (relative to the seed's norm)
 ///   from_average = ||m - a|| / ||m||   (relative to the member's own norm)
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     pub member: String,
     pub from_seed: f64,

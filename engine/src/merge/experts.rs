@@ -14,14 +14,14 @@ use anyhow::{Result, bail};
 
 use super::mix::{ffn_expert_outputs, member_attention_outputs};
 use super::plan::{MergePlan, Output, Source};
+use super::record::{MERGE_RECORD_FILE, MergeRecord};
 use super::router_init::random_router;
 use super::{MergeInput, check_same_architecture};
 use crate::checkpoint::tensor_names;
 use crate::checkpoint::tensor_file::HostTensor;
 use crate::config::ModelConfig;
 
-const ROUTED: &str = ".block_sparse_moe.experts.";
-const ATTENTION: &str = ".attention_experts.experts.";
+use tensor_names::{ATTENTION_EXPERTS as ATTENTION, ROUTED_EXPERTS as ROUTED};
 
 /// The routed experts of an MoE, and their names (from the merge record, else their numbers).
 pub struct MoeExperts {
@@ -97,7 +97,7 @@ fn edited_outputs(moe: &MergeInput, routed: &[Option<usize>], attention: &[Optio
         let output = |n: String, source| Output { name: n, shape: shape.to_vec(), source };
         if let Some(renamed) = renumbered(name, ROUTED, routed).or_else(|| renumbered(name, ATTENTION, attention)) {
             outputs.extend(renamed.map(|n| output(n, Source::whole(0, name))));
-        } else if name.ends_with(".block_sparse_moe.gate.weight") || name.ends_with(".attention_experts.gate.weight") {
+        } else if tensor_names::is_router(name) {
             let layer = layer_of(name).unwrap_or(0);
             let (map, extra) = if name.contains("attention") { (attention, &extra_rows.attention) } else { (routed, &extra_rows.routed) };
             let router = router_rows(&moe.read(name)?, map, extra.get(layer).map_or(&[][..], |r| r.as_slice()));
@@ -178,7 +178,7 @@ pub fn add_expert<'a>(moe: &'a MergeInput, expert: &'a MergeInput, name: &str, r
         let router = moe.read(&tensor_names::router(layer))?;
         extra.routed.push(vec![new_row(&router, rows, layer); split]);
         if attention_count > 0 {
-            let attention_router = moe.read(&format!("model.layers.{layer}.attention_experts.gate.weight"))?;
+            let attention_router = moe.read(&format!("model.layers.{layer}{}", tensor_names::ATTENTION_ROUTER_END))?;
             extra.attention.push(vec![new_row(&attention_router, rows, layer)]);
         }
     }
@@ -227,13 +227,16 @@ fn new_row(router: &HostTensor, rows: &AddedRouterRows, layer: usize) -> Vec<f32
 /// Writes an edited MoE to `out` (atomically, streamed) with a merge.json that names its
 /// experts and the edit, and the MoE's tokenizer.
 pub fn write_edited(plan: &MergePlan, moe: &MergeInput, out: &Path, edit: &str, expert: &str, names: &[String]) -> Result<()> {
-    let record = serde_json::json!({
-        "method": edit,
-        "sources": [moe.path.display().to_string()],
-        "expert": expert,
-        "expert_names": names,
-    });
-    let mut extra = vec![("merge.json", serde_json::to_string_pretty(&record)?)];
+    let record = MergeRecord {
+        method: edit.to_string(),
+        sources: vec![moe.path.display().to_string()],
+        weights: None,
+        moe: None,
+        expert: Some(expert.to_string()),
+        expert_names: names.to_vec(),
+        drift: None,
+    };
+    let mut extra = vec![(MERGE_RECORD_FILE, record.to_json()?)];
     extra.extend(super::request::shared_tokenizer(&[moe]).map(|t| ("tokenizer.json", t)));
     plan.write(out, &extra)?;
     eprintln!("wrote {} ({} experts: {})", out.display(), names.len(), names.join(", "));

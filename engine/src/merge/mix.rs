@@ -203,7 +203,7 @@ fn attention_expert_outputs(config: &ModelConfig, members: usize, shared_kv: boo
     let mut outputs = Vec::new();
     for layer in 0..config.n_layers {
         let ours = format!("model.layers.{layer}.attention_experts");
-        let theirs = |proj: &str| format!("model.layers.{layer}.self_attn.{proj}.weight");
+        let theirs = |proj: &str| crate::checkpoint::tensor_names::self_attention(layer, proj);
         for e in 0..members {
             outputs.extend(member_attention_outputs(config, layer, e, e, shared_kv));
         }
@@ -230,9 +230,9 @@ pub(crate) fn member_attention_outputs(config: &ModelConfig, layer: usize, membe
     let own: &[(&str, usize)] = if shared_kv { &[("q_proj", d), ("o_proj", d)] } else { &[("q_proj", d), ("o_proj", d), ("k_proj", kv_dim), ("v_proj", kv_dim)] };
     own.iter()
         .map(|&(proj, rows)| Output {
-            name: format!("model.layers.{layer}.attention_experts.experts.{expert}.{proj}.weight"),
+            name: crate::checkpoint::tensor_names::attention_expert(layer, expert, proj),
             shape: vec![rows, d],
-            source: Source::whole(member, &format!("model.layers.{layer}.self_attn.{proj}.weight")),
+            source: Source::whole(member, &crate::checkpoint::tensor_names::self_attention(layer, proj)),
         })
         .collect()
 }

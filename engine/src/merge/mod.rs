@@ -10,8 +10,10 @@
 pub mod average;
 pub mod diagnosis;
 pub mod experts;
+pub mod method;
 pub mod mix;
 pub mod plan;
+pub mod record;
 pub mod request;
 pub mod router_data;
 pub mod router_init;
@@ -27,7 +29,12 @@ use crate::checkpoint::tensor_file::{HostTensor, TensorMap, read_tensors};
 use crate::checkpoint::{MODEL_FILE, read_model_config, resolve_checkpoint};
 use crate::checkpoint::tensor_names::Projection;
 use crate::config::ModelConfig;
-pub use request::{MergeMethod, MergeRequest, check_router_init, expert_names};
+pub use method::MergeMethod;
+pub use request::{MergeRequest, RuleError, check_router_init, expert_names};
+
+/// The name of the seed when BTX keeps it as one more expert (Sukhbaatar et al. 2024, §2:
+/// the seed's FFN as a generalist expert beside the domain experts).
+pub const GENERALIST: &str = "generalist";
 
 /// A dense checkpoint to merge. Its tensors are read on demand from the file (`load`) or
 /// were read whole up front (`load_in_memory`); both give the same merge, bit for bit.

@@ -1,9 +1,15 @@
 //! Router initialisation from data (mergekit's "hidden" mode, and mean token embeddings):
 //! each member model reads sequences of its own domain data, and the mean of what the router
 //! will see (the FFN input at each layer, or the token embedding) becomes that member's row.
+//! Also BTM's posterior weights of a forest. Both run the members forward, so a recipe
+//! measures them in a stage of their own, on its device (`btx measure`), and the merge,
+//! which needs no device, reads the result.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::router_init::RouterInit;
 use crate::checkpoint::{load_model, resolve_checkpoint};
@@ -62,4 +68,46 @@ pub fn posterior_weights(members: &[std::path::PathBuf], config_path: &std::path
     let seqs = domain_sequences(config_path).with_context(|| format!("--posterior-data {}", config_path.display()))?;
     let models = members.iter().map(|m| Ok(load_model(&resolve_checkpoint(m)?, device)?.1)).collect::<Result<Vec<_>>>()?;
     Ok(crate::ensemble::mean_domain_posterior(&models, &seqs, 8, device))
+}
+
+/// What `btx measure` measures (a recipe writes it into the stage's `stage.ron`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub enum Measurement {
+    /// Each member's mean router input on its own data (router_init Embedding or Hidden);
+    /// `data` holds each member's training config, in the members' order.
+    RouterDirections { members: Vec<PathBuf>, data: Vec<PathBuf>, mode: RouterInit },
+    /// The members' mean domain posterior on the data of the training config `data`.
+    Posterior { members: Vec<PathBuf>, data: PathBuf },
+}
+
+/// What it measured: `measured.json`, which `MergeRequest::measured` names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Measured {
+    /// `[layer][member][d_model]`.
+    RouterDirections(Vec<Vec<Vec<f32>>>),
+    /// One weight per member, summing to 1.
+    Posterior(Vec<f64>),
+}
+
+pub const MEASURED_FILE: &str = "measured.json";
+
+impl Measurement {
+    pub fn run(&self, device: &Device) -> Result<Measured> {
+        Ok(match self {
+            Self::RouterDirections { members, data, mode } => Measured::RouterDirections(router_directions(members, data, *mode, device)?),
+            Self::Posterior { members, data } => Measured::Posterior(posterior_weights(members, data, device)?),
+        })
+    }
+}
+
+impl Measured {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {} (written by btx measure)", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not a measurement written by btx measure", path.display()))
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::fsutil::write_atomic(path, serde_json::to_string(self)?.as_bytes())
+    }
 }

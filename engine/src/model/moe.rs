@@ -10,7 +10,7 @@
 use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 
 use super::ffn::FeedForward;
 use super::init::linear;
@@ -46,6 +46,9 @@ pub struct MoeAux {
     pub router_prob_sum: Option<Tensor<1>>,
     /// Tokens this layer routed.
     pub tokens: usize,
+    /// `[1]`: the router's entropy H(softmax(W x)) summed over the tokens (nats; ln E when
+    /// the router cannot tell experts apart, 0 when it is sure); evaluation only.
+    pub router_entropy_sum: Option<Tensor<1>>,
     /// `[tokens, k]`: the experts each token was routed to (top-k: largest gate first; soft:
     /// every expert). A device tensor, read only by whoever shows routing per token.
     pub experts: Tensor<2, Int>,
@@ -108,6 +111,10 @@ impl MoeLayer {
         // from these sums; nothing else needs them.
         let pooled = self.config.balance == Balance::Mixtral && self.config.load_balance > 0.0;
         let router_prob_sum = pooled.then(|| softmax(logits.clone(), 1).sum_dim(0).reshape([self.experts.len()]));
+        let router_entropy_sum = (!ctx.training).then(|| {
+            let log_p = log_softmax(logits.clone(), 1);
+            (log_p.clone().exp() * log_p).sum().neg()
+        });
         if self.config.load_balance > 0.0 && self.config.balance == Balance::PerLayer {
             loss = loss + load_balancing_loss(logits.clone(), selection.dense_gates(self.experts.len()), self.config.load_balance);
         }
@@ -117,6 +124,7 @@ impl MoeLayer {
         let aux = MoeAux {
             requested: dispatched.requested,
             router_prob_sum,
+            router_entropy_sum,
             tokens: batch * seq,
             experts: selection.experts.clone(),
             loss,

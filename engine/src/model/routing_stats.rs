@@ -1,5 +1,6 @@
 //! Routing statistics per MoE layer: the share of token assignments each expert received,
-//! and the share dropped for capacity. Summed over batches during training or evaluation.
+//! and the share dropped for capacity. Summed over batches during training or evaluation;
+//! at evaluation also the routers' mean entropy.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,18 @@ pub struct LayerRouting {
     pub expert_tokens: Vec<usize>,
     pub dropped: usize,
     pub assignments: usize,
+    /// Evaluation: the router's entropy summed over `entropy_tokens` tokens.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub entropy_sum: f64,
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub entropy_tokens: usize,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
+}
+fn is_zero_count(n: &usize) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +46,10 @@ impl RoutingStats {
             }
             layer.dropped += a.dropped;
             layer.assignments += a.assignments;
+            if let Some(h) = &a.router_entropy_sum {
+                layer.entropy_sum += h.clone().into_scalar::<f32>() as f64;
+                layer.entropy_tokens += a.tokens;
+            }
         }
     }
 
@@ -45,6 +62,14 @@ impl RoutingStats {
                 l.expert_tokens.iter().map(|&n| n as f64 / total).collect()
             })
             .collect()
+    }
+
+    /// Per layer, the router's mean entropy per token (nats; empty unless evaluated).
+    pub fn entropies(&self) -> Vec<f64> {
+        if self.layers.iter().any(|l| l.entropy_tokens == 0) {
+            return vec![];
+        }
+        self.layers.iter().map(|l| l.entropy_sum / l.entropy_tokens as f64).collect()
     }
 
     /// The share of all assignments dropped for capacity.

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ModelConfig, read_ron};
 use crate::data::DomainConfig;
+pub use crate::merge::MergeMethod;
 use crate::merge::mix::MoeOptions;
-use crate::train::OptimizerConfig;
+use crate::train::{OptimizerConfig, OptimizerSettings};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +26,18 @@ pub struct Recipe {
     pub val_fraction: f64,
     /// Every domain: experts and mixtures name them; evaluation reports each.
     pub domains: Vec<DomainConfig>,
+    /// The optimizer of the seed, and every stage's unless it changes it: the experts'
+    /// (`expert_optimizer`, an expert's own `optimizer`), the finetune's (`finetune.optimizer`)
+    /// and the dense baselines' (`baseline_optimizer`).
     pub optimizer: OptimizerConfig,
+    /// Changes to `optimizer` for every expert and later expert: BTX's experts continue the
+    /// seed's pretraining, typically at a lower peak learning rate (an expert's own
+    /// `optimizer` changes this in turn).
+    #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
+    pub expert_optimizer: OptimizerSettings,
+    /// Changes to `optimizer` for the dense baselines (compute- and data-matched).
+    #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
+    pub baseline_optimizer: OptimizerSettings,
     pub batch_size: usize,
     #[serde(default)]
     pub seed: u64,
@@ -100,29 +112,9 @@ pub struct Expert {
     /// Domains and their weights in this expert's training data.
     pub data: Vec<(String, f64)>,
     pub steps: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum MergeMethod {
-    /// BTX MiX: expert FFNs -> MoE experts, the rest averaged, routers added; finetuned.
-    Btx,
-    /// BAM: BTX that also keeps each member's attention as a softly routed attention expert;
-    /// with `shared_kv`, one averaged key/value projection for all of them; finetuned.
-    Bam {
-        #[serde(default)]
-        shared_kv: bool,
-    },
-    /// Sparse upcycling of the seed into `experts` copies; with `drop_ratio` r > 0,
-    /// Drop-Upcycling (r of each copy's FFN hidden units re-initialised); finetuned.
-    Upcycle {
-        experts: usize,
-        #[serde(default)]
-        drop_ratio: f64,
-    },
-    /// BTM parameter average of the experts.
-    Average,
-    /// BTM ensemble of the experts (evaluation only), keeping the `top_k` most probable.
-    Ensemble { top_k: Option<usize> },
+    /// Changes to the recipe's `expert_optimizer` for this expert.
+    #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
+    pub optimizer: OptimizerSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,9 +134,20 @@ pub struct Finetune {
     /// Domain weights (default: every domain equally).
     #[serde(default)]
     pub mixture: Option<Vec<(String, f64)>>,
-    /// Peak learning rate (default: the recipe optimizer's).
+    /// Peak learning rate (default: the recipe optimizer's); short for `optimizer: (lr: ...)`.
     #[serde(default)]
     pub lr: Option<f64>,
+    /// Changes to the recipe's `optimizer` for every MoE finetune (and for training a later
+    /// expert inside an MoE), e.g. `(warmup_steps: 10, router_lr_multiplier: 10.0)`.
+    #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
+    pub optimizer: OptimizerSettings,
+}
+
+impl Finetune {
+    /// The finetune's changes to the recipe's optimizer (`lr` folded in).
+    pub fn optimizer(&self) -> OptimizerSettings {
+        OptimizerSettings { lr: self.optimizer.lr.or(self.lr), ..self.optimizer.clone() }
+    }
 }
 
 /// How every model of a recipe is evaluated; a field left out takes `Default`'s value.
@@ -167,31 +170,12 @@ impl Default for EvalSettings {
     }
 }
 
-impl MergeMethod {
-    /// Merges that build an MoE, which is then finetuned.
-    pub fn is_moe(&self) -> bool {
-        matches!(self, Self::Btx | Self::Bam { .. } | Self::Upcycle { .. })
-    }
-
-    /// MoE merges whose experts are the recipe's experts (BTX and BAM; not upcycling).
-    pub fn mixes_experts(&self) -> bool {
-        matches!(self, Self::Btx | Self::Bam { .. })
-    }
-
-    /// The `btx merge` method that builds it (None for the ensemble, which is evaluated, not
-    /// merged).
-    pub fn merge_method(&self) -> Option<crate::merge::MergeMethod> {
-        match self {
-            Self::Btx => Some(crate::merge::MergeMethod::Btx),
-            Self::Bam { .. } => Some(crate::merge::MergeMethod::Bam),
-            Self::Upcycle { .. } => Some(crate::merge::MergeMethod::Upcycle),
-            Self::Average => Some(crate::merge::MergeMethod::Average),
-            Self::Ensemble { .. } => None,
-        }
-    }
-}
-
 impl Recipe {
+    /// The optimizer changes of an expert or later expert: its own over the recipe's.
+    pub fn expert_optimizer_of(&self, expert: &Expert) -> OptimizerSettings {
+        expert.optimizer.over(&self.expert_optimizer)
+    }
+
     /// The MoE options of `merge`: its own, else the recipe's.
     pub fn moe_of<'a>(&'a self, merge: &'a Merge) -> &'a MoeOptions {
         merge.moe.as_ref().unwrap_or(&self.moe)
@@ -272,20 +256,28 @@ impl Recipe {
         if self.experts.is_empty() {
             bail!("{origin}: field `experts` is empty; a recipe needs at least one expert");
         }
+        self.check_optimizer(origin, "expert_optimizer", &self.expert_optimizer, false)?;
         let mut names = std::collections::HashSet::new();
         let all_experts = self.experts.iter().map(|e| ("experts", e)).chain(self.later_experts.iter().map(|e| ("later_experts", e)));
         for (i, (field, e)) in all_experts.enumerate() {
             let i = if field == "experts" { i } else { i - self.experts.len() };
-            if !names.insert(&e.name) || e.name.is_empty() || e.name.contains('/') || e.name == "generalist" {
+            if !names.insert(&e.name) || e.name.is_empty() || e.name.contains('/') || e.name == crate::merge::GENERALIST {
                 bail!("{origin}: field `{field}[{i}].name`: `{}` must be unique among all experts, not `generalist`, and a valid folder name", e.name);
             }
             check_mixture(&format!("{field}[{i}].data"), &e.data)?;
+            self.check_optimizer(origin, &format!("{field}[{i}].optimizer"), &self.expert_optimizer_of(e), false)?;
             if e.steps == 0 {
                 bail!("{origin}: field `{field}[{i}].steps` must be at least 1");
             }
         }
         self.validate_merges(origin)?;
         self.spike_guard.validate(origin)?;
+        self.optimizer.validate(origin, "optimizer")?;
+        self.check_optimizer(origin, "baseline_optimizer", &self.baseline_optimizer, false)?;
+        if self.finetune.lr.is_some() && self.finetune.optimizer.lr.is_some() {
+            bail!("{origin}: fields `finetune.lr` and `finetune.optimizer.lr` both set the finetune's learning rate; keep one");
+        }
+        self.check_optimizer(origin, "finetune.optimizer", &self.finetune.optimizer(), true)?;
         if let Some(mixture) = &self.finetune.mixture {
             check_mixture("finetune.mixture", mixture)?;
         }
@@ -312,37 +304,28 @@ impl Recipe {
         Ok(())
     }
 
-    /// Each merge's name, method and MoE options.
+    /// A stage's optimizer changes, checked as the optimizer they make; only MoE finetunes
+    /// have routers to give a learning-rate multiplier.
+    fn check_optimizer(&self, origin: &str, field: &str, settings: &OptimizerSettings, routers: bool) -> Result<()> {
+        if !routers && settings.router_lr_multiplier.is_some() {
+            bail!("{origin}: field `{field}.router_lr_multiplier`: this stage trains a dense model, which has no router (set it in `finetune.optimizer`)");
+        }
+        settings.apply(&self.optimizer).validate(origin, field)
+    }
+
+    /// Each merge's name, and its request checked by the rules of `btx merge` (one rule set).
     fn validate_merges(&self, origin: &str) -> Result<()> {
+        let plan = super::plan::Plan { recipe: self, out: PathBuf::from("RUN"), device: crate::device::DeviceArgs::new(crate::device::DeviceChoice::Auto) };
+        let (seed, _) = plan.seed()?;
         let mut merge_names = std::collections::HashSet::new();
         for (i, m) in self.merges.iter().enumerate() {
             if !merge_names.insert(&m.name) || m.name.is_empty() || m.name.contains('/') {
                 bail!("{origin}: field `merges[{i}].name`: `{}` must be unique and a valid folder name", m.name);
             }
-            let moe = self.moe_of(m);
-            if let Some(method) = m.method.merge_method() {
-                crate::merge::check_router_init(method, moe.router_init).map_err(|e| anyhow::anyhow!("{origin}: field `merges[{i}]`: {e}"))?;
+            if let MergeMethod::Transplant { .. } = m.method {
+                bail!("{origin}: field `merges[{i}].method`: a transplant diagnoses the BTX merge; set `diagnose_merge: true` instead");
             }
-            let shared_seed = moe.shared_expert == crate::merge::mix::SharedExpert::Seed;
-            let members = match m.method {
-                MergeMethod::Btx | MergeMethod::Bam { .. } if shared_seed && !self.keep_seed => {
-                    bail!("{origin}: field `merges[{i}].moe.shared_expert`: Seed makes the seed the shared expert, but `keep_seed` is false")
-                }
-                MergeMethod::Btx | MergeMethod::Bam { .. } => self.experts.len() + (self.keep_seed && !shared_seed) as usize,
-                MergeMethod::Upcycle { experts, drop_ratio } => {
-                    if !(0.0..=1.0).contains(&drop_ratio) {
-                        bail!("{origin}: field `merges[{i}].method`: drop_ratio must be between 0 and 1, found {drop_ratio}");
-                    }
-                    experts
-                }
-                _ if moe.shared_expert != crate::merge::mix::SharedExpert::None => {
-                    bail!("{origin}: field `merges[{i}].moe.shared_expert`: a shared expert is part of an MoE; {:?} builds none", m.method)
-                }
-                _ => continue,
-            };
-            if members == 0 || moe.top_k == 0 || moe.top_k > members {
-                bail!("{origin}: field `merges[{i}]`: top_k ({}) must be between 1 and the number of experts ({members})", moe.top_k);
-            }
+            plan.merge_request(m, &seed).check().map_err(|e| anyhow::anyhow!("{origin}: field `merges[{i}].{}`: {e}", e.field))?;
         }
         Ok(())
     }

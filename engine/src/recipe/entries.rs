@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::config::{MergeMethod, SeedModel};
 use super::plan::{Plan, slug, strings};
 use super::stage::{Stage, model_file};
+use super::stage_id::StageId;
 
 /// What a compared model is, for the report's tables and plots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -39,24 +40,72 @@ impl EntryKind {
     }
 }
 
+/// Which model an entry is: the report's label is derived from it, and the report's
+/// sections find their rows by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelId {
+    Seed,
+    Expert(String),
+    /// A MoE merge before its finetune.
+    Unfinetuned(String),
+    /// What a merge of the recipe finally is: the finetuned MoE, the average, the ensemble.
+    Merged(String),
+    /// A merge joined by the later experts (BTM's grown forest; BTX and BAM models with
+    /// `added_only` before the new experts' weights are trained).
+    Grown { merge: String, later: Vec<String>, added_only: bool },
+    Dense,
+    DenseData,
+    /// A BTX member's FFN in the averaged shared weights (a diagnosis).
+    Transplant(String),
+}
+
+impl std::fmt::Display for ModelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Seed => f.write_str("seed"),
+            Self::Expert(name) => write!(f, "expert {name}"),
+            Self::Unfinetuned(merge) => write!(f, "{merge} (before finetune)"),
+            Self::Merged(merge) => f.write_str(merge),
+            Self::Grown { merge, later, added_only } => {
+                write!(f, "{merge}")?;
+                later.iter().try_for_each(|l| write!(f, " + {l}"))?;
+                if *added_only { f.write_str(" (added)") } else { Ok(()) }
+            }
+            Self::Dense => f.write_str("dense"),
+            Self::DenseData => f.write_str("dense (data-matched)"),
+            Self::Transplant(member) => write!(f, "{member} in averaged shared weights"),
+        }
+    }
+}
+
 /// A model the report compares.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub label: String,
+    pub model: ModelId,
     pub kind: EntryKind,
     /// Stages whose training it includes (for tokens and FLOPs).
-    pub lineage: Vec<String>,
+    pub lineage: Vec<StageId>,
     /// MoE models and ensembles: the name of each expert (routing plots).
     pub experts: Vec<String>,
 }
 
 impl Entry {
-    pub(super) fn new(label: impl Into<String>, kind: EntryKind, lineage: Vec<String>) -> Self {
-        Self { label: label.into(), kind, lineage, experts: vec![] }
+    pub(super) fn new(model: ModelId, kind: EntryKind, lineage: Vec<StageId>) -> Self {
+        Self { model, kind, lineage, experts: vec![] }
     }
 
     pub(super) fn with_experts(self, experts: Vec<String>) -> Self {
         Self { experts, ..self }
+    }
+
+    /// The model's label in the report's tables and figures.
+    pub fn label(&self) -> String {
+        self.model.to_string()
+    }
+
+    /// Its evaluation stage.
+    pub fn eval_stage(&self) -> StageId {
+        StageId::Eval(slug(&self.label()))
     }
 }
 
@@ -64,84 +113,97 @@ impl Plan<'_> {
     /// Every model the report compares, with how it is evaluated.
     pub fn entries(&self, seed: &Path) -> Vec<(Entry, Stage)> {
         let r = self.recipe;
-        let seed_stage = matches!(r.seed_model, SeedModel::Train { .. }).then(|| "seed".to_string());
-        let experts: Vec<String> = r.experts.iter().map(|e| format!("experts/{}", e.name)).collect();
-        let with_seed = |mut v: Vec<String>| {
+        let seed_stage = matches!(r.seed_model, SeedModel::Train { .. }).then_some(StageId::Seed);
+        let experts: Vec<StageId> = r.experts.iter().map(|e| StageId::Expert(e.name.clone())).collect();
+        let with_seed = |mut v: Vec<StageId>| {
             v.splice(0..0, seed_stage.clone());
             v
         };
-        let mut list: Vec<(Entry, PathBuf)> = vec![(Entry::new("seed", EntryKind::Seed, with_seed(vec![])), seed.to_path_buf())];
-        for e in &experts {
-            let label = e.trim_start_matches("experts/").to_string();
-            list.push((Entry::new(format!("expert {label}"), EntryKind::Expert, with_seed(vec![e.clone()])), self.dir(e)));
+        let mut list: Vec<(Entry, PathBuf)> = vec![(Entry::new(ModelId::Seed, EntryKind::Seed, with_seed(vec![])), seed.to_path_buf())];
+        for (e, id) in r.experts.iter().zip(&experts) {
+            list.push((Entry::new(ModelId::Expert(e.name.clone()), EntryKind::Expert, with_seed(vec![id.clone()])), self.dir(id)));
         }
         let mut ensembles = Vec::new();
         for m in &r.merges {
-            let merged = self.dir(&format!("merges/{}", m.name));
+            let merged = self.dir(&StageId::Merge(m.name.clone()));
             match m.method {
                 MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Upcycle { .. } => {
                     let trained = if m.method.mixes_experts() { with_seed(experts.clone()) } else { with_seed(vec![]) };
                     let names = self.expert_names(m);
-                    list.push((Entry::new(format!("{} (before finetune)", m.name), EntryKind::Merge, trained.clone()).with_experts(names.clone()), merged));
+                    let unfinetuned = ModelId::Unfinetuned(m.name.clone());
+                    list.push((Entry::new(unfinetuned, EntryKind::Merge, trained.clone()).with_experts(names.clone()), merged));
                     let mut ft = trained;
-                    ft.push(format!("finetune/{}", m.name));
-                    list.push((Entry::new(m.name.clone(), EntryKind::Final, ft).with_experts(names), self.dir(&format!("finetune/{}", m.name))));
+                    let finetune = StageId::Finetune(m.name.clone());
+                    ft.push(finetune.clone());
+                    list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, ft).with_experts(names), self.dir(&finetune)));
                 }
-                MergeMethod::Average => list.push((Entry::new(m.name.clone(), EntryKind::Final, with_seed(experts.clone())), merged)),
+                MergeMethod::Average => list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, with_seed(experts.clone())), merged)),
                 MergeMethod::Ensemble { top_k } => {
-                    ensembles.push((m.name.clone(), top_k, experts.clone()));
-                    if let Some((label, members)) = self.grown_ensemble(&m.name, &experts) {
-                        ensembles.push((label, top_k, members));
+                    ensembles.push((ModelId::Merged(m.name.clone()), top_k, experts.clone()));
+                    if let Some((model, members)) = self.grown_ensemble(&m.name, &experts) {
+                        ensembles.push((model, top_k, members));
                     }
                 }
+                // Refused by the recipe's checks (`diagnose_merge` makes the transplants).
+                MergeMethod::Transplant { .. } => {}
             }
         }
         list.extend(self.grown_entries(&with_seed(experts.clone())));
         if r.dense_baseline {
-            list.push((Entry::new("dense", EntryKind::Final, with_seed(vec!["dense".into()])), self.dir("dense")));
+            list.push((Entry::new(ModelId::Dense, EntryKind::Final, with_seed(vec![StageId::Dense])), self.dir(&StageId::Dense)));
         }
         if r.data_matched_baseline {
-            list.push((Entry::new("dense (data-matched)", EntryKind::Final, with_seed(vec!["dense-data".into()])), self.dir("dense-data")));
+            list.push((Entry::new(ModelId::DenseData, EntryKind::Final, with_seed(vec![StageId::DenseData])), self.dir(&StageId::DenseData)));
         }
         for (name, _) in if r.diagnose_merge { self.btx_members(seed) } else { vec![] } {
-            let label = format!("{name} in averaged shared weights");
-            list.push((Entry::new(label, EntryKind::Diagnosis, with_seed(experts.clone())), self.dir(&format!("diagnosis/{name}"))));
+            let dir = self.dir(&StageId::Diagnosis(name.clone()));
+            list.push((Entry::new(ModelId::Transplant(name), EntryKind::Diagnosis, with_seed(experts.clone())), dir));
         }
-        let data = self.eval_data_path();
-        let e = &r.eval;
-        let mut out: Vec<(Entry, Stage)> = list
-            .into_iter()
-            .map(|(entry, ckpt)| {
-                let dir = self.dir(&format!("eval/{}", slug(&entry.label)));
-                let mut args = strings(&[
-                    "eval", "--checkpoint", &ckpt.display().to_string(), "--config", &data.display().to_string(),
-                    "--batches", &e.batches.to_string(),
-                    "--arithmetic", &e.arithmetic_problems.to_string(), "--json", &dir.join("eval.json").display().to_string(),
-                ]);
-                args.extend(self.device.to_args());
-                let inputs = [model_file(&ckpt), data.clone()].into_iter().chain(self.data_inputs()).collect();
-                let stage = Stage { name: format!("eval/{}", slug(&entry.label)), dir, args, config: None, inputs };
-                (entry, stage)
+        let mut out: Vec<(Entry, Stage)> = list.into_iter().map(|(entry, checkpoint)| self.eval_stage(entry, &checkpoint)).collect();
+        out.extend(ensembles.into_iter().map(|(model, top_k, members)| self.ensemble_stage(model, top_k, members, &with_seed)));
+        out
+    }
+
+    /// `btx eval` of one checkpoint on every domain.
+    fn eval_stage(&self, entry: Entry, checkpoint: &Path) -> (Entry, Stage) {
+        let (data, e) = (self.eval_data_path(), &self.recipe.eval);
+        let id = entry.eval_stage();
+        let dir = self.dir(&id);
+        let mut args = strings(&[
+            "eval", "--checkpoint", &checkpoint.display().to_string(), "--config", &data.display().to_string(),
+            "--batches", &e.batches.to_string(),
+            "--arithmetic", &e.arithmetic_problems.to_string(), "--json", &dir.join("eval.json").display().to_string(),
+        ]);
+        args.extend(self.device.to_args());
+        let inputs = [model_file(checkpoint), data.clone()].into_iter().chain(self.data_inputs()).collect();
+        (entry, Stage { id, dir, args, config: None, inputs })
+    }
+
+    /// `btx ensemble` of the member stages' checkpoints (BTM's ensemble, Li et al. 2022, §3).
+    fn ensemble_stage(&self, model: ModelId, top_k: Option<usize>, members: Vec<StageId>, with_seed: &dyn Fn(Vec<StageId>) -> Vec<StageId>) -> (Entry, Stage) {
+        let (data, e) = (self.eval_data_path(), &self.recipe.eval);
+        let names = members
+            .iter()
+            .map(|m| match m {
+                StageId::Expert(name) => name.clone(),
+                other => other.to_string(),
             })
             .collect();
-        for (name, top_k, members) in ensembles {
-            let dir = self.dir(&format!("eval/{}", slug(&name)));
-            let mut args = strings(&["ensemble", "--config", &data.display().to_string(),
-                "--prior-sequences", &e.ensemble_prior_sequences.to_string(), "--eval-sequences", &e.ensemble_sequences.to_string(),
-                "--json", &dir.join("eval.json").display().to_string()]);
-            args.extend(self.device.to_args());
-            if let Some(k) = top_k {
-                args.extend(strings(&["--top-k", &k.to_string()]));
-            }
-            args.push("--experts".into());
-            args.extend(members.iter().map(|x| self.dir(x).display().to_string()));
-            let mut inputs: Vec<PathBuf> = members.iter().map(|x| model_file(&self.dir(x))).collect();
-            inputs.push(data.clone());
-            inputs.extend(self.data_inputs());
-            let names = members.iter().map(|x| x.trim_start_matches("experts/").to_string()).collect();
-            let entry = Entry::new(name.clone(), EntryKind::Final, with_seed(members.clone())).with_experts(names);
-            out.push((entry, Stage { name: format!("eval/{}", slug(&name)), dir, args, config: None, inputs }));
+        let entry = Entry::new(model, EntryKind::Final, with_seed(members.clone())).with_experts(names);
+        let id = entry.eval_stage();
+        let dir = self.dir(&id);
+        let mut args = strings(&["ensemble", "--config", &data.display().to_string(),
+            "--prior-sequences", &e.ensemble_prior_sequences.to_string(), "--eval-sequences", &e.ensemble_sequences.to_string(),
+            "--json", &dir.join("eval.json").display().to_string()]);
+        args.extend(self.device.to_args());
+        if let Some(k) = top_k {
+            args.extend(strings(&["--top-k", &k.to_string()]));
         }
-        out
+        args.push("--experts".into());
+        args.extend(members.iter().map(|x| self.dir(x).display().to_string()));
+        let mut inputs: Vec<PathBuf> = members.iter().map(|x| model_file(&self.dir(x))).collect();
+        inputs.push(data);
+        inputs.extend(self.data_inputs());
+        (entry, Stage { id, dir, args, config: None, inputs })
     }
 }

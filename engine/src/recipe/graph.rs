@@ -6,109 +6,117 @@ use anyhow::{Context, Result};
 use super::config::{MergeMethod, SeedModel};
 use super::plan::Plan;
 use super::stage::Stage;
+use super::stage_id::{GrowStep, StageId};
 
 /// A stage of the run and the stages it waits for: what both schedulers run from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageNode {
-    pub name: String,
-    pub after: Vec<String>,
+    pub id: StageId,
+    pub after: Vec<StageId>,
 }
-
-/// The last stage of every run: the report, after every evaluation.
-pub const REPORT_STAGE: &str = "report";
 
 impl Plan<'_> {
     /// Every stage of the run with its dependencies, each after the stages it waits for.
     /// Needs no stage to have run (the evaluations' dependencies are read from their inputs).
     pub fn graph(&self) -> Result<Vec<StageNode>> {
         let r = self.recipe;
-        let node = |name: String, after: Vec<String>| StageNode { name, after };
+        let node = |id: StageId, after: Vec<StageId>| StageNode { id, after };
         // Every domain is tokenized first; what trains waits for the seed, which waits for
         // the data (with a given seed checkpoint, the stages wait for the data directly).
-        let data = self.data_stage_names();
+        let data = self.data_stage_ids();
         let mut nodes: Vec<StageNode> = data.iter().map(|d| node(d.clone(), vec![])).collect();
-        let seed: Vec<String> = match r.seed_model {
+        let seed: Vec<StageId> = match r.seed_model {
             SeedModel::Train { .. } => {
-                nodes.push(node("seed".into(), data.clone()));
-                vec!["seed".to_string()]
+                nodes.push(node(StageId::Seed, data.clone()));
+                vec![StageId::Seed]
             }
             SeedModel::Checkpoint(_) => data,
         };
-        let experts: Vec<String> = r.experts.iter().map(|e| format!("experts/{}", e.name)).collect();
+        let experts: Vec<StageId> = r.experts.iter().map(|e| StageId::Expert(e.name.clone())).collect();
         nodes.extend(experts.iter().map(|e| node(e.clone(), seed.clone())));
         // The first BTX merge sets the FLOPs budget of the compute-matched baselines.
-        let budget: Vec<String> = r.merges.iter().find(|m| m.method == MergeMethod::Btx).map(|m| format!("merges/{}", m.name)).into_iter().collect();
+        let budget: Vec<StageId> = r.merges.iter().find(|m| m.method == MergeMethod::Btx).map(|m| StageId::Merge(m.name.clone())).into_iter().collect();
+        let (seed_dir, _) = self.seed()?;
+        let measured: Vec<StageId> = self.router_data_stages(&seed_dir)?.into_iter().map(|s| s.id).collect();
         for m in &r.merges {
-            let after = match m.method {
+            let mut after: Vec<StageId> = match m.method {
                 MergeMethod::Btx | MergeMethod::Bam { .. } if r.keep_seed => experts.iter().chain(&seed).cloned().collect(),
                 MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Average => experts.clone(),
                 MergeMethod::Upcycle { .. } => seed.clone(),
-                MergeMethod::Ensemble { .. } => continue,
+                MergeMethod::Ensemble { .. } | MergeMethod::Transplant { .. } => continue,
             };
-            nodes.push(node(format!("merges/{}", m.name), after));
+            // A merge whose routers start from data waits for their measurement, which
+            // waits for what the merge would have.
+            let router_data = StageId::RouterData(m.name.clone());
+            if measured.contains(&router_data) {
+                nodes.push(node(router_data.clone(), after));
+                after = vec![router_data];
+            }
+            nodes.push(node(StageId::Merge(m.name.clone()), after));
         }
         for m in r.merges.iter().filter(|m| m.method.is_moe()) {
-            let mut after = vec![format!("merges/{}", m.name)];
+            let mut after = vec![StageId::Merge(m.name.clone())];
             if matches!(m.method, MergeMethod::Upcycle { .. }) && r.match_flops {
                 after.extend(budget.iter().cloned());
             }
-            nodes.push(node(format!("finetune/{}", m.name), after));
+            nodes.push(node(StageId::Finetune(m.name.clone()), after));
         }
         nodes.extend(self.grow_nodes());
         if r.dense_baseline {
-            nodes.push(node("dense".into(), seed.iter().chain(&budget).cloned().collect()));
+            nodes.push(node(StageId::Dense, seed.iter().chain(&budget).cloned().collect()));
         }
         if r.data_matched_baseline {
-            nodes.push(node("dense-data".into(), seed.clone()));
+            nodes.push(node(StageId::DenseData, seed.clone()));
         }
         if r.diagnose_merge {
-            let (seed_dir, _) = self.seed()?;
-            let after: Vec<String> = experts.iter().chain(if r.keep_seed { seed.as_slice() } else { &[] }).cloned().collect();
-            nodes.extend(self.diagnosis_stages(&seed_dir).into_iter().map(|s| node(s.name, after.clone())));
+            let after: Vec<StageId> = experts.iter().chain(if r.keep_seed { seed.as_slice() } else { &[] }).cloned().collect();
+            nodes.extend(self.diagnosis_stages(&seed_dir)?.into_iter().map(|s| node(s.id, after.clone())));
         }
-        let (seed_dir, _) = self.seed()?;
-        let producers: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let producers: Vec<StageId> = nodes.iter().map(|n| n.id.clone()).collect();
         let mut evals = Vec::new();
         for (_, stage) in self.entries(&seed_dir) {
             // An evaluation waits for the stages whose outputs it reads.
-            let mut after: Vec<String> = producers.iter().filter(|p| stage.inputs.iter().any(|i| i.starts_with(self.dir(p)))).cloned().collect();
+            let mut after: Vec<StageId> = producers.iter().filter(|p| stage.inputs.iter().any(|i| i.starts_with(self.dir(p)))).cloned().collect();
             after.dedup();
-            evals.push(stage.name.clone());
-            nodes.push(node(stage.name, after));
+            evals.push(stage.id.clone());
+            nodes.push(node(stage.id, after));
         }
-        nodes.push(node(REPORT_STAGE.into(), evals));
+        nodes.push(node(StageId::Report, evals));
         Ok(nodes)
     }
 
-    /// The stage called `name`, built now: a finetune or the dense baseline reads the merged
-    /// folders, so it can be built only once they exist.
-    pub fn stage(&self, name: &str) -> Result<Stage> {
+    /// The stage `id`, built now: a finetune or the dense baseline reads the merged folders,
+    /// so it can be built only once they exist. The report is no stage of its own (it is
+    /// written by `runner::write_report`).
+    pub fn stage(&self, id: &StageId) -> Result<Stage> {
         let (seed, seed_stage) = self.seed()?;
-        let find = |stages: Vec<Stage>| stages.into_iter().find(|s| s.name == name);
-        let found = match name.split_once('/').map_or(name, |(kind, _)| kind) {
-            "data" => find(self.data_stages()?),
-            "seed" => seed_stage,
-            "experts" => find(self.expert_stages(&seed)?),
-            "merges" => find(self.merge_stages(&seed)?),
-            "finetune" => match self.recipe.merges.iter().find(|m| m.method.is_moe() && format!("finetune/{}", m.name) == name) {
+        let find = |stages: Vec<Stage>| stages.into_iter().find(|s| s.id == *id);
+        let found = match id {
+            StageId::Data(_) => find(self.data_stages()?),
+            StageId::Seed => seed_stage,
+            StageId::Expert(_) => find(self.expert_stages(&seed)?),
+            StageId::RouterData(_) => find(self.router_data_stages(&seed)?),
+            StageId::Merge(_) => find(self.merge_stages(&seed)?),
+            StageId::Posterior(_) => find(self.posterior_stages()?),
+            StageId::Finetune(name) => match self.recipe.merges.iter().find(|m| m.method.is_moe() && m.name == *name) {
                 Some(m) => Some(self.finetune_stage(m)?),
                 None => None,
             },
-            "dense" => self.dense_stage(&seed)?,
-            "dense-data" => self.dense_data_stage(&seed)?,
-            "diagnosis" => find(self.diagnosis_stages(&seed)),
-            "forest" => find(self.forest_stages()),
-            "grow" => {
+            StageId::Dense => self.dense_stage(&seed)?,
+            StageId::DenseData => self.dense_data_stage(&seed)?,
+            StageId::Diagnosis(_) => find(self.diagnosis_stages(&seed)?),
+            StageId::Forest(_) => find(self.forest_stages()?),
+            StageId::Grow { merge, later, step } => {
                 let stages: Vec<Stage> = self.grow_stages()?.into_iter().flat_map(|(added, trained)| std::iter::once(added).chain(trained)).collect();
-                if name.ends_with("/trained") && !stages.iter().any(|s| s.name == name) {
-                    anyhow::bail!("stage {} must run before {name}", name.replace("/trained", "/added"));
+                if *step == GrowStep::Trained && !stages.iter().any(|s| s.id == *id) {
+                    let added = StageId::Grow { merge: merge.clone(), later: later.clone(), step: GrowStep::Added };
+                    anyhow::bail!("stage {added} must run before {id}");
                 }
                 find(stages)
             }
-            "eval" => find(self.entries(&seed).into_iter().map(|(_, s)| s).collect()),
-            _ => None,
+            StageId::Eval(_) => find(self.entries(&seed).into_iter().map(|(_, s)| s).collect()),
+            StageId::Report => None,
         };
-        found.with_context(|| format!("the recipe has no stage `{name}`"))
+        found.with_context(|| format!("the recipe has no stage `{id}`"))
     }
 }
-

@@ -1,7 +1,7 @@
 //! Growing merged models after the fact (BTM's "grow the forest", Li et al. 2022, §4;
 //! FlexOlmo, Shi et al. 2025, §3). A recipe's later experts branch from the average of its
 //! experts weighted by their domain posterior on the new expert's data (BTM's forest
-//! growth, RUN/forest/LATER) and train on their own data like any expert. Each then joins every
+//! growth, RUN/posterior/LATER then RUN/forest/LATER) and train on their own data like any expert. Each then joins every
 //! BTM ensemble as it is, and every finetuned BTX and BAM model as one more expert
 //! (`btx moe add-expert`, its router row from its data): RUN/grow/MERGE/LATER/added. As the
 //! expert's FFN learned against the forest's shared weights, not the MoE's, it then trains
@@ -14,23 +14,27 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::entries::{Entry, EntryKind};
+use super::config::MergeMethod;
+use super::entries::{Entry, EntryKind, ModelId};
+use crate::merge::MergeRequest;
+use crate::merge::router_data::{MEASURED_FILE, Measurement};
 use super::graph::StageNode;
 use super::plan::{Plan, strings};
 use super::stage::{Stage, model_file};
+use super::stage_id::{GrowStep, StageId};
 
-fn forest(name: &str) -> String {
-    format!("forest/{name}")
+fn forest(name: &str) -> StageId {
+    StageId::Forest(name.to_string())
 }
 
-/// A grow stage: `step` is "added" or "trained".
-fn grow(merge: &str, later: &str, step: &str) -> String {
-    format!("grow/{merge}/{later}/{step}")
+fn grow(merge: &str, later: &str, step: GrowStep) -> StageId {
+    StageId::Grow { merge: merge.to_string(), later: later.to_string(), step }
 }
 
 impl Plan<'_> {
-    fn later_stage_names(&self) -> Vec<(String, String)> {
-        self.recipe.later_experts.iter().map(|e| (e.name.clone(), format!("experts/{}", e.name))).collect()
+    /// Each later expert's name and training stage.
+    fn later_stages(&self) -> Vec<(String, StageId)> {
+        self.recipe.later_experts.iter().map(|e| (e.name.clone(), StageId::Expert(e.name.clone()))).collect()
     }
 
     /// The data a later expert trains on, as a training config (written before any stage
@@ -41,7 +45,7 @@ impl Plan<'_> {
 
     pub(super) fn write_later_data(&self) -> Result<()> {
         for e in &self.recipe.later_experts {
-            let config = self.train_config(self.recipe.model.clone(), Some(&e.data), 1, None, None);
+            let config = self.train_config(self.recipe.model.clone(), Some(&e.data), 1, None, &Default::default());
             crate::fsutil::write_atomic(&self.later_data_path(&e.name), crate::config::to_ron(&config)?.as_bytes())?;
         }
         Ok(())
@@ -49,20 +53,28 @@ impl Plan<'_> {
 
     /// RUN/forest/LATER: the experts' average weighted by their domain posterior on the
     /// later expert's data, which it branches from.
-    pub fn forest_stages(&self) -> Vec<Stage> {
-        let experts: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.dir(&format!("experts/{}", e.name))).collect();
+    pub fn forest_stages(&self) -> Result<Vec<Stage>> {
+        let experts = self.expert_dirs();
         self.recipe
             .later_experts
             .iter()
             .map(|later| {
-                let (dir, data) = (self.dir(&forest(&later.name)), self.later_data_path(&later.name));
-                let mut args = strings(&["merge", "--method", "average", "--posterior-data", &data.display().to_string(), "--out", &dir.display().to_string(), "--experts"]);
-                args.extend(experts.iter().map(|p| p.display().to_string()));
-                let mut inputs: Vec<PathBuf> = experts.iter().map(|p| model_file(p)).collect();
-                inputs.push(data);
-                Stage { name: forest(&later.name), dir, args, config: None, inputs }
+                let mut request = MergeRequest::new(MergeMethod::Average, experts.clone());
+                request.measured = Some(self.dir(&StageId::Posterior(later.name.clone())).join(MEASURED_FILE));
+                self.merge_stage(forest(&later.name), &request)
             })
             .collect()
+    }
+
+    /// RUN/posterior/LATER: the experts' domain posterior on the later expert's data, which
+    /// weights its forest (measured on the run's device).
+    pub fn posterior_stages(&self) -> Result<Vec<Stage>> {
+        let experts = self.expert_dirs();
+        let measure = |later: &super::config::Expert| {
+            let measurement = Measurement::Posterior { members: experts.clone(), data: self.later_data_path(&later.name) };
+            self.measure_stage(StageId::Posterior(later.name.clone()), &measurement)
+        };
+        self.recipe.later_experts.iter().map(measure).collect()
     }
 
     /// The later experts' training stages, each branched from its forest.
@@ -72,8 +84,8 @@ impl Plan<'_> {
             .iter()
             .map(|e| {
                 let from = self.dir(&forest(&e.name));
-                let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(from.clone()), None);
-                self.train_stage(&format!("experts/{}", e.name), &config, Some(&from))
+                let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(from.clone()), &self.recipe.expert_optimizer_of(e));
+                self.train_stage(StageId::Expert(e.name.clone()), &config, Some(&from))
             })
             .collect()
     }
@@ -86,33 +98,34 @@ impl Plan<'_> {
         let data = self.eval_data_path();
         let mut stages = Vec::new();
         for m in self.recipe.merges.iter().filter(|m| m.method.mixes_experts()) {
-            let mut previous = self.dir(&format!("finetune/{}", m.name));
+            let mut previous = self.dir(&StageId::Finetune(m.name.clone()));
             let mut routed = self.expert_names(m).len();
             let split = self.recipe.moe_of(m).split.max(1);
             for later in &self.recipe.later_experts {
-                let (added, trained) = (grow(&m.name, &later.name, "added"), grow(&m.name, &later.name, "trained"));
-                let (dir, expert) = (self.dir(&added), self.dir(&format!("experts/{}", later.name)));
+                let (added, trained) = (grow(&m.name, &later.name, GrowStep::Added), grow(&m.name, &later.name, GrowStep::Trained));
+                let (dir, expert) = (self.dir(&added), self.dir(&StageId::Expert(later.name.clone())));
                 let args = strings(&[
                     "moe", "add-expert", &previous.display().to_string(), "--expert", &expert.display().to_string(), "--name", &later.name,
-                    "--router-data", &expert.join("stage.ron").display().to_string(), "--reference-data", &data.display().to_string(),
+                    "--router-data", &expert.join(super::stage::CONFIG_FILE).display().to_string(), "--reference-data", &data.display().to_string(),
                     "--out", &dir.display().to_string(),
                 ]);
                 let inputs = vec![model_file(&previous), model_file(&expert), data.clone()];
                 // The new expert's weights: routed experts routed.., and in BAM the attention
                 // expert of its member, which `add-expert` places after the routed members'.
-                let mut trainable: Vec<String> = (routed..routed + split).map(|e| format!(".block_sparse_moe.experts.{e}.")).collect();
-                if matches!(m.method, super::config::MergeMethod::Bam { .. }) {
-                    trainable.push(format!(".attention_experts.experts.{}.", routed / split));
+                use crate::checkpoint::tensor_names::{attention_expert_part, routed_expert_part};
+                let mut trainable: Vec<String> = (routed..routed + split).map(routed_expert_part).collect();
+                if matches!(m.method, MergeMethod::Bam { .. }) {
+                    trainable.push(attention_expert_part(routed / split));
                 }
                 let train = match crate::checkpoint::read_model_config(&dir) {
                     Ok(model) => {
-                        let mut config = self.train_config(model, Some(&later.data), later.steps, Some(dir.clone()), self.recipe.finetune.lr);
+                        let mut config = self.train_config(model, Some(&later.data), later.steps, Some(dir.clone()), &self.recipe.finetune.optimizer());
                         config.trainable = Some(trainable);
-                        Some(self.train_stage(&trained, &config, Some(&dir))?)
+                        Some(self.train_stage(trained.clone(), &config, Some(&dir))?)
                     }
                     Err(_) => None,
                 };
-                stages.push((Stage { name: added, dir: dir.clone(), args, config: None, inputs }, train));
+                stages.push((Stage { id: added, dir: dir.clone(), args, config: None, inputs }, train));
                 previous = self.dir(&trained);
                 routed += split;
             }
@@ -126,17 +139,18 @@ impl Plan<'_> {
         if r.later_experts.is_empty() {
             return vec![];
         }
-        let node = |name: String, after: Vec<String>| StageNode { name, after };
-        let experts: Vec<String> = r.experts.iter().map(|e| format!("experts/{}", e.name)).collect();
+        let node = |id: StageId, after: Vec<StageId>| StageNode { id, after };
+        let experts: Vec<StageId> = r.experts.iter().map(|e| StageId::Expert(e.name.clone())).collect();
         let mut nodes = Vec::new();
-        for (name, stage) in self.later_stage_names() {
-            nodes.push(node(forest(&name), experts.clone()));
+        for (name, stage) in self.later_stages() {
+            nodes.push(node(StageId::Posterior(name.clone()), experts.clone()));
+            nodes.push(node(forest(&name), vec![StageId::Posterior(name.clone())]));
             nodes.push(node(stage, vec![forest(&name)]));
         }
         for m in r.merges.iter().filter(|m| m.method.mixes_experts()) {
-            let mut previous = format!("finetune/{}", m.name);
-            for (name, expert_stage) in self.later_stage_names() {
-                let (added, trained) = (grow(&m.name, &name, "added"), grow(&m.name, &name, "trained"));
+            let mut previous = StageId::Finetune(m.name.clone());
+            for (name, expert_stage) in self.later_stages() {
+                let (added, trained) = (grow(&m.name, &name, GrowStep::Added), grow(&m.name, &name, GrowStep::Trained));
                 nodes.push(node(added.clone(), vec![previous, expert_stage]));
                 nodes.push(node(trained.clone(), vec![added]));
                 previous = trained;
@@ -148,36 +162,37 @@ impl Plan<'_> {
     /// The grown BTX and BAM models to evaluate ("MERGE + LATER (added)", and trained:
     /// "MERGE + LATER"), with their lineage after `trained` (the seed and experts) and their
     /// experts' names.
-    pub fn grown_entries(&self, trained: &[String]) -> Vec<(Entry, PathBuf)> {
+    pub fn grown_entries(&self, trained: &[StageId]) -> Vec<(Entry, PathBuf)> {
         let mut out = Vec::new();
         for m in self.recipe.merges.iter().filter(|m| m.method.mixes_experts()) {
             let split = self.recipe.moe_of(m).split;
             let mut lineage = trained.to_vec();
-            lineage.push(format!("finetune/{}", m.name));
-            let (mut label, mut names) = (m.name.clone(), self.expert_names(m));
-            for (name, expert_stage) in self.later_stage_names() {
+            lineage.push(StageId::Finetune(m.name.clone()));
+            let (mut later, mut names) = (Vec::new(), self.expert_names(m));
+            for (name, expert_stage) in self.later_stages() {
                 lineage.push(forest(&name));
-                label = format!("{label} + {name}");
+                later.push(name.clone());
+                let grown = |added_only| ModelId::Grown { merge: m.name.clone(), later: later.clone(), added_only };
                 names.extend(crate::merge::split_expert_names(std::slice::from_ref(&name), split));
-                let stage = |step: &str| grow(&m.name, &name, step);
-                lineage.extend([expert_stage, stage("added")]);
-                let added = Entry::new(format!("{label} (added)"), EntryKind::Merge, lineage.clone()).with_experts(names.clone());
-                out.push((added, self.dir(&stage("added"))));
-                lineage.push(stage("trained"));
-                let entry = Entry::new(label.clone(), EntryKind::Final, lineage.clone()).with_experts(names.clone());
-                out.push((entry, self.dir(&stage("trained"))));
+                let stage = |step| grow(&m.name, &name, step);
+                lineage.extend([expert_stage, stage(GrowStep::Added)]);
+                let added = Entry::new(grown(true), EntryKind::Merge, lineage.clone()).with_experts(names.clone());
+                out.push((added, self.dir(&stage(GrowStep::Added))));
+                lineage.push(stage(GrowStep::Trained));
+                let entry = Entry::new(grown(false), EntryKind::Final, lineage.clone()).with_experts(names.clone());
+                out.push((entry, self.dir(&stage(GrowStep::Trained))));
             }
         }
         out
     }
 
-    /// A BTM ensemble grown with the later experts: its label and member stages.
-    pub fn grown_ensemble(&self, name: &str, experts: &[String]) -> Option<(String, Vec<String>)> {
-        let later = self.later_stage_names();
+    /// A BTM ensemble grown with the later experts: its model and member stages.
+    pub fn grown_ensemble(&self, name: &str, experts: &[StageId]) -> Option<(ModelId, Vec<StageId>)> {
+        let later = self.later_stages();
         if later.is_empty() {
             return None;
         }
-        let label = later.iter().fold(name.to_string(), |l, (n, _)| format!("{l} + {n}"));
-        Some((label, experts.iter().cloned().chain(later.into_iter().map(|(_, s)| s)).collect()))
+        let model = ModelId::Grown { merge: name.to_string(), later: later.iter().map(|(n, _)| n.clone()).collect(), added_only: false };
+        Some((model, experts.iter().cloned().chain(later.into_iter().map(|(_, s)| s)).collect()))
     }
 }

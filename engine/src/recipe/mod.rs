@@ -1,17 +1,21 @@
 //! Recipes: the whole method as one RON file, run stage by stage.
 
+pub mod budget;
 pub mod config;
 pub mod entries;
 pub mod graph;
 pub mod grow;
+pub mod merges;
 pub mod plan;
 pub mod plots;
 pub mod report;
+pub mod report_figures;
 pub mod report_record;
 pub mod runner;
 pub mod seeds;
 pub mod slurm;
 pub mod stage;
+pub mod stage_id;
 pub mod sweep;
 
 pub use config::Recipe;

@@ -59,6 +59,9 @@ pub struct DomainRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
     pub device: String,
+    /// A training stage's peak learning rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_lr: Option<f64>,
     pub stage: String,
     pub tokens: u64,
     pub train_flops: f64,

@@ -9,9 +9,10 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 use super::config::Recipe;
-use super::graph::{REPORT_STAGE, StageNode};
+use super::graph::StageNode;
 use super::plan::Plan;
 use super::stage::{Manifest, Stage, StageState};
+use super::stage_id::StageId;
 use crate::device::DeviceArgs;
 use crate::run_lock::{FolderLock, RECIPE_LOCK};
 
@@ -51,15 +52,15 @@ fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, progress: &indicatif:
 }
 
 /// The graph's stages grouped into waves: each wave's stages wait only for earlier waves.
-pub fn waves(graph: &[StageNode]) -> Vec<Vec<String>> {
-    let mut depth: HashMap<&str, usize> = HashMap::new();
+pub fn waves(graph: &[StageNode]) -> Vec<Vec<StageId>> {
+    let mut depth: HashMap<&StageId, usize> = HashMap::new();
     for node in graph {
-        let d = node.after.iter().filter_map(|a| depth.get(a.as_str())).map(|d| d + 1).max().unwrap_or(0);
-        depth.insert(&node.name, d);
+        let d = node.after.iter().filter_map(|a| depth.get(a)).map(|d| d + 1).max().unwrap_or(0);
+        depth.insert(&node.id, d);
     }
-    let mut waves: Vec<Vec<String>> = vec![vec![]; depth.values().max().map_or(0, |d| d + 1)];
+    let mut waves: Vec<Vec<StageId>> = vec![vec![]; depth.values().max().map_or(0, |d| d + 1)];
     for node in graph {
-        waves[depth[node.name.as_str()]].push(node.name.clone());
+        waves[depth[&node.id]].push(node.id.clone());
     }
     waves
 }
@@ -85,7 +86,7 @@ fn run_once(recipe: &Recipe, options: &RunOptions) -> Result<()> {
     let progress = indicatif::MultiProgress::new();
     for wave in waves(&plan.graph()?) {
         // Built when their wave comes: a finetune reads the merge before it.
-        let stages = wave.iter().filter(|n| *n != REPORT_STAGE).map(|n| plan.stage(n)).collect::<Result<Vec<_>>>()?;
+        let stages = wave.iter().filter(|n| **n != StageId::Report).map(|n| plan.stage(n)).collect::<Result<Vec<_>>>()?;
         run_parallel(&stages, options.jobs, &options.btx, &progress)?;
     }
     write_report(&plan)
@@ -111,7 +112,7 @@ pub fn print_status(recipe: &Recipe, out: &Path) -> Result<()> {
 fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
     let plan = Plan { recipe, out: out.to_path_buf(), device: DeviceArgs::new(crate::device::DeviceChoice::Auto) };
     for node in plan.graph()? {
-        let stage = plan.stage(&node.name);
+        let stage = plan.stage(&node.id);
         let state = match &stage {
             Ok(s) => match (s.state(), s.failure()) {
                 (StageState::Complete, _) => "complete".to_string(),
@@ -123,12 +124,12 @@ fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
                 (StageState::Stale, _) => "stale (inputs changed; will rerun)".to_string(),
                 (StageState::Pending, None) => "pending".to_string(),
             },
-            Err(_) if node.name == REPORT_STAGE => (if out.join("report.md").is_file() { "written" } else { "pending" }).to_string(),
-            Err(_) => format!("pending (after {})", node.after.join(", ")),
+            Err(_) if node.id == StageId::Report => (if out.join("report.md").is_file() { "written" } else { "pending" }).to_string(),
+            Err(_) => format!("pending (after {})", node.after.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")),
         };
         let detail = stage.ok().and_then(|s| s.manifest()).map(|m| format!("  {} tokens, {:.3e} FLOPs, {:.1} s", m.tokens, m.train_flops, m.wall_time_s)).unwrap_or_default();
-        let (job, log) = super::slurm::job_status(&plan, &node.name).map_or((String::new(), None), |(j, log)| (format!("  [{j}]"), log));
-        println!("{:<28} {state}{detail}{job}", node.name);
+        let (job, log) = super::slurm::job_status(&plan, &node.id).map_or((String::new(), None), |(j, log)| (format!("  [{j}]"), log));
+        println!("{:<28} {state}{detail}{job}", node.id);
         if let Some(log) = log {
             println!("    its log {}", log.replace('\n', "\n    "));
         }

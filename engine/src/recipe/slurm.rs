@@ -18,9 +18,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::graph::{REPORT_STAGE, StageNode};
+use super::graph::StageNode;
 use super::plan::Plan;
 use super::stage::StageState;
+use super::stage_id::StageId;
 use crate::fsutil::write_atomic;
 
 /// `btx recipe run --scheduler slurm` options.
@@ -51,7 +52,7 @@ const NODE_LOCAL: [&str; 4] = ["/tmp", "/var/tmp", "/dev/shm", "/run/user"];
 pub fn check_shared_paths(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<()> {
     let cwd = std::env::current_dir().unwrap_or_default();
     let mut needed = vec![("the run folder (--out)", plan.out.clone()), ("the btx binary", btx.to_path_buf()), ("the folder the jobs start in (this one)", cwd)];
-    let stages = plan.graph().map(|g| g.iter().filter_map(|n| plan.stage(&n.name).ok()).collect::<Vec<_>>()).unwrap_or_default();
+    let stages = plan.graph().map(|g| g.iter().filter_map(|n| plan.stage(&n.id).ok()).collect::<Vec<_>>()).unwrap_or_default();
     let mut inputs: Vec<PathBuf> = stages.into_iter().flat_map(|s| s.inputs).collect();
     inputs.sort();
     inputs.dedup();
@@ -88,8 +89,8 @@ const JOB_FILE: &str = "slurm.json";
 const SCRIPT_FILE: &str = "slurm.sh";
 
 /// Where a stage's Slurm files live: its own folder (the report's: RUN/report-job).
-fn stage_dir(plan: &Plan<'_>, stage: &str) -> PathBuf {
-    plan.out.join(if stage == REPORT_STAGE { "report-job" } else { stage })
+fn stage_dir(plan: &Plan<'_>, stage: &StageId) -> PathBuf {
+    plan.dir(stage)
 }
 
 /// Runs `program` and returns its stdout, or an error with its stderr.
@@ -117,14 +118,14 @@ fn is_active(state: &str) -> bool {
     matches!(state, "PENDING" | "RUNNING" | "CONFIGURING" | "COMPLETING" | "REQUEUED" | "RESIZING" | "SUSPENDED")
 }
 
-fn recorded_job(plan: &Plan<'_>, stage: &str) -> Option<String> {
+fn recorded_job(plan: &Plan<'_>, stage: &StageId) -> Option<String> {
     let text = std::fs::read_to_string(stage_dir(plan, stage).join(JOB_FILE)).ok()?;
     serde_json::from_str::<JobRecord>(&text).ok().map(|r| r.job_id)
 }
 
 /// `job ID STATE` for a stage submitted to Slurm (for `recipe status`), and, for a job that
 /// ended without completing, the last lines of its output.
-pub fn job_status(plan: &Plan<'_>, stage: &str) -> Option<(String, Option<String>)> {
+pub fn job_status(plan: &Plan<'_>, stage: &StageId) -> Option<(String, Option<String>)> {
     let id = recorded_job(plan, stage)?;
     let state = job_state(&id);
     let tail = (!is_active(&state) && state != "COMPLETED").then(|| log_tail(plan, stage, &id));
@@ -132,7 +133,7 @@ pub fn job_status(plan: &Plan<'_>, stage: &str) -> Option<(String, Option<String
 }
 
 /// The last 12 lines of a job's output.
-fn log_tail(plan: &Plan<'_>, stage: &str, id: &str) -> String {
+fn log_tail(plan: &Plan<'_>, stage: &StageId, id: &str) -> String {
     let log = stage_dir(plan, stage).join(format!("slurm-{id}.out"));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let tail: Vec<&str> = text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
@@ -141,15 +142,15 @@ fn log_tail(plan: &Plan<'_>, stage: &str, id: &str) -> String {
 
 /// Whether a stage needs no job: its manifest matches (the report: every other stage is
 /// complete and the report is written).
-fn is_complete(plan: &Plan<'_>, node: &StageNode, complete: &HashMap<String, bool>) -> bool {
-    if node.name == REPORT_STAGE {
+fn is_complete(plan: &Plan<'_>, node: &StageNode, complete: &HashMap<StageId, bool>) -> bool {
+    if node.id == StageId::Report {
         return node.after.iter().all(|a| complete.get(a) == Some(&true)) && plan.out.join("report.md").is_file();
     }
-    plan.stage(&node.name).is_ok_and(|s| s.state() == StageState::Complete)
+    plan.stage(&node.id).is_ok_and(|s| s.state() == StageState::Complete)
 }
 
 /// The batch script of one stage.
-pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, options: &SlurmOptions) -> String {
+pub fn job_script(plan: &Plan<'_>, stage: &StageId, recipe: &Path, btx: &Path, options: &SlurmOptions) -> String {
     let dir = stage_dir(plan, stage);
     let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut lines = vec![
@@ -160,8 +161,7 @@ pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, optio
         format!("#SBATCH --chdir={}", std::env::current_dir().unwrap_or_default().display()),
     ];
     lines.extend(options.partition.iter().map(|p| format!("#SBATCH --partition={p}")));
-    // Tokenizing runs on the CPU's cores: a data stage holds no GPU.
-    if options.gpus_per_job > 0 && !stage.starts_with("data/") {
+    if options.gpus_per_job > 0 && stage.needs_gpu() {
         lines.push(format!("#SBATCH --gres=gpu:{}", options.gpus_per_job));
     }
     lines.extend(options.time.iter().map(|t| format!("#SBATCH --time={t}")));
@@ -176,7 +176,7 @@ pub fn job_script(plan: &Plan<'_>, stage: &str, recipe: &Path, btx: &Path, optio
 /// Submits every stage that is not up to date (or prints what it would submit), each
 /// waiting for the jobs of the stages it needs; returns the job ids by stage. The caller
 /// checks the paths first (`check_shared_paths`).
-pub fn submit(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<Vec<(String, String)>> {
+pub fn submit(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<Vec<(StageId, String)>> {
     std::fs::create_dir_all(&plan.out).with_context(|| format!("cannot create {}", plan.out.display()))?;
     // The jobs read this copy: editing the recipe later cannot change queued jobs.
     let frozen = plan.out.join("recipe.ron");
@@ -185,31 +185,31 @@ pub fn submit(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<Vec
         plan.write_eval_data()?;
     }
     let graph = plan.graph()?;
-    let (mut complete, mut jobs): (HashMap<String, bool>, HashMap<String, String>) = (HashMap::new(), HashMap::new());
+    let (mut complete, mut jobs): (HashMap<StageId, bool>, HashMap<StageId, String>) = (HashMap::new(), HashMap::new());
     let mut submitted = Vec::new();
     for node in &graph {
         let done = is_complete(plan, node, &complete);
-        complete.insert(node.name.clone(), done);
+        complete.insert(node.id.clone(), done);
         if done {
-            println!("{:<28} complete", node.name);
+            println!("{:<28} complete", node.id);
             continue;
         }
-        if let Some(id) = recorded_job(plan, &node.name).filter(|id| !options.dry_run && is_active(&job_state(id))) {
-            println!("{:<28} already queued or running as job {id}", node.name);
-            jobs.insert(node.name.clone(), id);
+        if let Some(id) = recorded_job(plan, &node.id).filter(|id| !options.dry_run && is_active(&job_state(id))) {
+            println!("{:<28} already queued or running as job {id}", node.id);
+            jobs.insert(node.id.clone(), id);
             continue;
         }
         let waits: Vec<&String> = node.after.iter().filter_map(|a| jobs.get(a)).collect();
-        let script = job_script(plan, &node.name, &frozen, btx, options);
+        let script = job_script(plan, &node.id, &frozen, btx, options);
         let dependency = (!waits.is_empty()).then(|| format!("--dependency=afterok:{}", waits.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(":")));
         if options.dry_run {
-            let id = format!("<{}>", node.name);
-            println!("# {} {}\n{script}", node.name, dependency.as_deref().unwrap_or("(no dependency)"));
-            jobs.insert(node.name.clone(), id.clone());
-            submitted.push((node.name.clone(), id));
+            let id = format!("<{}>", node.id);
+            println!("# {} {}\n{script}", node.id, dependency.as_deref().unwrap_or("(no dependency)"));
+            jobs.insert(node.id.clone(), id.clone());
+            submitted.push((node.id.clone(), id));
             continue;
         }
-        let dir = stage_dir(plan, &node.name);
+        let dir = stage_dir(plan, &node.id);
         std::fs::create_dir_all(&dir)?;
         write_atomic(&dir.join(SCRIPT_FILE), script.as_bytes())?;
         let script_path = dir.join(SCRIPT_FILE).display().to_string();
@@ -221,14 +221,15 @@ pub fn submit(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<Vec
         args.push(&script_path);
         let id = output("sbatch", &args)?.split(';').next().unwrap_or_default().to_string();
         write_atomic(&dir.join(JOB_FILE), serde_json::to_string(&JobRecord { job_id: id.clone() })?.as_bytes())?;
-        println!("{:<28} submitted as job {id}{}", node.name, dependency.map(|d| format!(" ({d})")).unwrap_or_default());
-        jobs.insert(node.name.clone(), id.clone());
-        submitted.push((node.name.clone(), id));
+        println!("{:<28} submitted as job {id}{}", node.id, dependency.map(|d| format!(" ({d})")).unwrap_or_default());
+        jobs.insert(node.id.clone(), id.clone());
+        submitted.push((node.id.clone(), id));
     }
     if options.dry_run {
         println!("# dependency graph (stage <- the stages it waits for)");
         for node in &graph {
-            println!("{} <- {}", node.name, if node.after.is_empty() { "-".to_string() } else { node.after.join(", ") });
+            let after: Vec<String> = node.after.iter().map(|a| a.to_string()).collect();
+            println!("{} <- {}", node.id, if after.is_empty() { "-".to_string() } else { after.join(", ") });
         }
     }
     Ok(submitted)
@@ -236,13 +237,13 @@ pub fn submit(plan: &Plan<'_>, btx: &Path, options: &SlurmOptions) -> Result<Vec
 
 /// Waits until every submitted job has ended, printing each state change; fails with the
 /// log of the first job that did not complete.
-pub fn wait(plan: &Plan<'_>, jobs: &[(String, String)]) -> Result<()> {
-    let mut last: HashMap<&str, String> = HashMap::new();
+pub fn wait(plan: &Plan<'_>, jobs: &[(StageId, String)]) -> Result<()> {
+    let mut last: HashMap<&StageId, String> = HashMap::new();
     loop {
         let mut active = 0;
         for (stage, id) in jobs {
             let state = job_state(id);
-            if last.get(stage.as_str()) != Some(&state) {
+            if last.get(stage) != Some(&state) {
                 eprintln!("[{stage}] job {id} {state}");
                 last.insert(stage, state.clone());
             }
@@ -254,7 +255,7 @@ pub fn wait(plan: &Plan<'_>, jobs: &[(String, String)]) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_secs(3));
     }
     for (stage, id) in jobs {
-        let state = &last[stage.as_str()];
+        let state = &last[stage];
         if state != "COMPLETED" {
             bail!("stage {stage}: job {id} ended {state}; its log {}", log_tail(plan, stage, id));
         }

@@ -12,17 +12,23 @@ use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{MODEL_FILE, latest_checkpoint, read_train_state};
 use crate::fsutil::{sha256_file, write_atomic};
+use super::stage_id::StageId;
 use crate::run_lock::{FolderLock, STAGE_LOCK};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 const KEY_FILE: &str = "stage.key";
 /// The error of the stage's last run, if it failed (removed when it runs again).
 pub const FAILURE_FILE: &str = "failed.txt";
+const LOG_FILE: &str = "log.txt";
+pub const CONFIG_FILE: &str = "stage.ron";
+/// The files a stage keeps in its folder while its command runs. A command that writes its
+/// result as the whole folder (a merge, a data stage) replaces the folder but keeps these:
+/// they belong to the stage (its lock is held, its log open), not to the result.
+pub const STAGE_FILES: [&str; 5] = [KEY_FILE, FAILURE_FILE, LOG_FILE, CONFIG_FILE, STAGE_LOCK];
 
 #[derive(Debug, Clone)]
 pub struct Stage {
-    /// e.g. `experts/english`.
-    pub name: String,
+    pub id: StageId,
     pub dir: PathBuf,
     /// Arguments of the `btx` subcommand.
     pub args: Vec<String>,
@@ -67,6 +73,20 @@ pub struct Manifest {
     pub device: String,
 }
 
+impl Manifest {
+    /// The training config of a training stage (None for the others).
+    pub fn train_config(&self) -> Option<crate::train::TrainConfig> {
+        crate::config::parse_ron(self.config.as_deref()?, &self.stage).ok()
+    }
+
+    /// A training stage's peak learning rate, as the report's stage table gives it: the
+    /// routers' multiple beside it when they learn faster.
+    pub fn peak_lr(&self) -> Option<String> {
+        let o = self.train_config()?.optimizer;
+        Some(if o.router_lr_multiplier == 1.0 { format!("{:.1e}", o.lr) } else { format!("{:.1e} (routers x{})", o.lr, o.router_lr_multiplier) })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageState {
     /// Its manifest matches: nothing to do.
@@ -80,7 +100,7 @@ pub enum StageState {
 
 impl Stage {
     pub fn config_path(&self) -> PathBuf {
-        self.dir.join("stage.ron")
+        self.dir.join(CONFIG_FILE)
     }
 
     fn input_hashes(&self) -> Result<Vec<InputHash>> {
@@ -89,7 +109,7 @@ impl Stage {
             .iter()
             .map(|p| {
                 if !p.exists() {
-                    bail!("stage {}: its input {} does not exist (the stage that makes it must run first)", self.name, p.display());
+                    bail!("stage {}: its input {} does not exist (the stage that makes it must run first)", self.id, p.display());
                 }
                 let (bytes, modified_ns) = file_stamp(p)?;
                 let cached = known.iter().find(|k| k.path == *p && k.bytes == bytes && k.modified_ns == modified_ns && modified_ns != 0);
@@ -149,7 +169,7 @@ impl Stage {
                 .ok()?
                 .progress_chars("=> "),
         );
-        bar.set_prefix(self.name.clone());
+        bar.set_prefix(self.id.to_string());
         Some(bar)
     }
 
@@ -157,7 +177,7 @@ impl Stage {
     pub fn run(&self, btx: &Path, progress: &indicatif::MultiProgress) -> Result<Manifest> {
         let (key, inputs) = self.key()?;
         if let Some(m) = self.manifest().filter(|m| m.key == key) {
-            progress.suspend(|| eprintln!("[{}] up to date, skipped", self.name));
+            progress.suspend(|| eprintln!("[{}] up to date, skipped", self.id));
             return Ok(m);
         }
         // One process per stage folder (a Slurm job resubmitted while the old one runs, two
@@ -172,8 +192,8 @@ impl Stage {
         if let Some(config) = &self.config {
             write_atomic(&self.config_path(), config.as_bytes())?;
         }
-        progress.suspend(|| eprintln!("[{}] {}", self.name, if resuming { "resuming" } else { "running" }));
-        let log_path = self.dir.join("log.txt");
+        progress.suspend(|| eprintln!("[{}] {}", self.id, if resuming { "resuming" } else { "running" }));
+        let log_path = self.dir.join(LOG_FILE);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let started = Instant::now();
         let mut child = Command::new(btx)
@@ -201,14 +221,14 @@ impl Stage {
             // What `recipe status` shows: the stage's own error, else how its process ended.
             let error = log.rfind("error: ").map(|i| log[i..].trim_end().to_string()).unwrap_or_else(|| format!("its process ended {status}"));
             write_atomic(&self.dir.join(FAILURE_FILE), error.as_bytes())?;
-            bail!("stage {} failed ({status}); its log {}:\n{}", self.name, log_path.display(), tail.join("\n"));
+            bail!("stage {} failed ({status}); its log {}:\n{}", self.id, log_path.display(), tail.join("\n"));
         }
         let (tokens, train_flops, wall_time_s, device) = match latest_checkpoint(&self.dir).and_then(|c| read_train_state(&c).ok()) {
             Some(s) => (s.tokens_seen, s.train_flops, s.wall_time_s, s.device),
             None => (0, 0.0, started.elapsed().as_secs_f64(), logged_device(&log_path)),
         };
         let manifest = Manifest {
-            stage: self.name.clone(),
+            stage: self.id.to_string(),
             key,
             command: std::iter::once("btx".to_string()).chain(self.args.iter().cloned()).collect(),
             config: self.config.clone(),
@@ -219,7 +239,7 @@ impl Stage {
             device,
         };
         write_atomic(&self.dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-        progress.suspend(|| eprintln!("[{}] done in {:.1} s", self.name, started.elapsed().as_secs_f64()));
+        progress.suspend(|| eprintln!("[{}] done in {:.1} s", self.id, started.elapsed().as_secs_f64()));
         Ok(manifest)
     }
 }

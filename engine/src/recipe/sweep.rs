@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use super::report_record::{ModelRecord, ReportRecord};
 
 use super::config::{MergeMethod, Recipe, SeedModel};
+use super::entries::ModelId;
 use super::plots::{self, Heatmap};
 use super::runner::{RunOptions, run_recipe};
 use crate::fsutil::write_atomic;
@@ -30,9 +31,9 @@ pub fn variant(recipe: &Recipe, seed_steps: usize, expert_steps: usize) -> Resul
 /// `out/sweep.md` and one heatmap per baseline (`out/sweep_vs_BASELINE.png`).
 pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], options: &RunOptions) -> Result<()> {
     let btx = recipe.merges.iter().find(|m| m.method == MergeMethod::Btx).context("a sweep compares a Btx merge with the baselines; the recipe has none")?;
-    let mut baselines: Vec<String> = recipe.merges.iter().filter(|m| matches!(m.method, MergeMethod::Upcycle { .. })).map(|m| m.name.clone()).collect();
-    baselines.extend(recipe.dense_baseline.then(|| "dense".to_string()));
-    baselines.extend(recipe.data_matched_baseline.then(|| "dense (data-matched)".to_string()));
+    let mut baselines: Vec<String> = recipe.merges.iter().filter(|m| matches!(m.method, MergeMethod::Upcycle { .. })).map(|m| ModelId::Merged(m.name.clone()).to_string()).collect();
+    baselines.extend(recipe.dense_baseline.then(|| ModelId::Dense.to_string()));
+    baselines.extend(recipe.data_matched_baseline.then(|| ModelId::DenseData.to_string()));
     if baselines.is_empty() {
         bail!("a sweep needs a baseline: set `dense_baseline`, `data_matched_baseline` or add an Upcycle merge");
     }
@@ -49,8 +50,8 @@ pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], opti
         grid.push(row);
     }
     let gap = |models: &[ModelRecord], baseline: &str| -> Option<f64> {
-        let loss = |name: &str| models.iter().find(|m| m.model == name).map(|m| m.mean_loss);
-        Some(loss(&btx.name)? - loss(baseline)?)
+        let loss = |label: &str| models.iter().find(|m| m.model == label).map(|m| m.mean_loss);
+        Some(loss(&ModelId::Merged(btx.name.clone()).to_string())? - loss(baseline)?)
     };
     let mut md = format!("# Sweep: {} minus each baseline\n\n", btx.name);
     writeln!(md, "Mean validation log-perplexity of `{}` minus the baseline's (nats; negative: BTX better), for each seed length (rows) and expert length (columns), in training steps. Each point is a whole run in `seed-S-experts-E/`.\n", btx.name)?;

@@ -6,6 +6,7 @@
 //! For each parameter x with gradient g at update t:
 //!   m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
 //!   x = x - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr wd x   (wd: matrices only)
+//! with lr multiplied by `router_lr_multiplier` for the routers.
 
 use std::collections::HashMap;
 
@@ -51,6 +52,7 @@ impl AdamW {
             b2: c.beta2,
             eps: c.eps,
             weight_decay: c.weight_decay,
+            router_lr_multiplier: c.router_lr_multiplier,
             m_correction: 1.0 / (1.0 - c.beta1.powi(t)),
             v_correction: 1.0 / (1.0 - c.beta2.powi(t)),
         };
@@ -90,6 +92,7 @@ struct Update<'a> {
     b2: f64,
     eps: f64,
     weight_decay: f64,
+    router_lr_multiplier: f64,
     m_correction: f64,
     v_correction: f64,
 }
@@ -112,6 +115,7 @@ impl ModuleMapper for Update<'_> {
         let n = shape.iter().product::<usize>();
         let g = grad.reshape([n]) * self.grad_scale;
         let path = self.path.join(".");
+        let lr = if crate::checkpoint::tensor_names::is_router(&path) { self.lr * self.router_lr_multiplier } else { self.lr };
         let Moments { m, v } = self.moments.remove(&path).unwrap_or_else(|| Moments {
             m: g.zeros_like(),
             v: g.zeros_like(),
@@ -121,9 +125,9 @@ impl ModuleMapper for Update<'_> {
         let step = (m.clone() * self.m_correction) / ((v.clone() * self.v_correction).sqrt() + self.eps);
         let mut x = x.reshape([n]);
         if D >= 2 && self.weight_decay > 0.0 {
-            x = x * (1.0 - self.lr * self.weight_decay);
+            x = x * (1.0 - lr * self.weight_decay);
         }
-        let x = x - step * self.lr;
+        let x = x - step * lr;
         self.moments.insert(path, Moments { m, v });
         let mut x = Tensor::<D>::from_inner(x.reshape(shape));
         if require_grad {

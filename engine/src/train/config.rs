@@ -98,6 +98,92 @@ pub struct OptimizerConfig {
     /// Largest global gradient norm; larger gradients are scaled down. 0 = no clipping.
     #[serde(default = "default_grad_clip")]
     pub grad_clip: f64,
+    /// The routers' learning rate as a multiple of the schedule's (an MoE finetune: the
+    /// routers start from nothing while every other weight is trained). Left out of written
+    /// configs at 1, so the configs and stage keys of runs that predate it are unchanged.
+    #[serde(default = "default_router_lr_multiplier", skip_serializing_if = "is_one")]
+    pub router_lr_multiplier: f64,
+}
+
+/// A stage's changes to the recipe's optimizer (each field left out keeps the recipe's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerSettings {
+    /// Peak learning rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_steps: Option<usize>,
+    /// The floor of the cosine decay, as a fraction of `lr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_lr_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// The routers' learning rate as a multiple of `lr` (MoE finetunes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router_lr_multiplier: Option<f64>,
+}
+
+impl OptimizerConfig {
+    /// Checks the values; errors name `origin` and the config's `field`.
+    pub fn validate(&self, origin: &str, field: &str) -> Result<()> {
+        if !(self.lr > 0.0 && self.lr <= 1.0) {
+            bail!("{origin}: field `{field}.lr` must be in (0, 1], found {}", self.lr);
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            bail!("{origin}: field `{field}.min_lr_ratio` must be in [0, 1], found {}", self.min_lr_ratio);
+        }
+        for (name, value) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&value) {
+                bail!("{origin}: field `{field}.{name}` must be in [0, 1), found {value}");
+            }
+        }
+        if !(self.router_lr_multiplier > 0.0 && self.router_lr_multiplier.is_finite()) {
+            bail!("{origin}: field `{field}.router_lr_multiplier` must be a finite number > 0, found {}", self.router_lr_multiplier);
+        }
+        for (name, value) in [("weight_decay", self.weight_decay), ("grad_clip", self.grad_clip), ("eps", self.eps)] {
+            if !(value >= 0.0 && value.is_finite()) {
+                bail!("{origin}: field `{field}.{name}` must be a finite number >= 0, found {value}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OptimizerSettings {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// `base` with these settings applied.
+    pub fn apply(&self, base: &OptimizerConfig) -> OptimizerConfig {
+        OptimizerConfig {
+            lr: self.lr.unwrap_or(base.lr),
+            warmup_steps: self.warmup_steps.unwrap_or(base.warmup_steps),
+            min_lr_ratio: self.min_lr_ratio.unwrap_or(base.min_lr_ratio),
+            weight_decay: self.weight_decay.unwrap_or(base.weight_decay),
+            router_lr_multiplier: self.router_lr_multiplier.unwrap_or(base.router_lr_multiplier),
+            ..base.clone()
+        }
+    }
+
+    /// These settings over `under` (a stage's own over its group's).
+    pub fn over(&self, under: &OptimizerSettings) -> OptimizerSettings {
+        OptimizerSettings {
+            lr: self.lr.or(under.lr),
+            warmup_steps: self.warmup_steps.or(under.warmup_steps),
+            min_lr_ratio: self.min_lr_ratio.or(under.min_lr_ratio),
+            weight_decay: self.weight_decay.or(under.weight_decay),
+            router_lr_multiplier: self.router_lr_multiplier.or(under.router_lr_multiplier),
+        }
+    }
+}
+
+fn default_router_lr_multiplier() -> f64 {
+    1.0
+}
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 fn default_warmup() -> usize {
@@ -155,24 +241,7 @@ impl TrainConfig {
             bail!("{origin}: field `keep_every` must be at least 1, found 0 (leave it out to keep no checkpoint for good)");
         }
         self.spike_guard.validate(origin)?;
-        let o = &self.optimizer;
-        if !(o.lr > 0.0 && o.lr <= 1.0) {
-            bail!("{origin}: field `optimizer.lr` must be in (0, 1], found {}", o.lr);
-        }
-        if !(0.0..=1.0).contains(&o.min_lr_ratio) {
-            bail!("{origin}: field `optimizer.min_lr_ratio` must be in [0, 1], found {}", o.min_lr_ratio);
-        }
-        for (field, value) in [("beta1", o.beta1), ("beta2", o.beta2)] {
-            if !(0.0..1.0).contains(&value) {
-                bail!("{origin}: field `optimizer.{field}` must be in [0, 1), found {value}");
-            }
-        }
-        for (field, value) in [("weight_decay", o.weight_decay), ("grad_clip", o.grad_clip), ("eps", o.eps)] {
-            if !(value >= 0.0 && value.is_finite()) {
-                bail!("{origin}: field `optimizer.{field}` must be a finite number >= 0, found {value}");
-            }
-        }
-        Ok(())
+        self.optimizer.validate(origin, "optimizer")
     }
 
     /// Which checkpoints a run keeps.

@@ -6,5 +6,5 @@ pub mod guard;
 pub mod metrics;
 pub mod trainer;
 
-pub use config::{OptimizerConfig, TrainConfig};
+pub use config::{OptimizerConfig, OptimizerSettings, TrainConfig};
 pub use trainer::{TrainOptions, TrainSummary, train};

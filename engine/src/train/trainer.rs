@@ -149,7 +149,7 @@ fn say_first_step(progress: &ProgressBar, steps_this_session: usize, started_at:
 
 fn log_eval(metrics: &mut MetricsLog, step: usize, evals: &[DomainEval]) -> Result<()> {
     for e in evals {
-        let record = EvalRecord { step, eval: e.domain.clone(), val_loss: e.loss, val_ppl: e.perplexity, routing: e.routing.clone() };
+        let record = EvalRecord { step, eval: e.domain.clone(), val_loss: e.loss, val_ppl: e.perplexity, routing: e.routing.as_ref().map(crate::eval::DomainRouting::panels).unwrap_or_default() };
         metrics.write(&MetricsRecord::Eval(record))?;
     }
     Ok(())
