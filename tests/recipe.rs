@@ -121,6 +121,26 @@ fn a_rerun_skips_finished_stages_and_a_new_or_changed_expert_reruns_only_its_dep
     for member in ["| en | english |", "| code | code |", "| generalist | mean |"] {
         assert!(diagnosis.contains(member), "diagnosis lacks {member}:\n{diagnosis}");
     }
+    // The accounting: on each expert's domain, BTX - dense = -prize + averaging cost +
+    // routing cost - finetune gain (each cell rounded to 3 decimals).
+    let accounting = report.split("## Where the gains go").nth(1).unwrap_or_else(|| panic!("no accounting:\n{report}"));
+    for expert in ["| en | english |", "| code | code |"] {
+        let row = accounting.lines().find(|l| l.starts_with(expert)).unwrap_or_else(|| panic!("no {expert}:\n{accounting}"));
+        let t: Vec<f64> = row.split('|').filter_map(|c| c.trim().parse().ok()).collect();
+        assert_eq!(t.len(), 5, "{row}");
+        assert!((-t[0] + t[1] + t[2] - t[3] - t[4]).abs() < 0.003, "the terms do not add up: {row}");
+    }
+    // Routing sharpness of the BTX merge (3 experts, top-2): per layer before and after the
+    // finetune, own-expert shares in [0, 1] and entropies up to ln 3.
+    let sharpness = report.split("## Routing sharpness").nth(1).unwrap_or_else(|| panic!("no sharpness:\n{report}"));
+    let btx_table = sharpness.split("`btx` (3 experts, top-2").nth(1).unwrap_or_else(|| panic!("{sharpness}"));
+    let rows: Vec<Vec<f64>> = btx_table.lines().skip_while(|l| !l.starts_with("| 0 |")).take_while(|l| l.starts_with('|')).map(|l| l.split('|').filter_map(|c| c.trim().parse().ok()).collect()).collect();
+    assert_eq!(rows.len(), 4, "{btx_table}"); // 2 layers x (before, after)
+    for r in &rows {
+        assert!(r.len() == 4 && r[1..3].iter().all(|s| (0.0..=1.0).contains(s)) && r[3] > 0.0 && r[3] <= 3f64.ln() + 0.01, "{r:?}");
+    }
+    // Each training stage's peak learning rate.
+    assert!(report.contains("| experts/en | 1.0e-2 |") && report.contains("| finetune/btx | 1.0e-2 |"), "{report}");
     let dense_data: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("dense-data/manifest.json")).unwrap()).unwrap();
     assert_eq!(dense_data["tokens"], 22 * 128);
     // Switch at capacity 0.5 drops half the assignments or more: the report says how many.

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod plots;
 pub mod report;
 pub mod report_figures;
+pub mod report_merge;
 pub mod report_record;
 pub mod runner;
 pub mod seeds;

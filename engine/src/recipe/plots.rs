@@ -150,8 +150,31 @@ fn tick(v: &f64) -> String {
 }
 
 /// Draws `chart` in `area`; a small multiple has fewer ticks and no legend (its colours are
-/// the main chart's).
+/// the main chart's). The legend stands in a strip right of the plot, so that it covers no
+/// point or label, however the points fall.
 fn draw_chart(area: &DrawingArea<BitMapBackend<'_>, Shift>, chart: &Chart, small: bool) -> Result<()> {
+    if small {
+        return draw_plot(area, chart, true);
+    }
+    let width = area.dim_in_pixel().0;
+    let longest = chart.series.iter().map(|s| s.label.chars().count()).max().unwrap_or(0) as u32;
+    let legend_width = (longest * 8 + 44).min(width * 2 / 5);
+    let (plot, legend) = area.split_horizontally(width - legend_width);
+    draw_plot(&plot, chart, false)?;
+    for (i, s) in chart.series.iter().enumerate() {
+        let colour = PALETTE[i % PALETTE.len()];
+        let y = 50 + 24 * i as i32;
+        if s.markers {
+            legend.draw(&Circle::new((14, y), 5, colour.filled())).map_err(err)?;
+        } else {
+            legend.draw(&PathElement::new(vec![(4, y), (24, y)], colour.stroke_width(3))).map_err(err)?;
+        }
+        legend.draw(&Text::new(s.label.clone(), (32, y - 8), (FONT, 14))).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn draw_plot(area: &DrawingArea<BitMapBackend<'_>, Shift>, chart: &Chart, small: bool) -> Result<()> {
     let title_size = if small { 18 } else { 24 };
     let x = padded(chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     let y = padded(chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
@@ -175,25 +198,14 @@ fn draw_chart(area: &DrawingArea<BitMapBackend<'_>, Shift>, chart: &Chart, small
         .map_err(err)?;
     for (i, s) in chart.series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
-        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3));
         if s.markers {
-            ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, colour.filled()))).map_err(err)?.label(&s.label).legend(legend);
+            ctx.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, colour.filled()))).map_err(err)?;
             let labelled = s.points.iter().zip(&s.point_labels);
             ctx.draw_series(labelled.map(|(&p, l)| EmptyElement::at(p) + Text::new(l.clone(), (7, -14), (FONT, 13)))).map_err(err)?;
         } else {
-            ctx.draw_series(LineSeries::new(s.points.iter().copied(), colour.stroke_width(2))).map_err(err)?.label(&s.label).legend(legend);
+            ctx.draw_series(LineSeries::new(s.points.iter().copied(), colour.stroke_width(2))).map_err(err)?;
         }
     }
-    if small {
-        return Ok(());
-    }
-    ctx.configure_series_labels()
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
     Ok(())
 }
 

@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use super::entries::{Entry, EntryKind, ModelId};
+use super::entries::{Entry, EntryKind};
 use super::plan::Plan;
 use super::report_figures::{Figures, write_loss_curves, write_pipeline, write_routing, write_summary};
 use super::stage::{Manifest, Stage};
@@ -80,7 +80,9 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     let mut md = format!("# Recipe report: {name}\n\n");
     write_table(&mut md, &rows, &stages, plan.recipe.seed)?;
     write_baselines(&mut md, plan)?;
-    write_diagnosis(&mut md, plan, &rows)?;
+    super::report_merge::write_diagnosis(&mut md, plan, &rows)?;
+    super::report_merge::write_accounting(&mut md, plan, &rows)?;
+    super::report_merge::write_sharpness(&mut md, plan, &rows)?;
     write_drops(&mut md, plan, &rows)?;
     write_winners(&mut md, &rows)?;
     let mut figures = Figures::new();
@@ -150,54 +152,6 @@ fn write_drops(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
     for (r, eval, train) in dropping {
         let train = train.map_or("-".to_string(), |t| format!("{:.1}%", t * 100.0));
         writeln!(md, "| {} | {:.2} | {:.1}% | {train} |", r.entry.label(), r.mean_loss().exp(), eval * 100.0)?;
-    }
-    Ok(())
-}
-
-/// The BTX merge diagnosis: how far each member's shared (non-FFN) weights drifted from the
-/// seed and from their average, and each member's perplexity on its own domain alone, then
-/// with its FFN inside the averaged shared weights (what MiX builds), then through the MoE.
-fn write_diagnosis(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
-    let r = plan.recipe;
-    let Some(btx) = r.merges.iter().find(|m| m.method == super::config::MergeMethod::Btx).filter(|_| r.diagnose_merge) else {
-        return Ok(());
-    };
-    let (seed, _) = plan.seed()?;
-    let members = plan.btx_members(&seed);
-    // Each diagnosis stage measured its member's drift (the report loads no weights).
-    let drift_of = |name: &str| -> Result<crate::merge::diagnosis::Drift> {
-        let dir = plan.dir(&StageId::Diagnosis(name.to_string()));
-        let record = crate::merge::record::MergeRecord::read(&dir)?;
-        record.and_then(|r| r.drift).with_context(|| format!("{} records no drift (run its stage again)", dir.display()))
-    };
-    let drifts = members.iter().map(|(name, _)| drift_of(name)).collect::<Result<Vec<_>>>()?;
-    let row = |model: ModelId| rows.iter().find(|r| r.entry.model == model);
-    // Perplexity on a member's own domain (its largest data weight), or the mean for the seed.
-    let own = |name: &str| r.experts.iter().find(|e| e.name == name).and_then(|e| e.data.iter().max_by(|a, b| a.1.total_cmp(&b.1))).map(|d| d.0.clone());
-    let ppl = |row: Option<&Row>, domain: &Option<String>| -> String {
-        let Some(row) = row else { return "-".into() };
-        match domain {
-            Some(d) => row.eval.domains.iter().find(|x| &x.domain == d).map_or("-".into(), |x| format!("{:.2}", x.perplexity)),
-            None => format!("{:.2}", row.mean_loss().exp()),
-        }
-    };
-    writeln!(md, "\n## Merge diagnosis\n")?;
-    writeln!(md, "Shared weights = every non-FFN tensor (attention, norms, embeddings), which MiX averages. Drift from seed = ||member - seed|| / ||seed||, drift from average = ||member - average|| / ||member||, over all of them. Perplexity on the member's own domain (the seed: mean over domains): the member alone, its FFN inside the averaged shared weights (the MoE when every token goes to it), and the BTX model `{}` before and after its finetune.\n", btx.name)?;
-    writeln!(md, "| member | domain | drift from seed | drift from average | alone | in averaged shared weights | BTX before finetune | BTX |\n|---|---|---:|---:|---:|---:|---:|---:|")?;
-    for ((name, _), d) in members.iter().zip(&drifts) {
-        let domain = own(name);
-        let alone = if name == crate::merge::GENERALIST { row(ModelId::Seed) } else { row(ModelId::Expert(name.clone())) };
-        writeln!(
-            md,
-            "| {name} | {} | {:.3} | {:.3} | {} | {} | {} | {} |",
-            domain.as_deref().unwrap_or("mean"),
-            d.from_seed,
-            d.from_average,
-            ppl(alone, &domain),
-            ppl(row(ModelId::Transplant(name.clone())), &domain),
-            ppl(row(ModelId::Unfinetuned(btx.name.clone())), &domain),
-            ppl(row(ModelId::Merged(btx.name.clone())), &domain),
-        )?;
     }
     Ok(())
 }
