@@ -379,6 +379,27 @@ fn a_sweep_runs_every_point_and_reports_the_gaps() {
     assert!(image::open(out.join("sweep_vs_dense.png")).is_ok());
     let (ok, stderr) = run_btx(&["recipe", "sweep", path.to_str().unwrap(), "--seed-steps", "6,x", "--expert-steps", "2"], dir.path());
     assert!(!ok && stderr.contains("--seed-steps"), "{stderr}");
+    let (ok, stderr) = run_btx(&["recipe", "sweep", path.to_str().unwrap(), "--rows", "expert-speed=1", "--expert-steps", "2"], dir.path());
+    assert!(!ok && stderr.contains("--rows") && stderr.contains("router-lr-multiplier"), "{stderr}");
+    let (ok, stderr) = run_btx(&["recipe", "sweep", path.to_str().unwrap(), "--rows", "finetune-steps=2.5", "--expert-steps", "2"], dir.path());
+    assert!(!ok && stderr.contains("whole numbers"), "{stderr}");
+
+    // Any two quantities: the routers' learning-rate multiple against the finetune's length,
+    // over two seeds (each cell: the mean gap and the seeds' range).
+    let seeded = dir.path().join("seeded.ron");
+    std::fs::write(&seeded, std::fs::read_to_string(&path).unwrap().replace("    seed: 3,\n", "    seed: 3,\n    seeds: [3, 4],\n")).unwrap();
+    let out = dir.path().join("router-sweep");
+    let args = ["recipe", "sweep", seeded.to_str().unwrap(), "--rows", "router-lr-multiplier=1,10", "--columns", "finetune-steps=2", "--out", out.to_str().unwrap(), "--device", "cpu"];
+    let (ok, stderr) = run_btx(&args, dir.path());
+    assert!(ok, "{stderr}");
+    for m in [1.0, 10.0] {
+        let finetune: btx::train::TrainConfig = btx::config::read_ron(&out.join(format!("router-lr-multiplier-{m}-finetune-steps-2/seed-4/finetune/btx/stage.ron"))).unwrap();
+        assert_eq!((finetune.optimizer.router_lr_multiplier, finetune.steps), (m, 2));
+    }
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(md.contains("| router-lr-multiplier \\\\ finetune-steps | 2 |") && md.contains("2 seeds per point"), "{md}");
+    let row = md.lines().find(|l| l.starts_with("| 10 | ")).unwrap_or_else(|| panic!("{md}"));
+    assert!(row.contains(" to ") && row.contains('('), "{row}");
 }
 
 /// The family of methods runs from a recipe: BAM (shared KV), a shared expert, Drop-Upcycling,

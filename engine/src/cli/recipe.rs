@@ -63,12 +63,21 @@ pub enum RecipeCommand {
     /// baseline in mean validation log-perplexity (RUN/sweep.md and a heatmap per baseline).
     Sweep {
         recipe: PathBuf,
-        /// Seed training lengths, e.g. 100,400,1600.
+        /// Seed training lengths, e.g. 100,400,1600 (the rows; short for
+        /// `--rows seed-steps=...`).
+        #[arg(long, conflicts_with = "rows")]
+        seed_steps: Option<String>,
+        /// Expert training lengths, e.g. 25,100,400 (the columns; short for
+        /// `--columns expert-steps=...`).
+        #[arg(long, conflicts_with = "columns")]
+        expert_steps: Option<String>,
+        /// The rows' quantity and values, e.g. `expert-lr=3e-4,1e-3,3e-3`; one of seed-steps,
+        /// expert-steps, expert-lr, finetune-steps, finetune-lr, router-lr-multiplier.
         #[arg(long)]
-        seed_steps: String,
-        /// Expert training lengths, e.g. 25,100,400.
+        rows: Option<String>,
+        /// The columns' quantity and values, e.g. `router-lr-multiplier=1,10,30`.
         #[arg(long)]
-        expert_steps: String,
+        columns: Option<String>,
         /// Sweep folder (default: runs/<recipe name>-sweep).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -145,12 +154,20 @@ pub fn run(command: RecipeCommand) -> Result<()> {
                 }
             }
         }
-        RecipeCommand::Sweep { recipe, seed_steps, expert_steps, out, jobs, device } => {
-            use crate::recipe::sweep::{steps_list, sweep};
+        RecipeCommand::Sweep { recipe, seed_steps, expert_steps, rows, columns, out, jobs, device } => {
+            use crate::recipe::sweep::{Axis, Quantity, sweep};
+            let axis = |short: Option<String>, short_flag: &str, quantity: Quantity, long: Option<String>, long_flag: &str| -> Result<Axis> {
+                match (short, long) {
+                    (Some(values), _) => Axis::of(quantity, &values, short_flag),
+                    (None, Some(text)) => Axis::parse(&text, long_flag),
+                    (None, None) => anyhow::bail!("a sweep needs its {long_flag} (or {short_flag})"),
+                }
+            };
+            let rows = axis(seed_steps, "--seed-steps", Quantity::SeedSteps, rows, "--rows")?;
+            let columns = axis(expert_steps, "--expert-steps", Quantity::ExpertSteps, columns, "--columns")?;
             let parsed = Recipe::load(&recipe)?;
             let out = resolve(&recipe_out(&recipe, out, "-sweep"));
-            let (seeds, experts) = (steps_list(&seed_steps, "--seed-steps")?, steps_list(&expert_steps, "--expert-steps")?);
-            sweep(&parsed, &seeds, &experts, &RunOptions { out, jobs, device, btx: btx()? })
+            sweep(&parsed, &rows, &columns, &RunOptions { out, jobs, device, btx: btx()? })
         }
         RecipeCommand::Status { recipe, out } => print_status(&Recipe::load(&recipe)?, &resolve(&recipe_out(&recipe, out, ""))),
         RecipeCommand::Stage { recipe, out, stage, device } => {

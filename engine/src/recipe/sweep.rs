@@ -1,8 +1,9 @@
-//! A sweep over the two quantities that decide whether BTX pays off: how long the seed
-//! trains, and how long each expert trains after branching. Every point is the base recipe
-//! with those two numbers changed, run whole (stages shared between points are not: each
-//! point is its own run folder); the result is the gap between BTX and each baseline in mean
-//! validation log-perplexity (negative: BTX better).
+//! A sweep over two of the quantities that decide whether BTX pays off: by default how long
+//! the seed trains and how long each expert trains after branching; or the experts' learning
+//! rate, the finetune's length or learning rate, the routers' learning-rate multiple. Every
+//! point is the base recipe with those two numbers changed, run whole (stages shared between
+//! points are not: each point is its own run folder); the result is the gap between BTX and
+//! each baseline in mean validation log-perplexity (negative: BTX better).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -16,20 +17,119 @@ use super::plots::{self, Heatmap};
 use super::runner::{RunOptions, run_recipe};
 use crate::fsutil::write_atomic;
 
-/// `recipe` with the seed trained `seed_steps` and every expert `expert_steps`.
-pub fn variant(recipe: &Recipe, seed_steps: usize, expert_steps: usize) -> Result<Recipe> {
-    let SeedModel::Train { mixture, .. } = &recipe.seed_model else {
-        bail!("a sweep varies the seed's training: the recipe's `seed_model` must be Train(...)");
-    };
+/// A quantity a sweep varies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantity {
+    /// The seed's training steps.
+    SeedSteps,
+    /// Every expert's training steps.
+    ExpertSteps,
+    /// Every expert's peak learning rate (`expert_optimizer.lr`).
+    ExpertLr,
+    /// The MoE finetune's steps.
+    FinetuneSteps,
+    /// The MoE finetune's peak learning rate.
+    FinetuneLr,
+    /// The routers' learning-rate multiple in the finetune.
+    RouterLrMultiplier,
+}
+
+impl Quantity {
+    const ALL: [Quantity; 6] = [Self::SeedSteps, Self::ExpertSteps, Self::ExpertLr, Self::FinetuneSteps, Self::FinetuneLr, Self::RouterLrMultiplier];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SeedSteps => "seed-steps",
+            Self::ExpertSteps => "expert-steps",
+            Self::ExpertLr => "expert-lr",
+            Self::FinetuneSteps => "finetune-steps",
+            Self::FinetuneLr => "finetune-lr",
+            Self::RouterLrMultiplier => "router-lr-multiplier",
+        }
+    }
+
+    fn counts_steps(self) -> bool {
+        matches!(self, Self::SeedSteps | Self::ExpertSteps | Self::FinetuneSteps)
+    }
+
+    /// Its part of a point's folder name (the two step counts as sweeps always named them).
+    fn folder_part(self, value: f64) -> String {
+        match self {
+            Self::SeedSteps => format!("seed-{value}"),
+            Self::ExpertSteps => format!("experts-{value}"),
+            other => format!("{}-{value}", other.name()),
+        }
+    }
+
+    /// Sets it to `value` in `recipe`.
+    fn apply(self, recipe: &mut Recipe, value: f64) -> Result<()> {
+        let steps = value as usize;
+        match self {
+            Self::SeedSteps => {
+                let SeedModel::Train { steps: seed_steps, .. } = &mut recipe.seed_model else {
+                    bail!("a sweep over seed-steps varies the seed's training: the recipe's `seed_model` must be Train(...)");
+                };
+                *seed_steps = steps;
+            }
+            Self::ExpertSteps => recipe.experts.iter_mut().for_each(|e| e.steps = steps),
+            Self::ExpertLr => {
+                recipe.expert_optimizer.lr = Some(value);
+                recipe.experts.iter_mut().for_each(|e| e.optimizer.lr = None);
+            }
+            Self::FinetuneSteps => recipe.finetune.steps = steps,
+            Self::FinetuneLr => {
+                recipe.finetune.lr = None;
+                recipe.finetune.optimizer.lr = Some(value);
+            }
+            Self::RouterLrMultiplier => recipe.finetune.optimizer.router_lr_multiplier = Some(value),
+        }
+        Ok(())
+    }
+}
+
+/// One axis of a sweep: a quantity and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    pub quantity: Quantity,
+    pub values: Vec<f64>,
+}
+
+impl Axis {
+    /// Parses `QUANTITY=V1,V2,...` (e.g. `expert-lr=3e-4,1e-3`).
+    pub fn parse(text: &str, flag: &str) -> Result<Self> {
+        let names: Vec<&str> = Quantity::ALL.iter().map(|q| q.name()).collect();
+        let (name, values) = text.split_once('=').with_context(|| format!("{flag}: expected QUANTITY=V1,V2,... (QUANTITY one of {}), found `{text}`", names.join(", ")))?;
+        let quantity = *Quantity::ALL.iter().find(|q| q.name() == name.trim()).with_context(|| format!("{flag}: unknown quantity `{name}`; one of {}", names.join(", ")))?;
+        Self::of(quantity, values, flag)
+    }
+
+    /// `quantity` at the comma-separated `values`.
+    pub fn of(quantity: Quantity, values: &str, flag: &str) -> Result<Self> {
+        let parsed: Vec<f64> = values.split(',').map(|v| v.trim().parse::<f64>()).collect::<Result<_, _>>().with_context(|| format!("{flag}: expected numbers like 100,400,1600, found `{values}`"))?;
+        if parsed.is_empty() || parsed.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+            bail!("{flag}: every value must be a number > 0, found `{values}`");
+        }
+        if quantity.counts_steps() && parsed.iter().any(|v| v.fract() != 0.0) {
+            bail!("{flag}: {} counts steps: whole numbers of at least 1, found `{values}`", quantity.name());
+        }
+        Ok(Self { quantity, values: parsed })
+    }
+}
+
+/// `recipe` at one point of the sweep.
+pub fn variant(recipe: &Recipe, point: &[(Quantity, f64)]) -> Result<Recipe> {
     let mut r = recipe.clone();
-    r.seed_model = SeedModel::Train { steps: seed_steps, mixture: mixture.clone() };
-    r.experts.iter_mut().for_each(|e| e.steps = expert_steps);
+    for (quantity, value) in point {
+        quantity.apply(&mut r, *value)?;
+    }
+    r.validate("the sweep's variant of the recipe")?;
     Ok(r)
 }
 
-/// Runs every (seed steps, expert steps) point into `out/seed-S-experts-E`, then writes
-/// `out/sweep.md` and one heatmap per baseline (`out/sweep_vs_BASELINE.png`).
-pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], options: &RunOptions) -> Result<()> {
+/// Runs every (row value, column value) point into `out/ROW-COLUMN` (e.g.
+/// `seed-100-experts-25`), then writes `out/sweep.md` and one heatmap per baseline
+/// (`out/sweep_vs_BASELINE.png`).
+pub fn sweep(recipe: &Recipe, rows: &Axis, columns: &Axis, options: &RunOptions) -> Result<()> {
     let btx = recipe.merges.iter().find(|m| m.method == MergeMethod::Btx).context("a sweep compares a Btx merge with the baselines; the recipe has none")?;
     let mut baselines: Vec<String> = recipe.merges.iter().filter(|m| matches!(m.method, MergeMethod::Upcycle { .. })).map(|m| ModelId::Merged(m.name.clone()).to_string()).collect();
     baselines.extend(recipe.dense_baseline.then(|| ModelId::Dense.to_string()));
@@ -37,40 +137,71 @@ pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], opti
     if baselines.is_empty() {
         bail!("a sweep needs a baseline: set `dense_baseline`, `data_matched_baseline` or add an Upcycle merge");
     }
-    // [seed][expert] -> the report's mean loss per model.
-    let mut grid: Vec<Vec<Vec<ModelRecord>>> = Vec::new();
-    for &s in seed_steps {
+    if rows.quantity == columns.quantity {
+        bail!("a sweep's rows and columns must vary two different quantities, not {} twice", rows.quantity.name());
+    }
+    // Every point's recipe first, so that a bad value stops the sweep before anything runs.
+    let mut points = Vec::new();
+    for &r in &rows.values {
+        for &c in &columns.values {
+            let out: PathBuf = options.out.join(format!("{}-{}", rows.quantity.folder_part(r), columns.quantity.folder_part(c)));
+            points.push((variant(recipe, &[(rows.quantity, r), (columns.quantity, c)])?, out));
+        }
+    }
+    // [row][column][seed] -> each model's report record.
+    let mut grid: Vec<Vec<Vec<Vec<ModelRecord>>>> = Vec::new();
+    for chunk in points.chunks(columns.values.len()) {
         let mut row = Vec::new();
-        for &e in expert_steps {
-            let out: PathBuf = options.out.join(format!("seed-{s}-experts-{e}"));
-            eprintln!("sweep point: seed {s} steps, experts {e} steps -> {}", out.display());
-            run_recipe(&variant(recipe, s, e)?, &RunOptions { out: out.clone(), ..options.clone() })?;
-            row.push(ReportRecord::read(&out)?.models);
+        for (variant, out) in chunk {
+            eprintln!("sweep point -> {}", out.display());
+            run_recipe(variant, &RunOptions { out: out.clone(), ..options.clone() })?;
+            // One report per seed (the recipe's `seeds`), or the run's one.
+            row.push(variant.runs(out).iter().map(|(_, dir)| ReportRecord::read(dir).map(|r| r.models)).collect::<Result<Vec<_>>>()?);
         }
         grid.push(row);
     }
-    let gap = |models: &[ModelRecord], baseline: &str| -> Option<f64> {
-        let loss = |label: &str| models.iter().find(|m| m.model == label).map(|m| m.mean_loss);
-        Some(loss(&ModelId::Merged(btx.name.clone()).to_string())? - loss(baseline)?)
+    let seeds = grid[0][0].len();
+    // The gap at one point: its mean over the seeds and, with several, their range.
+    let gap = |runs: &[Vec<ModelRecord>], baseline: &str| -> (f64, String) {
+        let per_seed: Vec<f64> = runs
+            .iter()
+            .filter_map(|models| {
+                let loss = |label: &str| models.iter().find(|m| m.model == label).map(|m| m.mean_loss);
+                Some(loss(&ModelId::Merged(btx.name.clone()).to_string())? - loss(baseline)?)
+            })
+            .collect();
+        if per_seed.len() != runs.len() {
+            return (f64::NAN, "-".into());
+        }
+        let mean = per_seed.iter().sum::<f64>() / per_seed.len() as f64;
+        let (lo, hi) = per_seed.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        (mean, if per_seed.len() > 1 { format!("{mean:+.3} ({lo:+.3} to {hi:+.3})") } else { format!("{mean:+.3}") })
     };
+    let (row_name, column_name) = (rows.quantity.name(), columns.quantity.name());
     let mut md = format!("# Sweep: {} minus each baseline\n\n", btx.name);
-    writeln!(md, "Mean validation log-perplexity of `{}` minus the baseline's (nats; negative: BTX better), for each seed length (rows) and expert length (columns), in training steps. Each point is a whole run in `seed-S-experts-E/`.\n", btx.name)?;
+    writeln!(md, "Mean validation log-perplexity of `{}` minus the baseline's (nats; negative: BTX better), for each {row_name} (rows) and {column_name} (columns). Each point is a whole run in its own folder (`{}`, ...).\n", btx.name, points[0].1.file_name().unwrap_or_default().to_string_lossy())?;
+    if seeds > 1 {
+        writeln!(md, "{seeds} seeds per point: each cell is the mean gap and, in brackets, the lowest and highest seed's; a range that holds 0 is a tie.\n")?;
+    }
+    let column_values: Vec<String> = columns.values.iter().map(|v| v.to_string()).collect();
     for baseline in &baselines {
-        let values: Vec<Vec<f64>> = grid.iter().map(|row| row.iter().map(|m| gap(m, baseline).unwrap_or(f64::NAN)).collect()).collect();
-        writeln!(md, "## vs {baseline}\n\n| seed steps \\\\ expert steps | {} |\n|---|{}", expert_steps.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(" | "), "---:|".repeat(expert_steps.len()))?;
-        for (s, row) in seed_steps.iter().zip(&values) {
-            writeln!(md, "| {s} | {} |", row.iter().map(|v| format!("{v:+.3}")).collect::<Vec<_>>().join(" | "))?;
+        let cells: Vec<Vec<(f64, String)>> = grid.iter().map(|row| row.iter().map(|runs| gap(runs, baseline)).collect()).collect();
+        let values: Vec<Vec<f64>> = cells.iter().map(|r| r.iter().map(|c| c.0).collect()).collect();
+        let texts: Vec<Vec<String>> = cells.iter().map(|r| r.iter().map(|c| c.1.clone()).collect()).collect();
+        writeln!(md, "## vs {baseline}\n\n| {row_name} \\\\ {column_name} | {} |\n|---|{}", column_values.join(" | "), "---:|".repeat(column_values.len()))?;
+        for (r, row) in rows.values.iter().zip(&texts) {
+            writeln!(md, "| {r} | {} |", row.join(" | "))?;
         }
         let file = format!("sweep_vs_{}.png", super::plan::slug(baseline));
         let map = Heatmap {
             title: format!("{} minus {baseline}: mean val log-perplexity (nats; < 0: BTX better)", btx.name),
-            rows: seed_steps.iter().map(|s| format!("seed {s} steps")).collect(),
-            columns: expert_steps.iter().map(|e| e.to_string()).collect(),
+            rows: rows.values.iter().map(|v| format!("{row_name} {v}")).collect(),
+            columns: column_values.clone(),
             // Shaded by how much better BTX is (0 where it is worse); the values are printed.
             panels: vec![values.iter().map(|r| r.iter().map(|v| (-v).max(0.0)).collect()).collect()],
-            panel_label: "expert steps (darker: BTX further ahead)".into(),
+            panel_label: format!("{column_name} (darker: BTX further ahead)"),
             scale_label: "BTX ahead (nats)".into(),
-            cell_text: vec![values.iter().map(|r| r.iter().map(|v| format!("{v:+.3}")).collect()).collect()],
+            cell_text: vec![texts],
         };
         let figure = plots::heatmap(&map)?;
         write_atomic(&options.out.join(&file), &figure.png)?;
@@ -80,13 +211,3 @@ pub fn sweep(recipe: &Recipe, seed_steps: &[usize], expert_steps: &[usize], opti
     eprintln!("sweep: {}", options.out.join("sweep.md").display());
     Ok(())
 }
-
-/// Parses "100,400,1600".
-pub fn steps_list(text: &str, flag: &str) -> Result<Vec<usize>> {
-    let list: Vec<usize> = text.split(',').map(|s| s.trim().parse::<usize>()).collect::<Result<_, _>>().with_context(|| format!("{flag}: expected step counts like 100,400,1600, found `{text}`"))?;
-    if list.is_empty() || list.contains(&0) {
-        bail!("{flag}: every step count must be at least 1");
-    }
-    Ok(list)
-}
-
