@@ -36,6 +36,7 @@ pub fn tiny_model(n_heads: usize, n_kv_heads: usize) -> ModelConfig {
         d_ff: 64,
         max_seq_len: 64,
         rope_theta: 10_000.0,
+        rope_scaling: None,
         norm_eps: 1e-5,
         tie_embeddings: false,
         attention_experts: None,

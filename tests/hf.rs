@@ -215,3 +215,39 @@ fn a_shared_expert_exports_as_qwen2_moe_and_attention_experts_are_refused() {
     let err = format!("{:#}", export_hf(&bam_dir, &dir.path().join("bam-hf"), Some(&repo_root().join("assets/tokenizer.json")), false).unwrap_err());
     assert!(err.contains("attention experts") && err.contains("own checkpoint"), "{err}");
 }
+
+/// RoPE scaling in a config.json: Llama 3.1's (`llama3`) and linear, as transformers 5
+/// nests them in `rope_parameters` and as 4.x writes them in `rope_scaling`, import to the
+/// engine's `RopeScaling` and export back to the same fields; other types are refused by name.
+#[test]
+fn rope_scaling_imports_and_exports_and_unknown_types_are_refused() {
+    use btx::hf::config::{from_hf_config, to_hf_config};
+    use btx::model::rope::RopeScaling;
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("llama").join("config.json")).unwrap()).unwrap();
+    let llama3 = serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16});
+    let expected = RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 16 };
+    let mut v5 = base.clone();
+    v5["rope_parameters"] = llama3.clone();
+    let mut v4 = base.clone();
+    v4.as_object_mut().unwrap().remove("rope_parameters");
+    v4["rope_theta"] = serde_json::json!(500000.0);
+    v4["rope_scaling"] = llama3.clone();
+    for hf in [&v5, &v4] {
+        let config = from_hf_config(hf, "config.json").unwrap();
+        assert_eq!((config.rope_scaling.as_ref(), config.rope_theta), (Some(&expected), 500000.0));
+        let exported = to_hf_config(&config, false).unwrap();
+        assert_eq!(exported["rope_parameters"], llama3);
+        assert_eq!(from_hf_config(&exported, "exported").unwrap(), config);
+    }
+    let mut linear = base.clone();
+    linear["rope_parameters"] = serde_json::json!({"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0});
+    assert_eq!(from_hf_config(&linear, "c").unwrap().rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+    let mut yarn = base.clone();
+    yarn["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0});
+    let err = format!("{:#}", from_hf_config(&yarn, "c").unwrap_err());
+    assert!(err.contains("rope_parameters") && err.contains("yarn") && err.contains("llama3"), "{err}");
+    let mut incomplete = base.clone();
+    incomplete["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0});
+    let err = format!("{:#}", from_hf_config(&incomplete, "c").unwrap_err());
+    assert!(err.contains("rope_parameters.low_freq_factor"), "{err}");
+}

@@ -217,6 +217,7 @@ fn merges_stream_in_bounded_memory_and_equal_the_in_memory_merge() {
         d_ff: 2048,
         max_seq_len: 256,
         rope_theta: 10_000.0,
+        rope_scaling: None,
         norm_eps: 1e-5,
         tie_embeddings: false,
         attention_experts: None,

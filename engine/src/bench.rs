@@ -83,6 +83,7 @@ pub fn bench_moe(device: &Device, o: &MoeBenchOptions) -> Vec<MoeBenchRow> {
         d_ff: 2 * o.expert_d_ff,
         max_seq_len: o.seq_len,
         rope_theta: 10_000.0,
+        rope_scaling: None,
         norm_eps: 1e-5,
         tie_embeddings: false,
         attention_experts: None,

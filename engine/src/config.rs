@@ -33,6 +33,10 @@ pub struct ModelConfig {
     /// RoPE base frequency.
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// Rescaled RoPE frequencies for a longer context (Llama 3.1's, or linear); absent: none
+    /// (and left out of written configs, so those of earlier models are unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<crate::model::rope::RopeScaling>,
     /// RMSNorm epsilon.
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
@@ -111,6 +115,9 @@ impl ModelConfig {
         }
         if !(self.rope_theta > 0.0) {
             err("rope_theta", format!("must be positive, found {}", self.rope_theta))?;
+        }
+        if let Some(Err(e)) = self.rope_scaling.as_ref().map(|s| s.validate()) {
+            err("rope_scaling", e)?;
         }
         if !(self.norm_eps > 0.0) {
             err("norm_eps", format!("must be positive, found {}", self.norm_eps))?;

@@ -204,6 +204,7 @@ pub fn compare_logits_with_cpu(device: &Device) -> (f32, f32) {
         d_ff: 128,
         max_seq_len: 64,
         rope_theta: 10_000.0,
+        rope_scaling: None,
         norm_eps: 1e-5,
         tie_embeddings: false,
         attention_experts: None,

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::config::ModelConfig;
+use crate::model::rope::RopeScaling;
 use crate::model::moe_config::{MoeConfig, Routing};
 
 /// The engine's model config from a Hugging Face config.json; `origin` names the file.
@@ -32,22 +33,20 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
     }
     // transformers 5 nests RoPE settings in `rope_parameters`; 4.x has `rope_theta` and
     // `rope_scaling` at the top level.
-    let rope = hf.get("rope_parameters").filter(|v| v.is_object());
-    let rope_type = rope.and_then(|r| r.get("rope_type")).and_then(Value::as_str).unwrap_or("default");
-    let rope_theta = rope
+    let rope_theta = hf
+        .get("rope_parameters")
         .and_then(|r| r.get("rope_theta"))
         .or_else(|| hf.get("rope_theta"))
         .and_then(Value::as_f64)
         .unwrap_or(10_000.0);
+    let rope_scaling = rope_scaling_from_hf(hf, origin)?;
     for (field, ok) in [
-        ("rope_scaling", hf.get("rope_scaling").is_none_or(Value::is_null)),
-        ("rope_parameters", rope_type == "default"),
         ("attention_bias", !hf.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)),
         ("mlp_bias", !hf.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false)),
         ("hidden_act", hf.get("hidden_act").and_then(Value::as_str).is_none_or(|a| a == "silu")),
     ] {
         if !ok {
-            bail!("{origin}: field `{field}` is {}; the engine supports no RoPE scaling, no biases and SiLU only", hf[field]);
+            bail!("{origin}: field `{field}` is {}; the engine supports no biases and SiLU only", hf[field]);
         }
     }
     let max_seq_len = int("max_position_embeddings")?;
@@ -65,6 +64,7 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         d_ff: int("intermediate_size")?,
         max_seq_len,
         rope_theta,
+        rope_scaling,
         norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         tie_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         attention_experts: None,
@@ -90,6 +90,56 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
     Ok(config)
 }
 
+/// The RoPE scaling of a config.json: transformers 5 nests it with `rope_theta` in
+/// `rope_parameters`, 4.x has `rope_scaling` (`rope_type`, or `type` before 4.45) beside a
+/// top-level `rope_theta`. `default` or absent: none; `linear` and `llama3` are the engine's
+/// `RopeScaling`; any other type is refused by name.
+fn rope_scaling_from_hf(hf: &Value, origin: &str) -> Result<Option<RopeScaling>> {
+    let (field, params) = match (hf.get("rope_parameters").filter(|v| v.is_object()), hf.get("rope_scaling").filter(|v| v.is_object())) {
+        (Some(p), _) => ("rope_parameters", p),
+        (None, Some(s)) => ("rope_scaling", s),
+        (None, None) => return Ok(None),
+    };
+    let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let number = |name: &str| -> Result<f64> {
+        params.get(name).and_then(Value::as_f64).ok_or_else(|| anyhow::anyhow!("{origin}: field `{field}.{name}` is missing or not a number (rope_type {kind} needs it)"))
+    };
+    let scaling = match kind {
+        "default" => return Ok(None),
+        "linear" => RopeScaling::Linear { factor: number("factor")? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: number("factor")?,
+            low_freq_factor: number("low_freq_factor")?,
+            high_freq_factor: number("high_freq_factor")?,
+            original_max_position_embeddings: number("original_max_position_embeddings")? as usize,
+        },
+        other => bail!("{origin}: field `{field}` has rope_type `{other}`; the engine supports default, linear and llama3 RoPE"),
+    };
+    scaling.validate().map_err(|e| anyhow::anyhow!("{origin}: field `{field}`: {e}"))?;
+    Ok(Some(scaling))
+}
+
+/// `rope_parameters` (transformers 5; 4.x reads the same keys from `rope_scaling`) for the
+/// engine's RoPE settings.
+fn rope_parameters_to_hf(config: &ModelConfig) -> Value {
+    let mut params = json!({ "rope_type": "default", "rope_theta": config.rope_theta });
+    match &config.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => {
+            params["rope_type"] = json!("linear");
+            params["factor"] = json!(factor);
+        }
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+            params["rope_type"] = json!("llama3");
+            params["factor"] = json!(factor);
+            params["low_freq_factor"] = json!(low_freq_factor);
+            params["high_freq_factor"] = json!(high_freq_factor);
+            params["original_max_position_embeddings"] = json!(original_max_position_embeddings);
+        }
+    }
+    params
+}
+
 /// A Hugging Face config.json for the engine's model config. Routing Mixtral cannot express
 /// is an error unless `closest` is set (then Switch and sample-top-1 become top-1, soft
 /// becomes top-E).
@@ -103,7 +153,7 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
         "head_dim": config.head_dim(),
         "max_position_embeddings": config.max_seq_len,
         "rope_theta": config.rope_theta,
-        "rope_parameters": { "rope_type": "default", "rope_theta": config.rope_theta },
+        "rope_parameters": rope_parameters_to_hf(config),
         "rms_norm_eps": config.norm_eps,
         "tie_word_embeddings": config.tie_embeddings,
         "hidden_act": "silu",
@@ -112,6 +162,10 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
         "torch_dtype": "float32",
         "use_cache": true,
     });
+    if config.rope_scaling.is_some() {
+        // transformers 4.x reads the scaling from here.
+        hf["rope_scaling"] = rope_parameters_to_hf(config);
+    }
     match &config.moe {
         None => {
             hf["architectures"] = json!(["LlamaForCausalLM"]);

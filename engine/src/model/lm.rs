@@ -20,6 +20,8 @@ pub struct LanguageModel {
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
     pub rope_theta: f64,
+    #[module(skip)]
+    pub rope_scaling: Option<super::rope::RopeScaling>,
     pub head_dim: usize,
 }
 
@@ -33,13 +35,14 @@ impl LanguageModel {
             norm: RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
             lm_head: (!config.tie_embeddings).then(|| linear(config.d_model, config.vocab_size, device)),
             rope_theta: config.rope_theta,
+            rope_scaling: config.rope_scaling.clone(),
             head_dim: config.head_dim(),
         }
     }
 
     /// RoPE tables for positions `start..start + seq`.
     fn rope(&self, start: usize, seq: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        rope_tables_from(start, seq, self.head_dim, self.rope_theta, device)
+        rope_tables_from(start, seq, self.head_dim, self.rope_theta, self.rope_scaling.as_ref(), device)
     }
 
     /// A model initialised from `seed` alone (the same on every backend).
