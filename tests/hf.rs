@@ -34,22 +34,36 @@ fn engine_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
 
 #[test]
 fn imported_fixtures_give_the_logits_of_transformers() {
-    for name in ["llama", "mixtral"] {
+    for name in ["llama", "mixtral", "llama3"] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("ckpt");
         let config = import_hf(&fixture(name), &out).unwrap();
         assert_eq!(config.moe.is_some(), name == "mixtral");
+        assert_eq!(config.rope_scaling.is_some(), name == "llama3");
         let (tokens, want) = reference(name);
         let got = engine_logits(&out, &tokens);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let diff = max_abs_diff(&got, &want);
+        eprintln!("{name}: largest logit difference to transformers {diff:.2e} (logit scale {scale:.2})");
         assert!(diff <= 1e-4 * scale, "{name}: max difference {diff} at logit scale {scale}");
+        if name == "llama3" {
+            // Without its RoPE scaling the same weights give other logits: the test sees it.
+            let plain = dir.path().join("plain");
+            std::fs::create_dir_all(&plain).unwrap();
+            std::fs::copy(fixture(name).join("model.safetensors"), plain.join("model.safetensors")).unwrap();
+            let mut hf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap();
+            hf["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 10000.0});
+            std::fs::write(plain.join("config.json"), hf.to_string()).unwrap();
+            import_hf(&plain, &dir.path().join("plain-ckpt")).unwrap();
+            let off = max_abs_diff(&engine_logits(&dir.path().join("plain-ckpt"), &tokens), &want);
+            assert!(off > 100.0 * diff.max(1e-6), "unscaled RoPE gave nearly the same logits: {off} vs {diff}");
+        }
     }
 }
 
 #[test]
 fn import_export_import_gives_identical_tensors() {
-    for name in ["llama", "mixtral"] {
+    for name in ["llama", "mixtral", "llama3"] {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
         import_hf(&fixture(name), &a).unwrap();
