@@ -38,8 +38,19 @@ fn cached_logits_equal_the_full_forward_dense_and_every_routing() {
         Some(MoeConfig::new(4, 1, Routing::Soft)),
         Some(MoeConfig::new(4, 1, Routing::SampleTop1 { tau_min: 0.5, tau_decay: 1e-3, first_layer_soft: true })),
     ];
-    for moe in routings {
-        let config = ModelConfig { moe: moe.clone(), ..tiny_model(4, 2) };
+    // The attention options of Qwen2 (q/k/v biases), Qwen3 (q/k norms, wide heads) and
+    // Llama 3 (RoPE scaling), dense and under top-2 routing.
+    let families = [
+        ModelConfig { attention_bias: true, ..tiny_model(4, 2) },
+        ModelConfig { qk_norm: true, head_dim: Some(16), ..tiny_model(4, 2) },
+        ModelConfig { rope_scaling: Some(btx::model::rope::RopeScaling::Llama3 { factor: 4.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8 }), ..tiny_model(4, 2) },
+    ];
+    let configs = routings
+        .into_iter()
+        .map(|moe| ModelConfig { moe, ..tiny_model(4, 2) })
+        .chain(families.iter().flat_map(|f| [f.clone(), ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..f.clone() }]));
+    for config in configs {
+        let moe = config.moe.clone();
         let model = LanguageModel::seeded(&config, 4, &device);
         let tokens = random_tokens(1, 12, 4096, 9, &device);
         let full = to_vec(model.forward(tokens.clone()));

@@ -34,12 +34,13 @@ fn engine_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
 
 #[test]
 fn imported_fixtures_give_the_logits_of_transformers() {
-    for name in ["llama", "mixtral", "llama3"] {
+    for name in ["llama", "mixtral", "llama3", "qwen2", "qwen3"] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("ckpt");
         let config = import_hf(&fixture(name), &out).unwrap();
         assert_eq!(config.moe.is_some(), name == "mixtral");
         assert_eq!(config.rope_scaling.is_some(), name == "llama3");
+        assert_eq!((config.attention_bias, config.qk_norm, config.head_dim), (name == "qwen2", name == "qwen3", (name == "qwen3").then_some(16)));
         let (tokens, want) = reference(name);
         let got = engine_logits(&out, &tokens);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -63,7 +64,7 @@ fn imported_fixtures_give_the_logits_of_transformers() {
 
 #[test]
 fn import_export_import_gives_identical_tensors() {
-    for name in ["llama", "mixtral", "llama3"] {
+    for name in ["llama", "mixtral", "llama3", "qwen2", "qwen3"] {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
         import_hf(&fixture(name), &a).unwrap();
@@ -72,6 +73,9 @@ fn import_export_import_gives_identical_tensors() {
         let b = dir.path().join("b");
         import_hf(&dir.path().join("hf"), &b).unwrap();
         assert_eq!(read_tensors(&a.join("model.safetensors")).unwrap(), read_tensors(&b.join("model.safetensors")).unwrap(), "{name}");
+        // Exported as the fixture's own architecture.
+        let arch = |dir: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()["architectures"].clone();
+        assert_eq!(arch(&dir.path().join("hf")), arch(&fixture(name)), "{name}");
         assert!(dir.path().join("hf/tokenizer.json").is_file());
     }
 }
@@ -264,4 +268,26 @@ fn rope_scaling_imports_and_exports_and_unknown_types_are_refused() {
     incomplete["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0});
     let err = format!("{:#}", from_hf_config(&incomplete, "c").unwrap_err());
     assert!(err.contains("rope_parameters.low_freq_factor"), "{err}");
+}
+
+/// Qwen2's config carries a `sliding_window` that acts only when `use_sliding_window` (or
+/// transformers 5's `layer_types`) turns it on: imported then, refused when it would act
+/// within the context; attention experts (BAM) are refused for the Qwen attention options.
+#[test]
+fn qwen_sliding_window_is_refused_only_when_it_acts() {
+    use btx::hf::config::from_hf_config;
+    let base: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("qwen2").join("config.json")).unwrap()).unwrap();
+    let mut off = base.clone();
+    off["sliding_window"] = serde_json::json!(16);
+    assert!(from_hf_config(&off, "c").unwrap().attention_bias);
+    for (field, value) in [("use_sliding_window", serde_json::json!(true)), ("layer_types", serde_json::json!(["sliding_attention", "full_attention"]))] {
+        let mut on = off.clone();
+        on[field] = value;
+        let err = format!("{:#}", from_hf_config(&on, "c").unwrap_err());
+        assert!(err.contains("sliding_window") && err.contains("16"), "{err}");
+    }
+    let mut config = from_hf_config(&base, "c").unwrap();
+    config.attention_experts = Some(btx::model::moe_config::AttentionExpertsConfig { num_experts: 2, shared_kv: false });
+    let err = format!("{:#}", config.validate("c").unwrap_err());
+    assert!(err.contains("attention_experts") && err.contains("attention_bias"), "{err}");
 }

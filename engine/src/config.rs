@@ -37,6 +37,16 @@ pub struct ModelConfig {
     /// (and left out of written configs, so those of earlier models are unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<crate::model::rope::RopeScaling>,
+    /// Width of each attention head; absent: d_model / n_heads. Qwen3 sets it apart (its
+    /// queries are then n_heads x head_dim wide, not d_model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
+    /// Biases on the query, key and value projections (not the output's): Qwen2's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attention_bias: bool,
+    /// RMSNorm of each query and key head before RoPE: Qwen3's `q_norm` and `k_norm`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
     /// RMSNorm epsilon.
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
@@ -65,7 +75,12 @@ impl ModelConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_heads
+        self.head_dim.unwrap_or(self.d_model / self.n_heads)
+    }
+
+    /// Width of the queries (and of the attention's output before `o_proj`).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim()
     }
 
     /// Checks the sizes fit together; `origin` names the file in the error.
@@ -85,7 +100,7 @@ impl ModelConfig {
                 err(field, "must be at least 1, found 0".into())?;
             }
         }
-        if self.d_model % self.n_heads != 0 {
+        if self.head_dim.is_none() && self.d_model % self.n_heads != 0 {
             err(
                 "n_heads",
                 format!(
@@ -98,7 +113,7 @@ impl ModelConfig {
             err(
                 "n_heads",
                 format!(
-                    "the head dimension d_model / n_heads = {} must be even for RoPE",
+                    "the head dimension (head_dim, or d_model / n_heads) = {} must be even for RoPE",
                     self.head_dim()
                 ),
             )?;
@@ -118,6 +133,12 @@ impl ModelConfig {
         }
         if let Some(Err(e)) = self.rope_scaling.as_ref().map(|s| s.validate()) {
             err("rope_scaling", e)?;
+        }
+        if self.head_dim == Some(0) {
+            err("head_dim", "must be at least 2".into())?;
+        }
+        if self.attention_experts.is_some() && (self.attention_bias || self.qk_norm || self.head_dim.is_some_and(|h| h * self.n_heads != self.d_model)) {
+            err("attention_experts", "attention experts (BAM) are built for Llama's attention: not with attention_bias, qk_norm or a head_dim other than d_model / n_heads".into())?;
         }
         if !(self.norm_eps > 0.0) {
             err("norm_eps", format!("must be positive, found {}", self.norm_eps))?;
@@ -145,9 +166,11 @@ impl ModelConfig {
     fn count_params(&self, active_only: bool) -> usize {
         let d = self.d_model;
         let kv_dim = self.kv_heads() * self.head_dim();
+        let biases = if self.attention_bias { self.q_dim() + 2 * kv_dim } else { 0 };
+        let qk_norms = if self.qk_norm { 2 * self.head_dim() } else { 0 };
         // Attention experts are all active (soft routing), so they count in both totals.
         let attention = match &self.attention_experts {
-            None => 2 * d * d + 2 * d * kv_dim,
+            None => 2 * d * self.q_dim() + 2 * d * kv_dim + biases + qk_norms,
             Some(a) => {
                 let kv_copies = if a.shared_kv { 1 } else { a.num_experts };
                 a.num_experts * (2 * d * d + d) + kv_copies * 2 * d * kv_dim

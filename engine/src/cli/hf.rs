@@ -43,12 +43,10 @@ pub fn import(args: ImportArgs) -> Result<()> {
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    let config = crate::hf::export_hf(&args.checkpoint, &args.out, args.tokenizer.as_deref(), args.closest)?;
-    let arch = match &config.moe {
-        None => "LlamaForCausalLM",
-        Some(moe) if moe.shared_expert => "Qwen2MoeForCausalLM",
-        Some(_) => "MixtralForCausalLM",
-    };
+    crate::hf::export_hf(&args.checkpoint, &args.out, args.tokenizer.as_deref(), args.closest)?;
+    // The architecture the written config.json names.
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(args.out.join("config.json"))?)?;
+    let arch = written["architectures"][0].as_str().unwrap_or("?").to_string();
     eprintln!("exported {} as {arch} to {}", args.checkpoint.display(), args.out.display());
     Ok(())
 }

@@ -61,11 +61,13 @@ enum Command {
         #[command(subcommand)]
         command: moe::MoeCommand,
     },
-    /// Import a Hugging Face LlamaForCausalLM / MistralForCausalLM / MixtralForCausalLM folder
-    /// (config.json, model.safetensors or a sharded set, tokenizer.json) as a checkpoint.
+    /// Import a Hugging Face LlamaForCausalLM (Llama 2 and 3) / MistralForCausalLM /
+    /// Qwen2ForCausalLM / Qwen3ForCausalLM / MixtralForCausalLM folder (config.json,
+    /// model.safetensors or a sharded set, tokenizer.json) as a checkpoint.
     ImportHf(hf::ImportArgs),
-    /// Export a checkpoint as a Hugging Face folder: LlamaForCausalLM for a dense model,
-    /// MixtralForCausalLM for an MoE, Qwen2MoeForCausalLM for an MoE with a shared expert.
+    /// Export a checkpoint as a Hugging Face folder: a dense model as its family's
+    /// (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), a Llama-family MoE as
+    /// MixtralForCausalLM, or Qwen2MoeForCausalLM with a shared expert.
     ExportHf(hf::ExportArgs),
     /// Print a checkpoint's logits for a token sequence as JSON (for cross-checks).
     Logits(hf::LogitsArgs),

@@ -1,6 +1,7 @@
 //! Hugging Face `config.json` <-> the engine's model config, for LlamaForCausalLM (and
-//! Mistral without sliding windows) and MixtralForCausalLM (Qwen2MoeForCausalLM for an MoE
-//! with a shared expert, export only); and the tensors each must hold.
+//! Mistral without sliding windows), Qwen2ForCausalLM, Qwen3ForCausalLM and
+//! MixtralForCausalLM (Qwen2MoeForCausalLM for an MoE with a shared expert, export only); and
+//! the tensors each must hold.
 
 use crate::checkpoint::tensor_names::{self, Projection};
 use anyhow::{Result, bail};
@@ -10,14 +11,39 @@ use crate::config::ModelConfig;
 use crate::model::rope::RopeScaling;
 use crate::model::moe_config::{MoeConfig, Routing};
 
+/// The transformers families the engine's attention options reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// Llama (2 and 3), Mistral, Mixtral: no biases, no q/k norms.
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on q, k and v.
+    Qwen2,
+    /// Qwen3: RMSNorm of each query and key head, an explicit head width.
+    Qwen3,
+}
+
+impl Family {
+    /// The family a model config is built as.
+    pub fn of(config: &ModelConfig) -> Result<Self> {
+        match (config.attention_bias, config.qk_norm) {
+            (false, false) => Ok(Self::Llama),
+            (true, false) => Ok(Self::Qwen2),
+            (false, true) => Ok(Self::Qwen3),
+            (true, true) => bail!("a model with both attention_bias and qk_norm is no transformers family (Qwen2 has the biases, Qwen3 the norms)"),
+        }
+    }
+}
+
 /// The engine's model config from a Hugging Face config.json; `origin` names the file.
 pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
     let arch = hf["architectures"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
-    let moe = match arch {
-        "LlamaForCausalLM" | "MistralForCausalLM" => false,
-        "MixtralForCausalLM" => true,
+    let (family, moe) = match arch {
+        "LlamaForCausalLM" | "MistralForCausalLM" => (Family::Llama, false),
+        "MixtralForCausalLM" => (Family::Llama, true),
+        "Qwen2ForCausalLM" => (Family::Qwen2, false),
+        "Qwen3ForCausalLM" => (Family::Qwen3, false),
         other => bail!(
-            "{origin}: field `architectures` is {:?}; supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM",
+            "{origin}: field `architectures` is {:?}; supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
             if other.is_empty() { "missing".to_string() } else { other.to_string() }
         ),
     };
@@ -26,11 +52,8 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
     };
     let d_model = int("hidden_size")?;
     let n_heads = int("num_attention_heads")?;
-    if let Some(hd) = hf.get("head_dim").and_then(Value::as_u64)
-        && hd as usize != d_model / n_heads
-    {
-        bail!("{origin}: field `head_dim` is {hd}, but the engine needs hidden_size / num_attention_heads = {}", d_model / n_heads);
-    }
+    // An explicit head width is kept only where it differs from d_model / n_heads (Qwen3).
+    let head_dim = hf.get("head_dim").and_then(Value::as_u64).map(|h| h as usize).filter(|&h| h * n_heads != d_model);
     // transformers 5 nests RoPE settings in `rope_parameters`; 4.x has `rope_theta` and
     // `rope_scaling` at the top level.
     let rope_theta = hf
@@ -40,17 +63,23 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         .and_then(Value::as_f64)
         .unwrap_or(10_000.0);
     let rope_scaling = rope_scaling_from_hf(hf, origin)?;
+    // Qwen2 always has q/k/v biases (and none on o_proj); Llama's and Qwen3's
+    // `attention_bias` would put one on o_proj too, which the engine has not.
     for (field, ok) in [
-        ("attention_bias", !hf.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)),
+        ("attention_bias", family == Family::Qwen2 || !hf.get("attention_bias").and_then(Value::as_bool).unwrap_or(false)),
         ("mlp_bias", !hf.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false)),
         ("hidden_act", hf.get("hidden_act").and_then(Value::as_str).is_none_or(|a| a == "silu")),
     ] {
         if !ok {
-            bail!("{origin}: field `{field}` is {}; the engine supports no biases and SiLU only", hf[field]);
+            bail!("{origin}: field `{field}` is {}; the engine supports SiLU only, and biases only on Qwen2's q, k and v", hf[field]);
         }
     }
     let max_seq_len = int("max_position_embeddings")?;
-    if let Some(w) = hf.get("sliding_window").and_then(Value::as_u64)
+    // Qwen's configs carry a `sliding_window` that only `use_sliding_window` turns on.
+    // (transformers 5 lists each layer's kind in `layer_types`).
+    let sliding_layers = hf.get("layer_types").and_then(Value::as_array).is_some_and(|t| t.iter().any(|k| k == "sliding_attention"));
+    let window_on = family == Family::Llama || sliding_layers || hf.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(false);
+    if let Some(w) = hf.get("sliding_window").and_then(Value::as_u64).filter(|_| window_on)
         && (w as usize) < max_seq_len
     {
         bail!("{origin}: field `sliding_window` is {w}: sliding-window attention is not supported (null, or at least max_position_embeddings, is)");
@@ -65,6 +94,9 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         max_seq_len,
         rope_theta,
         rope_scaling,
+        head_dim,
+        attention_bias: family == Family::Qwen2,
+        qk_norm: family == Family::Qwen3,
         norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         tie_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         attention_experts: None,
@@ -168,12 +200,25 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
     }
     match &config.moe {
         None => {
-            hf["architectures"] = json!(["LlamaForCausalLM"]);
-            hf["model_type"] = json!("llama");
+            let (arch, model_type) = match Family::of(config)? {
+                Family::Llama => ("LlamaForCausalLM", "llama"),
+                Family::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+                Family::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+            };
+            hf["architectures"] = json!([arch]);
+            hf["model_type"] = json!(model_type);
             hf["intermediate_size"] = json!(config.d_ff);
             hf["attention_bias"] = json!(false);
             hf["mlp_bias"] = json!(false);
+            if model_type != "llama" {
+                hf["use_sliding_window"] = json!(false);
+                hf["sliding_window"] = Value::Null;
+            }
         }
+        Some(_) if Family::of(config)? != Family::Llama => bail!(
+            "exporting an MoE of {:?} experts (Qwen2-MoE / Qwen3-MoE) is not supported yet; the engine's own checkpoint keeps it",
+            Family::of(config)?
+        ),
         Some(_) if config.attention_experts.is_some() => bail!(
             "this model has attention experts (BAM), which neither Mixtral nor any other transformers architecture has; \
              the engine's own checkpoint keeps them (train, evaluate and generate with it here)"
@@ -224,10 +269,20 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
         match &config.attention_experts {
             None => {
-                out.push((format!("{p}.self_attn.q_proj.weight"), vec![d, d]));
+                let q = config.q_dim();
+                out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
                 out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
                 out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
-                out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, d]));
+                out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
+                if config.attention_bias {
+                    out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
+                    out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+                    out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+                }
+                if config.qk_norm {
+                    out.push((format!("{p}.self_attn.q_norm.weight"), vec![config.head_dim()]));
+                    out.push((format!("{p}.self_attn.k_norm.weight"), vec![config.head_dim()]));
+                }
             }
             Some(a) => {
                 let q = format!("{p}.attention_experts");

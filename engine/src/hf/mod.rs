@@ -1,5 +1,6 @@
-//! Hugging Face interoperability: import a Llama-family (or Mixtral) folder as an engine
-//! checkpoint, export a dense model as LlamaForCausalLM and an MoE as MixtralForCausalLM.
+//! Hugging Face interoperability: import a Llama-family, Qwen2, Qwen3 (or Mixtral) folder as
+//! an engine checkpoint, export a dense model as its family's architecture and a Llama-family
+//! MoE as MixtralForCausalLM.
 //! The engine's checkpoints already use Hugging Face tensor names and layouts, so conversion
 //! is a config translation plus a tensor-by-tensor copy (streamed: no whole model in memory).
 
@@ -96,8 +97,8 @@ pub fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
     Some(resolve(&config.data.tokenizer)).filter(|p| p.is_file())
 }
 
-/// `btx export-hf`: an engine checkpoint as a LlamaForCausalLM or MixtralForCausalLM folder
-/// (Qwen2MoeForCausalLM with a shared expert).
+/// `btx export-hf`: an engine checkpoint as a LlamaForCausalLM, Qwen2ForCausalLM,
+/// Qwen3ForCausalLM or MixtralForCausalLM folder (Qwen2MoeForCausalLM with a shared expert).
 pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: bool) -> Result<ModelConfig> {
     let ckpt = resolve_checkpoint(ckpt)?;
     crate::checkpoint::integrity::verify(&ckpt)?;

@@ -1,13 +1,16 @@
 //! Causal multi-head self-attention with RoPE and optional grouped-query heads (GQA):
 //! `n_kv_heads` key/value heads are shared by groups of `n_heads / n_kv_heads` query heads.
-//! Field names follow Hugging Face's Llama (`q_proj`, `k_proj`, `v_proj`, `o_proj`).
+//! Field names follow Hugging Face's Llama (`q_proj`, `k_proj`, `v_proj`, `o_proj`). Options
+//! of the families built on it: biases on q, k and v (Qwen2), an RMSNorm of each query and
+//! key head before RoPE (Qwen3's `q_norm`, `k_norm`), heads wider or narrower than
+//! d_model / n_heads (Qwen3's `head_dim`).
 
-use burn::nn::Linear;
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::init::linear;
+use super::init::{linear, linear_init};
 use super::rope::apply_rope;
 use crate::config::ModelConfig;
 
@@ -17,22 +20,30 @@ pub struct Attention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Qwen3: RMSNorm over each query / key head (gain of head_dim).
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    pub head_dim: usize,
 }
 
 impl Attention {
     pub fn new(config: &ModelConfig, device: &Device) -> Self {
-        let d = config.d_model;
+        let (d, q_dim) = (config.d_model, config.q_dim());
         let kv_dim = config.kv_heads() * config.head_dim();
-        let linear = |d_in, d_out| linear(d_in, d_out, device);
+        let input = |d_out| LinearConfig::new(d, d_out).with_bias(config.attention_bias).with_initializer(linear_init()).init(device);
+        let head_norm = || config.qk_norm.then(|| RmsNormConfig::new(config.head_dim()).with_epsilon(config.norm_eps).init(device));
         Self {
-            q_proj: linear(d, d),
-            k_proj: linear(d, kv_dim),
-            v_proj: linear(d, kv_dim),
-            o_proj: linear(d, d),
+            q_proj: input(q_dim),
+            k_proj: input(kv_dim),
+            v_proj: input(kv_dim),
+            o_proj: linear(q_dim, d, device),
+            q_norm: head_norm(),
+            k_norm: head_norm(),
             n_heads: config.n_heads,
             n_kv_heads: config.kv_heads(),
+            head_dim: config.head_dim(),
         }
     }
 
@@ -52,15 +63,19 @@ impl Attention {
     /// - x: `[batch, seq, d_model]`; cos, sin: `[seq, head_dim]` (the new positions' rows)
     /// - cache: `[batch, kv_heads, cached, head_dim]` keys and values
     pub fn forward_cached(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut Option<(Tensor<4>, Tensor<4>)>) -> Tensor<3> {
-        let [batch, seq, d_model] = x.dims();
-        let head_dim = d_model / self.n_heads;
-        let q = apply_rope(split_heads(self.q_proj.forward(x.clone()), head_dim), cos, sin);
-        let k = apply_rope(split_heads(self.k_proj.forward(x.clone()), head_dim), cos, sin);
+        let [batch, seq, _] = x.dims();
+        let head_dim = self.head_dim;
+        let normed = |t: Tensor<4>, norm: &Option<RmsNorm>| match norm {
+            Some(norm) => norm.forward(t),
+            None => t,
+        };
+        let q = apply_rope(normed(split_heads(self.q_proj.forward(x.clone()), head_dim), &self.q_norm), cos, sin);
+        let k = apply_rope(normed(split_heads(self.k_proj.forward(x.clone()), head_dim), &self.k_norm), cos, sin);
         let v = split_heads(self.v_proj.forward(x), head_dim);
         let (k, v, causal) = append_to_cache(k, v, cache);
         let group = self.n_heads / self.n_kv_heads;
         let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, d_model]))
+        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, self.n_heads * head_dim]))
     }
 }
 
