@@ -174,6 +174,11 @@ fn wgpu_device(api: wgpu::Backend) -> Result<SelectedDevice> {
     Ok(SelectedDevice { device, description })
 }
 
+/// The graphics API `args` would run on among the adapters `found` (None: the CPU).
+pub fn chosen_api(args: DeviceArgs, found: &[Adapter]) -> Result<Option<wgpu::Backend>> {
+    choose_api(args.device, args.software_allowed(), found)
+}
+
 pub fn select_device(args: DeviceArgs) -> Result<SelectedDevice> {
     let found = if args.device == DeviceChoice::Cpu { vec![] } else { adapters() };
     match choose_api(args.device, args.software_allowed(), &found)? {

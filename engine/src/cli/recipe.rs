@@ -32,6 +32,10 @@ pub enum RecipeCommand {
         /// Local: independent stages (the experts) run this many at a time.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Local, on a GPU: the adapters (indices in `btx devices`' list of the run's graphics
+        /// API, e.g. 0,1,2,3) that concurrent stages get one each; default: all of them.
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<usize>>,
         #[command(flatten)]
         device: DeviceArgs,
         #[arg(long, value_enum, default_value = "local")]
@@ -119,13 +123,13 @@ fn btx() -> Result<PathBuf> {
 
 pub fn run(command: RecipeCommand) -> Result<()> {
     match command {
-        RecipeCommand::Run { recipe, out, jobs, device, scheduler, partition, gpus_per_job, time, sbatch_arg, dry_run, wait: stay, allow_node_local } => {
+        RecipeCommand::Run { recipe, out, jobs, devices, device, scheduler, partition, gpus_per_job, time, sbatch_arg, dry_run, wait: stay, allow_node_local } => {
             let parsed = Recipe::load(&recipe)?;
             // Before any stage starts: data prepared beforehand fits this recipe.
             parsed.check_prepared_domains(&recipe.display().to_string())?;
             let out = resolve(&recipe_out(&recipe, out, ""));
             match scheduler {
-                Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()? }),
+                Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()?, devices }),
                 Scheduler::Slurm => {
                     let options = SlurmOptions { partition, gpus_per_job, time, sbatch_args: sbatch_arg, dry_run, allow_node_local };
                     // Every seed's run is submitted before any is waited for.
@@ -167,7 +171,7 @@ pub fn run(command: RecipeCommand) -> Result<()> {
             let columns = axis(expert_steps, "--expert-steps", Quantity::ExpertSteps, columns, "--columns")?;
             let parsed = Recipe::load(&recipe)?;
             let out = resolve(&recipe_out(&recipe, out, "-sweep"));
-            sweep(&parsed, &rows, &columns, &RunOptions { out, jobs, device, btx: btx()? })
+            sweep(&parsed, &rows, &columns, &RunOptions { out, jobs, device, btx: btx()?, devices: None })
         }
         RecipeCommand::Status { recipe, out } => print_status(&Recipe::load(&recipe)?, &resolve(&recipe_out(&recipe, out, ""))),
         RecipeCommand::Stage { recipe, out, stage, device } => {
@@ -176,7 +180,7 @@ pub fn run(command: RecipeCommand) -> Result<()> {
             if stage == StageId::Report {
                 return crate::recipe::runner::write_report(&plan);
             }
-            plan.stage(&stage)?.run(&btx()?, &indicatif::MultiProgress::new())?;
+            plan.stage(&stage)?.run(&btx()?, &indicatif::MultiProgress::new(), None)?;
             Ok(())
         }
     }

@@ -3,6 +3,7 @@
 pub mod budget;
 pub mod config;
 pub mod entries;
+pub mod gpus;
 pub mod graph;
 pub mod grow;
 pub mod merges;

@@ -93,7 +93,8 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     writeln!(md, "\n## Stages\n\n| stage | peak lr | tokens | train FLOPs | wall time | device |\n|---|---:|---:|---:|---:|---|")?;
     for m in &stages {
         let lr = m.peak_lr().unwrap_or_else(|| "-".into());
-        writeln!(md, "| {} | {lr} | {} | {:.3e} | {:.1} s | {} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
+        let adapter = m.adapter.map_or(String::new(), |a| format!(" (adapter {a})"));
+        writeln!(md, "| {} | {lr} | {} | {:.3e} | {:.1} s | {}{adapter} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
     }
     write_json(plan, &rows, &stages, &figures)?;
     write_atomic(&plan.out.join("report.md"), md.as_bytes())?;

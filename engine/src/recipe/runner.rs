@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 
 use super::config::Recipe;
+use super::gpus::GpuPool;
 use super::graph::StageNode;
 use super::plan::Plan;
 use super::stage::{Manifest, Stage, StageState};
@@ -23,10 +24,14 @@ pub struct RunOptions {
     pub device: DeviceArgs,
     /// The `btx` binary the stages run.
     pub btx: PathBuf,
+    /// GPU adapters to give concurrent stages one each (`--devices`); None: every hardware
+    /// adapter of the run's graphics API when there are several.
+    pub devices: Option<Vec<usize>>,
 }
 
-/// Runs `stages` at most `jobs` at a time.
-fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, progress: &indicatif::MultiProgress) -> Result<Vec<Manifest>> {
+/// Runs `stages` at most `jobs` at a time; with a pool, each stage that needs a GPU runs on
+/// the least busy adapter.
+fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, progress: &indicatif::MultiProgress, pool: Option<&GpuPool>) -> Result<Vec<Manifest>> {
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<Result<Manifest>>>> = Mutex::new((0..stages.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
@@ -39,7 +44,11 @@ fn run_parallel(stages: &[Stage], jobs: usize, btx: &Path, progress: &indicatif:
                     i
                 };
                 let Some(stage) = stages.get(i) else { break };
-                let result = stage.run(btx, progress);
+                let adapter = pool.filter(|_| stage.id.needs_gpu()).and_then(GpuPool::acquire);
+                let result = stage.run(btx, progress, adapter.as_ref());
+                if let (Some(pool), Some(adapter)) = (pool, &adapter) {
+                    pool.release(adapter);
+                }
                 let failed = result.is_err();
                 results.lock().unwrap()[i] = Some(result);
                 if failed {
@@ -84,10 +93,11 @@ fn run_once(recipe: &Recipe, options: &RunOptions) -> Result<()> {
     plan.write_eval_data()?;
     // One progress bar per running training stage (hidden when stderr is not a terminal).
     let progress = indicatif::MultiProgress::new();
+    let pool = super::gpus::pool_for(&options.device, options.devices.as_deref())?;
     for wave in waves(&plan.graph()?) {
         // Built when their wave comes: a finetune reads the merge before it.
         let stages = wave.iter().filter(|n| **n != StageId::Report).map(|n| plan.stage(n)).collect::<Result<Vec<_>>>()?;
-        run_parallel(&stages, options.jobs, &options.btx, &progress)?;
+        run_parallel(&stages, options.jobs, &options.btx, &progress, pool.as_ref())?;
     }
     write_report(&plan)
 }

@@ -71,6 +71,9 @@ pub struct Manifest {
     pub train_flops: f64,
     pub wall_time_s: f64,
     pub device: String,
+    /// The GPU adapter the run gave this stage (its index in `--devices`' list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<usize>,
 }
 
 impl Manifest {
@@ -174,7 +177,9 @@ impl Stage {
     }
 
     /// Runs the stage unless it is complete; returns its manifest.
-    pub fn run(&self, btx: &Path, progress: &indicatif::MultiProgress) -> Result<Manifest> {
+    /// Runs the stage's command (on `adapter` when the run gives it one), unless its manifest
+    /// says it is up to date.
+    pub fn run(&self, btx: &Path, progress: &indicatif::MultiProgress, adapter: Option<&super::gpus::Assignment>) -> Result<Manifest> {
         let (key, inputs) = self.key()?;
         if let Some(m) = self.manifest().filter(|m| m.key == key) {
             progress.suspend(|| eprintln!("[{}] up to date, skipped", self.id));
@@ -196,7 +201,11 @@ impl Stage {
         let log_path = self.dir.join(LOG_FILE);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let started = Instant::now();
-        let mut child = Command::new(btx)
+        let mut command = Command::new(btx);
+        if let Some(a) = adapter {
+            command.env(super::gpus::ADAPTER_ENV, &a.selector);
+        }
+        let mut child = command
             .args(&self.args)
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
@@ -237,6 +246,7 @@ impl Stage {
             train_flops,
             wall_time_s,
             device,
+            adapter: adapter.map(|a| a.index),
         };
         write_atomic(&self.dir.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
         progress.suspend(|| eprintln!("[{}] done in {:.1} s", self.id, started.elapsed().as_secs_f64()));
