@@ -107,9 +107,48 @@ pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
-/// `cargo xtask bench compare [--config C] [--device D] [--torch-device cpu|cuda] [--dtype float32]`:
-/// the engine's training-step throughput and the PyTorch reference's, on the same device kind.
+/// `cargo xtask bench compare [--config C] [--device D] [--torch-device cpu|cuda] [--dtype float32] [--pairs N]`:
+/// the engine's training-step throughput and the PyTorch reference's, on the same device kind,
+/// run alternately (engine, PyTorch, engine, ...) `--pairs` times (default 5), so that a
+/// machine's drift hits both alike; prints each model's median ratio with its range, the CPU
+/// and the vector instructions it offers.
 fn bench_compare(btx: &Path, args: &[String]) -> Result<()> {
+    let pairs: usize = flag(args, "--pairs").map_or(Ok(5), str::parse).context("--pairs: expected a number")?;
+    let python = std::env::var("BTX_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_torch = Command::new(&python).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
+    let mut runs = Vec::new();
+    for pair in 0..pairs.max(1) {
+        let engine = engine_bench(btx, args)?;
+        if !has_torch {
+            println!("\nPyTorch is not available to `{python}` (set BTX_PYTHON to an interpreter with torch): engine figures only.");
+            return Ok(());
+        }
+        let torch = torch_bench(&python, args, &engine)?;
+        eprintln!("pair {}/{pairs} done", pair + 1);
+        runs.push((engine, torch));
+    }
+    let (engine, torch) = &runs[0];
+    println!("\nCPU: {} ({}); engine device: {}", cpu_model(), cpu_vector_units(), engine["device"].as_str().unwrap_or("?"));
+    println!("PyTorch {} on {} ({}, {} threads); {} alternating pairs", torch["torch"], torch["device"], torch["dtype"], torch["threads"], runs.len());
+    println!("{:<6} {:>14} {:>14} {:>16} {:>16}", "model", "engine tok/s", "torch tok/s", "engine / torch", "ratio range");
+    let mut results = Vec::new();
+    let models: Vec<String> = engine["rows"].as_array().into_iter().flatten().map(|r| r["model"].as_str().unwrap_or("?").to_string()).collect();
+    for (m, model) in models.iter().enumerate() {
+        let rate = |v: &serde_json::Value| v["rows"][m]["tokens_per_s"].as_f64().unwrap_or(f64::NAN);
+        let (e, t): (Vec<f64>, Vec<f64>) = runs.iter().map(|(e, t)| (rate(e), rate(t))).unzip();
+        let ratios: Vec<f64> = e.iter().zip(&t).map(|(a, b)| a / b).collect();
+        let (lo, hi) = ratios.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| (l.min(*r), h.max(*r)));
+        println!("{model:<6} {:>14.0} {:>14.0} {:>16.2} {:>16}", median(&e), median(&t), median(&ratios), format!("{lo:.2}-{hi:.2}"));
+        results.push(serde_json::json!({ "model": model, "engine_tokens_per_s": e, "torch_tokens_per_s": t, "ratios": ratios, "median_ratio": median(&ratios) }));
+    }
+    let summary = serde_json::json!({ "cpu": cpu_model(), "vector_units": cpu_vector_units(), "pairs": runs.len(), "models": results });
+    std::fs::write("bench-compare.json", serde_json::to_string_pretty(&summary)?)?;
+    println!("(every pair in bench-compare.json)");
+    Ok(())
+}
+
+/// One engine run of `btx bench train`, as its JSON.
+fn engine_bench(btx: &Path, args: &[String]) -> Result<serde_json::Value> {
     let config = flag(args, "--config").unwrap_or("recipes/train/dense-tiny.ron");
     let device = flag(args, "--device").unwrap_or("auto");
     let out = std::env::temp_dir().join(format!("btx-bench-{}.json", std::process::id()));
@@ -120,13 +159,13 @@ fn bench_compare(btx: &Path, args: &[String]) -> Result<()> {
         }
     }
     run_btx(btx, &engine_args)?;
-    let engine: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
-    let python = std::env::var("BTX_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_torch = Command::new(&python).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
-    if !has_torch {
-        println!("\nPyTorch is not available to `{python}` (set BTX_PYTHON to an interpreter with torch): engine figures only.");
-        return Ok(());
-    }
+    Ok(serde_json::from_str(&std::fs::read_to_string(&out)?)?)
+}
+
+/// One run of the PyTorch reference on the engine run's models, as its JSON.
+fn torch_bench(python: &str, args: &[String], engine: &serde_json::Value) -> Result<serde_json::Value> {
+    let out = std::env::temp_dir().join(format!("btx-bench-engine-{}.json", std::process::id()));
+    std::fs::write(&out, engine.to_string())?;
     let on_gpu = engine["device"].as_str().is_some_and(|d| !d.starts_with("cpu"));
     let torch_device = flag(args, "--torch-device").unwrap_or(if on_gpu { "cuda" } else { "cpu" });
     let mut py_args = vec!["bench/reference/train_bench.py".to_string(), "--engine-json".into(), out.display().to_string(), "--device".into(), torch_device.into()];
@@ -135,23 +174,45 @@ fn bench_compare(btx: &Path, args: &[String]) -> Result<()> {
             py_args.extend([f.to_string(), v.to_string()]);
         }
     }
-    let output = Command::new(&python).args(&py_args).output().context("cannot run the PyTorch reference")?;
+    let output = Command::new(python).args(&py_args).output().context("cannot run the PyTorch reference")?;
     if !output.status.success() {
         bail!("the PyTorch reference failed:\n{}", String::from_utf8_lossy(&output.stderr));
     }
-    let torch: serde_json::Value = serde_json::from_slice(output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(&[]))?;
-    println!("\nPyTorch {} on {} ({}, {} threads)", torch["torch"], torch["device"], torch["dtype"], torch["threads"]);
-    println!("{:<6} {:>14} {:>14} {:>16}", "model", "engine tok/s", "torch tok/s", "engine / torch");
-    let mut results = Vec::new();
-    for (e, t) in engine["rows"].as_array().into_iter().flatten().zip(torch["rows"].as_array().into_iter().flatten()) {
-        let (a, b) = (e["tokens_per_s"].as_f64().unwrap_or(0.0), t["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
-        println!("{:<6} {:>14.0} {:>14.0} {:>16.2}", e["model"].as_str().unwrap_or("?"), a, b, a / b);
-        results.push(serde_json::json!({ "model": e["model"], "engine_tokens_per_s": a, "torch_tokens_per_s": b, "ratio": a / b }));
+    Ok(serde_json::from_slice(output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(&[]))?)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
-    let summary = serde_json::json!({ "engine": engine, "torch": torch, "ratios": results });
-    std::fs::write("bench-compare.json", serde_json::to_string_pretty(&summary)?)?;
-    println!("(written to bench-compare.json)");
-    Ok(())
+}
+
+/// The CPU's model name (Linux), or the architecture.
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let name = info.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()));
+    name.unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The vector instructions the CPU offers (the CPU backend's matmul kernels pick the widest
+/// at run time).
+fn cpu_vector_units() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let units: Vec<&str> = [("AVX-512", std::arch::is_x86_feature_detected!("avx512f")), ("AVX2", std::arch::is_x86_feature_detected!("avx2")), ("FMA", std::arch::is_x86_feature_detected!("fma"))]
+            .into_iter()
+            .filter_map(|(name, has)| has.then_some(name))
+            .collect();
+        if units.is_empty() { "no AVX".into() } else { units.join(", ") }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH.to_string()
+    }
 }
 
 /// `cargo xtask bench recipe [--device D]`: wall time of every stage of btx-tiny, from scratch.
