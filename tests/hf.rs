@@ -291,3 +291,46 @@ fn qwen_sliding_window_is_refused_only_when_it_acts() {
     let err = format!("{:#}", config.validate("c").unwrap_err());
     assert!(err.contains("attention_experts") && err.contains("attention_bias"), "{err}");
 }
+
+/// MoEs of Qwen experts export to transformers' Qwen MoEs: of Qwen3 experts as
+/// Qwen3MoeForCausalLM (tensor names and shapes those of the Qwen3-MoE transformers saved,
+/// q/k norms and the wide heads included); of Qwen2 experts as Qwen2MoeForCausalLM with q/k/v
+/// biases and a shared expert of zeros (it adds exactly 0); a Qwen3 MoE with a shared expert
+/// has no architecture and is refused.
+#[test]
+fn moes_of_qwen_experts_export_as_the_qwen_moes() {
+    use btx::merge::mix::{Perturbation, SharedExpert};
+    let root = tempfile::tempdir().unwrap();
+    let calls = std::cell::Cell::new(0);
+    let export = |family: &str, options: MoeOptions| -> Result<PathBuf, String> {
+        calls.set(calls.get() + 1);
+        let dir = root.path().join(calls.get().to_string());
+        let seed = dir.join("seed");
+        import_hf(&fixture(family), &seed).unwrap();
+        let input = MergeInput::load(&seed).unwrap();
+        let (config, tensors) = btx::merge::upcycle::upcycle(&input, 4, Perturbation::default(), &options, None).unwrap().into_tensors().unwrap();
+        btx::checkpoint::write_tensor_checkpoint(&dir.join("moe"), &config, &tensors, &[]).unwrap();
+        export_hf(&dir.join("moe"), &dir.join("hf"), Some(&repo_root().join("assets/tokenizer.json")), false).map_err(|e| format!("{e:#}"))?;
+        Ok(dir.join("hf"))
+    };
+    let shapes = |dir: &Path| read_tensors(&dir.join("model.safetensors")).unwrap().iter().map(|(n, t)| (n.clone(), t.shape.clone())).collect::<Vec<_>>();
+    let config = |dir: &Path| serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let options = MoeOptions { load_balance: 0.01, ..Default::default() };
+
+    let qwen3 = export("qwen3", options.clone()).unwrap();
+    assert_eq!(shapes(&qwen3), shapes(&fixture("qwen3_moe")));
+    let (ours, theirs) = (config(&qwen3), config(&fixture("qwen3_moe")));
+    for field in ["architectures", "model_type", "head_dim", "num_local_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob", "decoder_sparse_step", "mlp_only_layers", "attention_bias", "router_aux_loss_coef"] {
+        assert_eq!(ours[field], theirs[field], "config field {field}");
+    }
+
+    let qwen2 = export("qwen2", options.clone()).unwrap();
+    let tensors = read_tensors(&qwen2.join("model.safetensors")).unwrap();
+    assert_eq!(config(&qwen2)["architectures"][0], "Qwen2MoeForCausalLM");
+    assert_eq!(config(&qwen2)["qkv_bias"], true);
+    assert!(tensors.contains_key("model.layers.0.self_attn.q_proj.bias"));
+    assert!(tensors["model.layers.1.mlp.shared_expert.down_proj.weight"].values.iter().all(|&v| v == 0.0));
+
+    let err = export("qwen3", MoeOptions { shared_expert: SharedExpert::Seed, ..options }).unwrap_err();
+    assert!(err.contains("Qwen3-MoE has no shared expert"), "{err}");
+}

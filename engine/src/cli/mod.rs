@@ -66,8 +66,9 @@ enum Command {
     /// model.safetensors or a sharded set, tokenizer.json) as a checkpoint.
     ImportHf(hf::ImportArgs),
     /// Export a checkpoint as a Hugging Face folder: a dense model as its family's
-    /// (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), a Llama-family MoE as
-    /// MixtralForCausalLM, or Qwen2MoeForCausalLM with a shared expert.
+    /// (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), an MoE as MixtralForCausalLM
+    /// (Llama family), Qwen2MoeForCausalLM (Qwen2 experts, or a shared expert) or
+    /// Qwen3MoeForCausalLM (Qwen3 experts).
     ExportHf(hf::ExportArgs),
     /// Print a checkpoint's logits for a token sequence as JSON (for cross-checks).
     Logits(hf::LogitsArgs),

@@ -1,7 +1,7 @@
 //! Hugging Face `config.json` <-> the engine's model config, for LlamaForCausalLM (and
 //! Mistral without sliding windows), Qwen2ForCausalLM, Qwen3ForCausalLM and
-//! MixtralForCausalLM (Qwen2MoeForCausalLM for an MoE with a shared expert, export only); and
-//! the tensors each must hold.
+//! MixtralForCausalLM (the Qwen MoEs, export only: `qwen_moe`); and the tensors each must
+//! hold.
 
 use crate::checkpoint::tensor_names::{self, Projection};
 use anyhow::{Result, bail};
@@ -215,10 +215,7 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
                 hf["sliding_window"] = Value::Null;
             }
         }
-        Some(_) if Family::of(config)? != Family::Llama => bail!(
-            "exporting an MoE of {:?} experts (Qwen2-MoE / Qwen3-MoE) is not supported yet; the engine's own checkpoint keeps it",
-            Family::of(config)?
-        ),
+
         Some(_) if config.attention_experts.is_some() => bail!(
             "this model has attention experts (BAM), which neither Mixtral nor any other transformers architecture has; \
              the engine's own checkpoint keeps them (train, evaluate and generate with it here)"
@@ -238,9 +235,18 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
                     moe.num_experts
                 ),
             };
-            if moe.shared_expert {
-                super::qwen2_moe::qwen2_moe_config(&mut hf, config, moe, top_k);
-                return Ok(hf);
+            // Mixtral has no shared expert and no Qwen attention: those go to the Qwen MoEs.
+            match (Family::of(config)?, moe.shared_expert) {
+                (Family::Qwen3, true) => bail!("Qwen3-MoE has no shared expert, and no other transformers architecture has Qwen3's attention with one"),
+                (Family::Qwen3, false) => {
+                    super::qwen_moe::qwen_moe_config(&mut hf, config, moe, top_k, true);
+                    return Ok(hf);
+                }
+                (Family::Qwen2, _) | (Family::Llama, true) => {
+                    super::qwen_moe::qwen_moe_config(&mut hf, config, moe, top_k, false);
+                    return Ok(hf);
+                }
+                (Family::Llama, false) => {}
             }
             hf["architectures"] = json!(["MixtralForCausalLM"]);
             hf["model_type"] = json!("mixtral");

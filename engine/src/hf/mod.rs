@@ -5,7 +5,7 @@
 //! is a config translation plus a tensor-by-tensor copy (streamed: no whole model in memory).
 
 pub mod config;
-pub mod qwen2_moe;
+pub mod qwen_moe;
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ use crate::fsutil::{write_atomic, write_dir_atomic};
 use config::{expected_tensors, from_hf_config, to_hf_config};
 use crate::checkpoint::stream::{StreamWriter, TensorIndex};
 use crate::checkpoint::tensor_file::HostTensor;
-use qwen2_moe::{ExportedTensor, qwen2_moe_tensors};
+use qwen_moe::{ExportedTensor, qwen_moe_tensors};
 
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
@@ -98,7 +98,8 @@ pub fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
 }
 
 /// `btx export-hf`: an engine checkpoint as a LlamaForCausalLM, Qwen2ForCausalLM,
-/// Qwen3ForCausalLM or MixtralForCausalLM folder (Qwen2MoeForCausalLM with a shared expert).
+/// Qwen3ForCausalLM or MixtralForCausalLM folder; Qwen2MoeForCausalLM for an MoE with a
+/// shared expert or of Qwen2 experts, Qwen3MoeForCausalLM for one of Qwen3 experts.
 pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: bool) -> Result<ModelConfig> {
     let ckpt = resolve_checkpoint(ckpt)?;
     crate::checkpoint::integrity::verify(&ckpt)?;
@@ -114,8 +115,9 @@ pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: boo
     write_dir_atomic(out, |tmp| {
         let origin = ckpt.display().to_string();
         match &config.moe {
-            Some(moe) if moe.shared_expert => {
-                write_exported(&index, &config, &qwen2_moe_tensors(&config, moe), &tmp.join("model.safetensors"), &origin)?
+            // Mixtral's tensors are the engine's; the Qwen MoEs' are named apart.
+            Some(moe) if hf["model_type"] != "mixtral" => {
+                write_exported(&index, &config, &qwen_moe_tensors(&config, moe), &tmp.join("model.safetensors"), &origin)?
             }
             _ => copy_tensors(&index, &config, &tmp.join("model.safetensors"), &origin)?,
         }
