@@ -70,8 +70,22 @@ fn wgpu_logits_match_cpu_dense_and_every_routing() {
         ("BAM attention experts", Some(MoeConfig::new(4, 2, Routing::TopK)), attention(false)),
         ("BAM shared KV, shared expert", Some(MoeConfig { shared_expert: true, ..MoeConfig::new(4, 2, Routing::TopK) }), attention(true)),
     ];
-    for (label, moe, attention_experts) in routings {
-        let config = btx::config::ModelConfig { moe, attention_experts, ..tiny_model(4, 2) };
+    let plain = |moe, attention_experts| btx::config::ModelConfig { moe, attention_experts, ..tiny_model(4, 2) };
+    let configs = routings.into_iter().map(|(label, moe, attention)| (label, plain(moe, attention))).chain([
+        // The seeds users have: Qwen2's q/k/v biases under top-2 routing; Qwen3's q/k norms
+        // with heads wider than d_model / n_heads, and Llama 3's RoPE scaling.
+        ("Qwen2 biases, top-2", btx::config::ModelConfig { attention_bias: true, ..plain(Some(MoeConfig::new(4, 2, Routing::TopK)), None) }),
+        (
+            "Qwen3 q/k norms and wide heads, Llama 3 RoPE",
+            btx::config::ModelConfig {
+                qk_norm: true,
+                head_dim: Some(16),
+                rope_scaling: Some(btx::model::rope::RopeScaling::Llama3 { factor: 4.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8 }),
+                ..plain(None, None)
+            },
+        ),
+    ]);
+    for (label, config) in configs {
         let reference = LanguageModel::seeded(&config, 11, &cpu());
         let model = moved(&reference, &config, &gpu.device);
         let run = |m: &LanguageModel, d: &Device| {
