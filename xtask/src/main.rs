@@ -159,7 +159,9 @@ fn engine_bench(btx: &Path, args: &[String]) -> Result<serde_json::Value> {
         }
     }
     run_btx(btx, &engine_args)?;
-    Ok(serde_json::from_str(&std::fs::read_to_string(&out)?)?)
+    let text = std::fs::read_to_string(&out)?;
+    let _ = std::fs::remove_file(&out);
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// One run of the PyTorch reference on the engine run's models, as its JSON.
@@ -175,6 +177,7 @@ fn torch_bench(python: &str, args: &[String], engine: &serde_json::Value) -> Res
         }
     }
     let output = Command::new(python).args(&py_args).output().context("cannot run the PyTorch reference")?;
+    let _ = std::fs::remove_file(&out);
     if !output.status.success() {
         bail!("the PyTorch reference failed:\n{}", String::from_utf8_lossy(&output.stderr));
     }
