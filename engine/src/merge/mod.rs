@@ -155,6 +155,19 @@ pub fn ffn_tensor(name: &str) -> Option<(usize, Projection)> {
     crate::checkpoint::tensor_names::parse_dense_ffn(name)
 }
 
+/// The name of each routed expert of a `method` merge (index = expert id): the members'
+/// names, then "generalist" for a seed that is routed (kept, and not the shared expert);
+/// "copy N" for upcycling; split experts get ".0", ".1", ... Empty for a dense result. One
+/// rule for `btx merge`, which records them, and for a recipe, which knows them beforehand.
+pub fn routed_expert_names(method: &MergeMethod, members: Vec<String>, routed_seed: bool, split: usize) -> Vec<String> {
+    let whole: Vec<String> = match *method {
+        MergeMethod::Average | MergeMethod::Transplant { .. } | MergeMethod::Ensemble { .. } => return vec![],
+        MergeMethod::Upcycle { experts, .. } => (0..experts).map(|e| format!("copy {e}")).collect(),
+        MergeMethod::Btx | MergeMethod::Bam { .. } => members.into_iter().chain(routed_seed.then(|| GENERALIST.to_string())).collect(),
+    };
+    split_expert_names(&whole, split)
+}
+
 /// Expert names as split experts are named: "NAME.0", "NAME.1", ... (unchanged when `split`
 /// is 1).
 pub fn split_expert_names(whole: &[String], split: usize) -> Vec<String> {

@@ -140,7 +140,7 @@ impl MergeRequest {
         if self.posterior_data.is_some() && (self.method != MergeMethod::Average || self.weights.is_some()) {
             return rule("posterior_data", "--posterior-data weights a BTM average (--method average) and replaces --weights".into());
         }
-        let reads_measured = (self.method.is_moe() && self.options.router_init != RouterInit::Random) || (self.method == MergeMethod::Average && self.weights.is_none());
+        let reads_measured = self.routes_from_data() || (self.method == MergeMethod::Average && self.weights.is_none());
         if self.measured.is_some() && (!reads_measured || !self.router_data.is_empty() || self.posterior_data.is_some()) {
             return rule("measured", "a measurement replaces --router-data (data-initialised routers) or --posterior-data (an average without --weights); it goes with neither".into());
         }
@@ -154,7 +154,7 @@ impl MergeRequest {
         if self.method.is_moe() && (self.options.top_k == 0 || self.options.top_k > routed) {
             return rule("moe.top_k", format!("top_k ({}) must be between 1 and the number of experts ({routed})", self.options.top_k));
         }
-        let uses_router_data = self.method.is_moe() && self.options.router_init != RouterInit::Random;
+        let uses_router_data = self.routes_from_data();
         if uses_router_data && self.measured.is_none() && self.router_data.len() != self.members().len() {
             let (init, members, configs) = (self.options.router_init, self.members().len(), self.router_data.len());
             return rule("router_data", format!("router_init {init:?} needs one training config per member in --router-data (experts in order, then the seed): {members} members, {configs} configs"));
@@ -209,7 +209,7 @@ impl MergeRequest {
     /// the CPU (a merge has no device of its own).
     #[allow(clippy::type_complexity)]
     fn measurements(&self) -> Result<(Option<Vec<Vec<Vec<f32>>>>, Option<Vec<f64>>)> {
-        let routers_from_data = self.method.is_moe() && self.options.router_init != RouterInit::Random;
+        let routers_from_data = self.routes_from_data();
         let measured = match &self.measured {
             Some(path) => Some(Measured::read(path)?),
             None if routers_from_data => {
@@ -244,20 +244,17 @@ impl MergeRequest {
         Ok(plan.config.clone())
     }
 
-    /// The name of each routed expert of the merged MoE (index = expert id): the run folder
-    /// each member came from, "generalist" for the kept seed (unless it is the shared
-    /// expert), "copy N" for upcycling; split experts get ".0", ".1", ... Empty for an
-    /// average (no experts).
+    /// The name of each routed expert of the merged MoE (`routed_expert_names`): each member
+    /// named by the run folder it came from.
     fn expert_names(&self, inputs: &[MergeInput], seed: Option<&MergeInput>) -> Vec<String> {
-        let routed_seed = seed.filter(|_| self.options.shared_expert != SharedExpert::Seed);
-        let whole: Vec<String> = match self.method {
-            MergeMethod::Average | MergeMethod::Transplant { .. } | MergeMethod::Ensemble { .. } => return vec![],
-            MergeMethod::Upcycle { experts, .. } => (0..experts).map(|e| format!("copy {e}")).collect(),
-            MergeMethod::Btx | MergeMethod::Bam { .. } => {
-                inputs.iter().map(|i| run_name(&i.path)).chain(routed_seed.map(|_| super::GENERALIST.to_string())).collect()
-            }
-        };
-        super::split_expert_names(&whole, self.options.split)
+        let routed_seed = seed.is_some() && self.options.shared_expert != SharedExpert::Seed;
+        super::routed_expert_names(&self.method, inputs.iter().map(|i| run_name(&i.path)).collect(), routed_seed, self.options.split)
+    }
+
+    /// Whether the MoE it builds starts its routers from data (read from `measured`, or
+    /// measured from `router_data`).
+    pub fn routes_from_data(&self) -> bool {
+        self.method.is_moe() && self.options.router_init != RouterInit::Random
     }
 }
 

@@ -106,7 +106,7 @@ impl Plan<'_> {
                 let (dir, expert) = (self.dir(&added), self.dir(&StageId::Expert(later.name.clone())));
                 let args = strings(&[
                     "moe", "add-expert", &previous.display().to_string(), "--expert", &expert.display().to_string(), "--name", &later.name,
-                    "--router-data", &expert.join(super::stage::CONFIG_FILE).display().to_string(), "--reference-data", &data.display().to_string(),
+                    "--router-data", &self.config_path(&StageId::Expert(later.name.clone())).display().to_string(), "--reference-data", &data.display().to_string(),
                     "--out", &dir.display().to_string(),
                 ]);
                 let inputs = vec![model_file(&previous), model_file(&expert), data.clone()];

@@ -13,7 +13,6 @@ use super::stage_id::StageId;
 use crate::config::to_ron;
 use crate::merge::MergeRequest;
 use crate::merge::router_data::{MEASURED_FILE, Measurement};
-use crate::merge::router_init::RouterInit;
 
 impl Plan<'_> {
     /// The merge a recipe's merge asks for (for an ensemble: the request its experts would
@@ -28,14 +27,10 @@ impl Plan<'_> {
             _ => {}
         }
         // Data-initialised routers come measured by the merge's router-data stage.
-        if Self::routes_from_data(&m.method, &request) {
+        if request.routes_from_data() {
             request.measured = Some(self.dir(&StageId::RouterData(m.name.clone())).join(MEASURED_FILE));
         }
         request
-    }
-
-    fn routes_from_data(method: &MergeMethod, request: &MergeRequest) -> bool {
-        method.mixes_experts() && request.options.router_init != RouterInit::Random
     }
 
     /// The router-data stages (`btx measure` on the run's device) of the merges whose routers
@@ -45,10 +40,10 @@ impl Plan<'_> {
         let mut stages = Vec::new();
         for m in &self.recipe.merges {
             let request = self.merge_request(m, seed);
-            if !Self::routes_from_data(&m.method, &request) {
+            if !request.routes_from_data() {
                 continue;
             }
-            let mut data: Vec<PathBuf> = self.expert_dirs().iter().map(|e| e.join(super::stage::CONFIG_FILE)).collect();
+            let mut data: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.config_path(&StageId::Expert(e.name.clone()))).collect();
             data.extend(request.seed.as_ref().map(|_| self.eval_data_path()));
             let measurement = Measurement::RouterDirections { members: request.members(), data, mode: request.options.router_init };
             stages.push(self.measure_stage(StageId::RouterData(m.name.clone()), &measurement)?);
@@ -59,7 +54,7 @@ impl Plan<'_> {
     /// A stage that measures what a merge reads from its members' outputs (`btx measure`).
     pub(super) fn measure_stage(&self, id: StageId, measurement: &Measurement) -> Result<Stage> {
         let dir = self.dir(&id);
-        let mut args = strings(&["measure", "--config", &dir.join(super::stage::CONFIG_FILE).display().to_string(), "--out", &dir.display().to_string()]);
+        let mut args = strings(&["measure", "--config", &self.config_path(&id).display().to_string(), "--out", &dir.display().to_string()]);
         args.extend(self.device.to_args());
         let (members, data) = match measurement {
             Measurement::RouterDirections { members, data, .. } => (members.clone(), data.clone()),
@@ -80,7 +75,7 @@ impl Plan<'_> {
     /// A stage that runs `request` into its folder.
     pub(super) fn merge_stage(&self, id: StageId, request: &MergeRequest) -> Result<Stage> {
         let dir = self.dir(&id);
-        let args = strings(&["merge", "--config", &dir.join(super::stage::CONFIG_FILE).display().to_string(), "--out", &dir.display().to_string()]);
+        let args = strings(&["merge", "--config", &self.config_path(&id).display().to_string(), "--out", &dir.display().to_string()]);
         let mut inputs: Vec<PathBuf> = request.members().iter().map(|p| model_file(p)).collect();
         inputs.extend(request.posterior_data.iter().chain(&request.measured).cloned());
         inputs.extend(request.drift_from.iter().map(|p| model_file(p)));
@@ -119,10 +114,6 @@ impl Plan<'_> {
         let r = self.recipe;
         let moe = r.moe_of(merge);
         let routed_seed = r.keep_seed && moe.shared_expert != crate::merge::mix::SharedExpert::Seed;
-        let whole: Vec<String> = match merge.method {
-            MergeMethod::Upcycle { experts, .. } => (0..experts).map(|e| format!("copy {e}")).collect(),
-            _ => r.experts.iter().map(|e| e.name.clone()).chain(routed_seed.then(|| crate::merge::GENERALIST.to_string())).collect(),
-        };
-        crate::merge::split_expert_names(&whole, moe.split)
+        crate::merge::routed_expert_names(&merge.method, r.experts.iter().map(|e| e.name.clone()).collect(), routed_seed, moe.split)
     }
 }

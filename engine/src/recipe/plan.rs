@@ -48,6 +48,11 @@ impl Plan<'_> {
         self.out.join(stage.folder())
     }
 
+    /// The config file a stage writes before its command runs (`Stage::config_path`).
+    pub fn config_path(&self, stage: &StageId) -> PathBuf {
+        self.dir(stage).join(super::stage::CONFIG_FILE)
+    }
+
     /// Domain config with training weights from `mixture` (0 for the others).
     fn domains(&self, mixture: Option<&[(String, f64)]>) -> Vec<DomainConfig> {
         self.recipe
@@ -118,7 +123,7 @@ impl Plan<'_> {
             let mut inputs = vec![tokenizer.clone()];
             inputs.extend(source_files(&source).with_context(|| format!("recipe domain `{}`", d.name))?);
             let preparation = DomainPreparation { domain: d.name.clone(), tokenizer: tokenizer.clone(), source, val_fraction: r.val_fraction };
-            let args = strings(&["data", "prepare-domain", "--config", &dir.join(super::stage::CONFIG_FILE).display().to_string(), "--out", &dir.join("tokens").display().to_string()]);
+            let args = strings(&["data", "prepare-domain", "--config", &self.config_path(&id).display().to_string(), "--out", &dir.join("tokens").display().to_string()]);
             stages.push(Stage { id, dir, args, config: Some(to_ron(&preparation)?), inputs });
         }
         Ok(stages)
@@ -136,7 +141,7 @@ impl Plan<'_> {
         let dir = self.dir(&id);
         let mut inputs = self.data_inputs();
         inputs.extend(init.map(model_file));
-        let mut args = strings(&["train", "--config", &dir.join(super::stage::CONFIG_FILE).display().to_string(), "--out", &dir.display().to_string(), "--resume", "--no-progress"]);
+        let mut args = strings(&["train", "--config", &self.config_path(&id).display().to_string(), "--out", &dir.display().to_string(), "--resume", "--no-progress"]);
         args.extend(self.device.to_args());
         Ok(Stage {
             id,

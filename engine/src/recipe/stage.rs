@@ -176,9 +176,8 @@ impl Stage {
         Some(bar)
     }
 
-    /// Runs the stage unless it is complete; returns its manifest.
     /// Runs the stage's command (on `adapter` when the run gives it one), unless its manifest
-    /// says it is up to date.
+    /// says it is up to date; returns its manifest.
     pub fn run(&self, btx: &Path, progress: &indicatif::MultiProgress, adapter: Option<&super::gpus::Assignment>) -> Result<Manifest> {
         let (key, inputs) = self.key()?;
         if let Some(m) = self.manifest().filter(|m| m.key == key) {
