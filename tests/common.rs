@@ -136,13 +136,39 @@ pub fn run_btx(args: &[&str], cwd: &Path) -> (bool, String) {
 }
 
 pub fn seed_checkpoint(dir: &std::path::Path, name: &str, seed: u64) -> MergeInput {
+    seed_checkpoint_of(dir, name, seed, &tiny_model(4, 2))
+}
+
+/// A seeded checkpoint of `config`. Its RMSNorm gains (1 at initialisation) and biases (0)
+/// are drawn too, so that a merge that mixes them up cannot go unseen.
+pub fn seed_checkpoint_of(dir: &std::path::Path, name: &str, seed: u64, config: &ModelConfig) -> MergeInput {
     let device = cpu();
-    let config = tiny_model(4, 2);
-    let model = LanguageModel::seeded(&config, seed, &device);
+    let model = LanguageModel::seeded(config, seed, &device);
     let path = dir.join(name);
     std::fs::create_dir_all(&path).unwrap();
-    write_model_files(&path, &model, &config).unwrap();
+    write_model_files(&path, &model, config).unwrap();
+    let file = path.join("model.safetensors");
+    let mut tensors = btx::checkpoint::tensor_file::read_tensors(&file).unwrap();
+    for (i, (name, tensor)) in tensors.iter_mut().enumerate() {
+        if tensor.shape.len() == 1 {
+            let centre = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+            for (j, v) in tensor.values.iter_mut().enumerate() {
+                *v = centre + 0.3 * (((seed as usize * 7919 + i * 104_729 + j * 31) % 1000) as f32 / 1000.0 - 0.5);
+            }
+        }
+    }
+    write_tensor_checkpoint(&path, config, &tensors, &[]).unwrap();
     MergeInput::load(&path).unwrap()
+}
+
+/// The attention of each family the engine imports: Llama's, Qwen2's (q/k/v biases) and
+/// Qwen3's (per-head q/k norms, heads wider than d_model / n_heads).
+pub fn attention_families() -> Vec<(&'static str, ModelConfig)> {
+    vec![
+        ("Llama", tiny_model(4, 2)),
+        ("Qwen2", ModelConfig { attention_bias: true, ..tiny_model(4, 2) }),
+        ("Qwen3", ModelConfig { qk_norm: true, head_dim: Some(16), ..tiny_model(4, 2) }),
+    ]
 }
 
 /// A seed checkpoint whose tensors `edit` changed (written as they are, unchecked).

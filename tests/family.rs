@@ -11,73 +11,85 @@ use btx::model::lm::KvCache;
 
 use crate::common::*;
 
-fn copies(dir: &std::path::Path, n: usize, seed: u64) -> Vec<MergeInput> {
-    (0..n).map(|i| seed_checkpoint(dir, &format!("copy{seed}-{i}"), seed)).collect()
-}
-
+/// For every attention family (Llama, Qwen2's biases, Qwen3's q/k norms and wide heads).
 #[test]
 fn bam_of_identical_experts_gives_the_seed_logits_with_or_without_shared_kv() {
     let dir = tempfile::tempdir().unwrap();
-    let seed = seed_checkpoint(dir.path(), "seed", 1);
-    let want = seed_logits(&seed);
-    let experts = copies(dir.path(), 3, 1);
-    for shared_kv in [false, true] {
-        let (config, tensors) = bam(&experts, Some(&seed), None, &MoeOptions::default(), None, shared_kv).unwrap().into_tensors().unwrap();
-        let attention = config.attention_experts.as_ref().unwrap();
-        assert_eq!((attention.num_experts, attention.shared_kv), (4, shared_kv));
-        assert!(!tensors.keys().any(|n| n.contains(".self_attn.")), "BAM keeps no single attention");
-        let got = logits_of(dir.path(), &config, &tensors);
-        let diff = max_abs_diff(&got, &want);
-        assert!(diff < 1e-4, "shared_kv {shared_kv}: max |diff| {diff}");
+    for (family, model) in attention_families() {
+        let seed = seed_checkpoint_of(dir.path(), &format!("{family}-seed"), 1, &model);
+        let want = seed_logits(&seed);
+        let experts: Vec<MergeInput> = (0..3).map(|i| seed_checkpoint_of(dir.path(), &format!("{family}-copy{i}"), 1, &model)).collect();
+        for shared_kv in [false, true] {
+            let (config, tensors) = bam(&experts, Some(&seed), None, &MoeOptions::default(), None, shared_kv).unwrap().into_tensors().unwrap();
+            let attention = config.attention_experts.as_ref().unwrap();
+            assert_eq!((attention.num_experts, attention.shared_kv), (4, shared_kv));
+            assert!(!tensors.keys().any(|n| n.contains(".self_attn.")), "BAM keeps no single attention");
+            let got = logits_of(dir.path(), &config, &tensors);
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-4, "{family}, shared_kv {shared_kv}: max |diff| {diff}");
+        }
     }
 }
 
 /// Decoding with the KV cache (one position at a time) gives the full forward's logits, with
-/// each expert's own keys and values or shared ones.
+/// each expert's own keys and values or shared ones, in every attention family.
 #[test]
 fn bam_decodes_with_the_kv_cache_as_the_full_forward() {
     let dir = tempfile::tempdir().unwrap();
-    let experts: Vec<MergeInput> = (0..3).map(|i| seed_checkpoint(dir.path(), &format!("e{i}"), 10 + i)).collect();
     let device = cpu();
-    for shared_kv in [false, true] {
-        let out = dir.path().join(format!("bam-{shared_kv}"));
-        bam(&experts, None, None, &MoeOptions::default(), None, shared_kv).unwrap().write(&out, &[]).unwrap();
-        let (_, model) = load_model(&out, &device).unwrap();
-        let tokens = random_tokens(1, 12, 4096, 5, &device);
-        let full = to_vec(model.forward(tokens.clone()));
-        let mut cache = KvCache::default();
-        let mut stepped = Vec::new();
-        for t in 0..12 {
-            stepped.extend(to_vec(model.forward_cached(tokens.clone().narrow(1, t, 1), &mut cache).0));
+    for (family, model) in attention_families() {
+        let experts: Vec<MergeInput> = (0..3).map(|i| seed_checkpoint_of(dir.path(), &format!("{family}-e{i}"), 10 + i, &model)).collect();
+        for shared_kv in [false, true] {
+            let out = dir.path().join(format!("{family}-bam-{shared_kv}"));
+            bam(&experts, None, None, &MoeOptions::default(), None, shared_kv).unwrap().write(&out, &[]).unwrap();
+            let (_, model) = load_model(&out, &device).unwrap();
+            let tokens = random_tokens(1, 12, 4096, 5, &device);
+            let full = to_vec(model.forward(tokens.clone()));
+            let mut cache = KvCache::default();
+            let mut stepped = Vec::new();
+            for t in 0..12 {
+                stepped.extend(to_vec(model.forward_cached(tokens.clone().narrow(1, t, 1), &mut cache).0));
+            }
+            let diff = max_abs_diff(&full, &stepped);
+            assert!(diff < 1e-4, "{family}, shared_kv {shared_kv}: cached decoding differs by {diff}");
+            let kv_heads = cache.layers[0].as_ref().unwrap().0.dims()[1];
+            assert_eq!(kv_heads, if shared_kv { 2 } else { 3 * 2 }, "the cache holds shared heads once");
         }
-        let diff = max_abs_diff(&full, &stepped);
-        assert!(diff < 1e-4, "shared_kv {shared_kv}: cached decoding differs by {diff}");
-        let kv_heads = cache.layers[0].as_ref().unwrap().0.dims()[1];
-        assert_eq!(kv_heads, if shared_kv { 2 } else { 3 * 2 }, "the cache holds shared heads once");
     }
 }
 
+/// Every tensor of a member's attention (projections, Qwen2's biases, Qwen3's q/k norms) is
+/// its attention expert's; shared keys and values (with their biases and norm) are averaged.
 #[test]
 fn bam_keeps_each_members_attention_and_averages_shared_keys_and_values() {
     let dir = tempfile::tempdir().unwrap();
-    let experts: Vec<MergeInput> = (0..2).map(|i| seed_checkpoint(dir.path(), &format!("e{i}"), 20 + i)).collect();
-    let read = |m: &MergeInput, n: &str| m.read(n).unwrap();
-    let (config, own) = bam(&experts, None, None, &MoeOptions::default(), None, false).unwrap().into_tensors().unwrap();
-    let (shared_config, shared) = bam(&experts, None, None, &MoeOptions::default(), None, true).unwrap().into_tensors().unwrap();
-    for e in 0..2 {
-        for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
-            let ours = &own[&format!("model.layers.1.attention_experts.experts.{e}.{proj}.weight")];
-            assert_eq!(ours, &read(&experts[e], &format!("model.layers.1.self_attn.{proj}.weight")), "expert {e} {proj}");
+    for (family, model) in attention_families() {
+        let experts: Vec<MergeInput> = (0..2).map(|i| seed_checkpoint_of(dir.path(), &format!("{family}-e{i}"), 20 + i, &model)).collect();
+        let read = |m: &MergeInput, n: &str| m.read(n).unwrap();
+        let (config, own) = bam(&experts, None, None, &MoeOptions::default(), None, false).unwrap().into_tensors().unwrap();
+        let (shared_config, shared) = bam(&experts, None, None, &MoeOptions::default(), None, true).unwrap().into_tensors().unwrap();
+        let parts = model.attention_parts();
+        assert_eq!(parts.len(), match family { "Qwen2" => 4 + 3, "Qwen3" => 4 + 2, _ => 4 });
+        let mut kv_params = 0;
+        for (part, shape) in &parts {
+            let theirs = format!("model.layers.1.self_attn.{part}");
+            let key_or_value = part.starts_with("k_") || part.starts_with("v_");
+            for e in 0..2 {
+                let ours = format!("model.layers.1.attention_experts.experts.{e}.{part}");
+                assert_eq!(&own[&ours], &read(&experts[e], &theirs), "{family}: expert {e} {part}");
+                assert_eq!(shared.contains_key(&ours), !key_or_value, "{family}: {ours}");
+            }
+            if key_or_value {
+                let (a, b) = (read(&experts[0], &theirs), read(&experts[1], &theirs));
+                let mean: Vec<f32> = a.values.iter().zip(&b.values).map(|(x, y)| (x + y) / 2.0).collect();
+                let ours = &shared[&format!("model.layers.1.attention_experts.{part}")];
+                assert!(max_abs_diff(&ours.values, &mean) < 1e-6, "{family}: shared {part}");
+                kv_params += shape.iter().product::<usize>();
+            }
         }
-        assert!(!shared.contains_key(&format!("model.layers.1.attention_experts.experts.{e}.k_proj.weight")));
+        // Sharing keys and values saves (E - 1) of their tensors per layer.
+        assert_eq!(config.num_params() - shared_config.num_params(), 2 * kv_params, "{family}");
     }
-    let name = "model.layers.1.self_attn.v_proj.weight";
-    let (a, b) = (read(&experts[0], name), read(&experts[1], name));
-    let mean: Vec<f32> = a.values.iter().zip(&b.values).map(|(x, y)| (x + y) / 2.0).collect();
-    assert!(max_abs_diff(&shared["model.layers.1.attention_experts.v_proj.weight"].values, &mean) < 1e-6);
-    // Sharing keys and values saves (E - 1) key and value projections per layer.
-    let kv = 2 * 32 * 16; // k and v: [kv_heads * head_dim, d_model] = [16, 32]
-    assert_eq!(config.num_params() - shared_config.num_params(), 2 * kv);
 }
 
 #[test]

@@ -286,10 +286,6 @@ fn qwen_sliding_window_is_refused_only_when_it_acts() {
         let err = format!("{:#}", from_hf_config(&on, "c").unwrap_err());
         assert!(err.contains("sliding_window") && err.contains("16"), "{err}");
     }
-    let mut config = from_hf_config(&base, "c").unwrap();
-    config.attention_experts = Some(btx::model::moe_config::AttentionExpertsConfig { num_experts: 2, shared_kv: false });
-    let err = format!("{:#}", config.validate("c").unwrap_err());
-    assert!(err.contains("attention_experts") && err.contains("attention_bias"), "{err}");
 }
 
 /// MoEs of Qwen experts export to transformers' Qwen MoEs: of Qwen3 experts as

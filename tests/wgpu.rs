@@ -84,6 +84,8 @@ fn wgpu_logits_match_cpu_dense_and_every_routing() {
                 ..plain(None, None)
             },
         ),
+        ("BAM of Qwen3 attention", btx::config::ModelConfig { qk_norm: true, head_dim: Some(16), ..plain(Some(MoeConfig::new(4, 2, Routing::TopK)), attention(false)) }),
+        ("BAM of Qwen2 attention, shared KV", btx::config::ModelConfig { attention_bias: true, ..plain(Some(MoeConfig::new(4, 2, Routing::TopK)), attention(true)) }),
     ]);
     for (label, config) in configs {
         let reference = LanguageModel::seeded(&config, 11, &cpu());
@@ -165,4 +167,64 @@ fn wgpu_training_matches_cpu_resumes_and_merges() {
     assert!(eval_diff < 1e-4, "merged model evaluates differently: {eval_diff}");
     let shares = |e: &btx::eval::DomainEval| e.routing.as_ref().map(|r| r.panels()).unwrap_or_default();
     assert!(a.iter().zip(&b).all(|(x, y)| shares(x).len() == shares(y).len() && shares(x).iter().flatten().zip(shares(y).iter().flatten()).all(|(p, q)| (p - q).abs() < 1e-3)));
+}
+
+/// One expert per GPU, on the one adapter here: `--devices 0` gives each GPU stage adapter 0
+/// (llvmpipe, which `--allow-software-gpu` admits), its manifest records the adapter and the
+/// device the stage ran on, and the report's stage table says so; host stages (data, merges)
+/// take none. A selector the stage's process cannot honour fails it: the assignment reaches
+/// the process, it is not ignored. (A given seed and one expert of one step: every GPU
+/// stage on llvmpipe spends about a minute compiling its shaders.)
+#[test]
+fn wgpu_recipe_stages_run_on_the_adapter_they_are_given() {
+    let Some((_turn, gpu)) = gpu("wgpu_recipe_stages_run_on_the_adapter_they_are_given") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    seed_checkpoint(d, "seed", 3);
+    let recipe = format!(
+        r#"(
+    model: (vocab_size: 4096, d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ff: 64, max_seq_len: 64),
+    tokenizer: "{tokenizer}",
+    seq_len: 32,
+    val_every: 10,
+    domains: [(name: "english", source: File("{english}")), (name: "code", source: File("{code}"))],
+    optimizer: (lr: 1e-2, warmup_steps: 1),
+    batch_size: 2,
+    seed_model: Checkpoint("seed"),
+    experts: [(name: "code", data: [("code", 1.0)], steps: 1)],
+    merges: [(name: "avg", method: Average)],
+    finetune: (steps: 1),
+    eval: (batches: 1, arithmetic_problems: 0),
+)"#,
+        tokenizer = repo_root().join("assets/tokenizer.json").display(),
+        english = small_corpus(d, "english.txt", 20_000).display(),
+        code = small_corpus(d, "code.txt", 20_000).display(),
+    );
+    std::fs::write(d.join("r.ron"), recipe).unwrap();
+    let run = d.join("run");
+    let args = ["recipe", "run", "r.ron", "--out", run.to_str().unwrap(), "--device", "gl", "--allow-software-gpu", "--devices", "0", "--jobs", "2"];
+    let (ok, err) = run_btx(&args, d);
+    assert!(ok, "{err}");
+    let adapter = gpu.description.trim_start_matches("wgpu: ");
+    for stage in ["experts/code", "eval/expert-code"] {
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(stage).join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["adapter"], 0, "{stage}: {manifest}");
+        assert!(manifest["device"].as_str().unwrap().contains(adapter), "{stage} ran on {} (adapter 0 is {adapter})", manifest["device"]);
+    }
+    for stage in ["data/code", "merges/avg"] {
+        let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join(stage).join("manifest.json")).unwrap()).unwrap();
+        assert!(manifest.get("adapter").is_none(), "{stage} runs on the host: {manifest}");
+    }
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.lines().any(|l| l.starts_with("| experts/code ") && l.contains("(adapter 0)")), "{report}");
+    // The process of a stage honours its selector: one naming an adapter that is not here fails.
+    let config = run.join("experts/code/stage.ron");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_btx"))
+        .args(["train", "--config", config.to_str().unwrap(), "--out", d.join("elsewhere").to_str().unwrap(), "--device", "gl", "--allow-software-gpu"])
+        .env("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(7)")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("adapter"), "{stderr}");
 }

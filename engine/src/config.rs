@@ -83,6 +83,21 @@ impl ModelConfig {
         self.n_heads * self.head_dim()
     }
 
+    /// The tensors of one layer's attention, named by what follows `self_attn.` (or an
+    /// attention expert's prefix), with their shapes: Llama's four projections, Qwen2's q/k/v
+    /// biases, Qwen3's per-head q/k norms.
+    pub fn attention_parts(&self) -> Vec<(&'static str, Vec<usize>)> {
+        let (d, q, kv, head) = (self.d_model, self.q_dim(), self.kv_heads() * self.head_dim(), self.head_dim());
+        let mut parts = vec![("q_proj.weight", vec![q, d]), ("k_proj.weight", vec![kv, d]), ("v_proj.weight", vec![kv, d]), ("o_proj.weight", vec![d, q])];
+        if self.attention_bias {
+            parts.extend([("q_proj.bias", vec![q]), ("k_proj.bias", vec![kv]), ("v_proj.bias", vec![kv])]);
+        }
+        if self.qk_norm {
+            parts.extend([("q_norm.weight", vec![head]), ("k_norm.weight", vec![head])]);
+        }
+        parts
+    }
+
     /// Checks the sizes fit together; `origin` names the file in the error.
     pub fn validate(&self, origin: &str) -> Result<()> {
         let err = |field: &str, msg: String| -> Result<()> {
@@ -137,9 +152,6 @@ impl ModelConfig {
         if self.head_dim == Some(0) {
             err("head_dim", "must be at least 2".into())?;
         }
-        if self.attention_experts.is_some() && (self.attention_bias || self.qk_norm || self.head_dim.is_some_and(|h| h * self.n_heads != self.d_model)) {
-            err("attention_experts", "attention experts (BAM) are built for Llama's attention: not with attention_bias, qk_norm or a head_dim other than d_model / n_heads".into())?;
-        }
         if !(self.norm_eps > 0.0) {
             err("norm_eps", format!("must be positive, found {}", self.norm_eps))?;
         }
@@ -165,17 +177,20 @@ impl ModelConfig {
 
     fn count_params(&self, active_only: bool) -> usize {
         let d = self.d_model;
-        let kv_dim = self.kv_heads() * self.head_dim();
-        let biases = if self.attention_bias { self.q_dim() + 2 * kv_dim } else { 0 };
-        let qk_norms = if self.qk_norm { 2 * self.head_dim() } else { 0 };
         // Attention experts are all active (soft routing), so they count in both totals.
-        let attention = match &self.attention_experts {
-            None => 2 * d * self.q_dim() + 2 * d * kv_dim + biases + qk_norms,
-            Some(a) => {
-                let kv_copies = if a.shared_kv { 1 } else { a.num_experts };
-                a.num_experts * (2 * d * d + d) + kv_copies * 2 * d * kv_dim
-            }
-        };
+        let attention: usize = self
+            .attention_parts()
+            .iter()
+            .map(|(part, shape)| {
+                let copies = match &self.attention_experts {
+                    None => 1,
+                    Some(a) if a.shared_kv && is_key_value_part(part) => 1,
+                    Some(a) => a.num_experts,
+                };
+                copies * shape.iter().product::<usize>()
+            })
+            .sum::<usize>()
+            + self.attention_experts.as_ref().map_or(0, |a| a.num_experts * d);
         let dense_ffn = 3 * d * self.d_ff;
         let ffn = |layer: usize| match &self.moe {
             Some(moe) if moe.is_moe_layer(layer) => {
@@ -200,6 +215,12 @@ impl ModelConfig {
         let attentions = self.attention_experts.as_ref().map_or(1, |a| a.num_experts);
         6.0 * matmul_params as f64 + 12.0 * (attentions * self.n_layers * self.d_model * seq_len) as f64
     }
+}
+
+/// Whether an attention part (`ModelConfig::attention_parts`) belongs to the keys or values,
+/// which BAM's `shared_kv` shares between the attention experts.
+pub fn is_key_value_part(part: &str) -> bool {
+    part.starts_with("k_") || part.starts_with("v_")
 }
 
 /// Reads a RON file into `T`, with the file name, line and column in every error.

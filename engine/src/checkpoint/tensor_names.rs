@@ -95,14 +95,19 @@ pub fn attention_expert_part(expert: usize) -> String {
     format!("{ATTENTION_EXPERTS}{expert}.")
 }
 
-/// `model.layers.L.self_attn.P.weight`: an attention projection (`q_proj`, ...).
-pub fn self_attention(layer: usize, proj: &str) -> String {
-    format!("model.layers.{layer}.self_attn.{proj}.weight")
+/// `model.layers.L.self_attn.P`: an attention tensor (P: `q_proj.weight`, `q_norm.weight`, ...).
+pub fn self_attention(layer: usize, part: &str) -> String {
+    format!("model.layers.{layer}.self_attn.{part}")
 }
 
-/// `model.layers.L.attention_experts.experts.E.P.weight`: an attention expert's projection.
-pub fn attention_expert(layer: usize, expert: usize, proj: &str) -> String {
-    format!("model.layers.{layer}{}{proj}.weight", attention_expert_part(expert))
+/// `model.layers.L.attention_experts.experts.E.P`: the same tensor of attention expert E.
+pub fn attention_expert(layer: usize, expert: usize, part: &str) -> String {
+    format!("model.layers.{layer}{}{part}", attention_expert_part(expert))
+}
+
+/// `model.layers.L.attention_experts.P`: a tensor the attention experts share (`shared_kv`).
+pub fn shared_attention(layer: usize, part: &str) -> String {
+    format!("model.layers.{layer}.attention_experts.{part}")
 }
 
 /// The (layer, projection) of a dense FFN tensor name, or None for any other tensor.

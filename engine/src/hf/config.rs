@@ -7,7 +7,7 @@ use crate::checkpoint::tensor_names::{self, Projection};
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, is_key_value_part};
 use crate::model::rope::RopeScaling;
 use crate::model::moe_config::{MoeConfig, Routing};
 
@@ -264,7 +264,6 @@ pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
 /// Every tensor a model of `config` holds, with its shape, in Hugging Face names and layout.
 pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (d, v) = (config.d_model, config.vocab_size);
-    let kv = config.kv_heads() * config.head_dim();
     let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d]), ("model.norm.weight".to_string(), vec![d])];
     if !config.tie_embeddings {
         out.push(("lm_head.weight".to_string(), vec![v, d]));
@@ -274,34 +273,15 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         out.push((format!("{p}.input_layernorm.weight"), vec![d]));
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
         match &config.attention_experts {
-            None => {
-                let q = config.q_dim();
-                out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
-                out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
-                out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
-                out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
-                if config.attention_bias {
-                    out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
-                    out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
-                    out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
-                }
-                if config.qk_norm {
-                    out.push((format!("{p}.self_attn.q_norm.weight"), vec![config.head_dim()]));
-                    out.push((format!("{p}.self_attn.k_norm.weight"), vec![config.head_dim()]));
-                }
-            }
+            None => out.extend(config.attention_parts().into_iter().map(|(part, shape)| (tensor_names::self_attention(l, part), shape))),
             Some(a) => {
-                let q = format!("{p}.attention_experts");
-                out.push((format!("{q}.gate.weight"), vec![a.num_experts, d]));
-                let kv_owners: Vec<String> =
-                    if a.shared_kv { vec![q.clone()] } else { (0..a.num_experts).map(|e| format!("{q}.experts.{e}")).collect() };
-                for owner in kv_owners {
-                    out.push((format!("{owner}.k_proj.weight"), vec![kv, d]));
-                    out.push((format!("{owner}.v_proj.weight"), vec![kv, d]));
-                }
-                for e in 0..a.num_experts {
-                    out.push((format!("{q}.experts.{e}.q_proj.weight"), vec![d, d]));
-                    out.push((format!("{q}.experts.{e}.o_proj.weight"), vec![d, d]));
+                out.push((tensor_names::shared_attention(l, "gate.weight"), vec![a.num_experts, d]));
+                for (part, shape) in config.attention_parts() {
+                    if a.shared_kv && is_key_value_part(part) {
+                        out.push((tensor_names::shared_attention(l, part), shape));
+                    } else {
+                        out.extend((0..a.num_experts).map(|e| (tensor_names::attention_expert(l, e, part), shape.clone())));
+                    }
                 }
             }
         }

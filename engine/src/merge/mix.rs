@@ -13,7 +13,7 @@ use super::plan::{Cut, MergePlan, Noise, Output, Reinit, Source, outputs_like};
 use super::router_init::{RouterInit, random_router, router_from_directions};
 use super::{MergeInput, check_same_architecture, ffn_tensor, normalized_weights};
 use crate::checkpoint::tensor_names::{self, Projection};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, is_key_value_part};
 use crate::model::moe_config::AttentionExpertsConfig;
 use crate::model::moe_config::{Balance, MoeConfig, Routing, default_load_balance, default_top_k};
 
@@ -176,12 +176,11 @@ fn mix_with_attention<'a>(
     Ok(plan)
 }
 
-/// Splits an attention tensor name `model.layers.L.self_attn.P.weight` into (L, P).
+/// Splits an attention tensor name `model.layers.L.self_attn.P` into (L, P).
 pub fn attention_tensor(name: &str) -> Option<(usize, &str)> {
     let rest = name.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
-    let proj = rest.strip_prefix("self_attn.")?.strip_suffix(".weight")?;
-    Some((layer.parse().ok()?, proj))
+    Some((layer.parse().ok()?, rest.strip_prefix("self_attn.")?))
 }
 
 /// The shared expert of every layer: the FFN tensors of `like`, renamed, from `source`.
@@ -194,45 +193,41 @@ pub(crate) fn shared_expert_outputs(like: &MergeInput, source: impl Fn(&str) -> 
     outputs
 }
 
-/// BAM's attention experts: member e's query and output projections as attention expert e,
-/// its keys and values too (or, with `shared_kv`, every member's averaged into one), and an
-/// attention router per layer (from the members' router directions when given).
+/// BAM's attention experts: member e's attention as attention expert e (with `shared_kv`,
+/// every member's keys and values averaged into one shared projection), and an attention
+/// router per layer (from the members' router directions when given).
 fn attention_expert_outputs(config: &ModelConfig, members: usize, shared_kv: bool, weights: &[f64], seed: u64, directions: &RouterDirections) -> Vec<Output> {
-    let d = config.d_model;
-    let kv_dim = config.kv_heads() * config.head_dim();
     let mut outputs = Vec::new();
     for layer in 0..config.n_layers {
-        let ours = format!("model.layers.{layer}.attention_experts");
-        let theirs = |proj: &str| crate::checkpoint::tensor_names::self_attention(layer, proj);
         for e in 0..members {
             outputs.extend(member_attention_outputs(config, layer, e, e, shared_kv));
         }
         if shared_kv {
-            for proj in ["k_proj", "v_proj"] {
-                let source = Source::Average { name: theirs(proj), weights: weights.to_vec() };
-                outputs.push(Output { name: format!("{ours}.{proj}.weight"), shape: vec![kv_dim, d], source });
+            for (part, shape) in config.attention_parts().into_iter().filter(|(part, _)| is_key_value_part(part)) {
+                let source = Source::Average { name: tensor_names::self_attention(layer, part), weights: weights.to_vec() };
+                outputs.push(Output { name: tensor_names::shared_attention(layer, part), shape, source });
             }
         }
         let router = match directions {
             Some(dirs) => router_from_directions(&dirs[layer]),
-            None => random_router(members, d, layer, seed.wrapping_add(ATTENTION_ROUTER_SALT)),
+            None => random_router(members, config.d_model, layer, seed.wrapping_add(ATTENTION_ROUTER_SALT)),
         };
-        outputs.push(Output { name: format!("{ours}.gate.weight"), shape: router.shape.clone(), source: Source::Given(router) });
+        outputs.push(Output { name: tensor_names::shared_attention(layer, "gate.weight"), shape: router.shape.clone(), source: Source::Given(router) });
     }
     outputs
 }
 
-/// Member `member`'s attention in layer `layer` as attention expert `expert`: its query and
-/// output projections, and its keys and values unless they are shared.
+/// Member `member`'s attention in layer `layer` as attention expert `expert`: every tensor of
+/// it (projections, biases, q/k norms) but the keys' and values' when they are shared.
 pub(crate) fn member_attention_outputs(config: &ModelConfig, layer: usize, member: usize, expert: usize, shared_kv: bool) -> Vec<Output> {
-    let d = config.d_model;
-    let kv_dim = config.kv_heads() * config.head_dim();
-    let own: &[(&str, usize)] = if shared_kv { &[("q_proj", d), ("o_proj", d)] } else { &[("q_proj", d), ("o_proj", d), ("k_proj", kv_dim), ("v_proj", kv_dim)] };
-    own.iter()
-        .map(|&(proj, rows)| Output {
-            name: crate::checkpoint::tensor_names::attention_expert(layer, expert, proj),
-            shape: vec![rows, d],
-            source: Source::whole(member, &crate::checkpoint::tensor_names::self_attention(layer, proj)),
+    config
+        .attention_parts()
+        .into_iter()
+        .filter(|(part, _)| !(shared_kv && is_key_value_part(part)))
+        .map(|(part, shape)| Output {
+            name: tensor_names::attention_expert(layer, expert, part),
+            shape,
+            source: Source::whole(member, &tensor_names::self_attention(layer, part)),
         })
         .collect()
 }

@@ -12,22 +12,24 @@
 //! All experts run as one attention call: their query heads are stacked (expert e's head j is
 //! head e * n_heads + j), each against its own expert's key/value heads.
 
-use burn::nn::Linear;
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use super::attention::{append_to_cache, causal_attention, repeat_kv, split_heads};
-use super::init::linear;
+use super::init::{linear, linear_init};
 use super::rope::apply_rope;
 pub use super::moe_config::AttentionExpertsConfig;
 use crate::config::ModelConfig;
 
-/// One attention expert: its own queries and output, and its own keys and values unless they
-/// are shared.
+/// One attention expert: its own queries (with their bias and per-head norm, where the model
+/// has them) and output, and its own keys and values unless they are shared.
 #[derive(Module, Debug)]
 pub struct AttentionExpert {
     pub q_proj: Linear,
+    pub q_norm: Option<RmsNorm>,
     pub k_proj: Option<Linear>,
+    pub k_norm: Option<RmsNorm>,
     pub v_proj: Option<Linear>,
     pub o_proj: Linear,
 }
@@ -37,43 +39,81 @@ pub struct AttentionExperts {
     /// The attention router W_attn (d_model -> E).
     pub gate: Linear,
     pub experts: Vec<AttentionExpert>,
-    /// The shared key and value projections (`shared_kv`).
+    /// The shared key and value projections (`shared_kv`), and the keys' norm (Qwen3).
     pub k_proj: Option<Linear>,
+    pub k_norm: Option<RmsNorm>,
     pub v_proj: Option<Linear>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    pub head_dim: usize,
 }
+
+/// The layers an attention (expert) is built of, with the model's attention options.
+struct Parts<'a> {
+    config: &'a ModelConfig,
+    device: &'a Device,
+}
+
+impl Parts<'_> {
+    fn input(&self, d_out: usize) -> Linear {
+        LinearConfig::new(self.config.d_model, d_out).with_bias(self.config.attention_bias).with_initializer(linear_init()).init(self.device)
+    }
+
+    fn head_norm(&self) -> Option<RmsNorm> {
+        self.config.qk_norm.then(|| RmsNormConfig::new(self.config.head_dim()).with_epsilon(self.config.norm_eps).init(self.device))
+    }
+}
+
+/// An expert's own key or value projection (it has one when they are not shared).
+fn own(projection: &Option<Linear>) -> &Linear {
+    projection.as_ref().expect("an expert without shared keys and values has its own")
+}
+
+/// A projection and the head norm after it.
+type Projected<'a> = (&'a Linear, Option<&'a RmsNorm>);
 
 impl AttentionExperts {
     pub fn new(config: &ModelConfig, experts: &AttentionExpertsConfig, device: &Device) -> Self {
-        let d = config.d_model;
+        let (d, q_dim) = (config.d_model, config.q_dim());
         let kv_dim = config.kv_heads() * config.head_dim();
-        let own_kv = !experts.shared_kv;
+        let parts = Parts { config, device };
+        let (own_kv, shared_kv) = (!experts.shared_kv, experts.shared_kv);
         Self {
             gate: linear(d, experts.num_experts, device),
             experts: (0..experts.num_experts)
                 .map(|_| AttentionExpert {
-                    q_proj: linear(d, d, device),
-                    k_proj: own_kv.then(|| linear(d, kv_dim, device)),
-                    v_proj: own_kv.then(|| linear(d, kv_dim, device)),
-                    o_proj: linear(d, d, device),
+                    q_proj: parts.input(q_dim),
+                    q_norm: parts.head_norm(),
+                    k_proj: own_kv.then(|| parts.input(kv_dim)),
+                    k_norm: own_kv.then(|| parts.head_norm()).flatten(),
+                    v_proj: own_kv.then(|| parts.input(kv_dim)),
+                    o_proj: linear(q_dim, d, device),
                 })
                 .collect(),
-            k_proj: experts.shared_kv.then(|| linear(d, kv_dim, device)),
-            v_proj: experts.shared_kv.then(|| linear(d, kv_dim, device)),
+            k_proj: shared_kv.then(|| parts.input(kv_dim)),
+            k_norm: shared_kv.then(|| parts.head_norm()).flatten(),
+            v_proj: shared_kv.then(|| parts.input(kv_dim)),
             n_heads: config.n_heads,
             n_kv_heads: config.kv_heads(),
+            head_dim: config.head_dim(),
         }
     }
 
-    /// Keys or values of every expert, stacked as `[batch, heads, seq, head_dim]` (the shared
-    /// projection's heads once, or each expert's in turn).
-    fn project(&self, x: &Tensor<3>, shared: &Option<Linear>, own: impl Fn(&AttentionExpert) -> &Option<Linear>, head_dim: usize) -> Tensor<4> {
-        let t = match shared {
-            Some(p) => p.forward(x.clone()),
-            None => Tensor::cat(self.experts.iter().map(|e| own(e).as_ref().expect("own projection").forward(x.clone())).collect(), 2),
+    /// Queries, keys or values of every expert, stacked as `[batch, heads, seq, head_dim]`
+    /// (the shared projection's heads once, or each expert's in turn), each through its head
+    /// norm if it has one.
+    fn heads<'a>(&'a self, x: &Tensor<3>, shared: Option<Projected<'a>>, own: impl Fn(&'a AttentionExpert) -> Projected<'a>) -> Tensor<4> {
+        let heads = |(proj, norm): Projected| {
+            let t = split_heads(proj.forward(x.clone()), self.head_dim);
+            match norm {
+                Some(norm) => norm.forward(t),
+                None => t,
+            }
         };
-        split_heads(t, head_dim)
+        match shared {
+            Some(shared) => heads(shared),
+            None => Tensor::cat(self.experts.iter().map(|e| heads(own(e))).collect(), 1),
+        }
     }
 
     /// The soft mixture of attention experts, over cached keys and values as
@@ -84,12 +124,12 @@ impl AttentionExperts {
     pub fn forward_cached(&self, x: Tensor<3>, cos: &Tensor<2>, sin: &Tensor<2>, cache: &mut Option<(Tensor<4>, Tensor<4>)>) -> Tensor<3> {
         let [batch, seq, d_model] = x.dims();
         let num_experts = self.experts.len();
-        let head_dim = d_model / self.n_heads;
+        let q_dim = self.n_heads * self.head_dim;
         let gates = softmax(self.gate.forward(x.clone()), 2); // [b, s, E]
-        let queries = Tensor::cat(self.experts.iter().map(|e| e.q_proj.forward(x.clone())).collect(), 2);
-        let q = apply_rope(split_heads(queries, head_dim), cos, sin); // [b, E*h, s, hd]
-        let k = apply_rope(self.project(&x, &self.k_proj, |e| &e.k_proj, head_dim), cos, sin);
-        let v = self.project(&x, &self.v_proj, |e| &e.v_proj, head_dim);
+        let q = apply_rope(self.heads(&x, None, |e| (&e.q_proj, e.q_norm.as_ref())), cos, sin); // [b, E*h, s, hd]
+        let shared_k = self.k_proj.as_ref().map(|k| (k, self.k_norm.as_ref()));
+        let k = apply_rope(self.heads(&x, shared_k, |e| (own(&e.k_proj), e.k_norm.as_ref())), cos, sin);
+        let v = self.heads(&x, self.v_proj.as_ref().map(|v| (v, None)), |e| (own(&e.v_proj), None));
         let (mut k, mut v, causal) = append_to_cache(k, v, cache);
         if self.k_proj.is_some() {
             // Every expert reads the same heads: tile them once per expert.
@@ -97,10 +137,10 @@ impl AttentionExperts {
         }
         let group = self.n_heads / self.n_kv_heads;
         let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal);
-        let out = out.swap_dims(1, 2).reshape([batch, seq, num_experts, d_model]);
+        let out = out.swap_dims(1, 2).reshape([batch, seq, num_experts, q_dim]);
         let mut y = Tensor::<3>::zeros([batch, seq, d_model], &out.device());
         for (e, expert) in self.experts.iter().enumerate() {
-            let weighted = out.clone().narrow(2, e, 1).reshape([batch, seq, d_model]) * gates.clone().narrow(2, e, 1);
+            let weighted = out.clone().narrow(2, e, 1).reshape([batch, seq, q_dim]) * gates.clone().narrow(2, e, 1);
             y = y + expert.o_proj.forward(weighted);
         }
         y

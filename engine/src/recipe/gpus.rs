@@ -64,17 +64,19 @@ fn selector(adapter: &Adapter, nth: usize) -> String {
     format!("{kind}({nth})")
 }
 
-/// The assignments for `wanted` (indices into the hardware adapters of `api` among `found`,
-/// in their order; None: all of them). Errors name the flag and what exists.
-pub fn assignments(found: &[Adapter], api: wgpu::Backend, wanted: Option<&[usize]>) -> Result<Vec<Assignment>> {
-    let on_api: Vec<&Adapter> = found.iter().filter(|a| a.backend == api && !a.is_software()).collect();
+/// The assignments for `wanted` (indices into the adapters of `api` among `found`, in their
+/// order; None: all of them): hardware adapters, and software ones where the run allows them
+/// (`--allow-software-gpu`). Errors name the flag and what exists.
+pub fn assignments(found: &[Adapter], api: wgpu::Backend, wanted: Option<&[usize]>, software: bool) -> Result<Vec<Assignment>> {
+    let on_api: Vec<&Adapter> = found.iter().filter(|a| a.backend == api && (software || !a.is_software())).collect();
     let all: Vec<usize> = (0..on_api.len()).collect();
     let wanted = wanted.unwrap_or(&all);
     let mut out = Vec::new();
     for &index in wanted {
         let Some(adapter) = on_api.get(index) else {
             let listed: Vec<String> = on_api.iter().enumerate().map(|(i, a)| format!("{i}: {a}")).collect();
-            bail!("--devices: there is no adapter {index} on {api:?}; its hardware adapters are [{}]", listed.join(", "));
+            let kind = if software { "adapters" } else { "hardware adapters" };
+            bail!("--devices: there is no adapter {index} on {api:?}; its {kind} are [{}]", listed.join(", "));
         };
         let nth = on_api[..index].iter().filter(|a| a.device_type == adapter.device_type).count();
         if out.iter().any(|a: &Assignment| a.index == index) {
@@ -101,7 +103,7 @@ pub fn pool_for(device: &DeviceArgs, wanted: Option<&[usize]>) -> Result<Option<
     let Some(api) = crate::device::chosen_api(*device, &found)? else {
         return Ok(None);
     };
-    let adapters = assignments(&found, api, wanted)?;
+    let adapters = assignments(&found, api, wanted, device.software_allowed())?;
     Ok((adapters.len() > 1 || wanted.is_some()).then(|| GpuPool::new(adapters)))
 }
 
@@ -128,17 +130,20 @@ mod tests {
             adapter("D", Vulkan, DiscreteGpu),
             adapter("A", Gl, DiscreteGpu),
         ];
-        let all = assignments(&found, Vulkan, None).unwrap();
+        let all = assignments(&found, Vulkan, None, false).unwrap();
         let selectors: Vec<&str> = all.iter().map(|a| a.selector.as_str()).collect();
         assert_eq!(selectors, ["DiscreteGpu(0)", "IntegratedGpu(0)", "DiscreteGpu(1)", "DiscreteGpu(2)"]);
-        let pool = GpuPool::new(assignments(&found, Vulkan, Some(&[3, 0, 2])).unwrap());
+        let pool = GpuPool::new(assignments(&found, Vulkan, Some(&[3, 0, 2]), false).unwrap());
         let (a, b, c) = (pool.acquire().unwrap(), pool.acquire().unwrap(), pool.acquire().unwrap());
         assert_eq!([a.index, b.index, c.index], [3, 0, 2], "three stages, three adapters");
         pool.release(&b);
         assert_eq!(pool.acquire().unwrap().index, 0, "the freed adapter is the idle one");
         assert_eq!(pool.acquire().unwrap().index, 3, "all busy: the first of the least busy");
-        let err = assignments(&found, Vulkan, Some(&[4])).unwrap_err().to_string();
+        let err = assignments(&found, Vulkan, Some(&[4]), false).unwrap_err().to_string();
         assert!(err.contains("no adapter 4") && err.contains("3: D"), "{err}");
-        assert!(assignments(&found, Vulkan, Some(&[1, 1])).is_err());
+        assert!(assignments(&found, Vulkan, Some(&[1, 1]), false).is_err());
+        // With software adapters allowed, llvmpipe is adapter 3, selected as CubeCL's `Cpu`.
+        let with_software = assignments(&found, Vulkan, None, true).unwrap();
+        assert_eq!((with_software.len(), with_software[3].selector.as_str(), with_software[4].selector.as_str()), (5, "Cpu", "DiscreteGpu(2)"));
     }
 }

@@ -70,9 +70,11 @@ impl StageId {
         }
     }
 
-    /// Tokenizing runs on the CPU's cores: a data stage needs no GPU.
+    /// Whether the stage runs a model (trains, evaluates, measures): tokenizing runs on the
+    /// CPU's cores, and merges, diagnoses (merges too) and the report work on the host's
+    /// copies of the weights, so those need no GPU.
     pub fn needs_gpu(&self) -> bool {
-        !matches!(self, Self::Data(_))
+        !matches!(self, Self::Data(_) | Self::Merge(_) | Self::Diagnosis(_) | Self::Report)
     }
 }
 
