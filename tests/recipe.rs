@@ -304,6 +304,11 @@ fn each_stage_takes_its_own_optimizer() {
     assert_eq!((dense.lr, dense.warmup_steps, dense.min_lr_ratio), (1e-2, 3, 0.5));
     let finetune = recipe.finetune.optimizer().apply(&recipe.optimizer);
     assert_eq!((finetune.lr, finetune.router_lr_multiplier), (2e-3, 8.0));
+    // Unless the finetune says otherwise, its routers learn at the default multiple.
+    let mut unset = recipe.clone();
+    unset.finetune.optimizer.router_lr_multiplier = None;
+    let finetune = unset.finetune.optimizer().apply(&unset.optimizer);
+    assert_eq!((finetune.lr, finetune.router_lr_multiplier), (2e-3, btx::recipe::config::FINETUNE_ROUTER_LR_MULTIPLIER));
 }
 
 #[test]
@@ -400,6 +405,20 @@ fn a_sweep_runs_every_point_and_reports_the_gaps() {
     assert!(md.contains("| router-lr-multiplier \\\\ finetune-steps | 2 |") && md.contains("2 seeds per point"), "{md}");
     let row = md.lines().find(|l| l.starts_with("| 10 | ")).unwrap_or_else(|| panic!("{md}"));
     assert!(row.contains(" to ") && row.contains('('), "{row}");
+
+    // A seed that neither axis changes is trained once: the second point starts from the
+    // first point's seed and trains none of its own.
+    let out = dir.path().join("lr-sweep");
+    let args = ["recipe", "sweep", path.to_str().unwrap(), "--rows", "expert-lr=1e-3", "--columns", "expert-steps=2,3", "--out", out.to_str().unwrap(), "--device", "cpu"];
+    let (ok, stderr) = run_btx(&args, dir.path());
+    assert!(ok, "{stderr}");
+    let (first, second) = (out.join("expert-lr-0.001-experts-2"), out.join("expert-lr-0.001-experts-3"));
+    assert!(first.join("seed/manifest.json").is_file() && !second.join("seed").exists());
+    let expert: btx::train::TrainConfig = btx::config::read_ron(&second.join("experts/en/stage.ron")).unwrap();
+    assert_eq!(expert.init_from.as_deref(), Some(std::path::absolute(first.join("seed")).unwrap().as_path()));
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| 0.001 |")).unwrap_or_else(|| panic!("{md}"));
+    assert!(row.split('|').filter_map(|c| c.trim().parse::<f64>().ok()).all(f64::is_finite), "{row}");
 }
 
 /// The family of methods runs from a recipe: BAM (shared KV), a shared expert, Drop-Upcycling,

@@ -1,9 +1,10 @@
 //! A sweep over two of the quantities that decide whether BTX pays off: by default how long
 //! the seed trains and how long each expert trains after branching; or the experts' learning
 //! rate, the finetune's length or learning rate, the routers' learning-rate multiple. Every
-//! point is the base recipe with those two numbers changed, run whole (stages shared between
-//! points are not: each point is its own run folder); the result is the gap between BTX and
-//! each baseline in mean validation log-perplexity (negative: BTX better).
+//! point is the base recipe with those two numbers changed, run in its own run folder; a seed
+//! that neither number changes is trained once, by the first point, and the others start
+//! from it. The result is the gap between BTX and each baseline in mean validation
+//! log-perplexity (negative: BTX better).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use super::report_record::{ModelRecord, ReportRecord};
 
 use super::config::{MergeMethod, Recipe, SeedModel};
 use super::entries::ModelId;
+use super::stage_id::StageId;
 use super::plots::{self, Heatmap};
 use super::runner::{RunOptions, run_recipe};
 use crate::fsutil::write_atomic;
@@ -148,13 +150,24 @@ pub fn sweep(recipe: &Recipe, rows: &Axis, columns: &Axis, options: &RunOptions)
             points.push((variant(recipe, &[(rows.quantity, r), (columns.quantity, c)])?, out));
         }
     }
+    // A seed that neither axis changes is trained once, by the first point, and given to the
+    // others as their `seed_model` (a recipe of one run: with `seeds`, each run trains its own).
+    let share_seed = ![rows.quantity, columns.quantity].contains(&Quantity::SeedSteps) && matches!(recipe.seed_model, SeedModel::Train { .. }) && recipe.seeds.is_empty();
+    let mut shared_seed: Option<PathBuf> = None;
     // [row][column][seed] -> each model's report record.
     let mut grid: Vec<Vec<Vec<Vec<ModelRecord>>>> = Vec::new();
-    for chunk in points.chunks(columns.values.len()) {
+    for chunk in points.chunks_mut(columns.values.len()) {
         let mut row = Vec::new();
         for (variant, out) in chunk {
             eprintln!("sweep point -> {}", out.display());
+            if let Some(seed) = &shared_seed {
+                variant.seed_model = SeedModel::Checkpoint(seed.clone());
+            }
             run_recipe(variant, &RunOptions { out: out.clone(), ..options.clone() })?;
+            if share_seed && shared_seed.is_none() {
+                let seed = out.join(StageId::Seed.folder());
+                shared_seed = Some(std::path::absolute(&seed).with_context(|| format!("cannot resolve {}", seed.display()))?);
+            }
             // One report per seed (the recipe's `seeds`), or the run's one.
             row.push(variant.runs(out).iter().map(|(_, dir)| ReportRecord::read(dir).map(|r| r.models)).collect::<Result<Vec<_>>>()?);
         }
