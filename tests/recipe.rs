@@ -416,6 +416,12 @@ fn a_sweep_runs_every_point_and_reports_the_gaps() {
     assert!(first.join("seed/manifest.json").is_file() && !second.join("seed").exists());
     let expert: btx::train::TrainConfig = btx::config::read_ron(&second.join("experts/en/stage.ron")).unwrap();
     assert_eq!(expert.init_from.as_deref(), Some(std::path::absolute(first.join("seed")).unwrap().as_path()));
+    // The second point's models count the shared seed's training as the first point's do.
+    let seed_flops = |point: &std::path::Path| {
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(point.join("report.json")).unwrap()).unwrap();
+        report["models"].as_array().unwrap().iter().find(|m| m["model"] == "seed").unwrap()["train_flops"].as_f64().unwrap()
+    };
+    assert!(seed_flops(&second) > 0.0 && seed_flops(&second) == seed_flops(&first));
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     let row = md.lines().find(|l| l.starts_with("| 0.001 |")).unwrap_or_else(|| panic!("{md}"));
     assert!(row.split('|').filter_map(|c| c.trim().parse::<f64>().ok()).all(f64::is_finite), "{row}");

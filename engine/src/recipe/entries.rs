@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::config::{MergeMethod, SeedModel};
+use super::config::MergeMethod;
 use super::plan::{Plan, slug, strings};
 use super::stage::{Stage, model_file};
 use super::stage_id::StageId;
@@ -113,10 +113,11 @@ impl Plan<'_> {
     /// Every model the report compares, with how it is evaluated.
     pub fn entries(&self, seed: &Path) -> Vec<(Entry, Stage)> {
         let r = self.recipe;
-        let seed_stage = matches!(r.seed_model, SeedModel::Train { .. }).then_some(StageId::Seed);
+        // A given seed is in every lineage too: where it is another run's seed stage (a
+        // sweep's shared seed), the report counts that stage's tokens and FLOPs.
         let experts: Vec<StageId> = r.experts.iter().map(|e| StageId::Expert(e.name.clone())).collect();
         let with_seed = |mut v: Vec<StageId>| {
-            v.splice(0..0, seed_stage.clone());
+            v.insert(0, StageId::Seed);
             v
         };
         let mut list: Vec<(Entry, PathBuf)> = vec![(Entry::new(ModelId::Seed, EntryKind::Seed, with_seed(vec![])), seed.to_path_buf())];

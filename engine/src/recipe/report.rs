@@ -49,7 +49,13 @@ impl Row {
 }
 
 pub(super) fn read_manifest(plan: &Plan<'_>, stage: &StageId) -> Option<Manifest> {
-    let text = std::fs::read_to_string(plan.dir(stage).join(super::stage::MANIFEST_FILE)).ok()?;
+    let dir = match (stage, &plan.recipe.seed_model) {
+        // A seed given as another run's seed stage (a sweep's shared seed) brings its
+        // manifest, so the models built on it count its tokens and FLOPs.
+        (StageId::Seed, super::config::SeedModel::Checkpoint(_)) => plan.seed().ok()?.0,
+        _ => plan.dir(stage),
+    };
+    let text = std::fs::read_to_string(dir.join(super::stage::MANIFEST_FILE)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
