@@ -32,15 +32,13 @@ impl Attention {
     pub fn new(config: &ModelConfig, device: &Device) -> Self {
         let (d, q_dim) = (config.d_model, config.q_dim());
         let kv_dim = config.kv_heads() * config.head_dim();
-        let input = |d_out| LinearConfig::new(d, d_out).with_bias(config.attention_bias).with_initializer(linear_init()).init(device);
-        let head_norm = || config.qk_norm.then(|| RmsNormConfig::new(config.head_dim()).with_epsilon(config.norm_eps).init(device));
         Self {
-            q_proj: input(q_dim),
-            k_proj: input(kv_dim),
-            v_proj: input(kv_dim),
+            q_proj: input_projection(config, q_dim, device),
+            k_proj: input_projection(config, kv_dim, device),
+            v_proj: input_projection(config, kv_dim, device),
             o_proj: linear(q_dim, d, device),
-            q_norm: head_norm(),
-            k_norm: head_norm(),
+            q_norm: head_norm(config, device),
+            k_norm: head_norm(config, device),
             n_heads: config.n_heads,
             n_kv_heads: config.kv_heads(),
             head_dim: config.head_dim(),
@@ -77,6 +75,17 @@ impl Attention {
         let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal);
         self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, self.n_heads * head_dim]))
     }
+}
+
+/// A query, key or value projection (d_model -> `d_out`), with a bias where the model has
+/// them (Qwen2).
+pub(crate) fn input_projection(config: &ModelConfig, d_out: usize, device: &Device) -> Linear {
+    LinearConfig::new(config.d_model, d_out).with_bias(config.attention_bias).with_initializer(linear_init()).init(device)
+}
+
+/// The RMSNorm over each query or key head, where the model has them (Qwen3).
+pub(crate) fn head_norm(config: &ModelConfig, device: &Device) -> Option<RmsNorm> {
+    config.qk_norm.then(|| RmsNormConfig::new(config.head_dim()).with_epsilon(config.norm_eps).init(device))
 }
 
 /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.

@@ -12,12 +12,12 @@
 //! All experts run as one attention call: their query heads are stacked (expert e's head j is
 //! head e * n_heads + j), each against its own expert's key/value heads.
 
-use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Linear, RmsNorm};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use super::attention::{append_to_cache, causal_attention, repeat_kv, split_heads};
-use super::init::{linear, linear_init};
+use super::attention::{append_to_cache, causal_attention, head_norm, input_projection, repeat_kv, split_heads};
+use super::init::linear;
 use super::rope::apply_rope;
 pub use super::moe_config::AttentionExpertsConfig;
 use crate::config::ModelConfig;
@@ -48,22 +48,6 @@ pub struct AttentionExperts {
     pub head_dim: usize,
 }
 
-/// The layers an attention (expert) is built of, with the model's attention options.
-struct Parts<'a> {
-    config: &'a ModelConfig,
-    device: &'a Device,
-}
-
-impl Parts<'_> {
-    fn input(&self, d_out: usize) -> Linear {
-        LinearConfig::new(self.config.d_model, d_out).with_bias(self.config.attention_bias).with_initializer(linear_init()).init(self.device)
-    }
-
-    fn head_norm(&self) -> Option<RmsNorm> {
-        self.config.qk_norm.then(|| RmsNormConfig::new(self.config.head_dim()).with_epsilon(self.config.norm_eps).init(self.device))
-    }
-}
-
 /// An expert's own key or value projection (it has one when they are not shared).
 fn own(projection: &Option<Linear>) -> &Linear {
     projection.as_ref().expect("an expert without shared keys and values has its own")
@@ -76,23 +60,22 @@ impl AttentionExperts {
     pub fn new(config: &ModelConfig, experts: &AttentionExpertsConfig, device: &Device) -> Self {
         let (d, q_dim) = (config.d_model, config.q_dim());
         let kv_dim = config.kv_heads() * config.head_dim();
-        let parts = Parts { config, device };
         let (own_kv, shared_kv) = (!experts.shared_kv, experts.shared_kv);
         Self {
             gate: linear(d, experts.num_experts, device),
             experts: (0..experts.num_experts)
                 .map(|_| AttentionExpert {
-                    q_proj: parts.input(q_dim),
-                    q_norm: parts.head_norm(),
-                    k_proj: own_kv.then(|| parts.input(kv_dim)),
-                    k_norm: own_kv.then(|| parts.head_norm()).flatten(),
-                    v_proj: own_kv.then(|| parts.input(kv_dim)),
+                    q_proj: input_projection(config, q_dim, device),
+                    q_norm: head_norm(config, device),
+                    k_proj: own_kv.then(|| input_projection(config, kv_dim, device)),
+                    k_norm: own_kv.then(|| head_norm(config, device)).flatten(),
+                    v_proj: own_kv.then(|| input_projection(config, kv_dim, device)),
                     o_proj: linear(q_dim, d, device),
                 })
                 .collect(),
-            k_proj: shared_kv.then(|| parts.input(kv_dim)),
-            k_norm: shared_kv.then(|| parts.head_norm()).flatten(),
-            v_proj: shared_kv.then(|| parts.input(kv_dim)),
+            k_proj: shared_kv.then(|| input_projection(config, kv_dim, device)),
+            k_norm: shared_kv.then(|| head_norm(config, device)).flatten(),
+            v_proj: shared_kv.then(|| input_projection(config, kv_dim, device)),
             n_heads: config.n_heads,
             n_kv_heads: config.kv_heads(),
             head_dim: config.head_dim(),

@@ -150,29 +150,8 @@ pub fn sweep(recipe: &Recipe, rows: &Axis, columns: &Axis, options: &RunOptions)
             points.push((variant(recipe, &[(rows.quantity, r), (columns.quantity, c)])?, out));
         }
     }
-    // A seed that neither axis changes is trained once, by the first point, and given to the
-    // others as their `seed_model` (a recipe of one run: with `seeds`, each run trains its own).
-    let share_seed = ![rows.quantity, columns.quantity].contains(&Quantity::SeedSteps) && matches!(recipe.seed_model, SeedModel::Train { .. }) && recipe.seeds.is_empty();
-    let mut shared_seed: Option<PathBuf> = None;
-    // [row][column][seed] -> each model's report record.
-    let mut grid: Vec<Vec<Vec<Vec<ModelRecord>>>> = Vec::new();
-    for chunk in points.chunks_mut(columns.values.len()) {
-        let mut row = Vec::new();
-        for (variant, out) in chunk {
-            eprintln!("sweep point -> {}", out.display());
-            if let Some(seed) = &shared_seed {
-                variant.seed_model = SeedModel::Checkpoint(seed.clone());
-            }
-            run_recipe(variant, &RunOptions { out: out.clone(), ..options.clone() })?;
-            if share_seed && shared_seed.is_none() {
-                let seed = out.join(StageId::Seed.folder());
-                shared_seed = Some(std::path::absolute(&seed).with_context(|| format!("cannot resolve {}", seed.display()))?);
-            }
-            // One report per seed (the recipe's `seeds`), or the run's one.
-            row.push(variant.runs(out).iter().map(|(_, dir)| ReportRecord::read(dir).map(|r| r.models)).collect::<Result<Vec<_>>>()?);
-        }
-        grid.push(row);
-    }
+    let share_seed = ![rows.quantity, columns.quantity].contains(&Quantity::SeedSteps);
+    let grid = run_points(&mut points, columns.values.len(), share_seed, options)?;
     let seeds = grid[0][0].len();
     // The gap at one point: its mean over the seeds and, with several, their range.
     let gap = |runs: &[Vec<ModelRecord>], baseline: &str| -> (f64, String) {
@@ -223,4 +202,33 @@ pub fn sweep(recipe: &Recipe, rows: &Axis, columns: &Axis, options: &RunOptions)
     write_atomic(&options.out.join("sweep.md"), md.as_bytes())?;
     eprintln!("sweep: {}", options.out.join("sweep.md").display());
     Ok(())
+}
+
+/// Runs every point (in rows of `per_row`) and reads each one's report records:
+/// `[row][column][seed]`. With `share_seed` (no axis changes the seed) and a recipe of one
+/// run that trains its seed, the first point trains it and the others start from it (with
+/// `seeds`, each run trains its own).
+fn run_points(points: &mut [(Recipe, PathBuf)], per_row: usize, share_seed: bool, options: &RunOptions) -> Result<Vec<Vec<Vec<Vec<ModelRecord>>>>> {
+    let first = &points[0];
+    let shared_seed = if share_seed && matches!(first.0.seed_model, SeedModel::Train { .. }) && first.0.seeds.is_empty() {
+        let seed = first.1.join(StageId::Seed.folder());
+        Some(std::path::absolute(&seed).with_context(|| format!("cannot resolve {}", seed.display()))?)
+    } else {
+        None
+    };
+    let mut grid = Vec::new();
+    for (i, chunk) in points.chunks_mut(per_row).enumerate() {
+        let mut row = Vec::new();
+        for (j, (variant, out)) in chunk.iter_mut().enumerate() {
+            eprintln!("sweep point -> {}", out.display());
+            if let (Some(seed), true) = (&shared_seed, i + j > 0) {
+                variant.seed_model = SeedModel::Checkpoint(seed.clone());
+            }
+            run_recipe(variant, &RunOptions { out: out.clone(), ..options.clone() })?;
+            // One report per seed (the recipe's `seeds`), or the run's one.
+            row.push(variant.runs(out).iter().map(|(_, dir)| ReportRecord::read(dir).map(|r| r.models)).collect::<Result<Vec<_>>>()?);
+        }
+        grid.push(row);
+    }
+    Ok(grid)
 }
