@@ -101,6 +101,8 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
         keep_last: 2,
         keep_every: None,
         spike_guard: Default::default(),
+        precision: Default::default(),
+        initial_loss_scale: None,
     }
 }
 

@@ -12,6 +12,7 @@ use burn::tensor::Distribution;
 use serde::Serialize;
 
 use crate::config::ModelConfig;
+use crate::kernels;
 use crate::model::LanguageModel;
 use crate::model::ffn::FeedForward;
 use crate::model::moe::{MoeLayer, RoutingContext};
@@ -217,22 +218,37 @@ pub struct OpRow {
 }
 
 /// The primitives a training step spends its time in, alone: `exp` over the vocabulary-sized
-/// logits (softmax, cross-entropy), SiLU over the FFN activations, and the FFN matmul. Where
-/// the engine trails PyTorch, this says which primitive does (bench/reference/ops_bench.py
-/// times the same in PyTorch).
+/// logits (cross-entropy), SwiGLU's gated product over the FFN activations (Burn's
+/// silu(gate) * up and the engine's kernel, engine/src/kernels, with and without the backward
+/// pass), and the FFN matmul. Where the engine trails PyTorch, this says which primitive does
+/// (bench/reference/ops_bench.py times the same in PyTorch).
 pub fn bench_ops(device: &Device, tokens: usize, d_model: usize, d_ff: usize, vocab: usize, iters: usize) -> Vec<OpRow> {
     use burn::tensor::activation::silu;
     let logits = Tensor::<2>::random([tokens, vocab], Distribution::Normal(0.0, 1.0), device);
     let hidden = Tensor::<2>::random([tokens, d_ff], Distribution::Normal(0.0, 1.0), device);
+    let up = Tensor::<2>::random([tokens, d_ff], Distribution::Normal(0.0, 1.0), device);
     let x = Tensor::<2>::random([tokens, d_model], Distribution::Normal(0.0, 1.0), device);
     let w = Tensor::<2>::random([d_model, d_ff], Distribution::Normal(0.0, 0.02), device);
     let elementwise = |op: &str, n: usize, ms: f64| OpRow { op: op.into(), ms, rate: n as f64 / (ms / 1e3), unit: "elements/s" };
-    let exp_ms = median_ms(device, 2, iters, || drop(logits.clone().exp()));
-    let silu_ms = median_ms(device, 2, iters, || drop(silu(hidden.clone())));
-    let matmul_ms = median_ms(device, 2, iters, || drop(x.clone().matmul(w.clone())));
+    let time = |f: &dyn Fn()| median_ms(device, 2, iters, f);
+    let exp_ms = time(&|| drop(logits.clone().exp()));
+    let exp_kernel_ms = time(&|| drop(kernels::exp(logits.clone())));
+    let swiglu_ms = time(&|| drop(silu(hidden.clone()) * up.clone()));
+    let swiglu_kernel_ms = time(&|| drop(kernels::swiglu(hidden.clone(), up.clone())));
+    // Forward and backward: the gradients of sum(swiglu(gate, up)) with respect to both.
+    let (gate_t, up_t) = (hidden.clone().autodiff().require_grad(), up.clone().autodiff().require_grad());
+    let backward = |f: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<2>| drop(f(gate_t.clone(), up_t.clone()).sum().backward());
+    let swiglu_both_ms = time(&|| backward(&|g, u| silu(g) * u));
+    let swiglu_kernel_both_ms = time(&|| backward(&kernels::swiglu));
+    let matmul_ms = time(&|| drop(x.clone().matmul(w.clone())));
+    let gated = tokens * d_ff;
     vec![
-        elementwise(&format!("exp [{tokens}, {vocab}]"), tokens * vocab, exp_ms),
-        elementwise(&format!("silu [{tokens}, {d_ff}]"), tokens * d_ff, silu_ms),
+        elementwise(&format!("exp [{tokens}, {vocab}] (Burn)"), tokens * vocab, exp_ms),
+        elementwise(&format!("exp [{tokens}, {vocab}] (engine kernel)"), tokens * vocab, exp_kernel_ms),
+        elementwise(&format!("silu(g) * u [{tokens}, {d_ff}] (Burn)"), gated, swiglu_ms),
+        elementwise(&format!("silu(g) * u [{tokens}, {d_ff}] (engine kernel)"), gated, swiglu_kernel_ms),
+        elementwise(&format!("silu(g) * u forward+backward (Burn)"), gated, swiglu_both_ms),
+        elementwise(&format!("silu(g) * u forward+backward (engine kernel)"), gated, swiglu_kernel_both_ms),
         OpRow {
             op: format!("matmul [{tokens}, {d_model}] x [{d_model}, {d_ff}]"),
             ms: matmul_ms,

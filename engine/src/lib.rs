@@ -12,6 +12,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod generate;
 pub mod hf;
+pub mod kernels;
 pub mod memory;
 pub mod merge;
 pub mod model;

@@ -56,6 +56,9 @@ pub struct TrainState {
     /// The loss spike guard's memory (absent in checkpoints that predate it).
     #[serde(default)]
     pub guard: crate::train::guard::GuardState,
+    /// F16 runs: the dynamic loss scale (absent for F32 runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::train::precision::LossScale>,
 }
 
 impl TrainState {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::device::{DeviceArgs, select_device};
+use crate::train::precision::Precision;
 use crate::train::{TrainConfig, TrainOptions, train};
 
 #[derive(clap::Args)]
@@ -21,11 +22,18 @@ pub struct TrainArgs {
     /// No progress bar (plain log lines only).
     #[arg(long)]
     no_progress: bool,
+    /// Overrides the config's `precision`: f32, or f16 (projections and attention in f16,
+    /// weights and optimizer in f32, dynamic loss scaling).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let origin = args.config.display().to_string();
-    let config = TrainConfig::load(&args.config)?;
+    let mut config = TrainConfig::load(&args.config)?;
+    if let Some(precision) = args.precision {
+        config.precision = precision;
+    }
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
     eprintln!(

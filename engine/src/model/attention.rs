@@ -10,6 +10,7 @@ use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use super::autocast::{in_compute_dtype, project};
 use super::init::{linear, linear_init};
 use super::rope::apply_rope;
 use crate::config::ModelConfig;
@@ -67,13 +68,13 @@ impl Attention {
             Some(norm) => norm.forward(t),
             None => t,
         };
-        let q = apply_rope(normed(split_heads(self.q_proj.forward(x.clone()), head_dim), &self.q_norm), cos, sin);
-        let k = apply_rope(normed(split_heads(self.k_proj.forward(x.clone()), head_dim), &self.k_norm), cos, sin);
-        let v = split_heads(self.v_proj.forward(x), head_dim);
+        let q = apply_rope(normed(split_heads(project(&self.q_proj, x.clone()), head_dim), &self.q_norm), cos, sin);
+        let k = apply_rope(normed(split_heads(project(&self.k_proj, x.clone()), head_dim), &self.k_norm), cos, sin);
+        let v = split_heads(project(&self.v_proj, x), head_dim);
         let (k, v, causal) = append_to_cache(k, v, cache);
         let group = self.n_heads / self.n_kv_heads;
         let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal);
-        self.o_proj.forward(out.swap_dims(1, 2).reshape([batch, seq, self.n_heads * head_dim]))
+        project(&self.o_proj, out.swap_dims(1, 2).reshape([batch, seq, self.n_heads * head_dim]))
     }
 }
 
@@ -110,10 +111,11 @@ pub(crate) fn append_to_cache(k: Tensor<4>, v: Tensor<4>, cache: &mut Option<(Te
     (k, v, causal)
 }
 
-/// softmax(q k^T / sqrt(head_dim)) v per head, causal or over every key.
+/// softmax(q k^T / sqrt(head_dim)) v per head, causal or over every key (in f16 inside an
+/// f16 autocast scope).
 pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
     let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
-    attention(q, k, v, None, None, options)
+    in_compute_dtype(q, k, v, |q, k, v| attention(q, k, v, None, None, options))
 }
 
 /// Repeats each key/value head for its group of query heads:

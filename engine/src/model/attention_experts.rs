@@ -17,6 +17,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use super::attention::{append_to_cache, causal_attention, head_norm, input_projection, repeat_kv, split_heads};
+use super::autocast::project;
 use super::init::linear;
 use super::rope::apply_rope;
 pub use super::moe_config::AttentionExpertsConfig;
@@ -87,7 +88,7 @@ impl AttentionExperts {
     /// norm if it has one.
     fn heads<'a>(&'a self, x: &Tensor<3>, shared: Option<Projected<'a>>, own: impl Fn(&'a AttentionExpert) -> Projected<'a>) -> Tensor<4> {
         let heads = |(proj, norm): Projected| {
-            let t = split_heads(proj.forward(x.clone()), self.head_dim);
+            let t = split_heads(project(proj, x.clone()), self.head_dim);
             match norm {
                 Some(norm) => norm.forward(t),
                 None => t,
@@ -124,7 +125,7 @@ impl AttentionExperts {
         let mut y = Tensor::<3>::zeros([batch, seq, d_model], &out.device());
         for (e, expert) in self.experts.iter().enumerate() {
             let weighted = out.clone().narrow(2, e, 1).reshape([batch, seq, q_dim]) * gates.clone().narrow(2, e, 1);
-            y = y + expert.o_proj.forward(weighted);
+            y = y + project(&expert.o_proj, weighted);
         }
         y
     }

@@ -3,9 +3,10 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::silu;
 
 use super::init::linear;
+use super::autocast::project;
+use crate::kernels::swiglu;
 
 #[derive(Module, Debug)]
 pub struct FeedForward {
@@ -27,7 +28,7 @@ impl FeedForward {
     /// # Shapes
     /// - x: `[..., d_model]` -> `[..., d_model]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gated = swiglu(project(&self.gate_proj, x.clone()), project(&self.up_proj, x));
+        project(&self.down_proj, gated)
     }
 }

@@ -6,6 +6,7 @@
 use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
 
+use super::autocast::project;
 use super::block::Block;
 use super::moe::{MoeAux, RoutingContext};
 use super::init::{linear, linear_init, seeded_init};
@@ -129,7 +130,7 @@ impl LanguageModel {
     /// The LM head: `[tokens, d_model]` -> `[tokens, vocab]`.
     fn head(&self, h: Tensor<2>) -> Tensor<2> {
         match &self.lm_head {
-            Some(head) => head.forward(h),
+            Some(head) => project(head, h),
             None => h.matmul(self.embed_tokens.weight.val().transpose()),
         }
     }
@@ -215,7 +216,7 @@ impl TrainingLoss {
 pub fn token_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<2> {
     // Shifting by the (constant) maximum keeps exp in range; it cancels in the difference.
     let shifted = logits.clone() - logits.max_dim(2).detach();
-    let log_sum_exp = shifted.clone().exp().sum_dim(2).log();
+    let log_sum_exp = crate::kernels::exp(shifted.clone()).sum_dim(2).log();
     let target = shifted.gather(2, targets.unsqueeze_dim(2));
     (target - log_sum_exp).squeeze_dim(2)
 }

@@ -2,6 +2,7 @@
 //! a Mixture-of-Experts layer per layer.
 
 pub mod attention;
+pub mod autocast;
 pub mod attention_experts;
 pub mod block;
 pub mod ffn;

@@ -88,6 +88,10 @@ pub struct Recipe {
     /// stays far above its best level stops and the recipe reports it failed.
     #[serde(default, skip_serializing_if = "crate::train::guard::SpikeGuard::is_default")]
     pub spike_guard: crate::train::guard::SpikeGuard,
+    /// The precision of every training stage: `F32` (default) or `F16` (mixed precision,
+    /// `train::precision`).
+    #[serde(default, skip_serializing_if = "crate::train::precision::Precision::is_default")]
+    pub precision: crate::train::precision::Precision,
 }
 
 fn default_val_every() -> usize {

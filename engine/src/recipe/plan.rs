@@ -95,6 +95,8 @@ impl Plan<'_> {
             keep_last: 2,
             keep_every: None,
             spike_guard: r.spike_guard.clone(),
+            precision: r.precision,
+            initial_loss_scale: None,
         }
     }
 

@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::guard::SpikeGuard;
+use super::precision::Precision;
 use crate::checkpoint::Retention;
 use crate::config::{ModelConfig, read_ron};
 use crate::data::DataConfig;
@@ -55,6 +56,14 @@ pub struct TrainConfig {
     /// so the configs (and recipe stage keys) of runs that predate them are unchanged.
     #[serde(default, skip_serializing_if = "SpikeGuard::is_default")]
     pub spike_guard: SpikeGuard,
+    /// `F32` (the default), or `F16`: projections and attention in f16 with f32 weights and
+    /// optimizer, and dynamic loss scaling (`train::precision`). Left out of written configs
+    /// at its default, as the fields above.
+    #[serde(default, skip_serializing_if = "Precision::is_default")]
+    pub precision: Precision,
+    /// F16 only: the loss scale the run starts from (default 65536, PyTorch's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_loss_scale: Option<f64>,
 }
 
 fn default_keep_last() -> usize {
@@ -218,6 +227,14 @@ impl TrainConfig {
     /// Checks every field that a parser cannot; `origin` names the file in errors.
     pub fn validate(&self, origin: &str) -> Result<()> {
         self.model.validate(origin)?;
+        if let Some(scale) = self.initial_loss_scale {
+            if self.precision != Precision::F16 {
+                bail!("{origin}: field `initial_loss_scale` applies to `precision: F16` only (this run trains in F32)");
+            }
+            if !(scale >= 1.0 && scale.is_finite()) {
+                bail!("{origin}: field `initial_loss_scale` must be a finite number >= 1, found {scale}");
+            }
+        }
         self.data.validate(origin)?;
         if self.data.seq_len > self.model.max_seq_len {
             bail!(

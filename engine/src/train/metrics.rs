@@ -15,11 +15,14 @@ pub struct StepRecord {
     /// Steps completed, this one included (1-based).
     pub step: usize,
     /// Mean LM loss over the step's micro-batches.
+    #[serde(deserialize_with = "nan_if_null")]
     pub loss: f64,
     /// Mean auxiliary (load-balancing, router z) loss.
+    #[serde(deserialize_with = "nan_if_null")]
     pub aux_loss: f64,
     pub lr: f64,
-    /// Global gradient norm, before clipping.
+    /// Global gradient norm, before clipping (inf or NaN when f16 gradients overflowed).
+    #[serde(deserialize_with = "nan_if_null")]
     pub grad_norm: f64,
     /// Tokens trained on so far.
     pub tokens: u64,
@@ -31,12 +34,22 @@ pub struct StepRecord {
     /// MoE models: share of token-expert assignments dropped for capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped: Option<f64>,
-    /// Why the spike guard skipped this step's update (absent: it was applied).
+    /// F16 runs: the loss scale this step's gradients were computed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
+    /// Why this step's update was skipped, by the spike guard or for an f16 overflow
+    /// (absent: it was applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// The run stopped at this step (the guard's patience ran out).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+}
+
+/// JSON has no inf or NaN: serde_json writes them as `null`, read back here as NaN, so the
+/// record of a step whose loss or gradients were not finite still reads.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
 }
 
 /// One domain's validation at an evaluation step.
@@ -131,5 +144,11 @@ mod tests {
             let again: MetricsRecord = serde_json::from_str(&serde_json::to_string(&record).unwrap()).unwrap();
             assert_eq!(again, record);
         }
+        // A step whose f16 gradients overflowed: JSON writes the norm as null; it reads as NaN.
+        let overflow = StepRecord { grad_norm: f64::INFINITY, loss_scale: Some(65536.0), ..serde_json::from_str(step).unwrap() };
+        let line = serde_json::to_string(&MetricsRecord::Step(overflow)).unwrap();
+        assert!(line.contains(r#""grad_norm":null"#), "{line}");
+        let MetricsRecord::Step(read) = serde_json::from_str(&line).unwrap() else { panic!("not a step") };
+        assert!(read.grad_norm.is_nan() && read.loss_scale == Some(65536.0));
     }
 }

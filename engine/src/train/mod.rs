@@ -4,6 +4,7 @@ pub mod adamw;
 pub mod config;
 pub mod guard;
 pub mod metrics;
+pub mod precision;
 pub mod trainer;
 
 pub use config::{OptimizerConfig, OptimizerSettings, TrainConfig};

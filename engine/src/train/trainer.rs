@@ -16,6 +16,7 @@ use super::adamw::{AdamW, global_grad_norm};
 use super::config::{TrainConfig, learning_rate};
 use super::guard::{SpikeGuard, Verdict};
 use super::metrics::{EvalRecord, MetricsLog, MetricsRecord, StepRecord};
+use super::precision::{INITIAL_SCALE, LossScale, Precision};
 use crate::checkpoint::{
     self, OPTIMIZER_FILE, TRAIN_CONFIG_FILE, TrainState, TrainingParts, latest_checkpoint,
     tensor_file::read_tensors,
@@ -26,6 +27,7 @@ use crate::data::{Domain, load_domains};
 use crate::device::SelectedDevice;
 use crate::eval::{DomainEval, evaluate, mean_loss};
 use crate::model::LanguageModel;
+use crate::model::autocast::autocast;
 use crate::model::moe::RoutingContext;
 use crate::model::routing_stats::RoutingStats;
 use crate::run_lock::{FolderLock, TRAIN_LOCK};
@@ -58,6 +60,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     // Held to the end: a second process on this folder is refused before it touches a file.
     let _lock = FolderLock::acquire(out, TRAIN_LOCK)?;
 
+    config.precision.check_device(&selected.device, &selected.description)?;
     let device = selected.device.clone().autodiff();
     let resume_from = checkpoint_to_resume(out, options.resume)?;
     let mut optimizer = AdamW::new(config.optimizer.clone());
@@ -79,14 +82,23 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         }
         let started = Instant::now();
         let lr = learning_rate(&config.optimizer, state.step, config.steps);
-        let (grads, step) = forward_backward(&model, &mut sampler, &domains, config, state.step, &device);
+        let loss_scale = state.loss_scale.map(|s| s.scale);
+        let (grads, step) = forward_backward(&model, &mut sampler, &domains, config, state.step, loss_scale, &device);
         let StepOutcome { loss_sum, aux_sum, grad_norm, routing } = step;
         let loss = loss_sum / config.grad_accum as f64;
         let aux_loss = aux_sum / config.grad_accum as f64;
+        // An f16 overflow skips the update before the spike guard sees it: it says nothing
+        // about the weights, only that the loss scale was too large.
+        let overflow = state.loss_scale.as_mut().and_then(|s| s.update(grad_norm).err());
         // Judged before the update: a spike's update is never applied.
-        let (skipped, stop) = match state.guard.judge(&config.spike_guard, loss, grad_norm) {
+        let verdict = match overflow {
+            Some(reason) => Verdict::Skip(reason),
+            None => state.guard.judge(&config.spike_guard, loss, grad_norm),
+        };
+        let (skipped, stop) = match verdict {
             Verdict::Apply => {
-                model = apply_update(model, &mut optimizer, grads, config.optimizer.grad_clip, lr, grad_norm, &device);
+                let unscale = 1.0 / loss_scale.unwrap_or(1.0);
+                model = apply_update(model, &mut optimizer, grads, config.optimizer.grad_clip, lr, grad_norm, unscale, &device);
                 (None, false)
             }
             Verdict::Skip(reason) => {
@@ -104,6 +116,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
             aux_loss,
             lr,
             grad_norm,
+            loss_scale,
             tokens: state.tokens_seen,
             tokens_per_s,
             seconds,
@@ -186,6 +199,8 @@ fn start_or_resume(
             wall_time_s: 0.0,
             device: selected.description.clone(),
             guard: Default::default(),
+            loss_scale: (config.precision == Precision::F16)
+                .then(|| LossScale { scale: config.initial_loss_scale.unwrap_or(INITIAL_SCALE), finite_steps: 0 }),
         };
         return Ok((initial_model(config, origin, device)?, state));
     };
@@ -210,12 +225,15 @@ struct StepOutcome {
 
 /// The gradients of one optimizer step: `grad_accum` micro-batches forward and backward
 /// (the update itself is applied by the caller, once the spike guard has judged the loss).
+/// With a `loss_scale` (f16), the gradients come back multiplied by it, and the outcome's
+/// norm is that of the true gradients.
 fn forward_backward(
     model: &LanguageModel,
     sampler: &mut MixtureSampler,
     domains: &[Domain],
     config: &TrainConfig,
     step: usize,
+    loss_scale: Option<f64>,
     device: &Device,
 ) -> (GradientsParams, StepOutcome) {
     let mut accumulator = GradientsAccumulator::new();
@@ -226,13 +244,13 @@ fn forward_backward(
     let ctx = RoutingContext { training: true, step };
     for _ in 0..config.grad_accum {
         let batch = sampler.next_batch(domains, config.batch_size, device);
-        let loss = model.training_loss(batch.inputs, batch.targets, ctx);
+        let loss = autocast(config.precision.compute_dtype(), || model.training_loss(batch.inputs, batch.targets, ctx));
         routing.add(&loss.layers);
         loss_sum += loss.lm.clone().into_scalar::<f32>() as f64;
         if let Some(aux) = &loss.aux {
             aux_sum += aux.clone().into_scalar::<f32>() as f64;
         }
-        let total = loss.total() / config.grad_accum as f64;
+        let total = loss.total() * (loss_scale.unwrap_or(1.0) / config.grad_accum as f64);
         // With some weights frozen (`trainable`), a batch may not reach any trainable one
         // (no token routed to the one expert that trains): nothing to learn from it.
         if total.is_tracked() {
@@ -240,7 +258,7 @@ fn forward_backward(
         }
     }
     let grads = accumulator.grads();
-    let grad_norm = global_grad_norm(model, &grads);
+    let grad_norm = global_grad_norm(model, &grads) / loss_scale.unwrap_or(1.0);
     (grads, StepOutcome { loss_sum, aux_sum, grad_norm, routing })
 }
 
@@ -275,10 +293,12 @@ fn stopped_message(out: &Path, origin: &str, state: &TrainState, reason: &str, g
     )
 }
 
-/// One AdamW update, the gradients first scaled down to a global norm of `clip` (0: none).
-fn apply_update(model: LanguageModel, optimizer: &mut AdamW, grads: GradientsParams, clip: f64, lr: f64, grad_norm: f64, device: &Device) -> LanguageModel {
-    let scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
-    let model = optimizer.step(model, grads, lr, scale);
+/// One AdamW update, the gradients first multiplied by `unscale` (1 / the loss scale) and
+/// scaled down to a global norm of `clip` (0: none); `grad_norm` is the unscaled norm.
+#[allow(clippy::too_many_arguments)]
+fn apply_update(model: LanguageModel, optimizer: &mut AdamW, grads: GradientsParams, clip: f64, lr: f64, grad_norm: f64, unscale: f64, device: &Device) -> LanguageModel {
+    let clip_scale = if clip > 0.0 && grad_norm > clip { clip / grad_norm } else { 1.0 };
+    let model = optimizer.step(model, grads, lr, clip_scale * unscale);
     device.sync().ok();
     model
 }

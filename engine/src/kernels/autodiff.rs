@@ -1,0 +1,72 @@
+//! The backward passes of the engine's kernels on the CPU backend under autodiff. Each keeps
+//! what its gradient needs (SwiGLU: both inputs; exp: its output), so the backward pass
+//! computes no exponential again (Burn's own sigmoid and exp recompute theirs).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Flex};
+
+use super::{OwnKernels, flex};
+
+impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct SwiGlu;
+
+        impl Backward<Flex, 2> for SwiGlu {
+            type State = (FlexTensor, FlexTensor);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [gate_node, up_node] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let (gate, up) = ops.state;
+                let (d_gate, d_up) = flex::swiglu_backward(&gate, &up, &grad);
+                if let Some(node) = gate_node {
+                    grads.register::<Flex>(node.id, d_gate);
+                }
+                if let Some(node) = up_node {
+                    grads.register::<Flex>(node.id, d_up);
+                }
+            }
+        }
+
+        let (gate, gate_node) = gate.into_parts();
+        let (up, up_node) = up.into_parts();
+        match SwiGlu.prepare::<C>([gate_node, up_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = Flex::swiglu(gate.clone(), up.clone());
+                prep.finish((gate, up), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::swiglu(gate, up)),
+        }
+    }
+
+    fn exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Exp;
+
+        impl Backward<Flex, 1> for Exp {
+            type State = FlexTensor;
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                // d e^x / dx = e^x: the kept output.
+                let output = ops.state;
+                unary::<Flex, _>(ops.parents, ops.node, grads, |grad| Flex::float_mul(grad, output));
+            }
+        }
+
+        let (x, node) = x.into_parts();
+        match Exp.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = Flex::exp(x);
+                prep.finish(output.clone(), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::exp(x)),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! The training precision, and dynamic loss scaling for f16 (Micikevicius et al. 2018, §3.2):
+//! f16's smallest normal number is 6e-5, so small gradients of activations would flush to
+//! zero; the loss is multiplied by a scale S before the backward pass and the gradients
+//! divided by S (in f32) before the update. When a gradient overflows (inf or NaN) the update
+//! is skipped and S halves; after `GROWTH_INTERVAL` finite steps in a row S doubles. The
+//! constants are PyTorch's `GradScaler` defaults.
+
+use anyhow::{Result, bail};
+use burn::prelude::*;
+use burn::tensor::DType;
+use serde::{Deserialize, Serialize};
+
+/// How a training run computes: `F32` everywhere, or `F16`: the projections and attention in
+/// f16, the rest, the weights and the optimizer in f32 (`model::autocast`), with dynamic loss
+/// scaling.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Precision {
+    #[default]
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn is_default(&self) -> bool {
+        *self == Precision::F32
+    }
+
+    /// The dtype the autocast scope computes in (`None`: nothing is cast).
+    pub fn compute_dtype(&self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::F16 => Some(DType::F16),
+        }
+    }
+
+    /// Refuses f16 on a device whose backend cannot compute in it, naming the device.
+    pub fn check_device(&self, device: &Device, description: &str) -> Result<()> {
+        if let Some(dtype) = self.compute_dtype()
+            && !device.supports_dtype(dtype)
+        {
+            bail!(
+                "precision F16 needs f16 arithmetic, which {description} does not offer (on WGPU: the \
+                 adapter's SHADER_F16 feature); train with precision F32 on it"
+            );
+        }
+        Ok(())
+    }
+}
+
+pub const INITIAL_SCALE: f64 = 65536.0;
+pub const GROWTH_INTERVAL: u32 = 2000;
+const GROWTH: f64 = 2.0;
+const BACKOFF: f64 = 0.5;
+
+/// The loss scale and its memory, saved with each checkpoint so a resumed run scales as an
+/// uninterrupted one.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScale {
+    pub scale: f64,
+    /// Finite steps since the scale last changed.
+    pub finite_steps: u32,
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        LossScale { scale: INITIAL_SCALE, finite_steps: 0 }
+    }
+}
+
+impl LossScale {
+    /// Records one step's gradients: `Ok` if they are finite (the update may be applied),
+    /// else the reason the update is skipped. The scale halves on an overflow and doubles
+    /// after `GROWTH_INTERVAL` finite steps.
+    pub fn update(&mut self, grad_norm: f64) -> std::result::Result<(), String> {
+        if grad_norm.is_finite() {
+            self.finite_steps += 1;
+            if self.finite_steps >= GROWTH_INTERVAL {
+                self.scale *= GROWTH;
+                self.finite_steps = 0;
+            }
+            return Ok(());
+        }
+        let overflowed = self.scale;
+        self.scale = (self.scale * BACKOFF).max(1.0);
+        self.finite_steps = 0;
+        Err(format!("f16 gradients overflowed at loss scale {overflowed}; the scale is now {}", self.scale))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scale_halves_on_overflow_and_doubles_after_a_run_of_finite_steps() {
+        let mut s = LossScale::default();
+        assert!(s.update(f64::INFINITY).is_err());
+        assert!(s.update(f64::NAN).is_err());
+        assert_eq!(s.scale, INITIAL_SCALE / 4.0);
+        for _ in 0..GROWTH_INTERVAL - 1 {
+            assert!(s.update(1.0).is_ok());
+        }
+        assert_eq!(s.scale, INITIAL_SCALE / 4.0);
+        assert!(s.update(1.0).is_ok());
+        assert_eq!((s.scale, s.finite_steps), (INITIAL_SCALE / 2.0, 0));
+    }
+}

@@ -1,0 +1,63 @@
+//! The engine's own CPU kernels (engine/src/kernels) give Burn's values and gradients:
+//! SwiGLU's gated product and exp, on contiguous tensors and on views, with autodiff and
+//! without, and inside a whole training step.
+
+use btx::burn::prelude::*;
+use btx::burn::tensor::Distribution;
+use btx::burn::tensor::activation::silu;
+use btx::kernels;
+
+use crate::common::*;
+
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    max_abs_diff(a, b) / scale.max(1e-30)
+}
+
+#[test]
+fn swiglu_and_exp_kernels_equal_burns_operations() {
+    let device = cpu();
+    // 5 x 7 x 3001 elements: several parallel chunks and a tail that is no whole SIMD vector.
+    let gate = Tensor::<3>::random([5, 7, 3001], Distribution::Normal(0.0, 4.0), &device);
+    let up = Tensor::<3>::random([5, 7, 3001], Distribution::Normal(0.0, 1.0), &device);
+    let expected = to_vec(silu(gate.clone()) * up.clone());
+    let diff = relative_diff(&to_vec(kernels::swiglu(gate.clone(), up.clone())), &expected);
+    assert!(diff < 1e-6, "swiglu differs from silu(gate) * up by {diff:e}");
+
+    // A transposed view (not contiguous) gives the same as its contiguous copy.
+    let (gate_t, up_t) = (gate.clone().swap_dims(0, 2), up.clone().swap_dims(0, 2));
+    let expected_t = to_vec(silu(gate_t.clone()) * up_t.clone());
+    let diff = relative_diff(&to_vec(kernels::swiglu(gate_t, up_t)), &expected_t);
+    assert!(diff < 1e-6, "swiglu of a view differs by {diff:e}");
+
+    let x = gate.clone().clamp(-80.0, 80.0);
+    let diff = relative_diff(&to_vec(kernels::exp(x.clone())), &to_vec(x.exp()));
+    assert!(diff < 1e-6, "exp differs by {diff:e}");
+}
+
+#[test]
+fn swiglu_and_exp_kernels_give_burns_gradients() {
+    let device = cpu().autodiff();
+    let gate = Tensor::<2>::random([64, 257], Distribution::Normal(0.0, 3.0), &device).require_grad();
+    let up = Tensor::<2>::random([64, 257], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let weights = Tensor::<2>::random([64, 257], Distribution::Normal(0.0, 1.0), &device);
+    let grads_of = |swiglu: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<2>, exp: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+        // A loss that uses both outputs and weights every element differently.
+        let loss = (swiglu(gate.clone(), up.clone()) * weights.clone()).sum() + exp(gate.clone() * 0.1).sum();
+        let grads = loss.backward();
+        (to_vec(gate.grad(&grads).unwrap()), to_vec(up.grad(&grads).unwrap()))
+    };
+    let (burn_gate, burn_up) = grads_of(&|g, u| silu(g) * u, &|x| x.exp());
+    let (own_gate, own_up) = grads_of(&kernels::swiglu, &kernels::exp);
+    let (d_gate, d_up) = (relative_diff(&own_gate, &burn_gate), relative_diff(&own_up, &burn_up));
+    assert!(d_gate < 1e-5 && d_up < 1e-5, "gradients differ: gate {d_gate:e}, up {d_up:e}");
+    // A tensor that needs no gradient gets none, and the other still gets its own.
+    let frozen_up = Tensor::<2>::from_data(up.to_data(), &device);
+    let gate_grad = |swiglu: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<2>| {
+        let grads = (swiglu(gate.clone(), frozen_up.clone()) * weights.clone()).sum().backward();
+        assert!(frozen_up.grad(&grads).is_none());
+        to_vec(gate.grad(&grads).unwrap())
+    };
+    let diff = relative_diff(&gate_grad(&kernels::swiglu), &gate_grad(&|g, u| silu(g) * u));
+    assert!(diff < 1e-5, "gate gradient with a frozen up differs by {diff:e}");
+}
