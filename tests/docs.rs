@@ -80,7 +80,7 @@ fn splice_inline(text: &str, key: &str, value: &str) -> Option<String> {
 
 fn ron_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for dir in ["recipes", "recipes/train"] {
+    for dir in ["recipes", "recipes/train", "bench", "bench/device"] {
         for e in std::fs::read_dir(repo_root().join(dir)).unwrap().flatten() {
             if e.path().extension().is_some_and(|x| x == "ron") {
                 files.push(e.path());
@@ -91,15 +91,16 @@ fn ron_files() -> Vec<PathBuf> {
     files
 }
 
-/// Loads `text` as the kind of file `original` is (a training config or a recipe).
+/// Loads `text` as the kind of file `original` is (a recipe in recipes/, a training config
+/// elsewhere: recipes/train/ and the benchmarks' models).
 fn load_as(original: &Path, text: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(original.file_name().unwrap());
     std::fs::write(&path, text)?;
-    if original.parent().is_some_and(|p| p.ends_with("train")) {
-        TrainConfig::load(&path).map(|_| ())
-    } else {
+    if original.parent().is_some_and(|p| p.ends_with("recipes")) {
         Recipe::load(&path).map(|_| ())
+    } else {
+        TrainConfig::load(&path).map(|_| ())
     }
 }
 

@@ -61,3 +61,34 @@ fn swiglu_and_exp_kernels_give_burns_gradients() {
     let diff = relative_diff(&gate_grad(&kernels::swiglu), &gate_grad(&|g, u| silu(g) * u));
     assert!(diff < 1e-5, "gate gradient with a frozen up differs by {diff:e}");
 }
+
+#[test]
+fn attention_kernel_equals_burns_attention_with_its_gradients() {
+    use btx::burn::tensor::module::attention;
+    use btx::burn::tensor::ops::AttentionModuleOptions;
+    let device = cpu().autodiff();
+    // Full causal attention, attention over every key, and new queries after cached keys
+    // (seq_q < seq_k: the causal boundary shifts by seq_k - seq_q).
+    for (seq_q, seq_k, causal) in [(9, 9, true), (9, 9, false), (3, 11, true)] {
+        let q = Tensor::<4>::random([2, 3, seq_q, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let k = Tensor::<4>::random([2, 3, seq_k, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let v = Tensor::<4>::random([2, 3, seq_k, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let weights = Tensor::<4>::random([2, 3, seq_q, 8], Distribution::Normal(0.0, 1.0), &device);
+        let run = |attend: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| {
+            let out = attend(q.clone(), k.clone(), v.clone());
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            [to_vec(out), to_vec(q.grad(&grads).unwrap()), to_vec(k.grad(&grads).unwrap()), to_vec(v.grad(&grads).unwrap())]
+        };
+        let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+        let burn = run(&|q, k, v| attention(q, k, v, None, None, options));
+        let own = run(&|q, k, v| kernels::attention(q, k, v, causal));
+        for (what, (a, b)) in ["output", "d q", "d k", "d v"].iter().zip(own.iter().zip(&burn)) {
+            let diff = relative_diff(a, b);
+            assert!(diff < 1e-5, "{what} differs by {diff:e} (seq_q {seq_q}, seq_k {seq_k}, causal {causal})");
+        }
+        // Without autodiff too.
+        let plain = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &cpu());
+        let out = kernels::attention(plain(&q), plain(&k), plain(&v), causal);
+        assert!(relative_diff(&to_vec(out), &burn[0]) < 1e-5);
+    }
+}

@@ -13,6 +13,8 @@ use serde::Serialize;
 
 use crate::config::ModelConfig;
 use crate::kernels;
+use crate::model::autocast::autocast;
+use crate::train::precision::Precision;
 use crate::model::LanguageModel;
 use crate::model::ffn::FeedForward;
 use crate::model::moe::{MoeLayer, RoutingContext};
@@ -146,8 +148,20 @@ pub fn bench_moe_config(dense: &ModelConfig) -> ModelConfig {
     }
 }
 
-/// Median training-step time (forward, backward, AdamW) of `config` after `warmup` steps.
-pub fn bench_train(config: &ModelConfig, label: &str, batch: usize, seq_len: usize, warmup: usize, iters: usize, device: &Device) -> TrainBenchRow {
+/// How `bench_train` runs: `batch` x `seq_len` tokens per step, the median of `iters` steps
+/// after `warmup`, in `precision` (f16: the training's autocast, `model::autocast`).
+#[derive(Debug, Clone, Copy)]
+pub struct TrainBenchRun {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub warmup: usize,
+    pub iters: usize,
+    pub precision: Precision,
+}
+
+/// Median training-step time (forward, backward, AdamW) of `config` after the warm-up steps.
+pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, device: &Device) -> TrainBenchRow {
+    let TrainBenchRun { batch, seq_len, warmup, iters, precision } = *run;
     use crate::train::adamw::AdamW;
     use crate::train::OptimizerConfig;
     use burn::optim::GradientsParams;
@@ -161,7 +175,7 @@ pub fn bench_train(config: &ModelConfig, label: &str, batch: usize, seq_len: usi
     let targets = tokens.narrow(1, 1, seq_len);
     let ctx = RoutingContext { training: true, step: 0 };
     let mut step = |model: LanguageModel| -> LanguageModel {
-        let loss = model.training_loss(inputs.clone(), targets.clone(), ctx).total();
+        let loss = autocast(precision.compute_dtype(), || model.training_loss(inputs.clone(), targets.clone(), ctx)).total();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         optimizer.step(model, grads, 1e-4, 1.0)
     };

@@ -83,13 +83,20 @@ fn run(cli: Cli) -> Result<()> {
             run_btx(&btx, &args)
         }
         Task::Bench { args } => {
-            let btx = build_btx()?;
+            // `--btx PATH`: time that binary (an older commit's, for a before/after) instead
+            // of building this tree's.
+            let btx = match flag(&args, "--btx") {
+                Some(path) => PathBuf::from(path),
+                None => build_btx()?,
+            };
             match args.first().map(String::as_str) {
                 Some("compare") => bench_compare(&btx, &args[1..]),
                 Some("recipe") => bench_recipe(&btx, &args[1..]),
                 Some("data") => bench_data::run(&btx, &args[1..]),
                 _ => {
-                    let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
+                    let skip = args.iter().position(|a| a == "--btx").map_or(usize::MAX, |i| i);
+                    let kept = args.iter().enumerate().filter(|(i, _)| *i != skip && *i != skip.wrapping_add(1));
+                    let args: Vec<&str> = std::iter::once("bench").chain(kept.map(|(_, a)| a.as_str())).collect();
                     run_btx(&btx, &args)
                 }
             }
@@ -107,7 +114,7 @@ pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
 
-/// `cargo xtask bench compare [--config C] [--device D] [--torch-device cpu|cuda] [--dtype float32] [--pairs N]`:
+/// `cargo xtask bench compare [--config C] [--device D] [--torch-device cpu|cuda] [--dtype float32] [--pairs N] [--btx PATH]`:
 /// the engine's training-step throughput and the PyTorch reference's, on the same device kind,
 /// run alternately (engine, PyTorch, engine, ...) `--pairs` times (default 5), so that a
 /// machine's drift hits both alike; prints each model's median ratio with its range, the CPU

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::write_json;
-use crate::bench::{MoeBenchOptions, bench_moe, bench_moe_config, bench_train};
+use crate::bench::{MoeBenchOptions, TrainBenchRun, bench_moe, bench_moe_config, bench_train};
 use crate::config::ModelConfig;
 use crate::device::{DeviceArgs, select_device};
 use crate::train::TrainConfig;
+use crate::train::precision::Precision;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -27,6 +28,9 @@ pub enum BenchCommand {
         /// Override the config's batch size.
         #[arg(long)]
         batch: Option<usize>,
+        /// Override the config's precision (f16: projections and attention in f16).
+        #[arg(long, value_enum)]
+        precision: Option<Precision>,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -81,7 +85,9 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Train { config, device, warmup, iters, batch, json } => train(config, device, warmup, iters, batch, json),
+        BenchCommand::Train { config, device, warmup, iters, batch, precision, json } => {
+            train(config, device, (warmup, iters), batch, precision, json)
+        }
         BenchCommand::Generate { checkpoint, prompt_tokens, new_tokens, device } => generate(&checkpoint, prompt_tokens, new_tokens, device),
         BenchCommand::Ops { config, device, iters } => ops(&config, device, iters),
         BenchCommand::Moe { device, d_model, expert_d_ff, layers, batch, seq_len, warmup, iters, json } => {
@@ -91,18 +97,18 @@ pub fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
-fn train(config: PathBuf, device: DeviceArgs, warmup: usize, iters: usize, batch: Option<usize>, json: Option<PathBuf>) -> Result<()> {
+fn train(config: PathBuf, device: DeviceArgs, (warmup, iters): (usize, usize), batch: Option<usize>, precision: Option<Precision>, json: Option<PathBuf>) -> Result<()> {
     let train_config = TrainConfig::load(&config)?;
     let selected = select_device(device)?;
-    println!("device: {}", selected.description);
+    let precision = precision.unwrap_or(train_config.precision);
+    precision.check_device(&selected.device, &selected.description)?;
+    println!("device: {}; precision {precision:?}", selected.description);
     let dense = ModelConfig { moe: None, ..train_config.model.clone() };
     let moe = bench_moe_config(&dense);
     let batch = batch.unwrap_or(train_config.batch_size);
     let seq = train_config.data.seq_len;
-    let rows: Vec<_> = [("dense", &dense), ("moe", &moe)]
-        .into_iter()
-        .map(|(label, c)| bench_train(c, label, batch, seq, warmup, iters, &selected.device))
-        .collect();
+    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision };
+    let rows: Vec<_> = [("dense", &dense), ("moe", &moe)].into_iter().map(|(label, c)| bench_train(c, label, &run, &selected.device)).collect();
     println!("{batch}x{seq} tokens per step, median of {iters} steps after {warmup} warm-up steps");
     println!(
         "{:<6} {:>9} {:>9} {:>10} {:>12} {:>9} {:>10} {:>11} {:>10}",
@@ -125,7 +131,7 @@ fn train(config: PathBuf, device: DeviceArgs, warmup: usize, iters: usize, batch
     if let Some(json) = json {
         let out = serde_json::json!({
             "device": selected.description, "rows": rows, "dense_config": dense, "moe_config": moe,
-            "batch": batch, "seq_len": seq, "lr": 1e-4,
+            "batch": batch, "seq_len": seq, "lr": 1e-4, "precision": precision,
         });
         write_json(&json, &out)?;
     }

@@ -10,6 +10,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
+use burn::tensor::DType;
 
 use super::{OwnKernels, flex};
 
@@ -43,6 +44,41 @@ impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
                 prep.finish((gate, up), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::swiglu(gate, up)),
+        }
+    }
+
+    fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Attention;
+
+        impl Backward<Flex, 3> for Attention {
+            /// q, k, v and the probabilities.
+            type State = [FlexTensor; 4];
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<Flex>(&ops.node);
+                let [q, k, v, probs] = ops.state;
+                let d = flex::attention_backward(q, k, v, &probs, grad);
+                for (node, d) in ops.parents.into_iter().zip(d) {
+                    if let Some(node) = node {
+                        grads.register::<Flex>(node.id, d);
+                    }
+                }
+            }
+        }
+
+        let (q, q_node) = q.into_parts();
+        let (k, k_node) = k.into_parts();
+        let (v, v_node) = v.into_parts();
+        if q.dtype() != DType::F32 {
+            unreachable!("the engine's attention kernel runs on f32 only (kernels::attention checks)");
+        }
+        match Attention.prepare::<C>([q_node, k_node, v_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (output, probs) = flex::attention_forward(q.clone(), k.clone(), v.clone(), causal);
+                prep.finish([q, k, v, probs], output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as OwnKernels>::attention(q, k, v, causal)),
         }
     }
 

@@ -1,8 +1,9 @@
 //! The CPU backend's (Flex) side of the engine's kernels: each reads its inputs as f32 slices
 //! (a copy first only when a view is not contiguous) and writes a new contiguous tensor.
 
-use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ActivationOps, FloatTensorOps};
+use burn::backend::flex::{FlexTensor, Layout};
+use burn::tensor::Bytes;
+use burn::backend::ops::{ActivationOps, AttentionModuleOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::DType;
@@ -18,6 +19,14 @@ impl OwnKernels for Flex {
         let [mut out] = outputs(&gate);
         vector_math::swiglu_into(&f32s(&gate), &f32s(&up), out.storage_mut());
         out
+    }
+
+    fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self> {
+        if q.dtype() != DType::F32 {
+            let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+            return <Flex as ModuleOps<Flex>>::attention(q, k, v, None, None, options);
+        }
+        attention_forward(q, k, v, causal).0
     }
 
     fn exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -47,6 +56,49 @@ pub(super) fn swiglu_backward(gate: &FlexTensor, up: &FlexTensor, grad: &FlexTen
     (d_gate, d_up)
 }
 
+/// Attention's output and its probabilities P = softmax(q k^T / sqrt(head_dim)) (masked
+/// causally), computed by Flex's batched matmuls around the engine's softmax rows.
+pub(super) fn attention_forward(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> (FlexTensor, FlexTensor) {
+    let [.., seq_q, head_dim] = dims4(&q);
+    let seq_k = dims4(&k)[2];
+    let mut probs = fresh(Flex::float_matmul(q, Flex::float_transpose(k)));
+    let offset = causal.then(|| seq_k.saturating_sub(seq_q));
+    vector_math::softmax_rows_in_place(probs.storage_mut(), seq_q, seq_k, attention_scale(head_dim), offset);
+    (Flex::float_matmul(probs.clone(), v), probs)
+}
+
+/// The gradients of attention's q, k and v from the output's (`grad`), with the forward
+/// pass's inputs and probabilities P: dV = P^T dO; dS = scale * P * (dP - rowsum(P * dP)) with
+/// dP = dO V^T; dQ = dS K; dK = dS^T Q.
+pub(super) fn attention_backward(q: FlexTensor, k: FlexTensor, v: FlexTensor, probs: &FlexTensor, grad: FlexTensor) -> [FlexTensor; 3] {
+    let [.., head_dim] = dims4(&q);
+    let seq_k = dims4(&k)[2];
+    let d_v = Flex::float_matmul(Flex::float_transpose(probs.clone()), grad.clone());
+    let mut d_scores = fresh(Flex::float_matmul(grad, Flex::float_transpose(v)));
+    vector_math::softmax_rows_backward_in_place(&f32s(probs), d_scores.storage_mut(), seq_k, attention_scale(head_dim));
+    let d_q = Flex::float_matmul(d_scores.clone(), k);
+    let d_k = Flex::float_matmul(Flex::float_transpose(d_scores), q);
+    [d_q, d_k, d_v]
+}
+
+/// `x` as a contiguous tensor of its own from its first element, so that its storage is its
+/// elements in order (a matmul's output already is).
+fn fresh(x: FlexTensor) -> FlexTensor {
+    if x.is_contiguous() && x.layout().start_offset() == 0 && x.is_unique() && x.bytes().len() == x.shape().num_elements() * 4 {
+        x
+    } else {
+        x.to_contiguous()
+    }
+}
+
+fn attention_scale(head_dim: usize) -> f32 {
+    1.0 / (head_dim as f32).sqrt()
+}
+
+fn dims4(x: &FlexTensor) -> [usize; 4] {
+    x.shape().dims::<4>()
+}
+
 /// The tensor's elements in order, borrowed when it is contiguous.
 fn f32s(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match x.as_slice::<f32>() {
@@ -55,7 +107,14 @@ fn f32s(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
-/// `N` new contiguous f32 tensors of `like`'s shape, to be written in full.
+/// `N` new contiguous f32 tensors of `like`'s shape, to be written in full. Built from a
+/// `Vec<f32>` rather than by `FlexTensor::empty`, which zero-fills a byte vector and then
+/// copies it into a 16-byte-aligned one (burn-flex 0.22.1; cubecl's `Bytes::from_bytes_vec`
+/// judges alignment by the element type, u8, so it always copies).
 fn outputs<const N: usize>(like: &FlexTensor) -> [FlexTensor; N] {
-    std::array::from_fn(|_| FlexTensor::empty(like.shape(), DType::F32))
+    let shape = like.shape();
+    std::array::from_fn(|_| {
+        let elements = vec![0.0f32; shape.num_elements()];
+        FlexTensor::new(Bytes::from_elems(elements), Layout::contiguous(shape.clone()), DType::F32)
+    })
 }

@@ -1,6 +1,8 @@
 //! Operations the engine computes with its own kernels where Burn's are slow: on the CPU
-//! backend (Flex), SwiGLU's gated product and the exponential, as vectorised loops
-//! (vector_math.rs) with their own backward passes (autodiff.rs). They are Burn backend
+//! backend (Flex), SwiGLU's gated product, the exponential and attention (Burn's CPU
+//! attention under autodiff is a chain of a dozen tensor operations, its softmax one libm
+//! `expf` at a time), as vectorised loops (vector_math.rs) with their own backward passes
+//! (autodiff.rs). They are Burn backend
 //! extensions (`#[backend_extension]`): the same `Tensor` call runs the engine's kernel on
 //! Flex and Burn's own operations everywhere else (WGPU, where the fusion compiler already
 //! fuses such elementwise chains), with the same value.
@@ -14,6 +16,7 @@ use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::silu;
+use burn::tensor::ops::AttentionModuleOptions;
 
 /// The operations; implemented for Flex (flex.rs) and Flex under autodiff (autodiff.rs).
 /// Called only where [`runs_own_kernel`] says so; other backends use Burn's operations.
@@ -23,6 +26,10 @@ pub trait OwnKernels: Backend {
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
     /// e^x, elementwise.
     fn exp(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// softmax(q k^T / sqrt(head_dim)) v over `[batch, heads, seq, head_dim]` tensors (keys
+    /// and values with as many heads as the queries); causal: query i sees keys up to
+    /// i + seq_k - seq_q.
+    fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self>;
 }
 
 /// Whether `x` is an f32 tensor on the CPU backend (with or without autodiff): the case the
@@ -37,6 +44,17 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
         Tensor::from_dispatch(<Dispatch as OwnKernels>::swiglu(gate.into_dispatch(), up.into_dispatch()))
     } else {
         silu(gate) * up
+    }
+}
+
+/// Scaled dot-product attention, causal or over every key; `k` and `v` have q's heads.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let same_heads = q.dims()[..2] == k.dims()[..2] && k.dims() == v.dims();
+    if runs_own_kernel(&q) && same_heads {
+        Tensor::from_dispatch(<Dispatch as OwnKernels>::attention(q.into_dispatch(), k.into_dispatch(), v.into_dispatch(), causal))
+    } else {
+        let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
+        burn::tensor::module::attention(q, k, v, None, None, options)
     }
 }
 

@@ -55,16 +55,27 @@ fn elementwise<const I: usize, const O: usize>(
     outputs: [&mut [f32]; O],
     body: impl Fn([&[f32]; I], [&mut [f32]; O]) + Sync,
 ) {
+    in_chunks(CHUNK, inputs, outputs, #[inline(always)] |_, ins, outs| body(ins, outs));
+}
+
+/// [`elementwise`] over chunks of `chunk` elements (the last may be shorter); `body` also
+/// gets the chunk's first index.
+fn in_chunks<const I: usize, const O: usize>(
+    chunk: usize,
+    inputs: [&[f32]; I],
+    outputs: [&mut [f32]; O],
+    body: impl Fn(usize, [&[f32]; I], [&mut [f32]; O]) + Sync,
+) {
     let len = outputs[0].len();
     assert!(
         inputs.iter().map(|x| x.len()).chain(outputs.iter().map(|x| x.len())).all(|n| n == len),
         "elementwise kernel: inputs and outputs differ in length"
     );
     let arch = pulp::Arch::new();
-    let mut chunks: Vec<[&mut [f32]; O]> = Vec::with_capacity(len.div_ceil(CHUNK));
+    let mut chunks: Vec<[&mut [f32]; O]> = Vec::with_capacity(len.div_ceil(chunk.max(1)));
     let mut rest = outputs;
     while !rest[0].is_empty() {
-        let n = rest[0].len().min(CHUNK);
+        let n = rest[0].len().min(chunk);
         let mut heads = Vec::with_capacity(O);
         rest = rest.map(|slice| {
             let (head, tail) = slice.split_at_mut(n);
@@ -74,9 +85,50 @@ fn elementwise<const I: usize, const O: usize>(
         chunks.push(heads.try_into().unwrap_or_else(|_| unreachable!()));
     }
     chunks.into_par_iter().enumerate().for_each(|(i, outs)| {
-        let start = i * CHUNK;
+        let start = i * chunk;
         let ins = inputs.map(|x| &x[start..start + outs[0].len()]);
-        arch.dispatch(#[inline(always)] || body(ins, outs));
+        arch.dispatch(#[inline(always)] || body(start, ins, outs));
+    });
+}
+
+/// Rows of `row_len` per parallel task: about `CHUNK` elements, whole rows.
+fn rows_chunk(row_len: usize) -> usize {
+    (CHUNK / row_len.max(1)).max(1) * row_len
+}
+
+/// Attention's probabilities, in place: each row of `scores` (`[.., seq_q, seq_k]` flattened,
+/// rows of `seq_k`) becomes softmax(scale * row). With `causal_offset` = Some(seq_k - seq_q),
+/// query i sees keys 0..=i + offset only: the others get probability 0 (as a -inf score).
+pub fn softmax_rows_in_place(scores: &mut [f32], seq_q: usize, seq_k: usize, scale: f32, causal_offset: Option<usize>) {
+    in_chunks(rows_chunk(seq_k), [], [scores], #[inline(always)] |start, [], [rows]| {
+        for (r, row) in rows.chunks_exact_mut(seq_k).enumerate() {
+            let query = (start / seq_k + r) % seq_q;
+            let seen = causal_offset.map_or(seq_k, |offset| (query + offset + 1).min(seq_k));
+            let (visible, hidden) = row.split_at_mut(seen);
+            let max = visible.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+            let mut sum = 0.0;
+            for x in visible.iter_mut() {
+                *x = exp(*x * scale - max);
+                sum += *x;
+            }
+            let inverse = 1.0 / sum;
+            visible.iter_mut().for_each(|x| *x *= inverse);
+            hidden.fill(0.0);
+        }
+    });
+}
+
+/// The softmax's backward pass, in place: each row of `grad` (d loss / d probabilities)
+/// becomes d loss / d scores = scale * p * (grad - sum(p * grad)), with `probs` the forward
+/// pass's rows (0 where masked, so masked scores get 0).
+pub fn softmax_rows_backward_in_place(probs: &[f32], grad: &mut [f32], seq_k: usize, scale: f32) {
+    in_chunks(rows_chunk(seq_k), [probs], [grad], #[inline(always)] |_, [probs], [grads]| {
+        for (p, g) in probs.chunks_exact(seq_k).zip(grads.chunks_exact_mut(seq_k)) {
+            let dot: f32 = p.iter().zip(g.iter()).map(|(p, g)| p * g).sum();
+            for (g, &p) in g.iter_mut().zip(p) {
+                *g = scale * p * (*g - dot);
+            }
+        }
     });
 }
 
@@ -151,5 +203,34 @@ mod tests {
         let mut e = vec![0.0; n];
         exp_into(&up, &mut e);
         assert!(e.iter().zip(&up).all(|(e, u)| (e - u.exp()).abs() <= 2.0 * f32::EPSILON * u.exp()));
+    }
+
+    #[test]
+    fn softmax_rows_mask_the_future_and_their_backward_pass_is_the_jacobian_product() {
+        let (seq_q, seq_k, scale) = (3, 5, 0.5f32);
+        let rows = 2 * seq_q;
+        let scores: Vec<f32> = (0..rows * seq_k).map(|i| ((i * 37) % 23) as f32 / 3.0 - 3.0).collect();
+        let upstream: Vec<f32> = (0..rows * seq_k).map(|i| ((i * 11) % 7) as f32 - 3.0).collect();
+        for offset in [None, Some(0), Some(2)] {
+            let mut probs = scores.clone();
+            softmax_rows_in_place(&mut probs, seq_q, seq_k, scale, offset);
+            let mut grad = upstream.clone();
+            softmax_rows_backward_in_place(&probs, &mut grad, seq_k, scale);
+            for r in 0..rows {
+                let seen = offset.map_or(seq_k, |o| (r % seq_q + o + 1).min(seq_k));
+                let row = &scores[r * seq_k..][..seq_k];
+                let e: Vec<f64> = (0..seq_k).map(|j| if j < seen { (scale as f64 * row[j] as f64).exp() } else { 0.0 }).collect();
+                let total: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|x| x / total).collect();
+                let g = &upstream[r * seq_k..][..seq_k];
+                let dot: f64 = p.iter().zip(g).map(|(p, g)| p * *g as f64).sum();
+                for j in 0..seq_k {
+                    assert!((probs[r * seq_k + j] as f64 - p[j]).abs() < 1e-6, "p[{r}][{j}] with {offset:?}");
+                    // d loss / d score_j = sum_i g_i d p_i / d s_j = scale * p_j (g_j - sum_i g_i p_i)
+                    let expected = scale as f64 * p[j] * (g[j] as f64 - dot);
+                    assert!((grad[r * seq_k + j] as f64 - expected).abs() < 1e-5, "d s[{r}][{j}] with {offset:?}");
+                }
+            }
+        }
     }
 }

@@ -7,13 +7,12 @@
 
 use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 
 use super::autocast::{in_compute_dtype, project};
 use super::init::{linear, linear_init};
 use super::rope::apply_rope;
 use crate::config::ModelConfig;
+use crate::kernels;
 
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -114,8 +113,7 @@ pub(crate) fn append_to_cache(k: Tensor<4>, v: Tensor<4>, cache: &mut Option<(Te
 /// softmax(q k^T / sqrt(head_dim)) v per head, causal or over every key (in f16 inside an
 /// f16 autocast scope).
 pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
-    let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
-    in_compute_dtype(q, k, v, |q, k, v| attention(q, k, v, None, None, options))
+    in_compute_dtype(q, k, v, |q, k, v| kernels::attention(q, k, v, causal))
 }
 
 /// Repeats each key/value head for its group of query heads:
