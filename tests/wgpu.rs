@@ -228,3 +228,32 @@ fn wgpu_recipe_stages_run_on_the_adapter_they_are_given() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("adapter"), "{stderr}");
 }
+
+/// Precision F16 on the adapter: where it offers f16 arithmetic, four steps track the f32
+/// run's losses; where it does not (llvmpipe through OpenGL has no SHADER_F16), training is
+/// refused before it starts, with a message that names the adapter and the way out.
+#[test]
+fn wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere() {
+    let Some((_turn, gpu)) = gpu("wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut f32_config = tiny_train_config(dir.path(), 4);
+    f32_config.batch_size = 2;
+    f32_config.eval_batches = 1;
+    let f16_config = TrainConfig { precision: btx::train::precision::Precision::F16, ..f32_config.clone() };
+    let options = TrainOptions { out: dir.path().join("f16"), resume: false, progress: false, stop_after: None };
+    match train(&f16_config, "test", &gpu, &options) {
+        Ok(f16_run) => {
+            let f32_run = train_on(&f32_config, &gpu, &dir.path().join("f32"), false, None);
+            let gap = f32_run.final_eval.iter().zip(&f16_run.final_eval).map(|(a, b)| (a.loss - b.loss).abs() / a.loss).fold(0.0, f64::max);
+            eprintln!("  f16 on {}: validation losses within {:.2}% of f32's", gpu.description, 100.0 * gap);
+            assert!(gap < 0.02, "f16 leaves f32 by {:.2}%", 100.0 * gap);
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("  refused: {message}");
+            assert!(!gpu.device.supports_dtype(btx::burn::tensor::DType::F16), "refused on an adapter with f16: {message}");
+            assert!(message.contains(&gpu.description) && message.contains("precision F32"), "{message}");
+            assert!(!options.out.exists(), "a refused run left its folder");
+        }
+    }
+}

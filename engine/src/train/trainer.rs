@@ -52,6 +52,8 @@ pub struct TrainSummary {
 pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, options: &TrainOptions) -> Result<TrainSummary> {
     let started_at = Instant::now();
     config.validate(origin)?;
+    // Before any file: a run refused for its device leaves no folder behind.
+    config.precision.check_device(&selected.device, &selected.description)?;
     let domains = load_domains(&config.data, config.model.vocab_size, origin)?;
     eprintln!("data: {} domains ready after {:.2} s", domains.len(), started_at.elapsed().as_secs_f64());
     let config_ron = to_ron(config)?;
@@ -60,7 +62,6 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     // Held to the end: a second process on this folder is refused before it touches a file.
     let _lock = FolderLock::acquire(out, TRAIN_LOCK)?;
 
-    config.precision.check_device(&selected.device, &selected.description)?;
     let device = selected.device.clone().autodiff();
     let resume_from = checkpoint_to_resume(out, options.resume)?;
     let mut optimizer = AdamW::new(config.optimizer.clone());
