@@ -195,7 +195,14 @@ fn commands_in_the_readme_parse() {
             Some(["cargo", "xtask", "btx"]) => words[3..].to_vec(),
             Some(["cargo", "xtask", "recipe"]) => words[2..].to_vec(),
             Some(["cargo", "xtask", "train"]) => vec!["train".into(), "--config".into(), words[3].clone(), "--out".into(), "runs/x".into()],
-            Some(["cargo", "xtask", _]) => continue, // bench and other xtask-only commands
+            Some(["cargo", "xtask", _]) => {
+                // bench and other xtask-only commands: their flags are xtask's; the configs
+                // they name must ship.
+                for w in words.iter().filter(|w| w.ends_with(".ron")) {
+                    assert!(repo_root().join(w).is_file(), "README command `{line}` names {w}, which does not exist");
+                }
+                continue;
+            }
             _ => words[1..].to_vec(),
         };
         if let Err(e) = btx::cli::Cli::try_parse_from(std::iter::once("btx".to_string()).chain(btx_words.clone())) {

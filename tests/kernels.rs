@@ -1,6 +1,6 @@
 //! The engine's own CPU kernels (engine/src/kernels) give Burn's values and gradients:
-//! SwiGLU's gated product and exp, on contiguous tensors and on views, with autodiff and
-//! without, and inside a whole training step.
+//! SwiGLU's gated product, exp, attention and the matrix product (with linear layers), on
+//! contiguous tensors and on views, with autodiff and without.
 
 use btx::burn::prelude::*;
 use btx::burn::tensor::Distribution;
@@ -91,4 +91,56 @@ fn attention_kernel_equals_burns_attention_with_its_gradients() {
         let out = kernels::attention(plain(&q), plain(&k), plain(&v), causal);
         assert!(relative_diff(&to_vec(out), &burn[0]) < 1e-5);
     }
+}
+
+#[test]
+fn matmul_and_linear_kernels_equal_burns_with_their_gradients() {
+    use btx::burn::tensor::module::linear;
+    let device = cpu().autodiff();
+    // Shapes on both sides of the one-thread threshold (192^3 multiply-adds), a transposed
+    // right operand (the tied LM head's embedding^T), and a frozen weight.
+    for (m, k, n) in [(7, 5, 3), (256, 200, 300)] {
+        let a = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let b_t = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let weights = Tensor::<2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
+        let run = |product: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<2>| {
+            let out = product(a.clone(), b.clone()) + product(a.clone(), b_t.clone().transpose());
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            [to_vec(out), to_vec(a.grad(&grads).unwrap()), to_vec(b.grad(&grads).unwrap()), to_vec(b_t.grad(&grads).unwrap())]
+        };
+        let burn = run(&|x, y| x.matmul(y));
+        let own = run(&kernels::matmul);
+        for (what, (x, y)) in ["output", "d a", "d b", "d b^T"].iter().zip(own.iter().zip(&burn)) {
+            let diff = relative_diff(x, y);
+            assert!(diff < 1e-5, "{what} differs by {diff:e} ({m}x{k} by {k}x{n})");
+        }
+    }
+
+    // A linear layer over [batch, seq, d_in] with a bias, and with a frozen weight.
+    let x = Tensor::<3>::random([3, 5, 16], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let weight = Tensor::<2>::random([16, 24], Distribution::Normal(0.0, 0.3), &device).require_grad();
+    let bias = Tensor::<1>::random([24], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let weights = Tensor::<3>::random([3, 5, 24], Distribution::Normal(0.0, 1.0), &device);
+    let run = |layer: &dyn Fn(Tensor<3>, Tensor<2>, Option<Tensor<1>>) -> Tensor<3>| {
+        let out = layer(x.clone(), weight.clone(), Some(bias.clone()));
+        let grads = (out.clone() * weights.clone()).sum().backward();
+        [to_vec(out), to_vec(x.grad(&grads).unwrap()), to_vec(weight.grad(&grads).unwrap()), to_vec(bias.grad(&grads).unwrap())]
+    };
+    let (burn, own) = (run(&|x, w, b| linear(x, w, b)), run(&kernels::linear));
+    for (what, (a, b)) in ["output", "d x", "d weight", "d bias"].iter().zip(own.iter().zip(&burn)) {
+        let diff = relative_diff(a, b);
+        assert!(diff < 1e-5, "linear: {what} differs by {diff:e}");
+    }
+    let frozen = Tensor::<2>::from_data(weight.to_data(), &device);
+    let grads = (kernels::linear(x.clone(), frozen.clone(), None) * weights.clone()).sum().backward();
+    assert!(frozen.grad(&grads).is_none());
+    let expected = (linear(x.clone(), frozen.clone(), None) * weights.clone()).sum().backward();
+    assert!(relative_diff(&to_vec(x.grad(&grads).unwrap()), &to_vec(x.grad(&expected).unwrap())) < 1e-5);
+
+    // Without autodiff too.
+    let plain = |t: &Tensor<3>| Tensor::<3>::from_data(t.to_data(), &cpu());
+    let plain_w = Tensor::<2>::from_data(weight.to_data(), &cpu());
+    let out = kernels::linear(plain(&x), plain_w.clone(), None);
+    assert!(relative_diff(&to_vec(out), &to_vec(linear(plain(&x), plain_w, None))) < 1e-6);
 }

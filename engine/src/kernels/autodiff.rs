@@ -12,7 +12,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 
-use super::{OwnKernels, flex};
+use super::{OwnKernels, flex, gemm};
 
 impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -79,6 +79,40 @@ impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
                 prep.finish([q, k, v, probs], output)
             }
             OpsKind::UnTracked(prep) => prep.finish(<Flex as OwnKernels>::attention(q, k, v, causal)),
+        }
+    }
+
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Matmul;
+
+        impl Backward<Flex, 2> for Matmul {
+            type State = (FlexTensor, FlexTensor);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [a_node, b_node] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let (a, b) = ops.state;
+                if let Some(node) = a_node {
+                    grads.register::<Flex>(node.id, gemm::matmul_grad_lhs(&grad, &b));
+                }
+                if let Some(node) = b_node {
+                    grads.register::<Flex>(node.id, gemm::matmul_grad_rhs(&a, &grad));
+                }
+            }
+        }
+
+        let (a, a_node) = a.into_parts();
+        let (b, b_node) = b.into_parts();
+        if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            unreachable!("the engine's matmul kernel runs on f32 only (kernels::matmul checks)");
+        }
+        match Matmul.prepare::<C>([a_node, b_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = <Flex as OwnKernels>::matmul(a.clone(), b.clone());
+                prep.finish((a, b), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as OwnKernels>::matmul(a, b)),
         }
     }
 

@@ -29,6 +29,13 @@ impl OwnKernels for Flex {
         attention_forward(q, k, v, causal).0
     }
 
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+            return Flex::float_matmul(a, b);
+        }
+        super::gemm::matmul(&a, &b)
+    }
+
     fn exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
         if x.dtype() != DType::F32 {
             return Flex::float_exp(x);

@@ -1,5 +1,6 @@
 //! Operations the engine computes with its own kernels where Burn's are slow: on the CPU
-//! backend (Flex), SwiGLU's gated product, the exponential and attention (Burn's CPU
+//! backend (Flex), SwiGLU's gated product, the exponential, the matrix product (gemm.rs) and
+//! attention (Burn's CPU
 //! attention under autodiff is a chain of a dozen tensor operations, its softmax one libm
 //! `expf` at a time), as vectorised loops (vector_math.rs) with their own backward passes
 //! (autodiff.rs). They are Burn backend
@@ -9,6 +10,7 @@
 
 mod autodiff;
 mod flex;
+mod gemm;
 pub mod vector_math;
 
 use burn::backend::tensor::FloatTensor;
@@ -30,6 +32,8 @@ pub trait OwnKernels: Backend {
     /// and values with as many heads as the queries); causal: query i sees keys up to
     /// i + seq_k - seq_q.
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self>;
+    /// The 2D matrix product: a [m, k] times b [k, n].
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Whether `x` is an f32 tensor on the CPU backend (with or without autodiff): the case the
@@ -56,6 +60,33 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tens
         let options = AttentionModuleOptions { is_causal: causal, ..Default::default() };
         burn::tensor::module::attention(q, k, v, None, None, options)
     }
+}
+
+/// a [m, k] times b [k, n] (either may be a transposed view).
+pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    if runs_own_kernel(&a) && b.dtype() == DType::F32 {
+        Tensor::from_dispatch(<Dispatch as OwnKernels>::matmul(a.into_dispatch(), b.into_dispatch()))
+    } else {
+        a.matmul(b)
+    }
+}
+
+/// x W (+ bias) over the last dimension of `x` (`weight`: [d_in, d_out], Burn's layout), as
+/// one matrix product over every row of `x`.
+pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
+    if !(runs_own_kernel(&x) && weight.dtype() == DType::F32) {
+        return burn::tensor::module::linear(x, weight, bias);
+    }
+    let mut dims = x.dims();
+    let [d_in, d_out] = weight.dims();
+    let rows = x.shape().num_elements() / d_in.max(1);
+    dims[D - 1] = d_out;
+    let y = matmul(x.reshape([rows, d_in]), weight);
+    let y = match bias {
+        Some(bias) => y + bias.unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape(dims)
 }
 
 /// e^x.

@@ -131,7 +131,7 @@ impl LanguageModel {
     fn head(&self, h: Tensor<2>) -> Tensor<2> {
         match &self.lm_head {
             Some(head) => project(head, h),
-            None => h.matmul(self.embed_tokens.weight.val().transpose()),
+            None => crate::kernels::matmul(h, self.embed_tokens.weight.val().transpose()),
         }
     }
 
