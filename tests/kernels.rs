@@ -68,14 +68,17 @@ fn attention_kernel_equals_burns_attention_with_its_gradients() {
     use btx::burn::tensor::ops::AttentionModuleOptions;
     let device = cpu().autodiff();
     // Full causal attention, attention over every key, and new queries after cached keys
-    // (seq_q < seq_k: the causal boundary shifts by seq_k - seq_q).
-    for (seq_q, seq_k, causal) in [(9, 9, true), (9, 9, false), (3, 11, true)] {
-        let q = Tensor::<4>::random([2, 3, seq_q, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let k = Tensor::<4>::random([2, 3, seq_k, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
-        let v = Tensor::<4>::random([2, 3, seq_k, 8], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    // (seq_q < seq_k: the causal boundary shifts by seq_k - seq_q); the last as the model
+    // makes them, [batch, seq, heads, head_dim] with heads and seq swapped (a view).
+    for (seq_q, seq_k, causal, as_views) in [(9, 9, true, false), (9, 9, false, false), (3, 11, true, true)] {
+        let shape = |seq: usize| if as_views { [2, seq, 3, 8] } else { [2, 3, seq, 8] };
+        let view = |x: Tensor<4>| if as_views { x.swap_dims(1, 2) } else { x };
+        let q = Tensor::<4>::random(shape(seq_q), Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let k = Tensor::<4>::random(shape(seq_k), Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let v = Tensor::<4>::random(shape(seq_k), Distribution::Normal(0.0, 1.0), &device).require_grad();
         let weights = Tensor::<4>::random([2, 3, seq_q, 8], Distribution::Normal(0.0, 1.0), &device);
         let run = |attend: &dyn Fn(Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| {
-            let out = attend(q.clone(), k.clone(), v.clone());
+            let out = attend(view(q.clone()), view(k.clone()), view(v.clone()));
             let grads = (out.clone() * weights.clone()).sum().backward();
             [to_vec(out), to_vec(q.grad(&grads).unwrap()), to_vec(k.grad(&grads).unwrap()), to_vec(v.grad(&grads).unwrap())]
         };
@@ -88,7 +91,7 @@ fn attention_kernel_equals_burns_attention_with_its_gradients() {
         }
         // Without autodiff too.
         let plain = |t: &Tensor<4>| Tensor::<4>::from_data(t.to_data(), &cpu());
-        let out = kernels::attention(plain(&q), plain(&k), plain(&v), causal);
+        let out = kernels::attention(view(plain(&q)), view(plain(&k)), view(plain(&v)), causal);
         assert!(relative_diff(&to_vec(out), &burn[0]) < 1e-5);
     }
 }

@@ -9,6 +9,7 @@ use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::DType;
 
 use super::OwnKernels;
+use super::gemm::batched_matmul;
 use super::vector_math;
 
 impl OwnKernels for Flex {
@@ -64,14 +65,15 @@ pub(super) fn swiglu_backward(gate: &FlexTensor, up: &FlexTensor, grad: &FlexTen
 }
 
 /// Attention's output and its probabilities P = softmax(q k^T / sqrt(head_dim)) (masked
-/// causally), computed by Flex's batched matmuls around the engine's softmax rows.
+/// causally): batched matrix products (gemm.rs) around the engine's softmax rows, which
+/// write in place into the scores (a new contiguous tensor of their own).
 pub(super) fn attention_forward(q: FlexTensor, k: FlexTensor, v: FlexTensor, causal: bool) -> (FlexTensor, FlexTensor) {
     let [.., seq_q, head_dim] = dims4(&q);
     let seq_k = dims4(&k)[2];
-    let mut probs = fresh(Flex::float_matmul(q, Flex::float_transpose(k)));
+    let mut probs = batched_matmul(&q, &Flex::float_transpose(k));
     let offset = causal.then(|| seq_k.saturating_sub(seq_q));
     vector_math::softmax_rows_in_place(probs.storage_mut(), seq_q, seq_k, attention_scale(head_dim), offset);
-    (Flex::float_matmul(probs.clone(), v), probs)
+    (batched_matmul(&probs, &v), probs)
 }
 
 /// The gradients of attention's q, k and v from the output's (`grad`), with the forward
@@ -80,22 +82,12 @@ pub(super) fn attention_forward(q: FlexTensor, k: FlexTensor, v: FlexTensor, cau
 pub(super) fn attention_backward(q: FlexTensor, k: FlexTensor, v: FlexTensor, probs: &FlexTensor, grad: FlexTensor) -> [FlexTensor; 3] {
     let [.., head_dim] = dims4(&q);
     let seq_k = dims4(&k)[2];
-    let d_v = Flex::float_matmul(Flex::float_transpose(probs.clone()), grad.clone());
-    let mut d_scores = fresh(Flex::float_matmul(grad, Flex::float_transpose(v)));
+    let d_v = batched_matmul(&Flex::float_transpose(probs.clone()), &grad);
+    let mut d_scores = batched_matmul(&grad, &Flex::float_transpose(v));
     vector_math::softmax_rows_backward_in_place(&f32s(probs), d_scores.storage_mut(), seq_k, attention_scale(head_dim));
-    let d_q = Flex::float_matmul(d_scores.clone(), k);
-    let d_k = Flex::float_matmul(Flex::float_transpose(d_scores), q);
+    let d_q = batched_matmul(&d_scores, &k);
+    let d_k = batched_matmul(&Flex::float_transpose(d_scores), &q);
     [d_q, d_k, d_v]
-}
-
-/// `x` as a contiguous tensor of its own from its first element, so that its storage is its
-/// elements in order (a matmul's output already is).
-fn fresh(x: FlexTensor) -> FlexTensor {
-    if x.is_contiguous() && x.layout().start_offset() == 0 && x.is_unique() && x.bytes().len() == x.shape().num_elements() * 4 {
-        x
-    } else {
-        x.to_contiguous()
-    }
 }
 
 fn attention_scale(head_dim: usize) -> f32 {
