@@ -107,6 +107,12 @@ fn train_on(config: &TrainConfig, device: &SelectedDevice, out: &std::path::Path
     train(config, "test", device, &TrainOptions { out: out.to_path_buf(), resume, progress: false, stop_after }).unwrap()
 }
 
+/// The tiny config for four steps of batch 2 with one evaluation batch: cheap on a software
+/// adapter, whose cost is compiling shaders.
+fn four_small_steps(dir: &std::path::Path) -> TrainConfig {
+    TrainConfig { batch_size: 2, eval_batches: 1, ..tiny_train_config(dir, 4) }
+}
+
 fn weights(run: &std::path::Path) -> TensorMap {
     let (_, model) = checkpoint::load_model(&checkpoint::latest_checkpoint(run).unwrap(), &cpu()).unwrap();
     module_to_tensors(&model)
@@ -122,10 +128,8 @@ fn max_weight_diff(a: &TensorMap, b: &TensorMap) -> f32 {
 fn wgpu_training_matches_cpu_resumes_and_merges() {
     let Some((_turn, gpu)) = gpu("wgpu_training_matches_cpu_resumes_and_merges") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut dense = tiny_train_config(dir.path(), 4);
-    dense.batch_size = 2;
+    let mut dense = four_small_steps(dir.path());
     dense.checkpoint_every = 2;
-    dense.eval_batches = 1;
     let moe = TrainConfig { model: btx::config::ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..dense.model.clone() }, ..dense.clone() };
     for (label, config) in [("dense", &dense), ("moe top-2", &moe)] {
         let slug = label.replace(' ', "-");
@@ -236,9 +240,7 @@ fn wgpu_recipe_stages_run_on_the_adapter_they_are_given() {
 fn wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere() {
     let Some((_turn, gpu)) = gpu("wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere") else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut f32_config = tiny_train_config(dir.path(), 4);
-    f32_config.batch_size = 2;
-    f32_config.eval_batches = 1;
+    let f32_config = four_small_steps(dir.path());
     let f16_config = TrainConfig { precision: btx::train::precision::Precision::F16, ..f32_config.clone() };
     let options = TrainOptions { out: dir.path().join("f16"), resume: false, progress: false, stop_after: None };
     match train(&f16_config, "test", &gpu, &options) {

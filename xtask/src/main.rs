@@ -84,9 +84,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench { args } => {
             // `--btx PATH`: time that binary (an older commit's, for a before/after) instead
-            // of building this tree's.
-            let btx = match flag(&args, "--btx") {
-                Some(path) => PathBuf::from(path),
+            // of building this tree's; the flag is xtask's, so no benchmark sees it.
+            let mut args = args;
+            let btx = match args.iter().position(|a| a == "--btx") {
+                Some(i) if i + 1 < args.len() => PathBuf::from(args.drain(i..i + 2).nth(1).unwrap_or_default()),
+                Some(_) => bail!("--btx: expected the path of a btx binary"),
                 None => build_btx()?,
             };
             match args.first().map(String::as_str) {
@@ -94,9 +96,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some("recipe") => bench_recipe(&btx, &args[1..]),
                 Some("data") => bench_data::run(&btx, &args[1..]),
                 _ => {
-                    let skip = args.iter().position(|a| a == "--btx").map_or(usize::MAX, |i| i);
-                    let kept = args.iter().enumerate().filter(|(i, _)| *i != skip && *i != skip.wrapping_add(1));
-                    let args: Vec<&str> = std::iter::once("bench").chain(kept.map(|(_, a)| a.as_str())).collect();
+                    let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
                     run_btx(&btx, &args)
                 }
             }

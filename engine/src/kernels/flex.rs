@@ -6,7 +6,7 @@ use burn::tensor::Bytes;
 use burn::backend::ops::{ActivationOps, AttentionModuleOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape};
 
 use super::OwnKernels;
 use super::gemm::batched_matmul;
@@ -112,8 +112,10 @@ fn f32s(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 /// judges alignment by the element type, u8, so it always copies).
 fn outputs<const N: usize>(like: &FlexTensor) -> [FlexTensor; N] {
     let shape = like.shape();
-    std::array::from_fn(|_| {
-        let elements = vec![0.0f32; shape.num_elements()];
-        FlexTensor::new(Bytes::from_elems(elements), Layout::contiguous(shape.clone()), DType::F32)
-    })
+    std::array::from_fn(|_| tensor_from(vec![0.0; shape.num_elements()], shape.clone()))
+}
+
+/// `elements` as a contiguous f32 tensor of `shape`, without a copy.
+pub(super) fn tensor_from(elements: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::new(Bytes::from_elems(elements), Layout::contiguous(shape), DType::F32)
 }

@@ -1,13 +1,15 @@
 //! The matrix product on the CPU backend (2D, with its backward pass, and batched for
-//! attention), by the same `gemm` crate Flex uses. Flex's own matmul allocates each output with `FlexTensor::empty`, which
-//! zero-fills a byte vector and then copies it into an aligned one (burn-flex 0.22.1): two
-//! passes over every output before the product writes it, 5-12% of a training step on two
-//! cores. Here gemm writes the product straight into a new vector, and reads transposed
-//! operands in place through their strides.
+//! attention), by the same `gemm` crate Flex uses. Flex's own matmul allocates each output
+//! with `FlexTensor::empty`, which zero-fills a byte vector and then copies it into an
+//! aligned one (burn-flex 0.22.1): two passes over every output before the product writes
+//! it, 5-12% of a training step on two cores. Here gemm writes the product straight into a
+//! new vector, and reads transposed operands in place through their strides.
 
-use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::TensorMetadata;
-use burn::tensor::{Bytes, DType, Shape};
+use burn::backend::flex::FlexTensor;
+use burn::tensor::Shape;
+
+use super::flex::tensor_from;
 
 /// A matrix as gemm reads it: its first element and its row and column strides.
 #[derive(Clone, Copy)]
@@ -50,22 +52,46 @@ impl Strided {
 /// Below this many multiply-adds one thread does the product (Flex's threshold).
 const PARALLEL_FROM: usize = 192 * 192 * 192;
 
-/// `a` [m, k] times `b` [k, n] as a new contiguous [m, n] tensor.
-fn product(m: usize, k: usize, n: usize, a: Strided, b: Strided) -> FlexTensor {
-    let shape = Shape::new([m, n]);
-    if m * n * k == 0 {
-        let zeros = vec![0.0f32; m * n];
-        return FlexTensor::new(Bytes::from_elems(zeros), Layout::contiguous(shape), DType::F32);
+/// The products a_i b_i, a_i [m, k] and b_i [k, n], over a batch of matrices whose
+/// dimensions are `lead` (none: one product), as a new contiguous [lead.., m, n] tensor; each
+/// operand is its first matrix and its strides over the batch dimensions. Like Flex: one or a
+/// few large products each run on every thread, many small ones one per thread.
+fn products(lead: &[usize], (m, k, n): (usize, usize, usize), (a, a_lead): (Strided, &[isize]), (b, b_lead): (Strided, &[isize])) -> FlexTensor {
+    let batches: usize = lead.iter().product();
+    let shape = Shape::from([lead, &[m, n]].concat());
+    if batches * m * n * k == 0 {
+        return tensor_from(vec![0.0; batches * m * n], shape);
     }
-    let parallelism = if m * n * k >= PARALLEL_FROM { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: `a` and `b` point into live tensors of at least [m, k] and [k, n] elements at
-    // their strides (their layouts say so); the output is `out`'s capacity, written in full.
-    unsafe {
-        write_product(m, k, n, a, b, out.as_mut_ptr(), parallelism);
-        out.set_len(m * n);
+    // Element offset of matrix i of the batch, from the batch dimensions' strides.
+    let offset = |strides: &[isize], i: usize| -> isize {
+        let (mut rest, mut offset) = (i, 0isize);
+        for (&size, &stride) in lead.iter().zip(strides).rev() {
+            offset += (rest % size) as isize * stride;
+            rest /= size;
+        }
+        offset
+    };
+    let mut out: Vec<f32> = Vec::with_capacity(batches * m * n);
+    let out_first = out.as_mut_ptr() as usize;
+    let one = |i: usize, parallelism| {
+        // SAFETY: matrix i's offsets stay inside a and b (their layouts cover every batch);
+        // each product writes its own m x n block of `out`'s capacity.
+        unsafe {
+            let dst = (out_first as *mut f32).add(i * m * n);
+            write_product(m, k, n, a.shifted(offset(a_lead, i)), b.shifted(offset(b_lead, i)), dst, parallelism);
+        }
+    };
+    let large = m * n * k >= PARALLEL_FROM;
+    if batches == 1 || (large && batches < 4) {
+        let parallelism = if large { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        (0..batches).for_each(|i| one(i, parallelism));
+    } else {
+        use rayon::prelude::*;
+        (0..batches).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
     }
-    FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32)
+    // SAFETY: every block, so every element, was written above.
+    unsafe { out.set_len(batches * m * n) };
+    tensor_from(out, shape)
 }
 
 /// Writes a [m, k] times b [k, n] to the m x n row-major block at `dst`. With read_dst =
@@ -89,52 +115,20 @@ unsafe fn write_product(m: usize, k: usize, n: usize, a: Strided, b: Strided, ds
 
 /// a [.., m, k] times b [.., k, n] matrix by matrix over equal leading dimensions (any
 /// strides: a transposed view is read in place) as a new contiguous [.., m, n] tensor.
-/// Like Flex: many small products run one per thread, a few large ones each on every thread.
 pub(super) fn batched_matmul(a: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let (a_dims, b_dims) = (a.shape().to_vec(), b.shape().to_vec());
     let rank = a_dims.len();
     let fits = rank >= 2 && b_dims.len() == rank && a_dims[..rank - 2] == b_dims[..rank - 2] && a_dims[rank - 1] == b_dims[rank - 2];
     assert!(fits, "batched_matmul: {a_dims:?} by {b_dims:?}");
-    let ([m, k], n) = ([a_dims[rank - 2], a_dims[rank - 1]], b_dims[rank - 1]);
-    let lead = &a_dims[..rank - 2];
-    let batches: usize = lead.iter().product();
-    let mut out_dims = a_dims.clone();
-    out_dims[rank - 1] = n;
-    let shape = Shape::from(out_dims);
-    if batches * m * n * k == 0 {
-        let zeros = vec![0.0f32; batches * m * n];
-        return FlexTensor::new(Bytes::from_elems(zeros), Layout::contiguous(shape), DType::F32);
-    }
-    // Element offset of matrix i of the batch, from the leading dimensions' strides.
-    let offset = |x: &FlexTensor, i: usize| -> isize {
-        let strides = x.layout().strides();
-        let (mut rest, mut offset) = (i, 0isize);
-        for d in (0..rank - 2).rev() {
-            offset += (rest % lead[d]) as isize * strides[d];
-            rest /= lead[d];
-        }
-        offset
-    };
-    let (a0, b0) = (Strided::of(a), Strided::of(b));
-    let mut out: Vec<f32> = Vec::with_capacity(batches * m * n);
-    let out_first = out.as_mut_ptr() as usize;
-    let one = |i: usize, parallelism| {
-        // SAFETY: matrix i's offsets stay inside a and b (their layouts cover every batch);
-        // each product writes its own m x n block of `out`'s capacity.
-        unsafe {
-            let dst = (out_first as *mut f32).add(i * m * n);
-            write_product(m, k, n, a0.shifted(offset(a, i)), b0.shifted(offset(b, i)), dst, parallelism);
-        }
-    };
-    if m * n * k >= PARALLEL_FROM && batches < 4 {
-        (0..batches).for_each(|i| one(i, gemm::Parallelism::Rayon(0)));
-    } else {
-        use rayon::prelude::*;
-        (0..batches).into_par_iter().for_each(|i| one(i, gemm::Parallelism::None));
-    }
-    // SAFETY: every block, so every element, was written above.
-    unsafe { out.set_len(batches * m * n) };
-    FlexTensor::new(Bytes::from_elems(out), Layout::contiguous(shape), DType::F32)
+    let (m, k, n) = (a_dims[rank - 2], a_dims[rank - 1], b_dims[rank - 1]);
+    let lead_strides = |x: &FlexTensor| x.layout().strides()[..rank - 2].to_vec();
+    let (a_lead, b_lead) = (lead_strides(a), lead_strides(b));
+    products(&a_dims[..rank - 2], (m, k, n), (Strided::of(a), &a_lead), (Strided::of(b), &b_lead))
+}
+
+/// One product a [m, k] times b [k, n].
+fn product(m: usize, k: usize, n: usize, a: Strided, b: Strided) -> FlexTensor {
+    products(&[], (m, k, n), (a, &[]), (b, &[]))
 }
 
 fn dims2(x: &FlexTensor) -> [usize; 2] {

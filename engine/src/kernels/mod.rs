@@ -1,9 +1,8 @@
 //! Operations the engine computes with its own kernels where Burn's are slow: on the CPU
 //! backend (Flex), SwiGLU's gated product, the exponential, the matrix product (gemm.rs) and
-//! attention (Burn's CPU
-//! attention under autodiff is a chain of a dozen tensor operations, its softmax one libm
-//! `expf` at a time), as vectorised loops (vector_math.rs) with their own backward passes
-//! (autodiff.rs). They are Burn backend
+//! attention (Burn's CPU attention under autodiff is a chain of a dozen tensor operations, its
+//! softmax one libm `expf` at a time), as vectorised loops (vector_math.rs) with their own
+//! backward passes (autodiff.rs). They are Burn backend
 //! extensions (`#[backend_extension]`): the same `Tensor` call runs the engine's kernel on
 //! Flex and Burn's own operations everywhere else (WGPU, where the fusion compiler already
 //! fuses such elementwise chains), with the same value.

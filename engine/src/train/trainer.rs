@@ -51,16 +51,9 @@ pub struct TrainSummary {
 
 pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, options: &TrainOptions) -> Result<TrainSummary> {
     let started_at = Instant::now();
-    config.validate(origin)?;
-    // Before any file: a run refused for its device leaves no folder behind.
-    config.precision.check_device(&selected.device, &selected.description)?;
-    let domains = load_domains(&config.data, config.model.vocab_size, origin)?;
-    eprintln!("data: {} domains ready after {:.2} s", domains.len(), started_at.elapsed().as_secs_f64());
-    let config_ron = to_ron(config)?;
     let out = &options.out;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
     // Held to the end: a second process on this folder is refused before it touches a file.
-    let _lock = FolderLock::acquire(out, TRAIN_LOCK)?;
+    let (domains, config_ron, _lock) = open_run(config, origin, selected, out, started_at)?;
 
     let device = selected.device.clone().autodiff();
     let resume_from = checkpoint_to_resume(out, options.resume)?;
@@ -88,15 +81,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         let StepOutcome { loss_sum, aux_sum, grad_norm, routing } = step;
         let loss = loss_sum / config.grad_accum as f64;
         let aux_loss = aux_sum / config.grad_accum as f64;
-        // An f16 overflow skips the update before the spike guard sees it: it says nothing
-        // about the weights, only that the loss scale was too large.
-        let overflow = state.loss_scale.as_mut().and_then(|s| s.update(grad_norm).err());
-        // Judged before the update: a spike's update is never applied.
-        let verdict = match overflow {
-            Some(reason) => Verdict::Skip(reason),
-            None => state.guard.judge(&config.spike_guard, loss, grad_norm),
-        };
-        let (skipped, stop) = match verdict {
+        let (skipped, stop) = match judge_update(&mut state, config, loss, grad_norm) {
             Verdict::Apply => {
                 let unscale = 1.0 / loss_scale.unwrap_or(1.0);
                 model = apply_update(model, &mut optimizer, grads, config.optimizer.grad_clip, lr, grad_norm, unscale, &device);
@@ -152,7 +137,31 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     Ok(TrainSummary { checkpoint, state, final_eval })
 }
 
-/// One metrics record per evaluated domain.
+/// What a run checks and reads before its model exists: the config, the device's support
+/// for its precision and the data, all before any file is written (a refused run leaves no
+/// folder behind); then the run folder and its writer's lock. Returns the domains, the
+/// config as checkpoints record it, and the lock.
+fn open_run(config: &TrainConfig, origin: &str, selected: &SelectedDevice, out: &Path, started_at: Instant) -> Result<(Vec<Domain>, String, FolderLock)> {
+    config.validate(origin)?;
+    config.precision.check_device(&selected.device, &selected.description)?;
+    let domains = load_domains(&config.data, config.model.vocab_size, origin)?;
+    eprintln!("data: {} domains ready after {:.2} s", domains.len(), started_at.elapsed().as_secs_f64());
+    let config_ron = to_ron(config)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
+    let lock = FolderLock::acquire(out, TRAIN_LOCK)?;
+    Ok((domains, config_ron, lock))
+}
+
+/// Whether this step's update is applied, judged before it is: an f16 overflow skips it
+/// before the spike guard sees it (it says nothing about the weights, only that the loss
+/// scale was too large), and the guard never lets a spike's update through.
+fn judge_update(state: &mut TrainState, config: &TrainConfig, loss: f64, grad_norm: f64) -> Verdict {
+    match state.loss_scale.as_mut().and_then(|s| s.update(grad_norm).err()) {
+        Some(reason) => Verdict::Skip(reason),
+        None => state.guard.judge(&config.spike_guard, loss, grad_norm),
+    }
+}
+
 /// After this session's first step, how long the start took (data, model, resume): what
 /// `cargo xtask bench data` compares across data sizes.
 fn say_first_step(progress: &ProgressBar, steps_this_session: usize, started_at: Instant) {
@@ -161,6 +170,7 @@ fn say_first_step(progress: &ProgressBar, steps_this_session: usize, started_at:
     }
 }
 
+/// One metrics record per evaluated domain.
 fn log_eval(metrics: &mut MetricsLog, step: usize, evals: &[DomainEval]) -> Result<()> {
     for e in evals {
         let record = EvalRecord { step, eval: e.domain.clone(), val_loss: e.loss, val_ppl: e.perplexity, routing: e.routing.as_ref().map(crate::eval::DomainRouting::panels).unwrap_or_default() };
