@@ -103,6 +103,7 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
         spike_guard: Default::default(),
         precision: Default::default(),
         initial_loss_scale: None,
+        lora: None,
     }
 }
 

@@ -147,3 +147,58 @@ fn matmul_and_linear_kernels_equal_burns_with_their_gradients() {
     let out = kernels::linear(plain(&x), plain_w.clone(), None);
     assert!(relative_diff(&to_vec(out), &to_vec(linear(plain(&x), plain_w, None))) < 1e-6);
 }
+
+#[test]
+fn fused_lm_head_cross_entropy_equals_logits_then_log_softmax_with_gradients() {
+    use btx::burn::tensor::activation::log_softmax;
+    let device = cpu().autodiff();
+    let (tokens, d_model, vocab) = (29, 12, 203);
+    let hidden_leaf = Tensor::<2>::random([tokens, d_model], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let head = Tensor::<2>::random([d_model, vocab], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    // A tied head: the embedding [vocab, d_model] read as its transpose (a view).
+    let embedding = Tensor::<2>::random([vocab, d_model], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new((0..tokens as i64).map(|t| (t * 37 + 5) % vocab as i64).collect::<Vec<_>>(), [tokens]), &device);
+    // Unequal weights, two tokens not counted.
+    let weights: Vec<f32> = (0..tokens).map(|t| if t % 13 == 2 { 0.0 } else { 1.0 / (t as f32 + 3.0) }).collect();
+    let token_weights = Tensor::<1>::from_data(TensorData::new(weights, [tokens]), &device);
+    let reference = |hidden: Tensor<2>, weight: Tensor<2>| {
+        let log_probs = log_softmax(hidden.matmul(weight), 1).gather(1, targets.clone().unsqueeze_dim(1)).squeeze_dim(1);
+        (log_probs * token_weights.clone()).sum().neg()
+    };
+    let fused = |hidden: Tensor<2>, weight: Tensor<2>| kernels::linear_cross_entropy(hidden, weight, targets.clone(), token_weights.clone(), true);
+    for tied in [false, true] {
+        let weight_param = if tied { embedding.clone() } else { head.clone() };
+        let weight = || if tied { embedding.clone().transpose() } else { head.clone() };
+        // The hidden states as the model gives them: the output of an operation, not a leaf.
+        let run = |loss_of: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<1>| {
+            let loss = loss_of(hidden_leaf.clone() * 1.5, weight()) * 3.0;
+            let grads = loss.backward();
+            [to_vec(loss), to_vec(hidden_leaf.grad(&grads).unwrap()), to_vec(weight_param.grad(&grads).unwrap())]
+        };
+        let (burn, own) = (run(&reference), run(&fused));
+        for (what, (a, b)) in ["loss", "d hidden", "d weight"].iter().zip(own.iter().zip(&burn)) {
+            let diff = relative_diff(a, b);
+            assert!(diff < 1e-5, "tied {tied}: {what} differs by {diff:e}");
+        }
+    }
+    // A frozen head: no gradient for it, the hidden states' unchanged.
+    let frozen = Tensor::<2>::from_data(head.to_data(), &device);
+    let loss = kernels::linear_cross_entropy(hidden_leaf.clone() * 1.5, frozen.clone(), targets.clone(), token_weights.clone(), false);
+    let grads = loss.backward();
+    assert!(frozen.grad(&grads).is_none());
+    let expected = reference(hidden_leaf.clone() * 1.5, frozen.clone()).backward();
+    let diff = relative_diff(&to_vec(hidden_leaf.grad(&grads).unwrap()), &to_vec(hidden_leaf.grad(&expected).unwrap()));
+    assert!(diff < 1e-5, "frozen head: d hidden differs by {diff:e}");
+    // Without autodiff (evaluation) the same loss.
+    let plain = cpu();
+    let value = |loss_of: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<1>| {
+        to_vec(loss_of(Tensor::from_data(hidden_leaf.to_data(), &plain), Tensor::from_data(head.to_data(), &plain)))[0]
+    };
+    let (targets, token_weights) = (Tensor::<1, Int>::from_data(targets.to_data(), &plain), Tensor::<1>::from_data(token_weights.to_data(), &plain));
+    let own = value(&|h, w| kernels::linear_cross_entropy(h, w, targets.clone(), token_weights.clone(), false));
+    let burn = value(&|h, w| {
+        let log_probs = log_softmax(h.matmul(w), 1).gather(1, targets.clone().unsqueeze_dim(1)).squeeze_dim(1);
+        (log_probs * token_weights.clone()).sum().neg()
+    });
+    assert!((own - burn).abs() < 1e-5 * burn.abs(), "untracked loss {own} against {burn}");
+}

@@ -11,6 +11,7 @@ mod family;
 mod generate;
 mod hf;
 mod kernels;
+mod lora;
 mod merge;
 mod model;
 mod recipe;

@@ -231,3 +231,34 @@ fn a_flipped_byte_in_a_checkpoint_is_caught_on_resume_and_on_merge() {
     assert!(!ok && err.contains(&corrupt), "{err}");
     assert!(!out.exists(), "a refused merge wrote its output");
 }
+
+#[test]
+fn a_panic_on_any_thread_ends_the_process_with_a_clear_error() {
+    // The main thread waits forever while another thread panics (as wgpu-hal's GL polling
+    // thread did): the process must end, non-zero, naming the thread and the message.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_btx"))
+        .args(["devices"])
+        .env("BTX_TEST_PANIC_IN_THREAD", "1")
+        .env_remove("RUST_BACKTRACE")
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("the process hung after a thread panicked");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(101), "{stderr}");
+    assert!(stderr.contains("thread `test-panic` panicked") && stderr.contains("BTX_TEST_PANIC_IN_THREAD is set"), "{stderr}");
+    assert!(!stderr.contains("stack backtrace"), "{stderr}");
+}

@@ -19,14 +19,14 @@ use anyhow::{Context, Result, bail};
 use crate::flag;
 
 /// A finished child: wall seconds, peak resident memory in MB, and what it printed.
-struct Measured {
-    seconds: f64,
-    peak_mb: f64,
-    output: String,
+pub(crate) struct Measured {
+    pub(crate) seconds: f64,
+    pub(crate) peak_mb: f64,
+    pub(crate) output: String,
 }
 
 /// Runs `command` and measures it (peak memory from wait4's rusage: this child alone).
-fn measure(command: &mut Command) -> Result<Measured> {
+pub(crate) fn measure(command: &mut Command) -> Result<Measured> {
     let out = std::env::temp_dir().join(format!("btx-bench-out-{}.txt", std::process::id()));
     let file = std::fs::File::create(&out)?;
     let started = Instant::now();

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench_data;
+mod bench_real;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Run the BTX engine's jobs")]
@@ -95,6 +96,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some("compare") => bench_compare(&btx, &args[1..]),
                 Some("recipe") => bench_recipe(&btx, &args[1..]),
                 Some("data") => bench_data::run(&btx, &args[1..]),
+                Some("real") => bench_real::run(&btx, &args[1..]),
                 _ => {
                     let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
                     run_btx(&btx, &args)
@@ -191,7 +193,7 @@ fn torch_bench(python: &str, args: &[String], engine: &serde_json::Value) -> Res
     Ok(serde_json::from_slice(output.stdout.split(|&b| b == b'\n').rfind(|l| !l.is_empty()).unwrap_or(&[]))?)
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -202,7 +204,7 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// The CPU's model name (Linux), or the architecture.
-fn cpu_model() -> String {
+pub(crate) fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let name = info.lines().find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_string()));
     name.unwrap_or_else(|| std::env::consts::ARCH.to_string())
@@ -210,7 +212,7 @@ fn cpu_model() -> String {
 
 /// The vector instructions the CPU offers (the CPU backend's matmul kernels pick the widest
 /// at run time).
-fn cpu_vector_units() -> String {
+pub(crate) fn cpu_vector_units() -> String {
     #[cfg(target_arch = "x86_64")]
     {
         let units: Vec<&str> = [("AVX-512", std::arch::is_x86_feature_detected!("avx512f")), ("AVX2", std::arch::is_x86_feature_detected!("avx2")), ("FMA", std::arch::is_x86_feature_detected!("fma"))]

@@ -220,6 +220,21 @@ pub fn load_model(ckpt: &Path, device: &Device) -> Result<(ModelConfig, Language
     Ok((config, model))
 }
 
+/// `skeleton` (a model of the checkpoint's config, with whatever else it carries, such as
+/// LoRA adapters) with every parameter read from the checkpoint `ckpt`.
+pub fn load_model_into(ckpt: &Path, skeleton: LanguageModel) -> Result<LanguageModel> {
+    integrity::verify(ckpt)?;
+    let path = ckpt.join(MODEL_FILE);
+    let tensors = read_tensors(&path)?;
+    module_from_tensors(skeleton, &tensors, &path.display().to_string())
+}
+
+/// Whether `ckpt` is its run's last checkpoint (step `steps`): for a LoRA run, the one whose
+/// adapters are already merged.
+pub fn holds_final_weights(ckpt: &Path, steps: usize) -> Result<bool> {
+    Ok(read_train_state(ckpt)?.step >= steps)
+}
+
 pub fn read_train_state(ckpt: &Path) -> Result<TrainState> {
     let path = ckpt.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;

@@ -33,6 +33,9 @@ pub enum BenchCommand {
         precision: Option<Precision>,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Time the dense model only (at real sizes its MoE may not fit in memory beside it).
+        #[arg(long)]
+        dense_only: bool,
     },
     /// Generation throughput of a checkpoint (greedy, KV cache), prompt and new tokens apart;
     /// beside it, where torch is available (BTX_PYTHON, else python3), transformers' generate
@@ -85,8 +88,8 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Train { config, device, warmup, iters, batch, precision, json } => {
-            train(config, device, (warmup, iters), batch, precision, json)
+        BenchCommand::Train { config, device, warmup, iters, batch, precision, json, dense_only } => {
+            train(config, device, (warmup, iters), batch, precision, json, dense_only)
         }
         BenchCommand::Generate { checkpoint, prompt_tokens, new_tokens, device } => generate(&checkpoint, prompt_tokens, new_tokens, device),
         BenchCommand::Ops { config, device, iters } => ops(&config, device, iters),
@@ -97,7 +100,15 @@ pub fn run(command: BenchCommand) -> Result<()> {
     }
 }
 
-fn train(config: PathBuf, device: DeviceArgs, (warmup, iters): (usize, usize), batch: Option<usize>, precision: Option<Precision>, json: Option<PathBuf>) -> Result<()> {
+fn train(
+    config: PathBuf,
+    device: DeviceArgs,
+    (warmup, iters): (usize, usize),
+    batch: Option<usize>,
+    precision: Option<Precision>,
+    json: Option<PathBuf>,
+    dense_only: bool,
+) -> Result<()> {
     let train_config = TrainConfig::load(&config)?;
     let selected = select_device(device)?;
     let precision = precision.unwrap_or(train_config.precision);
@@ -108,7 +119,8 @@ fn train(config: PathBuf, device: DeviceArgs, (warmup, iters): (usize, usize), b
     let batch = batch.unwrap_or(train_config.batch_size);
     let seq = train_config.data.seq_len;
     let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision };
-    let rows: Vec<_> = [("dense", &dense), ("moe", &moe)].into_iter().map(|(label, c)| bench_train(c, label, &run, &selected.device)).collect();
+    let models = if dense_only { vec![("dense", &dense)] } else { vec![("dense", &dense), ("moe", &moe)] };
+    let rows: Vec<_> = models.into_iter().map(|(label, c)| bench_train(c, label, &run, &selected.device)).collect();
     println!("{batch}x{seq} tokens per step, median of {iters} steps after {warmup} warm-up steps");
     println!(
         "{:<6} {:>9} {:>9} {:>10} {:>12} {:>9} {:>10} {:>11} {:>10}",

@@ -95,6 +95,7 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    exit_on_any_panic();
     let cli = Cli::parse();
     // Tensor work reuses its freed buffers; tokenizing allocates on every core in small,
     // short-lived pieces, whose memory should go back to the system (its peak stays bounded).
@@ -109,6 +110,43 @@ pub fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
             }
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A panic on any thread (a GPU driver's polling thread, a worker) ends the whole process
+/// with one clear line and exit status 101. By default only that thread would end, and the
+/// main thread, waiting on its work, could hang forever: a hung training job holds its GPU
+/// node for nothing. Checkpoints are written atomically, so every finished one survives.
+/// `RUST_BACKTRACE=1` adds the usual report with its backtrace.
+fn exit_on_any_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let location = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+            report(info);
+        }
+        eprintln!(
+            "error: thread `{}` panicked{location}: {message}\n  the process stops here (exit status 101); finished checkpoints are kept, and `--resume` or a recipe's rerun continues from the last one",
+            thread.name().unwrap_or("unnamed"),
+        );
+        std::process::exit(101);
+    }));
+    // A thread that panics while the main one waits: how a test sees that this ends the process.
+    if std::env::var_os("BTX_TEST_PANIC_IN_THREAD").is_some() {
+        let waiting = std::thread::Builder::new().name("test-panic".into()).spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            panic!("BTX_TEST_PANIC_IN_THREAD is set");
+        });
+        if waiting.is_ok() {
+            std::thread::park();
         }
     }
 }

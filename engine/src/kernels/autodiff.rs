@@ -8,10 +8,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::DType;
 
+use super::cross_entropy::{Wanted, linear_cross_entropy, token_ids};
 use super::{OwnKernels, flex, gemm};
 
 impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
@@ -113,6 +114,55 @@ impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
                 prep.finish((a, b), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(<Flex as OwnKernels>::matmul(a, b)),
+        }
+    }
+
+    fn linear_cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        token_weights: FloatTensor<Self>,
+        weight_grad: bool,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LinearCrossEntropy;
+
+        impl Backward<Flex, 2> for LinearCrossEntropy {
+            /// The gradients of the (scalar) loss with respect to the hidden states and the
+            /// head's weight, computed by the forward pass: the backward pass scales them by
+            /// the loss's own gradient.
+            type State = (Option<FlexTensor>, Option<FlexTensor>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let upstream = flex::f32s(&grads.consume::<Flex>(&ops.node))[0];
+                let scaled = |d: FlexTensor| if upstream == 1.0 { d } else { Flex::float_mul_scalar(d, upstream.into()) };
+                let [hidden_node, weight_node] = ops.parents;
+                let (d_hidden, d_weight) = ops.state;
+                if let (Some(node), Some(d)) = (hidden_node, d_hidden) {
+                    grads.register::<Flex>(node.id, scaled(d));
+                }
+                if let (Some(node), Some(d)) = (weight_node, d_weight) {
+                    grads.register::<Flex>(node.id, scaled(d));
+                }
+            }
+        }
+
+        let (hidden, hidden_node) = hidden.into_parts();
+        let (weight, weight_node) = weight.into_parts();
+        // The per-token weights are constants (a mask, 1/tokens): no gradient flows to them.
+        let token_weights = flex::f32s(&token_weights.into_parts().0).into_owned();
+        let targets = token_ids(&targets);
+        match LinearCrossEntropy.prepare::<C>([hidden_node, weight_node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let wanted = Wanted { hidden: true, weight: weight_grad };
+                let (loss, d_hidden, d_weight) = linear_cross_entropy(&hidden, &weight, &targets, &token_weights, wanted);
+                prep.finish((d_hidden, d_weight), flex::tensor_from(vec![loss as f32], [1].into()))
+            }
+            OpsKind::UnTracked(prep) => {
+                let none = Wanted { hidden: false, weight: false };
+                let (loss, ..) = linear_cross_entropy(&hidden, &weight, &targets, &token_weights, none);
+                prep.finish(flex::tensor_from(vec![loss as f32], [1].into()))
+            }
         }
     }
 

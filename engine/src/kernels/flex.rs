@@ -4,11 +4,12 @@
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::Bytes;
 use burn::backend::ops::{ActivationOps, AttentionModuleOptions, FloatTensorOps, ModuleOps};
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::{DType, Shape};
 
 use super::OwnKernels;
+use super::cross_entropy::{Wanted, linear_cross_entropy, token_ids};
 use super::gemm::batched_matmul;
 use super::vector_math;
 
@@ -35,6 +36,18 @@ impl OwnKernels for Flex {
             return Flex::float_matmul(a, b);
         }
         super::gemm::matmul(&a, &b)
+    }
+
+    fn linear_cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        token_weights: FloatTensor<Self>,
+        _weight_grad: bool,
+    ) -> FloatTensor<Self> {
+        let none = Wanted { hidden: false, weight: false };
+        let (loss, ..) = linear_cross_entropy(&hidden, &weight, &token_ids(&targets), &f32s(&token_weights), none);
+        tensor_from(vec![loss as f32], Shape::from([1]))
     }
 
     fn exp(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -99,7 +112,7 @@ fn dims4(x: &FlexTensor) -> [usize; 4] {
 }
 
 /// The tensor's elements in order, borrowed when it is contiguous.
-fn f32s(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(super) fn f32s(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match x.as_slice::<f32>() {
         Some(slice) => std::borrow::Cow::Borrowed(slice),
         None => std::borrow::Cow::Owned(x.to_contiguous().storage::<f32>().to_vec()),

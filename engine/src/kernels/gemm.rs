@@ -13,7 +13,7 @@ use super::flex::tensor_from;
 
 /// A matrix as gemm reads it: its first element and its row and column strides.
 #[derive(Clone, Copy)]
-struct Strided {
+pub(super) struct Strided {
     first: *const f32,
     row_stride: isize,
     col_stride: isize,
@@ -27,7 +27,7 @@ unsafe impl Sync for Strided {}
 impl Strided {
     /// The last two dimensions of `x` (f32) read in place, whatever its strides; for a
     /// batch of matrices, the first one.
-    fn of(x: &FlexTensor) -> Self {
+    pub(super) fn of(x: &FlexTensor) -> Self {
         let strides = x.layout().strides();
         let rank = strides.len();
         let data: &[f32] = x.storage();
@@ -36,7 +36,7 @@ impl Strided {
         Strided { first, row_stride: strides[rank - 2], col_stride: strides[rank - 1] }
     }
 
-    fn transposed(self) -> Self {
+    pub(super) fn transposed(self) -> Self {
         Strided { row_stride: self.col_stride, col_stride: self.row_stride, ..self }
     }
 
@@ -46,6 +46,19 @@ impl Strided {
     /// `offset` must stay inside the tensor's storage.
     unsafe fn shifted(self, offset: isize) -> Self {
         Strided { first: unsafe { self.first.offset(offset) }, ..self }
+    }
+
+    /// The matrix from row `row` on.
+    ///
+    /// # Safety
+    /// `row` must be a row of the matrix.
+    pub(super) unsafe fn from_row(self, row: usize) -> Self {
+        unsafe { self.shifted(row as isize * self.row_stride) }
+    }
+
+    /// A row-major matrix of `cols` columns in `data`.
+    pub(super) fn row_major(data: &[f32], cols: usize) -> Self {
+        Strided { first: data.as_ptr(), row_stride: cols as isize, col_stride: 1 }
     }
 }
 
@@ -109,6 +122,36 @@ unsafe fn write_product(m: usize, k: usize, n: usize, a: Strided, b: Strided, ds
             a.first, a.col_stride, a.row_stride,
             b.first, b.col_stride, b.row_stride,
             0.0, 1.0, false, false, false, parallelism,
+        );
+    }
+}
+
+/// Writes a [m, k] times b [k, n] into `dst` (row-major, m x n), or adds it to what `dst`
+/// holds when `accumulate`, on every thread.
+///
+/// # Safety
+/// `a` and `b` must be readable at their strides over [m, k] and [k, n].
+pub(super) unsafe fn product_into(m: usize, k: usize, n: usize, a: Strided, b: Strided, dst: &mut [f32], accumulate: bool) {
+    assert!(dst.len() >= m * n, "product_into: {m} x {n} into {}", dst.len());
+    if m * n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if m * n * k >= PARALLEL_FROM { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // gemm computes dst = alpha dst + beta a b, reading dst only with read_dst.
+    let alpha = if accumulate { 1.0 } else { 0.0 };
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            dst.as_mut_ptr(), 1, n as isize, accumulate,
+            a.first, a.col_stride, a.row_stride,
+            b.first, b.col_stride, b.row_stride,
+            alpha, 1.0, false, false, false, parallelism,
         );
     }
 }

@@ -8,11 +8,12 @@
 //! fuses such elementwise chains), with the same value.
 
 mod autodiff;
+mod cross_entropy;
 mod flex;
 mod gemm;
 pub mod vector_math;
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, Dispatch, backend_extension};
 use burn::prelude::*;
 use burn::tensor::DType;
@@ -33,6 +34,17 @@ pub trait OwnKernels: Backend {
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self>;
     /// The 2D matrix product: a [m, k] times b [k, n].
     fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The LM head's weighted cross-entropy, [1]: sum_t w_t (logsumexp(z_t) - z_t[y_t]) with
+    /// z_t = h_t W, for `hidden` [tokens, d_model], `weight` [d_model, vocab], `targets`
+    /// [tokens] and `token_weights` [tokens] (constants). `weight_grad`: whether the head's
+    /// weight needs its gradient.
+    fn linear_cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        token_weights: FloatTensor<Self>,
+        weight_grad: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// Whether `x` is an f32 tensor on the CPU backend (with or without autodiff): the case the
@@ -86,6 +98,28 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
         None => y,
     };
     y.reshape(dims)
+}
+
+/// The LM head and next-token cross-entropy in one: sum_t w_t * -log softmax(h_t W)[y_t] for
+/// hidden states `hidden` [tokens, d_model], the head `weight` [d_model, vocab] (a view is
+/// read in place), targets [tokens] and per-token weights [tokens] (1/tokens for the mean; 0
+/// for a token the loss does not count). On the CPU backend in chunks of tokens, never holding
+/// the whole [tokens, vocab] logits (cross_entropy.rs); elsewhere through the logits.
+/// `weight_grad`: whether `weight` trains (its gradient is computed only then).
+pub fn linear_cross_entropy(hidden: Tensor<2>, weight: Tensor<2>, targets: Tensor<1, Int>, token_weights: Tensor<1>, weight_grad: bool) -> Tensor<1> {
+    if runs_own_kernel(&hidden) && weight.dtype() == DType::F32 {
+        let token_weights = token_weights.cast(DType::F32).detach();
+        return Tensor::from_dispatch(<Dispatch as OwnKernels>::linear_cross_entropy(
+            hidden.into_dispatch(),
+            weight.into_dispatch(),
+            targets.into_dispatch(),
+            token_weights.into_dispatch(),
+            weight_grad,
+        ));
+    }
+    let logits = matmul(hidden, weight);
+    let log_probs = crate::model::lm::token_log_probs(logits.unsqueeze_dim(0), targets.unsqueeze_dim(0)).squeeze_dim(0);
+    (log_probs * token_weights.detach()).sum().neg()
 }
 
 /// e^x.

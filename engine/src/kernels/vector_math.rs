@@ -132,6 +132,78 @@ pub fn softmax_rows_backward_in_place(probs: &[f32], grad: &mut [f32], seq_k: us
     });
 }
 
+/// Cross-entropy over rows of logits, in place (the LM head's loss, `cross_entropy.rs`): for
+/// row r (`vocab` logits z, target y = `targets[r]`, weight w = `weights[r]`) adds
+/// w (logsumexp(z) - z_y) = -w log softmax(z)_y to the returned sum; with `gradient`, the row
+/// becomes its gradient w (softmax(z) - onehot(y)). Rows of weight 0 (tokens the loss does not
+/// count) add nothing and get a zero gradient.
+pub fn cross_entropy_rows_in_place(logits: &mut [f32], vocab: usize, targets: &[usize], weights: &[f32], gradient: bool) -> f64 {
+    assert!(vocab > 0 && logits.len() == targets.len() * vocab && weights.len() == targets.len(), "cross_entropy_rows: shapes differ");
+    let arch = pulp::Arch::new();
+    let rows_per_task = rows_chunk(vocab) / vocab;
+    logits
+        .par_chunks_mut(rows_per_task * vocab)
+        .enumerate()
+        .map(|(task, rows)| {
+            let first = task * rows_per_task;
+            arch.dispatch(#[inline(always)] || {
+                let mut loss = 0.0f64;
+                for (r, row) in rows.chunks_exact_mut(vocab).enumerate() {
+                    let (target, weight) = (targets[first + r], weights[first + r]);
+                    if weight == 0.0 {
+                        if gradient {
+                            row.fill(0.0);
+                        }
+                        continue;
+                    }
+                    let max = lanes_max(row);
+                    let target_logit = row[target];
+                    for x in row.iter_mut() {
+                        *x = exp(*x - max);
+                    }
+                    let sum = lanes_sum(row);
+                    loss += weight as f64 * ((max - target_logit) as f64 + (sum as f64).ln());
+                    if gradient {
+                        let scale = weight / sum;
+                        row.iter_mut().for_each(|x| *x *= scale);
+                        row[target] -= weight;
+                    }
+                }
+                loss
+            })
+        })
+        .sum()
+}
+
+/// The largest element, in 8 independent lanes (a single running maximum is a chain of
+/// dependent operations the compiler does not vectorise).
+#[inline(always)]
+fn lanes_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(v);
+        }
+    }
+    tail.iter().chain(&lanes).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// The sum of the elements, in 8 independent lanes (vectorised, as [`lanes_max`]).
+#[inline(always)]
+fn lanes_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (s, &v) in lanes.iter_mut().zip(chunk) {
+            *s += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
+
 /// out = e^x.
 pub fn exp_into(x: &[f32], out: &mut [f32]) {
     elementwise([x], [out], #[inline(always)] |[x], [out]| {

@@ -5,11 +5,13 @@
 //! key head before RoPE (Qwen3's `q_norm`, `k_norm`), heads wider or narrower than
 //! d_model / n_heads (Qwen3's `head_dim`).
 
-use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{RmsNorm, RmsNormConfig};
+
+use super::linear::Linear;
 use burn::prelude::*;
 
 use super::autocast::{in_compute_dtype, project};
-use super::init::{linear, linear_init};
+use super::init::{INIT_STD, linear};
 use super::rope::apply_rope;
 use crate::config::ModelConfig;
 use crate::kernels;
@@ -80,7 +82,7 @@ impl Attention {
 /// A query, key or value projection (d_model -> `d_out`), with a bias where the model has
 /// them (Qwen2).
 pub(crate) fn input_projection(config: &ModelConfig, d_out: usize, device: &Device) -> Linear {
-    LinearConfig::new(config.d_model, d_out).with_bias(config.attention_bias).with_initializer(linear_init()).init(device)
+    Linear::new(config.d_model, d_out, config.attention_bias, INIT_STD, device)
 }
 
 /// The RMSNorm over each query or key head, where the model has them (Qwen3).

@@ -12,7 +12,9 @@
 //! All experts run as one attention call: their query heads are stacked (expert e's head j is
 //! head e * n_heads + j), each against its own expert's key/value heads.
 
-use burn::nn::{Linear, RmsNorm};
+use burn::nn::RmsNorm;
+
+use super::linear::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 

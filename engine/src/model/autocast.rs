@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 
-use burn::nn::Linear;
+use super::linear::Linear;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::module::linear;
@@ -37,6 +37,11 @@ fn compute_dtype() -> Option<DType> {
     COMPUTE_DTYPE.with(Cell::get)
 }
 
+/// Whether the scope computes projections of `stored`-dtype inputs in another dtype.
+pub(crate) fn casts(stored: DType) -> bool {
+    compute_dtype().is_some_and(|dtype| dtype != stored)
+}
+
 /// `layer.forward(x)`, in the scope's compute dtype; the output has `x`'s dtype.
 pub fn project<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     match compute_dtype() {
@@ -44,9 +49,10 @@ pub fn project<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
             let stored = x.dtype();
             let weight = layer.weight.val().cast(dtype);
             let bias = layer.bias.as_ref().map(|b| b.val().cast(dtype));
-            linear(x.cast(dtype), weight, bias).cast(stored)
+            let y = linear(x.clone().cast(dtype), weight, bias).cast(stored);
+            layer.with_adapter(x, y)
         }
-        _ => crate::kernels::linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val())),
+        _ => layer.forward(x),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The SwiGLU feed-forward network (Shazeer 2020): down(silu(gate(x)) * up(x)).
 //! Its own module so that the MoE layer can use it as an expert and replace it per layer.
 
-use burn::nn::Linear;
+use super::linear::Linear;
 use burn::prelude::*;
 
 use super::init::linear;

@@ -4,7 +4,9 @@
 //! else the process does with the device's random generator (tests run in parallel).
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::Initializer;
+
+use super::linear::Linear;
 use burn::prelude::*;
 
 use crate::data::rng::Rng;
@@ -17,7 +19,7 @@ pub fn linear_init() -> Initializer {
 
 /// A bias-free linear layer with the model's initialisation.
 pub fn linear(d_in: usize, d_out: usize, device: &Device) -> Linear {
-    LinearConfig::new(d_in, d_out).with_bias(false).with_initializer(linear_init()).init(device)
+    Linear::new(d_in, d_out, false, INIT_STD, device)
 }
 
 /// Re-draws every float parameter but the norm gains from N(0, INIT_STD), deterministically.
@@ -54,6 +56,6 @@ pub fn seeded_init<M: Module>(module: M, seed: u64) -> M {
 }
 
 /// FNV-1a: a stable 64-bit hash of a parameter path.
-fn fnv1a(text: &str) -> u64 {
+pub(crate) fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }

@@ -3,7 +3,9 @@
 //! experts (BAM). Field names follow Hugging Face's `LlamaForCausalLM` /
 //! `MixtralForCausalLM`, so a checkpoint's tensor names are its module paths.
 
-use burn::nn::{Embedding, EmbeddingConfig, Linear, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, RmsNorm, RmsNormConfig};
+
+use super::linear::Linear;
 use burn::prelude::*;
 
 use super::autocast::project;
@@ -135,6 +137,22 @@ impl LanguageModel {
         }
     }
 
+    /// The LM head's cross-entropy, sum_t w_t * -log p(y_t | h_t), from the final hidden states
+    /// [tokens, d_model], targets [tokens] and per-token weights [tokens]: fused with the head
+    /// (no [tokens, vocab] logits held, `kernels::linear_cross_entropy`) unless the autocast
+    /// scope computes the head in another dtype.
+    fn head_loss(&self, hidden: Tensor<2>, targets: Tensor<1, Int>, token_weights: Tensor<1>) -> Tensor<1> {
+        if super::autocast::casts(hidden.dtype()) {
+            let log_probs = token_log_probs(self.head(hidden).unsqueeze_dim(0), targets.unsqueeze_dim(0)).squeeze_dim(0);
+            return (log_probs * token_weights).sum().neg();
+        }
+        let (weight, trains) = match &self.lm_head {
+            Some(head) => (head.weight.val(), head.weight.val().is_require_grad()),
+            None => (self.embed_tokens.weight.val().transpose(), self.embed_tokens.weight.val().is_require_grad()),
+        };
+        crate::kernels::linear_cross_entropy(hidden, weight, targets, token_weights, trains)
+    }
+
     /// Next-token logits at inference.
     ///
     /// # Shapes
@@ -154,8 +172,11 @@ impl LanguageModel {
     /// The training objective: mean next-token cross-entropy, and the MoE layers' summed
     /// auxiliary losses (load balancing, z-loss), returned apart so they can be logged apart.
     pub fn training_loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>, ctx: RoutingContext) -> TrainingLoss {
-        let (logits, aux) = self.forward_with_aux(inputs, ctx);
-        let lm = token_log_probs(logits, targets).mean().neg();
+        let (hidden, aux) = self.hidden(inputs, ctx);
+        let [batch, seq, d_model] = hidden.dims();
+        let tokens = batch * seq;
+        let token_weights = Tensor::<1>::full([tokens], 1.0 / tokens as f64, &hidden.device());
+        let lm = self.head_loss(hidden.reshape([tokens, d_model]), targets.reshape([tokens]), token_weights);
         let mut aux_loss = aux.iter().map(|a| a.loss.clone()).reduce(|a, b| a + b);
         if let Some(pooled) = self.pooled_balancing_loss(&aux) {
             aux_loss = aux_loss.map(|a| a + pooled);

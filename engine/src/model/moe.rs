@@ -7,7 +7,7 @@
 //! host read) give each expert's slice. Each expert then runs on its own rows only, and the
 //! gate-weighted results are scatter-added back. Top-2 of E costs about 2 FFNs, not E.
 
-use burn::nn::Linear;
+use super::linear::Linear;
 use burn::prelude::*;
 use burn::tensor::IndexingUpdateOp;
 use burn::tensor::activation::{log_softmax, softmax};

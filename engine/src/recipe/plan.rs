@@ -97,6 +97,7 @@ impl Plan<'_> {
             spike_guard: r.spike_guard.clone(),
             precision: r.precision,
             initial_loss_scale: None,
+            lora: None,
         }
     }
 

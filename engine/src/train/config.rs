@@ -45,6 +45,11 @@ pub struct TrainConfig {
     /// out of written configs, so the configs of runs that predate it are unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable: Option<Vec<String>>,
+    /// Train low-rank adapters (LoRA) on these projections instead of the weights; the base
+    /// stays frozen and the adapters are merged into it when the run ends (`model::lora`).
+    /// Absent: full training (and left out of written configs, as `trainable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::model::lora::LoraConfig>,
     /// Checkpoints kept: the newest `keep_last` (at least 1)...
     #[serde(default = "default_keep_last", skip_serializing_if = "is_default_keep_last")]
     pub keep_last: usize,
@@ -227,6 +232,12 @@ impl TrainConfig {
     /// Checks every field that a parser cannot; `origin` names the file in errors.
     pub fn validate(&self, origin: &str) -> Result<()> {
         self.model.validate(origin)?;
+        if let Some(lora) = &self.lora {
+            lora.validate(origin)?;
+            if self.trainable.is_some() {
+                bail!("{origin}: fields `lora` and `trainable` together: a LoRA run trains its adapters only; remove one");
+            }
+        }
         if let Some(scale) = self.initial_loss_scale {
             if self.precision != Precision::F16 {
                 bail!("{origin}: field `initial_loss_scale` applies to `precision: F16` only (this run trains in F32)");

@@ -129,6 +129,10 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         // spiked and rotate a good one out.
         if last || (state.step % config.checkpoint_every == 0 && state.guard.skipped_in_a_row == 0) {
             let training = TrainingParts { optimizer: optimizer.state_tensors(), state: &state, train_config_ron: &config_ron };
+            if last && config.lora.is_some() {
+                // The run's result is a plain model: its adapters merged into the weights.
+                model = crate::model::lora::merge(model);
+            }
             checkpoint::save_checkpoint(out, state.step, &model, &config.model, Some(training), config.retention())?;
         }
     }
@@ -213,10 +217,22 @@ fn start_or_resume(
             loss_scale: (config.precision == Precision::F16)
                 .then(|| LossScale { scale: config.initial_loss_scale.unwrap_or(INITIAL_SCALE), finite_steps: 0 }),
         };
-        return Ok((initial_model(config, origin, device)?, state));
+        let model = initial_model(config, origin, device)?;
+        let model = match &config.lora {
+            Some(lora) => crate::model::lora::attach(model, lora).with_context(|| format!("{origin}: field `lora`"))?,
+            None => model,
+        };
+        return Ok((model, state));
     };
     check_same_config(config, &ckpt)?;
-    let (_, model) = checkpoint::load_model(&ckpt, device)?;
+    // A LoRA run's checkpoints before its end hold the adapters beside the frozen weights.
+    let model = match &config.lora {
+        Some(lora) if !checkpoint::holds_final_weights(&ckpt, config.steps)? => {
+            let skeleton = crate::model::lora::attach(LanguageModel::new(&config.model, device), lora)?;
+            checkpoint::load_model_into(&ckpt, skeleton)?
+        }
+        _ => checkpoint::load_model(&ckpt, device)?.1,
+    };
     let state = checkpoint::read_train_state(&ckpt)?;
     let moments = read_tensors(&ckpt.join(OPTIMIZER_FILE))?;
     optimizer.load_state_tensors(&moments, state.optimizer_updates, device);
@@ -316,7 +332,13 @@ fn apply_update(model: LanguageModel, optimizer: &mut AdamW, grads: GradientsPar
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
 fn freeze_untrainable(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
-    let Some(trainable) = &config.trainable else { return Ok(model) };
+    let adapters: Vec<String> = crate::model::lora::ADAPTER_NAMES.iter().map(|n| n.to_string()).collect();
+    let trainable = match (&config.trainable, &config.lora) {
+        (Some(trainable), _) => trainable,
+        // A LoRA run trains its adapters only (a finished run has none left: nothing to do).
+        (None, Some(_)) if crate::model::lora::has_adapters(&model) => &adapters,
+        (None, _) => return Ok(model),
+    };
     let (frozen, kept) = checkpoint::module_tensors::freeze_all_but(model, trainable);
     if kept == 0 {
         bail!("{origin}: field `trainable`: {trainable:?} names no parameter of the model");

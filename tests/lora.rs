@@ -1,0 +1,116 @@
+//! LoRA experts (engine/src/model/lora.rs): an adapter starts as no change, its merge equals
+//! the adapted model, a LoRA run trains the adapters only (the base bit-identical, no
+//! optimizer state for it), resumes exactly, and leaves a plain merged model.
+
+use btx::burn::module::Param;
+use btx::burn::prelude::*;
+use btx::burn::tensor::Distribution;
+use btx::checkpoint::{self, module_tensors::module_to_tensors, tensor_file::read_tensors};
+use btx::model::LanguageModel;
+use btx::model::lora::{self, LoraConfig};
+use btx::train::{TrainOptions, train};
+
+use crate::common::*;
+
+fn lora_config(rank: usize, targets: &[&str]) -> LoraConfig {
+    LoraConfig { rank, alpha: Some(2.0 * rank as f64), dropout: 0.0, targets: targets.iter().map(|t| t.to_string()).collect() }
+}
+
+const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+#[test]
+fn an_adapter_starts_as_no_change_and_its_merge_equals_the_adapted_model() {
+    let device = cpu();
+    for config in [tiny_model(4, 2), btx::bench::bench_moe_config(&tiny_model(4, 2))] {
+        let model = LanguageModel::seeded(&config, 3, &device);
+        let tokens = random_tokens(2, 16, config.vocab_size, 5, &device);
+        let before = to_vec(model.forward(tokens.clone()));
+        let adapted = lora::attach(model, &lora_config(3, &ALL)).unwrap();
+        assert!(lora::has_adapters(&adapted));
+        let fresh = to_vec(adapted.forward(tokens.clone()));
+        assert_eq!(max_abs_diff(&fresh, &before), 0.0, "a fresh adapter (B = 0) must change nothing");
+        // Give every B a value, as training would.
+        let mut adapted = adapted;
+        for block in &mut adapted.layers {
+            let layers = block.self_attn.iter_mut().flat_map(|a| [&mut a.q_proj, &mut a.k_proj, &mut a.v_proj, &mut a.o_proj]);
+            let ffns = block.mlp.iter_mut().chain(block.block_sparse_moe.iter_mut().flat_map(|m| m.experts.iter_mut()));
+            for layer in layers.chain(ffns.flat_map(|f| [&mut f.gate_proj, &mut f.up_proj, &mut f.down_proj])) {
+                let dims = layer.lora_b.as_ref().unwrap().dims();
+                layer.lora_b = Some(Param::from_tensor(Tensor::random(dims, Distribution::Normal(0.0, 0.05), &device)));
+            }
+        }
+        let with_adapters = to_vec(adapted.forward(tokens.clone()));
+        assert!(max_abs_diff(&with_adapters, &before) > 1e-3, "the adapters should change the logits");
+        let merged = lora::merge(adapted);
+        assert!(!lora::has_adapters(&merged));
+        let diff = max_abs_diff(&to_vec(merged.forward(tokens)), &with_adapters);
+        assert!(diff < 1e-4, "merged logits differ from the adapted model's by {diff}");
+        // A merged model's tensors are a plain checkpoint's: no adapter names.
+        assert!(module_to_tensors(&merged).keys().all(|name| !name.contains("lora")));
+    }
+}
+
+#[test]
+fn a_lora_run_trains_the_adapters_only_resumes_exactly_and_leaves_a_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 6);
+    config.checkpoint_every = 3;
+    config.keep_last = 5;
+    config.lora = Some(lora_config(2, &["q_proj", "v_proj", "down_proj"]));
+    let opts = |out: &std::path::Path, resume, stop_after| TrainOptions { out: out.to_path_buf(), resume, progress: false, stop_after };
+    let initial = module_to_tensors(&LanguageModel::seeded(&config.model, config.seed, &cpu()));
+
+    let whole = dir.path().join("whole");
+    train(&config, "test", &cpu_selected(), &opts(&whole, false, None)).unwrap();
+    // Step 3's checkpoint: adapters beside a base that has not moved, and optimizer state for
+    // the adapters alone.
+    let midway = checkpoint::checkpoint_steps(&whole).into_iter().find(|(s, _)| *s == 3).unwrap().1;
+    let tensors = read_tensors(&midway.join(checkpoint::MODEL_FILE)).unwrap();
+    let adapters: Vec<&String> = tensors.keys().filter(|n| n.contains("lora_")).collect();
+    assert_eq!(adapters.len(), 2 * 3 * config.model.n_layers, "{adapters:?}");
+    for (name, host) in &initial {
+        assert_eq!(host.values, tensors[name].values, "frozen `{name}` changed");
+    }
+    let moments = read_tensors(&midway.join(checkpoint::OPTIMIZER_FILE)).unwrap();
+    assert!(!moments.is_empty() && moments.keys().all(|n| n.contains("lora_")), "{:?}", moments.keys().collect::<Vec<_>>());
+
+    // The final checkpoint: merged, loadable as a plain model; only the targeted projections moved.
+    let (_, last) = checkpoint::checkpoint_steps(&whole).into_iter().max().unwrap();
+    let merged = read_tensors(&last.join(checkpoint::MODEL_FILE)).unwrap();
+    assert_eq!(merged.len(), initial.len(), "the merged model has the plain model's tensors");
+    for (name, host) in &initial {
+        let moved = merged[name].values != host.values;
+        let targeted = ["q_proj", "v_proj", "down_proj"].iter().any(|t| name.contains(t));
+        assert_eq!(moved, targeted, "`{name}`: moved {moved}, targeted {targeted}");
+    }
+    checkpoint::load_model(&last, &cpu()).unwrap();
+
+    // Stopped after 4 steps (past the adapter checkpoint of step 3), then resumed: the same.
+    let resumed = dir.path().join("resumed");
+    train(&config, "test", &cpu_selected(), &opts(&resumed, false, Some(4))).unwrap();
+    train(&config, "test", &cpu_selected(), &opts(&resumed, true, None)).unwrap();
+    let (_, resumed_last) = checkpoint::checkpoint_steps(&resumed).into_iter().max().unwrap();
+    let resumed_tensors = read_tensors(&resumed_last.join(checkpoint::MODEL_FILE)).unwrap();
+    for (name, host) in &merged {
+        assert_eq!(host.values, resumed_tensors[name].values, "`{name}` differs after resuming");
+    }
+}
+
+#[test]
+fn lora_settings_are_checked_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 2);
+    for (lora, expected) in [
+        (LoraConfig { rank: 0, ..lora_config(1, &ALL) }, "`lora.rank`"),
+        (lora_config(2, &["qkv_proj"]), "unknown projection `qkv_proj`"),
+        (LoraConfig { dropout: 1.0, ..lora_config(2, &ALL) }, "`lora.dropout`"),
+    ] {
+        config.lora = Some(lora);
+        let err = config.validate("x.ron").unwrap_err().to_string();
+        assert!(err.contains("x.ron") && err.contains(expected), "{err}");
+    }
+    config.lora = Some(lora_config(2, &ALL));
+    config.trainable = Some(vec!["mlp".into()]);
+    let err = config.validate("x.ron").unwrap_err().to_string();
+    assert!(err.contains("`lora` and `trainable`"), "{err}");
+}
