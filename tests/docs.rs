@@ -80,7 +80,7 @@ fn splice_inline(text: &str, key: &str, value: &str) -> Option<String> {
 
 fn ron_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for dir in ["recipes", "recipes/train", "bench", "bench/device"] {
+    for dir in ["recipes", "recipes/train", "bench", "bench/device", "bench/real"] {
         for e in std::fs::read_dir(repo_root().join(dir)).unwrap().flatten() {
             if e.path().extension().is_some_and(|x| x == "ron") {
                 files.push(e.path());

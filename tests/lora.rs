@@ -85,6 +85,27 @@ fn a_lora_run_trains_the_adapters_only_resumes_exactly_and_leaves_a_merged_model
     }
     checkpoint::load_model(&last, &cpu()).unwrap();
 
+    // The adapters in PEFT's format: W_final = W_base + (alpha / r) B A in PyTorch's layout.
+    let adapter = whole.join(btx::train::ADAPTER_DIR);
+    let peft_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((peft_config["peft_type"].as_str(), peft_config["r"].as_u64(), peft_config["lora_alpha"].as_f64()), (Some("LORA"), Some(2), Some(4.0)));
+    let peft = read_tensors(&adapter.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(peft.len(), 2 * 3 * config.model.n_layers);
+    let base_name = "model.layers.1.self_attn.v_proj.weight";
+    let a = &peft["base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight"];
+    let b = &peft["base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"];
+    let (out_dim, in_dim) = (initial[base_name].shape[0], initial[base_name].shape[1]);
+    assert_eq!((a.shape.clone(), b.shape.clone()), (vec![2, in_dim], vec![out_dim, 2]));
+    let mut worst = 0.0f32;
+    for o in 0..out_dim {
+        for i in 0..in_dim {
+            let update: f32 = (0..2).map(|r| b.values[o * 2 + r] * a.values[r * in_dim + i]).sum::<f32>() * 2.0;
+            let expected = initial[base_name].values[o * in_dim + i] + update;
+            worst = worst.max((expected - merged[base_name].values[o * in_dim + i]).abs());
+        }
+    }
+    assert!(worst < 1e-6, "base + scale B A differs from the merged weight by {worst}");
+
     // Stopped after 4 steps (past the adapter checkpoint of step 3), then resumed: the same.
     let resumed = dir.path().join("resumed");
     train(&config, "test", &cpu_selected(), &opts(&resumed, false, Some(4))).unwrap();

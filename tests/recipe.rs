@@ -491,3 +491,30 @@ fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
     assert_eq!(staged[router], by_hand[router]);
     assert!(staged[router].values.iter().any(|v| *v != 0.0));
 }
+
+/// `expert_lora` gives every expert LoRA adapters (an expert's own `lora` replaces it), and
+/// `finetune.lora` the MoE finetune's; bad settings name their field.
+#[test]
+fn experts_and_the_finetune_take_lora_adapters() {
+    use btx::recipe::plan::Plan;
+    use btx::recipe::stage_id::StageId;
+    let dir = tempfile::tempdir().unwrap();
+    let text = recipe_text(dir.path(), &[("en", "english"), ("code", "code")], 4)
+        .replace(r#"(name: "code", data: [("code", 1.0)], steps: 4)"#, r#"(name: "code", data: [("code", 1.0)], steps: 4, lora: (rank: 2, targets: ["down_proj"]))"#)
+        .replace("    merges:", "    expert_lora: (rank: 4, alpha: 8.0, dropout: 0.05),\n    merges:")
+        .replace("finetune: (steps: 6)", "finetune: (steps: 6, lora: (rank: 8))");
+    let path = dir.path().join("recipe.ron");
+    std::fs::write(&path, &text).unwrap();
+    let recipe = btx::recipe::Recipe::load(&path).unwrap();
+    let plan = Plan { recipe: &recipe, out: dir.path().join("run"), device: btx::device::DeviceArgs::new(btx::device::DeviceChoice::Cpu) };
+    let (seed, _) = plan.seed().unwrap();
+    let lora = |stage: &btx::recipe::stage::Stage| btx::config::parse_ron::<btx::train::TrainConfig>(stage.config.as_deref().unwrap(), "stage").unwrap().lora;
+    let experts = plan.expert_stages(&seed).unwrap();
+    let of = |id: StageId| lora(experts.iter().find(|s| s.id == id).unwrap()).unwrap();
+    let (en, code) = (of(StageId::Expert("en".into())), of(StageId::Expert("code".into())));
+    assert_eq!((en.rank, en.alpha(), en.dropout, en.targets.len()), (4, 8.0, 0.05, 7));
+    assert_eq!((code.rank, code.alpha(), code.targets.clone()), (2, 2.0, vec!["down_proj".to_string()]));
+    assert_eq!(recipe.finetune.lora.as_ref().map(|l| l.rank), Some(8));
+    let e = recipe_error(&text.replace("rank: 4, alpha: 8.0", "rank: 4, alpha: -1.0"));
+    assert!(e.contains("expert_lora") && e.contains("`lora.alpha`"), "{e}");
+}

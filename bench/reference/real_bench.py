@@ -6,6 +6,9 @@ settings, global-norm clipping at 1.0. Prints one JSON line: the median step tim
 warm-up and the process's peak resident memory (the same measure xtask takes of the engine).
 
     python3 bench/reference/real_bench.py --engine-json ENGINE.json [--warmup 1] [--iters 2]
+
+With `lora_rank` in the engine's JSON (`btx bench train --lora R`), PEFT's LoRA of that rank
+on the same seven projections (alpha = 2 x rank, no dropout) on a frozen base, as the engine.
 """
 import argparse, json, resource, time
 
@@ -44,8 +47,14 @@ def main():
     c, batch, seq = engine["dense_config"], engine["batch"], engine["seq_len"]
     torch.manual_seed(0)
     model, family = hf_model(c)
+    if engine.get("lora_rank"):
+        from peft import LoraConfig, get_peft_model
+        rank = engine["lora_rank"]
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets))
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     tokens = torch.randint(0, c["vocab_size"], (batch, seq + 1))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
@@ -54,7 +63,7 @@ def main():
         logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
 
     start = time.perf_counter()
@@ -68,7 +77,7 @@ def main():
         times.append(time.perf_counter() - t)
     step_s = sorted(times)[len(times) // 2]
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"torch": torch.__version__, "model": family, "params": params, "threads": torch.get_num_threads(),
+    print(json.dumps({"torch": torch.__version__, "model": family, "params": params, "trainable": sum(p.numel() for p in trainable), "threads": torch.get_num_threads(),
                       "step_s": step_s, "warmup_s": warmup_s, "peak_memory_mb": peak_rss_mb()}))
 
 

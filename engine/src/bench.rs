@@ -157,16 +157,27 @@ pub struct TrainBenchRun {
     pub warmup: usize,
     pub iters: usize,
     pub precision: Precision,
+    /// Train LoRA adapters of this rank on all seven projections (alpha = 2 x rank) instead
+    /// of the weights, the base frozen.
+    pub lora_rank: Option<usize>,
 }
 
 /// Median training-step time (forward, backward, AdamW) of `config` after the warm-up steps.
 pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, device: &Device) -> TrainBenchRow {
-    let TrainBenchRun { batch, seq_len, warmup, iters, precision } = *run;
+    let TrainBenchRun { batch, seq_len, warmup, iters, precision, lora_rank } = *run;
     use crate::train::adamw::AdamW;
     use crate::train::OptimizerConfig;
     use burn::optim::GradientsParams;
     let ad = device.clone().autodiff();
     let mut model = LanguageModel::seeded(config, 0, &ad);
+    if let Some(rank) = lora_rank {
+        use crate::model::lora::{self, ADAPTER_NAMES, LoraConfig, PROJECTIONS};
+        let targets = PROJECTIONS.iter().map(|p| p.to_string()).collect();
+        let lora = LoraConfig { rank, alpha: Some(2.0 * rank as f64), dropout: 0.0, targets };
+        model = lora::attach(model, &lora).expect("a dense model takes adapters on every projection");
+        let adapters: Vec<String> = ADAPTER_NAMES.iter().map(|n| n.to_string()).collect();
+        model = crate::checkpoint::module_tensors::freeze_all_but(model, &adapters).0;
+    }
     let mut optimizer = AdamW::new(OptimizerConfig {
         lr: 1e-4, warmup_steps: 0, min_lr_ratio: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, router_lr_multiplier: 1.0,
     });

@@ -36,6 +36,10 @@ pub enum BenchCommand {
         /// Time the dense model only (at real sizes its MoE may not fit in memory beside it).
         #[arg(long)]
         dense_only: bool,
+        /// Train LoRA adapters of this rank (all seven projections, alpha = 2 x rank) on a
+        /// frozen base instead of every weight.
+        #[arg(long)]
+        lora: Option<usize>,
     },
     /// Generation throughput of a checkpoint (greedy, KV cache), prompt and new tokens apart;
     /// beside it, where torch is available (BTX_PYTHON, else python3), transformers' generate
@@ -88,8 +92,8 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Train { config, device, warmup, iters, batch, precision, json, dense_only } => {
-            train(config, device, (warmup, iters), batch, precision, json, dense_only)
+        BenchCommand::Train { config, device, warmup, iters, batch, precision, json, dense_only, lora } => {
+            train(config, device, (warmup, iters), batch, precision, json, (dense_only, lora))
         }
         BenchCommand::Generate { checkpoint, prompt_tokens, new_tokens, device } => generate(&checkpoint, prompt_tokens, new_tokens, device),
         BenchCommand::Ops { config, device, iters } => ops(&config, device, iters),
@@ -107,7 +111,7 @@ fn train(
     batch: Option<usize>,
     precision: Option<Precision>,
     json: Option<PathBuf>,
-    dense_only: bool,
+    (dense_only, lora_rank): (bool, Option<usize>),
 ) -> Result<()> {
     let train_config = TrainConfig::load(&config)?;
     let selected = select_device(device)?;
@@ -118,7 +122,7 @@ fn train(
     let moe = bench_moe_config(&dense);
     let batch = batch.unwrap_or(train_config.batch_size);
     let seq = train_config.data.seq_len;
-    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision };
+    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision, lora_rank };
     let models = if dense_only { vec![("dense", &dense)] } else { vec![("dense", &dense), ("moe", &moe)] };
     let rows: Vec<_> = models.into_iter().map(|(label, c)| bench_train(c, label, &run, &selected.device)).collect();
     println!("{batch}x{seq} tokens per step, median of {iters} steps after {warmup} warm-up steps");
@@ -143,7 +147,7 @@ fn train(
     if let Some(json) = json {
         let out = serde_json::json!({
             "device": selected.description, "rows": rows, "dense_config": dense, "moe_config": moe,
-            "batch": batch, "seq_len": seq, "lr": 1e-4, "precision": precision,
+            "batch": batch, "seq_len": seq, "lr": 1e-4, "precision": precision, "lora_rank": lora_rank,
         });
         write_json(&json, &out)?;
     }

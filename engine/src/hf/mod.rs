@@ -5,6 +5,7 @@
 //! is a config translation plus a tensor-by-tensor copy (streamed: no whole model in memory).
 
 pub mod config;
+pub mod peft;
 pub mod qwen_moe;
 
 use std::path::{Path, PathBuf};

@@ -29,7 +29,8 @@ impl Plan<'_> {
             }
             _ => ft.steps,
         };
-        let config = self.train_config(model, ft.mixture.as_deref(), steps, Some(merged.clone()), &ft.optimizer());
+        let mut config = self.train_config(model, ft.mixture.as_deref(), steps, Some(merged.clone()), &ft.optimizer());
+        config.lora = ft.lora.clone();
         self.train_stage(StageId::Finetune(m.name.clone()), &config, Some(&merged))
     }
 

@@ -35,6 +35,10 @@ pub struct Recipe {
     /// `optimizer` changes this in turn).
     #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
     pub expert_optimizer: OptimizerSettings,
+    /// Every expert (and later expert) trains LoRA adapters instead of its weights, merged
+    /// into it at its end (an expert's own `lora` changes this); absent: full training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expert_lora: Option<crate::model::lora::LoraConfig>,
     /// Changes to `optimizer` for the dense baselines (compute- and data-matched).
     #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
     pub baseline_optimizer: OptimizerSettings,
@@ -119,6 +123,9 @@ pub struct Expert {
     /// Changes to the recipe's `expert_optimizer` for this expert.
     #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
     pub optimizer: OptimizerSettings,
+    /// This expert's LoRA adapters in place of the recipe's `expert_lora`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::model::lora::LoraConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +153,11 @@ pub struct Finetune {
     /// routers learn at `FINETUNE_ROUTER_LR_MULTIPLIER` times the lr unless it says otherwise.
     #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
     pub optimizer: OptimizerSettings,
+    /// LoRA adapters on the MoE's projections (every expert's too) instead of finetuning
+    /// their weights (MixtureKit's `use_lora`); the routers, new, train in full beside them.
+    /// Absent: the whole MoE finetunes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::model::lora::LoraConfig>,
 }
 
 /// The routers' learning-rate multiple in an MoE finetune unless the recipe sets one. The
@@ -193,6 +205,11 @@ impl Recipe {
     /// The optimizer changes of an expert or later expert: its own over the recipe's.
     pub fn expert_optimizer_of(&self, expert: &Expert) -> OptimizerSettings {
         expert.optimizer.over(&self.expert_optimizer)
+    }
+
+    /// The LoRA adapters `expert` trains, if any: its own, else the recipe's `expert_lora`.
+    pub fn expert_lora_of(&self, expert: &Expert) -> Option<crate::model::lora::LoraConfig> {
+        expert.lora.clone().or_else(|| self.expert_lora.clone())
     }
 
     /// The MoE options of `merge`: its own, else the recipe's.
@@ -244,6 +261,12 @@ impl Recipe {
 
     pub fn validate(&self, origin: &str) -> Result<()> {
         self.model.validate(origin)?;
+        let lora_fields = self.experts.iter().chain(&self.later_experts).map(|e| (format!("experts `{}`", e.name), &e.lora));
+        for (what, lora) in [("expert_lora".to_string(), &self.expert_lora), ("finetune".to_string(), &self.finetune.lora)].into_iter().chain(lora_fields) {
+            if let Some(lora) = lora {
+                lora.validate(&format!("{origin}: {what}"))?;
+            }
+        }
         if self.model.moe.is_some() {
             bail!("{origin}: field `model`: the seed and experts are dense; put MoE options in `moe`");
         }

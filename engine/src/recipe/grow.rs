@@ -84,7 +84,8 @@ impl Plan<'_> {
             .iter()
             .map(|e| {
                 let from = self.dir(&forest(&e.name));
-                let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(from.clone()), &self.recipe.expert_optimizer_of(e));
+                let mut config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(from.clone()), &self.recipe.expert_optimizer_of(e));
+                config.lora = self.recipe.expert_lora_of(e);
                 self.train_stage(StageId::Expert(e.name.clone()), &config, Some(&from))
             })
             .collect()

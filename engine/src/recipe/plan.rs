@@ -173,7 +173,8 @@ impl Plan<'_> {
             .experts
             .iter()
             .map(|e| {
-                let config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(seed.to_path_buf()), &self.recipe.expert_optimizer_of(e));
+                let mut config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(seed.to_path_buf()), &self.recipe.expert_optimizer_of(e));
+                config.lora = self.recipe.expert_lora_of(e);
                 self.train_stage(StageId::Expert(e.name.clone()), &config, Some(seed))
             })
             .collect::<Result<_>>()?;

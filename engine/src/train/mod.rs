@@ -8,4 +8,4 @@ pub mod precision;
 pub mod trainer;
 
 pub use config::{OptimizerConfig, OptimizerSettings, TrainConfig};
-pub use trainer::{TrainOptions, TrainSummary, train};
+pub use trainer::{ADAPTER_DIR, TrainOptions, TrainSummary, train};

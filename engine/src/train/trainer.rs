@@ -32,6 +32,10 @@ use crate::model::moe::RoutingContext;
 use crate::model::routing_stats::RoutingStats;
 use crate::run_lock::{FolderLock, TRAIN_LOCK};
 
+/// The folder of a run (beside its checkpoints) where a dense LoRA run writes its adapters
+/// in PEFT's format.
+pub const ADAPTER_DIR: &str = "adapter";
+
 pub struct TrainOptions {
     /// The run folder: checkpoints, metrics.jsonl.
     pub out: PathBuf,
@@ -129,8 +133,12 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         // spiked and rotate a good one out.
         if last || (state.step % config.checkpoint_every == 0 && state.guard.skipped_in_a_row == 0) {
             let training = TrainingParts { optimizer: optimizer.state_tensors(), state: &state, train_config_ron: &config_ron };
-            if last && config.lora.is_some() {
-                // The run's result is a plain model: its adapters merged into the weights.
+            if let (true, Some(lora)) = (last, &config.lora) {
+                // A dense run's adapters in PEFT's format too (onto its base: `init_from`);
+                // the run's result is a plain model, its adapters merged into the weights.
+                if config.model.moe.is_none() && crate::model::lora::has_adapters(&model) {
+                    crate::hf::peft::write_peft_adapter(&model, lora, &out.join(ADAPTER_DIR))?;
+                }
                 model = crate::model::lora::merge(model);
             }
             checkpoint::save_checkpoint(out, state.step, &model, &config.model, Some(training), config.retention())?;
@@ -332,10 +340,12 @@ fn apply_update(model: LanguageModel, optimizer: &mut AdamW, grads: GradientsPar
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
 fn freeze_untrainable(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
-    let adapters: Vec<String> = crate::model::lora::ADAPTER_NAMES.iter().map(|n| n.to_string()).collect();
+    use crate::checkpoint::tensor_names::{ATTENTION_ROUTER_END, ROUTER_END};
+    // A LoRA run trains its adapters, and an MoE's routers in full (they start from nothing).
+    let adapters: Vec<String> = crate::model::lora::ADAPTER_NAMES.iter().chain(&[ROUTER_END, ATTENTION_ROUTER_END]).map(|n| n.to_string()).collect();
     let trainable = match (&config.trainable, &config.lora) {
         (Some(trainable), _) => trainable,
-        // A LoRA run trains its adapters only (a finished run has none left: nothing to do).
+        // (A finished LoRA run has no adapters left: nothing to freeze.)
         (None, Some(_)) if crate::model::lora::has_adapters(&model) => &adapters,
         (None, _) => return Ok(model),
     };
