@@ -202,3 +202,4 @@ fn fused_lm_head_cross_entropy_equals_logits_then_log_softmax_with_gradients() {
     });
     assert!((own - burn).abs() < 1e-5 * burn.abs(), "untracked loss {own} against {burn}");
 }
+

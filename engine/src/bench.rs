@@ -267,6 +267,22 @@ pub fn bench_ops(device: &Device, tokens: usize, d_model: usize, d_ff: usize, vo
     let swiglu_kernel_both_ms = time(&|| backward(&kernels::swiglu));
     let matmul_ms = time(&|| drop(x.clone().matmul(w.clone())));
     let gated = tokens * d_ff;
+    // The LM head (tied: the embedding read transposed) and its cross-entropy, forward and
+    // backward: fused (kernels::linear_cross_entropy) against logits -> log-softmax.
+    let ad = device.clone().autodiff();
+    let hidden = Tensor::<2>::random([tokens, d_model], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let embedding = Tensor::<2>::random([vocab, d_model], Distribution::Normal(0.0, 0.02), &ad).require_grad();
+    let ids: Vec<i64> = (0..tokens as i64).map(|t| (t * 7919) % vocab as i64).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens]), &ad);
+    let token_weights = Tensor::<1>::full([tokens], 1.0 / tokens as f64, &ad);
+    let head_backward = |loss: Tensor<1>| drop(embedding.grad(&loss.backward()));
+    let fused_head_ms = time(&|| head_backward(kernels::linear_cross_entropy(hidden.clone() * 1.0, embedding.clone().transpose(), targets.clone(), token_weights.clone(), true)));
+    let unfused_head_ms = time(&|| {
+        let logits = kernels::matmul(hidden.clone() * 1.0, embedding.clone().transpose());
+        let log_probs = crate::model::lm::token_log_probs(logits.unsqueeze_dim(0), targets.clone().unsqueeze_dim(0)).squeeze_dim::<1>(0);
+        head_backward((log_probs * token_weights.clone()).sum().neg())
+    });
+    let head = |what: &str, ms: f64| OpRow { op: format!("LM head + cross-entropy fwd+bwd, {what}"), ms, rate: 6.0 * (tokens * d_model * vocab) as f64 / (ms / 1e3), unit: "FLOP/s" };
     vec![
         elementwise(&format!("exp [{tokens}, {vocab}] (Burn)"), tokens * vocab, exp_ms),
         elementwise(&format!("exp [{tokens}, {vocab}] (engine kernel)"), tokens * vocab, exp_kernel_ms),
@@ -274,6 +290,8 @@ pub fn bench_ops(device: &Device, tokens: usize, d_model: usize, d_ff: usize, vo
         elementwise(&format!("silu(g) * u [{tokens}, {d_ff}] (engine kernel)"), gated, swiglu_kernel_ms),
         elementwise(&format!("silu(g) * u forward+backward (Burn)"), gated, swiglu_both_ms),
         elementwise(&format!("silu(g) * u forward+backward (engine kernel)"), gated, swiglu_kernel_both_ms),
+        head(&format!("fused [{tokens}, {d_model}] x [{d_model}, {vocab}]"), fused_head_ms),
+        head("logits then log-softmax", unfused_head_ms),
         OpRow {
             op: format!("matmul [{tokens}, {d_model}] x [{d_model}, {d_ff}]"),
             ms: matmul_ms,
