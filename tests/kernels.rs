@@ -203,3 +203,34 @@ fn fused_lm_head_cross_entropy_equals_logits_then_log_softmax_with_gradients() {
     assert!((own - burn).abs() < 1e-5 * burn.abs(), "untracked loss {own} against {burn}");
 }
 
+
+#[test]
+fn fused_adamw_update_equals_the_tensor_by_tensor_update() {
+    use btx::kernels::vector_math::AdamWScalars;
+    let device = cpu();
+    // Enough elements for several parallel chunks and a tail.
+    let n = 70_001;
+    let random = |std: f64| Tensor::<1>::random([n], Distribution::Normal(0.0, std), &device);
+    let (x, g, m) = (random(1.0), random(0.1), random(0.01));
+    let v = random(1e-3).abs();
+    let h = AdamWScalars {
+        lr: 3e-3, grad_scale: 0.7, b1: 0.9, one_minus_b1: 0.1, b2: 0.95, one_minus_b2: 0.05,
+        eps: 1e-8, decay: 1.0 - 3e-4, m_correction: 1.0 / (1.0 - 0.9f32.powi(3)), v_correction: 1.0 / (1.0 - 0.95f32.powi(3)),
+    };
+    let (x1, m1, v1) = kernels::adamw_update(x.clone(), g.clone(), m.clone(), v.clone(), h);
+    // The update written out with Burn's operations, in the same order.
+    let g = g * h.grad_scale;
+    let m2 = m * h.b1 + g.clone() * h.one_minus_b1;
+    let v2 = v * h.b2 + g.square() * h.one_minus_b2;
+    let step = (m2.clone() * h.m_correction) / ((v2.clone() * h.v_correction).sqrt() + h.eps);
+    let x2 = x.clone() * h.decay - step * h.lr;
+    for (what, a, b) in [("x", x1, x2), ("m", m1, m2), ("v", v1, v2)] {
+        let diff = relative_diff(&to_vec(a), &to_vec(b));
+        assert!(diff < 1e-6, "{what} differs by {diff:e}");
+    }
+    // The input parameter is not changed in place where another tensor holds it.
+    let before = to_vec(x.clone());
+    let kept = x.clone();
+    let _ = kernels::adamw_update(x, Tensor::zeros([n], &device) + 1.0, Tensor::zeros([n], &device), Tensor::zeros([n], &device), h);
+    assert_eq!(to_vec(kept), before);
+}

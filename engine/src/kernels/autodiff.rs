@@ -117,6 +117,16 @@ impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
         }
     }
 
+    fn adamw_update(
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        _: super::vector_math::AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unreachable!("the optimizer updates plain tensors (kernels::adamw_update checks)")
+    }
+
     fn linear_cross_entropy(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,

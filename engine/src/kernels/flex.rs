@@ -38,6 +38,18 @@ impl OwnKernels for Flex {
         super::gemm::matmul(&a, &b)
     }
 
+    fn adamw_update(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scalars: vector_math::AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (mut x, mut m, mut v) = (owned(x), owned(m), owned(v));
+        vector_math::adamw_in_place(x.storage_mut(), m.storage_mut(), v.storage_mut(), &f32s(&grad), &scalars);
+        (x, m, v)
+    }
+
     fn linear_cross_entropy(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -117,6 +129,15 @@ pub(super) fn f32s(x: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
         Some(slice) => std::borrow::Cow::Borrowed(slice),
         None => std::borrow::Cow::Owned(x.to_contiguous().storage::<f32>().to_vec()),
     }
+}
+
+/// `x` (f32) as a contiguous tensor whose storage holds exactly its elements, ready to be
+/// written in place: itself when it already is (its buffer is then copied only if another
+/// tensor shares it), else a copy.
+fn owned(x: FlexTensor) -> FlexTensor {
+    let n = x.shape().num_elements();
+    let whole = x.layout().contiguous_offsets() == Some((0, n)) && x.storage::<f32>().len() == n;
+    if whole { x } else { tensor_from(f32s(&x).into_owned(), x.shape()) }
 }
 
 /// `N` new contiguous f32 tensors of `like`'s shape, to be written in full. Built from a

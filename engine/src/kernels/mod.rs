@@ -38,6 +38,15 @@ pub trait OwnKernels: Backend {
     /// z_t = h_t W, for `hidden` [tokens, d_model], `weight` [d_model, vocab], `targets`
     /// [tokens] and `token_weights` [tokens] (constants). `weight_grad`: whether the head's
     /// weight needs its gradient.
+    /// One AdamW update of a flat parameter `x` with its gradient and moments: the new
+    /// parameter and moments (see `vector_math::adamw_in_place`).
+    fn adamw_update(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scalars: vector_math::AdamWScalars,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     fn linear_cross_entropy(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -120,6 +129,27 @@ pub fn linear_cross_entropy(hidden: Tensor<2>, weight: Tensor<2>, targets: Tenso
     let logits = matmul(hidden, weight);
     let log_probs = crate::model::lm::token_log_probs(logits.unsqueeze_dim(0), targets.unsqueeze_dim(0)).squeeze_dim(0);
     (log_probs * token_weights.detach()).sum().neg()
+}
+
+/// One AdamW update (Loshchilov & Hutter 2019) of a flat parameter `x` [n] from its gradient
+/// and moments, all [n]: returns the new parameter and moments. On the CPU backend one pass
+/// in place (`vector_math::adamw_in_place`); elsewhere Burn's operations, in the same order.
+pub fn adamw_update(x: Tensor<1>, grad: Tensor<1>, m: Tensor<1>, v: Tensor<1>, h: vector_math::AdamWScalars) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let all_f32 = [&grad, &m, &v].iter().all(|t| t.dtype() == DType::F32 && t.dims() == x.dims());
+    if runs_own_kernel(&x) && all_f32 && !x.is_autodiff() {
+        // Moments restored from a checkpoint may sit on the autodiff device: no graph is
+        // involved, so they are read as plain tensors.
+        let plain = |t: Tensor<1>| if t.is_autodiff() { t.inner() } else { t };
+        let (grad, m, v) = (plain(grad), plain(m), plain(v));
+        let (x, m, v) = <Dispatch as OwnKernels>::adamw_update(x.into_dispatch(), grad.into_dispatch(), m.into_dispatch(), v.into_dispatch(), h);
+        return (Tensor::from_dispatch(x), Tensor::from_dispatch(m), Tensor::from_dispatch(v));
+    }
+    let g = grad * h.grad_scale;
+    let m = m * h.b1 + g.clone() * h.one_minus_b1;
+    let v = v * h.b2 + g.square() * h.one_minus_b2;
+    let step = (m.clone() * h.m_correction) / ((v.clone() * h.v_correction).sqrt() + h.eps);
+    let x = if h.decay != 1.0 { x * h.decay } else { x };
+    (x - step * h.lr, m, v)
 }
 
 /// e^x.

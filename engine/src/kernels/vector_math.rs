@@ -204,6 +204,43 @@ fn lanes_sum(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail.iter().sum::<f32>()
 }
 
+/// One AdamW update in place (the optimizer's, `train/adamw.rs`), one pass over the four
+/// streams: with g = grad_scale * grad,
+///   m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,
+///   x = decay x - lr (m c1) / (sqrt(v c2) + eps)
+/// (c1, c2 the bias corrections, decay = 1 - lr wd). The same operations in the same order
+/// as the tensor-by-tensor version, so the same floats.
+pub fn adamw_in_place(x: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], h: &AdamWScalars) {
+    let h = *h;
+    elementwise([grad], [x, m, v], #[inline(always)] move |[grad], [x, m, v]| {
+        for i in 0..grad.len() {
+            let g = grad[i] * h.grad_scale;
+            let m_i = m[i] * h.b1 + g * h.one_minus_b1;
+            let v_i = v[i] * h.b2 + g * g * h.one_minus_b2;
+            let step = (m_i * h.m_correction) / ((v_i * h.v_correction).sqrt() + h.eps);
+            x[i] = x[i] * h.decay - step * h.lr;
+            m[i] = m_i;
+            v[i] = v_i;
+        }
+    });
+}
+
+/// The scalars of one AdamW update, as f32 (what the backend's scalar operations use).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWScalars {
+    pub lr: f32,
+    pub grad_scale: f32,
+    pub b1: f32,
+    pub one_minus_b1: f32,
+    pub b2: f32,
+    pub one_minus_b2: f32,
+    pub eps: f32,
+    /// 1 - lr * weight decay (1 where the parameter is not decayed).
+    pub decay: f32,
+    pub m_correction: f32,
+    pub v_correction: f32,
+}
+
 /// out = e^x.
 pub fn exp_into(x: &[f32], out: &mut [f32]) {
     elementwise([x], [out], #[inline(always)] |[x], [out]| {

@@ -15,6 +15,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 
 use super::config::OptimizerConfig;
+use crate::kernels::vector_math::AdamWScalars;
 use crate::checkpoint::module_tensors::{to_device, to_host};
 use crate::checkpoint::tensor_file::{HostTensor, TensorMap};
 
@@ -113,21 +114,27 @@ impl ModuleMapper for Update<'_> {
         let x = tensor.inner();
         let shape = x.dims();
         let n = shape.iter().product::<usize>();
-        let g = grad.reshape([n]) * self.grad_scale;
+        let g = grad.reshape([n]);
         let path = self.path.join(".");
         let lr = if crate::checkpoint::tensor_names::is_router(&path) { self.lr * self.router_lr_multiplier } else { self.lr };
         let Moments { m, v } = self.moments.remove(&path).unwrap_or_else(|| Moments {
             m: g.zeros_like(),
             v: g.zeros_like(),
         });
-        let m = m * self.b1 + g.clone() * (1.0 - self.b1);
-        let v = v * self.b2 + g.square() * (1.0 - self.b2);
-        let step = (m.clone() * self.m_correction) / ((v.clone() * self.v_correction).sqrt() + self.eps);
-        let mut x = x.reshape([n]);
-        if D >= 2 && self.weight_decay > 0.0 {
-            x = x * (1.0 - lr * self.weight_decay);
-        }
-        let x = x - step * lr;
+        let decayed = D >= 2 && self.weight_decay > 0.0;
+        let scalars = AdamWScalars {
+            lr: lr as f32,
+            grad_scale: self.grad_scale as f32,
+            b1: self.b1 as f32,
+            one_minus_b1: (1.0 - self.b1) as f32,
+            b2: self.b2 as f32,
+            one_minus_b2: (1.0 - self.b2) as f32,
+            eps: self.eps as f32,
+            decay: if decayed { (1.0 - lr * self.weight_decay) as f32 } else { 1.0 },
+            m_correction: self.m_correction as f32,
+            v_correction: self.v_correction as f32,
+        };
+        let (x, m, v) = crate::kernels::adamw_update(x.reshape([n]), g, m, v, scalars);
         self.moments.insert(path, Moments { m, v });
         let mut x = Tensor::<D>::from_inner(x.reshape(shape));
         if require_grad {
