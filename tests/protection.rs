@@ -262,3 +262,38 @@ fn a_panic_on_any_thread_ends_the_process_with_a_clear_error() {
     assert!(stderr.contains("thread `test-panic` panicked") && stderr.contains("BTX_TEST_PANIC_IN_THREAD is set"), "{stderr}");
     assert!(!stderr.contains("stack backtrace"), "{stderr}");
 }
+
+/// Peak resident memory of a `btx` run that ends, in KB (wait4's rusage: that child alone).
+fn peak_kb_of(command: &mut Command) -> i64 {
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill; the pid is our child's.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "btx train failed");
+    usage.ru_maxrss
+}
+
+/// Memory that stays flat: a CPU run's peak after 200 steps is within 5% of its peak after
+/// 20 (each step's buffers are freed and reused, nothing accumulates per step).
+#[test]
+fn peak_memory_after_200_steps_is_within_5_percent_of_the_peak_after_20() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 20);
+    config.model.d_model = 64;
+    config.batch_size = 4;
+    config.data.seq_len = 64;
+    config.checkpoint_every = 1000;
+    let mut peaks = Vec::new();
+    for steps in [20, 200] {
+        config.steps = steps;
+        let path = dir.path().join(format!("train-{steps}.ron"));
+        std::fs::write(&path, to_ron(&config).unwrap()).unwrap();
+        let out = dir.path().join(format!("run-{steps}"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_btx"));
+        command.args(["train", "--config", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"]);
+        peaks.push(peak_kb_of(&mut command));
+    }
+    let (short, long) = (peaks[0] as f64, peaks[1] as f64);
+    assert!(long <= short * 1.05, "peak memory grew from {short} KB after 20 steps to {long} KB after 200");
+}
