@@ -135,3 +135,23 @@ fn lora_settings_are_checked_naming_the_field() {
     let err = config.validate("x.ron").unwrap_err().to_string();
     assert!(err.contains("`lora` and `trainable`"), "{err}");
 }
+
+#[test]
+fn a_lora_run_counts_the_flops_it_does() {
+    // Per token: 2 (forward) + 2 (input gradients) per base weight, 6 per adapter parameter.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 2);
+    let full = config.train_flops_per_token();
+    config.lora = Some(lora_config(2, &["q_proj", "down_proj"]));
+    let m = &config.model;
+    // q_proj d -> d and down_proj d_ff -> d in each layer, rank 2.
+    let adapters = m.n_layers * 2 * ((m.d_model + m.d_model) + (m.d_ff + m.d_model));
+    assert_eq!(config.lora.as_ref().unwrap().active_adapter_params(m), adapters);
+    let expected = full - 2.0 * m.matmul_params() as f64 + 6.0 * adapters as f64;
+    assert!((config.train_flops_per_token() - expected).abs() < 1e-6 * expected);
+    assert!(config.train_flops_per_token() < full);
+    // The run's state records them.
+    let summary = train(&config, "test", &cpu_selected(), &TrainOptions { out: dir.path().join("run"), resume: false, progress: false, stop_after: None }).unwrap();
+    let tokens = summary.state.tokens_seen as f64;
+    assert!((summary.state.train_flops - expected * tokens).abs() < 1e-6 * expected * tokens);
+}

@@ -210,10 +210,14 @@ impl ModelConfig {
     /// score and mix matmuls (nanoGPT's estimate, 12 x layers x d_model x seq_len, once per
     /// attention expert).
     pub fn train_flops_per_token(&self, seq_len: usize) -> f64 {
-        let matmul_params = self.active_params() - self.vocab_size * self.d_model
-            + if self.tie_embeddings { self.vocab_size * self.d_model } else { 0 };
         let attentions = self.attention_experts.as_ref().map_or(1, |a| a.num_experts);
-        6.0 * matmul_params as f64 + 12.0 * (attentions * self.n_layers * self.d_model * seq_len) as f64
+        6.0 * self.matmul_params() as f64 + 12.0 * (attentions * self.n_layers * self.d_model * seq_len) as f64
+    }
+
+    /// The weights a token's matrix products use: the active parameters less the embedding
+    /// lookup, plus the LM head's products when it is the tied embedding.
+    pub fn matmul_params(&self) -> usize {
+        self.active_params() - self.vocab_size * self.d_model + if self.tie_embeddings { self.vocab_size * self.d_model } else { 0 }
     }
 }
 

@@ -70,6 +70,41 @@ impl LoraConfig {
     }
 }
 
+impl LoraConfig {
+    /// Adapter parameters a token passes through in `model` (r x (in + out) per targeted
+    /// projection of every layer; in an MoE layer, of the experts a token is routed to and
+    /// the shared expert).
+    pub fn active_adapter_params(&self, model: &crate::config::ModelConfig) -> usize {
+        let (d, q, kv) = (model.d_model, model.q_dim(), model.kv_heads() * model.head_dim());
+        let targeted = |name: &str| self.targets.iter().any(|t| t == name);
+        let adapter = |name: &str, d_in: usize, d_out: usize| if targeted(name) { self.rank * (d_in + d_out) } else { 0 };
+        let attention = adapter("q_proj", d, q) + adapter("k_proj", d, kv) + adapter("v_proj", d, kv) + adapter("o_proj", q, d);
+        let ffn = |d_ff: usize| adapter("gate_proj", d, d_ff) + adapter("up_proj", d, d_ff) + adapter("down_proj", d_ff, d);
+        (0..model.n_layers)
+            .map(|layer| {
+                attention
+                    + match &model.moe {
+                        Some(moe) if moe.is_moe_layer(layer) => {
+                            moe.active_experts() * ffn(moe.expert_d_ff.unwrap_or(model.d_ff)) + if moe.shared_expert { ffn(model.d_ff) } else { 0 }
+                        }
+                        _ => ffn(model.d_ff),
+                    }
+            })
+            .sum()
+    }
+
+    /// Training FLOPs per token of a LoRA run: the forward pass (2 per weight) and the
+    /// gradient of each layer's input (2 per weight) through the frozen base, no gradient of
+    /// its weights; the adapters' forward and backward in full (6 per parameter); attention's
+    /// score products as in a full run. `ModelConfig::train_flops_per_token` is the full
+    /// run's 6 per weight.
+    pub fn train_flops_per_token(&self, model: &crate::config::ModelConfig, seq_len: usize) -> f64 {
+        let full = model.train_flops_per_token(seq_len);
+        let weights_part = 6.0 * model.matmul_params() as f64;
+        full - weights_part / 3.0 + 6.0 * self.active_adapter_params(model) as f64
+    }
+}
+
 /// `model` with a fresh adapter on every targeted projection (A drawn from `seed` and the
 /// layer's path, B zero: the model's outputs are unchanged until it trains).
 pub fn attach(model: LanguageModel, config: &LoraConfig) -> Result<LanguageModel> {

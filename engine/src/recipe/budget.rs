@@ -88,11 +88,15 @@ impl Plan<'_> {
     /// Training FLOPs of BTX beyond the seed: every expert plus the first BTX finetune.
     fn btx_budget(&self) -> Result<f64> {
         let r = self.recipe;
-        let dense_per_step = r.model.train_flops_per_token(r.seq_len) * self.tokens_per_step();
-        let mut budget: f64 = r.experts.iter().map(|e| e.steps as f64 * dense_per_step).sum();
+        // A LoRA stage computes no weight gradients for its frozen base: fewer FLOPs a token.
+        let per_token = |model: &crate::config::ModelConfig, lora: Option<crate::model::lora::LoraConfig>| match lora {
+            Some(lora) => lora.train_flops_per_token(model, r.seq_len),
+            None => model.train_flops_per_token(r.seq_len),
+        };
+        let mut budget: f64 = r.experts.iter().map(|e| e.steps as f64 * per_token(&r.model, r.expert_lora_of(e)) * self.tokens_per_step()).sum();
         if let Some(m) = r.merges.iter().find(|m| m.method == MergeMethod::Btx) {
             let moe = read_model_config(&self.dir(&StageId::Merge(m.name.clone())))?;
-            budget += r.finetune.steps as f64 * moe.train_flops_per_token(r.seq_len) * self.tokens_per_step();
+            budget += r.finetune.steps as f64 * per_token(&moe, r.finetune.lora.clone()) * self.tokens_per_step();
         }
         Ok(budget)
     }

@@ -230,6 +230,15 @@ impl TrainConfig {
     }
 
     /// Checks every field that a parser cannot; `origin` names the file in errors.
+    /// Training FLOPs per token: a full run's (`ModelConfig::train_flops_per_token`), or a
+    /// LoRA run's, whose frozen base computes no weight gradients.
+    pub fn train_flops_per_token(&self) -> f64 {
+        match &self.lora {
+            Some(lora) => lora.train_flops_per_token(&self.model, self.data.seq_len),
+            None => self.model.train_flops_per_token(self.data.seq_len),
+        }
+    }
+
     pub fn validate(&self, origin: &str) -> Result<()> {
         self.model.validate(origin)?;
         if let Some(lora) = &self.lora {

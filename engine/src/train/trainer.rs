@@ -68,7 +68,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
     model = freeze_untrainable(model, config, origin)?;
 
     let mut metrics = MetricsLog::open(&out.join("metrics.jsonl"), state.step)?;
-    let flops_per_token = config.model.train_flops_per_token(config.data.seq_len);
+    let flops_per_token = config.train_flops_per_token();
     let tokens_per_step = config.tokens_per_step();
     let progress = progress_bar(options.progress, config.steps, state.step);
     let session_start_step = state.step;
