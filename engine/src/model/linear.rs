@@ -65,7 +65,8 @@ impl Linear {
                     x = x * mask / keep;
                 }
                 let low_rank = crate::kernels::linear(crate::kernels::linear(x, a.val(), None), b.val(), None);
-                y.clone() + (low_rank * self.lora_scale).cast(y.dtype())
+                let dtype = y.dtype();
+                y + (low_rank * self.lora_scale).cast(dtype)
             }
             _ => y,
         }
