@@ -171,12 +171,11 @@ pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, devic
     let ad = device.clone().autodiff();
     let mut model = LanguageModel::seeded(config, 0, &ad);
     if let Some(rank) = lora_rank {
-        use crate::model::lora::{self, ADAPTER_NAMES, LoraConfig, PROJECTIONS};
+        use crate::model::lora::{self, LoraConfig, PROJECTIONS};
         let targets = PROJECTIONS.iter().map(|p| p.to_string()).collect();
         let lora = LoraConfig { rank, alpha: Some(2.0 * rank as f64), dropout: 0.0, targets };
         model = lora::attach(model, &lora).expect("a dense model takes adapters on every projection");
-        let adapters: Vec<String> = ADAPTER_NAMES.iter().map(|n| n.to_string()).collect();
-        model = crate::checkpoint::module_tensors::freeze_all_but(model, &adapters).0;
+        model = crate::checkpoint::module_tensors::freeze_all_but(model, &lora::trainable_names()).0;
     }
     let mut optimizer = AdamW::new(OptimizerConfig {
         lr: 1e-4, warmup_steps: 0, min_lr_ratio: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, router_lr_multiplier: 1.0,
@@ -279,8 +278,7 @@ pub fn bench_ops(device: &Device, tokens: usize, d_model: usize, d_ff: usize, vo
     let fused_head_ms = time(&|| head_backward(kernels::linear_cross_entropy(hidden.clone() * 1.0, embedding.clone().transpose(), targets.clone(), token_weights.clone(), true)));
     let unfused_head_ms = time(&|| {
         let logits = kernels::matmul(hidden.clone() * 1.0, embedding.clone().transpose());
-        let log_probs = crate::model::lm::token_log_probs(logits.unsqueeze_dim(0), targets.clone().unsqueeze_dim(0)).squeeze_dim::<1>(0);
-        head_backward((log_probs * token_weights.clone()).sum().neg())
+        head_backward(crate::model::lm::weighted_nll(logits, targets.clone(), token_weights.clone()))
     });
     let head = |what: &str, ms: f64| OpRow { op: format!("LM head + cross-entropy fwd+bwd, {what}"), ms, rate: 6.0 * (tokens * d_model * vocab) as f64 / (ms / 1e3), unit: "FLOP/s" };
     vec![

@@ -160,19 +160,14 @@ impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
         let (hidden, hidden_node) = hidden.into_parts();
         let (weight, weight_node) = weight.into_parts();
         // The per-token weights are constants (a mask, 1/tokens): no gradient flows to them.
-        let token_weights = flex::f32s(&token_weights.into_parts().0).into_owned();
-        let targets = token_ids(&targets);
+        let token_weights = token_weights.into_parts().0;
         match LinearCrossEntropy.prepare::<C>([hidden_node, weight_node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let wanted = Wanted { hidden: true, weight: weight_grad };
-                let (loss, d_hidden, d_weight) = linear_cross_entropy(&hidden, &weight, &targets, &token_weights, wanted);
-                prep.finish((d_hidden, d_weight), flex::tensor_from(vec![loss as f32], [1].into()))
+                let (loss, d_hidden, d_weight) = linear_cross_entropy(&hidden, &weight, &token_ids(&targets), &flex::f32s(&token_weights), wanted);
+                prep.finish((d_hidden, d_weight), loss)
             }
-            OpsKind::UnTracked(prep) => {
-                let none = Wanted { hidden: false, weight: false };
-                let (loss, ..) = linear_cross_entropy(&hidden, &weight, &targets, &token_weights, none);
-                prep.finish(flex::tensor_from(vec![loss as f32], [1].into()))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as OwnKernels>::linear_cross_entropy(hidden, weight, targets, token_weights, false)),
         }
     }
 

@@ -36,10 +36,11 @@ pub(super) fn linear_cross_entropy(
     targets: &[usize],
     token_weights: &[f32],
     wanted: Wanted,
-) -> (f64, Option<FlexTensor>, Option<FlexTensor>) {
+) -> (FlexTensor, Option<FlexTensor>, Option<FlexTensor>) {
     let vocab = weight.shape().dims::<2>()[1];
     let chunk = CHUNK_ELEMENTS / vocab.max(1);
-    in_chunks(hidden, weight, targets, token_weights, wanted, chunk)
+    let (loss, d_hidden, d_weight) = in_chunks(hidden, weight, targets, token_weights, wanted, chunk);
+    (tensor_from(vec![loss as f32], Shape::from([1])), d_hidden, d_weight)
 }
 
 /// [`linear_cross_entropy`], `chunk` tokens at a time.

@@ -126,9 +126,7 @@ pub fn linear_cross_entropy(hidden: Tensor<2>, weight: Tensor<2>, targets: Tenso
             weight_grad,
         ));
     }
-    let logits = matmul(hidden, weight);
-    let log_probs = crate::model::lm::token_log_probs(logits.unsqueeze_dim(0), targets.unsqueeze_dim(0)).squeeze_dim(0);
-    (log_probs * token_weights.detach()).sum().neg()
+    crate::model::lm::weighted_nll(matmul(hidden, weight), targets, token_weights)
 }
 
 /// One AdamW update (Loshchilov & Hutter 2019) of a flat parameter `x` [n] from its gradient

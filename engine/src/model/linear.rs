@@ -74,7 +74,7 @@ impl Linear {
 
     /// This layer with a fresh adapter of `rank` (A drawn from `seed`, B zero), scale
     /// `alpha / rank` and input dropout `dropout`. (Freezing the base weights is the
-    /// trainer's: `lora::ADAPTER_NAMES`.)
+    /// trainer's: `lora::trainable_names`.)
     pub fn with_adapter_of_rank(self, rank: usize, alpha: f64, dropout: f64, seed: u64) -> Self {
         let [d_in, d_out] = self.dims();
         let device = self.weight.device();

@@ -143,8 +143,7 @@ impl LanguageModel {
     /// scope computes the head in another dtype.
     fn head_loss(&self, hidden: Tensor<2>, targets: Tensor<1, Int>, token_weights: Tensor<1>) -> Tensor<1> {
         if super::autocast::casts(hidden.dtype()) {
-            let log_probs = token_log_probs(self.head(hidden).unsqueeze_dim(0), targets.unsqueeze_dim(0)).squeeze_dim(0);
-            return (log_probs * token_weights).sum().neg();
+            return weighted_nll(self.head(hidden), targets, token_weights);
         }
         let (weight, trains) = match &self.lm_head {
             Some(head) => (head.weight.val(), head.weight.val().is_require_grad()),
@@ -226,6 +225,16 @@ impl TrainingLoss {
             None => self.lm.clone(),
         }
     }
+}
+
+/// sum_t w_t * -log softmax(logits_t)[y_t], the cross-entropy with per-token weights (constants:
+/// 1/tokens for the mean, 0 for a token the loss does not count), from whole logits.
+///
+/// # Shapes
+/// - logits: `[tokens, vocab]`, targets and weights: `[tokens]` -> `[1]`
+pub fn weighted_nll(logits: Tensor<2>, targets: Tensor<1, Int>, token_weights: Tensor<1>) -> Tensor<1> {
+    let log_probs = token_log_probs(logits.unsqueeze_dim(0), targets.unsqueeze_dim(0)).squeeze_dim(0);
+    (log_probs * token_weights.detach()).sum().neg()
 }
 
 /// log softmax(logits)[target] for every position, as logit[target] - logsumexp(logits):

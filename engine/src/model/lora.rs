@@ -39,8 +39,12 @@ fn all_projections() -> Vec<String> {
     PROJECTIONS.iter().map(|p| p.to_string()).collect()
 }
 
-/// The names the trainer keeps trainable under LoRA: the adapters, and nothing else.
-pub const ADAPTER_NAMES: [&str; 2] = ["lora_a", "lora_b"];
+/// What a LoRA run trains, as the trainer's `trainable` name filter: the adapters, and an
+/// MoE's routers in full (they start from nothing); everything else stays frozen.
+pub fn trainable_names() -> Vec<String> {
+    use crate::checkpoint::tensor_names::{ATTENTION_ROUTER_END, ROUTER_END};
+    ["lora_a", "lora_b", ROUTER_END, ATTENTION_ROUTER_END].iter().map(|n| n.to_string()).collect()
+}
 
 impl LoraConfig {
     pub fn alpha(&self) -> f64 {
@@ -129,7 +133,11 @@ pub fn merge(model: LanguageModel) -> LanguageModel {
 /// Whether any projection of `model` carries an adapter.
 pub fn has_adapters(model: &LanguageModel) -> bool {
     let mut found = false;
-    map_projections_ref(model, &mut |layer: &Linear| found |= layer.lora_a.is_some());
+    // A module's clone shares its tensors: nothing is copied.
+    map_projections(model.clone(), |_, _, layer| {
+        found |= layer.lora_a.is_some();
+        layer
+    });
     found
 }
 
@@ -166,17 +174,4 @@ fn map_projections(mut model: LanguageModel, mut f: impl FnMut(&str, &str, Linea
         })
         .collect();
     model
-}
-
-/// Visits each adaptable projection of `model` (as [`map_projections`], read only).
-fn map_projections_ref(model: &LanguageModel, f: &mut impl FnMut(&Linear)) {
-    for block in &model.layers {
-        if let Some(a) = &block.self_attn {
-            [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj].into_iter().for_each(&mut *f);
-        }
-        let ffns = block.mlp.iter().chain(block.block_sparse_moe.iter().flat_map(|m| m.experts.iter().chain(m.shared_expert.iter())));
-        for m in ffns {
-            [&m.gate_proj, &m.up_proj, &m.down_proj].into_iter().for_each(&mut *f);
-        }
-    }
 }

@@ -133,13 +133,8 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         // spiked and rotate a good one out.
         if last || (state.step % config.checkpoint_every == 0 && state.guard.skipped_in_a_row == 0) {
             let training = TrainingParts { optimizer: optimizer.state_tensors(), state: &state, train_config_ron: &config_ron };
-            if let (true, Some(lora)) = (last, &config.lora) {
-                // A dense run's adapters in PEFT's format too (onto its base: `init_from`);
-                // the run's result is a plain model, its adapters merged into the weights.
-                if config.model.moe.is_none() && crate::model::lora::has_adapters(&model) {
-                    crate::hf::peft::write_peft_adapter(&model, lora, &out.join(ADAPTER_DIR))?;
-                }
-                model = crate::model::lora::merge(model);
+            if last {
+                model = finish_lora(model, config, out)?;
             }
             checkpoint::save_checkpoint(out, state.step, &model, &config.model, Some(training), config.retention())?;
         }
@@ -338,11 +333,20 @@ fn apply_update(model: LanguageModel, optimizer: &mut AdamW, grads: GradientsPar
     model
 }
 
+/// The result of a LoRA run: its adapters merged into the weights, a plain model (and, for a
+/// dense model, the adapters written in PEFT's format too, for its base: `init_from`). Any
+/// other run's model is returned as it is.
+fn finish_lora(model: LanguageModel, config: &TrainConfig, out: &Path) -> Result<LanguageModel> {
+    let Some(lora) = &config.lora else { return Ok(model) };
+    if config.model.moe.is_none() && crate::model::lora::has_adapters(&model) {
+        crate::hf::peft::write_peft_adapter(&model, lora, &out.join(ADAPTER_DIR))?;
+    }
+    Ok(crate::model::lora::merge(model))
+}
+
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
 fn freeze_untrainable(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
-    use crate::checkpoint::tensor_names::{ATTENTION_ROUTER_END, ROUTER_END};
-    // A LoRA run trains its adapters, and an MoE's routers in full (they start from nothing).
-    let adapters: Vec<String> = crate::model::lora::ADAPTER_NAMES.iter().chain(&[ROUTER_END, ATTENTION_ROUTER_END]).map(|n| n.to_string()).collect();
+    let adapters = crate::model::lora::trainable_names();
     let trainable = match (&config.trainable, &config.lora) {
         (Some(trainable), _) => trainable,
         // (A finished LoRA run has no adapters left: nothing to freeze.)
