@@ -16,6 +16,7 @@ mod merge;
 mod model;
 mod recipe;
 mod slurm;
+mod tasks;
 mod moe;
 mod moe_lm;
 mod precision;

@@ -140,12 +140,12 @@ fn experts_per_token(aux: &[MoeAux], tokens: usize) -> Vec<Vec<Vec<usize>>> {
         .collect()
 }
 
-fn last_row(logits: Tensor<3>) -> Vec<f32> {
+pub(crate) fn last_row(logits: Tensor<3>) -> Vec<f32> {
     let [_, seq, vocab] = logits.dims();
     logits.narrow(1, seq - 1, 1).reshape([vocab]).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 logits")
 }
 
-fn tokens_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+pub fn tokens_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
     let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
     Tensor::from_data(TensorData::new(data, [1, ids.len()]), device)
 }

@@ -18,6 +18,7 @@ pub mod merge;
 pub mod model;
 pub mod recipe;
 pub mod run_lock;
+pub mod tasks;
 pub mod train;
 
 pub use burn;

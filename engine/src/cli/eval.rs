@@ -31,6 +31,28 @@ pub struct EvalArgs {
     /// Exact-match accuracy on this many addition problems (for arithmetic domains).
     #[arg(long, default_value_t = 0)]
     arithmetic: usize,
+    #[command(flatten)]
+    tasks: TaskArgs,
+}
+
+/// Task evaluation (lm-evaluation-harness's task files) instead of validation perplexity.
+#[derive(clap::Args)]
+pub struct TaskArgs {
+    /// lm-evaluation-harness task files, or folders of them (e.g. assets/tasks).
+    #[arg(long, num_args = 1..)]
+    pub tasks: Vec<PathBuf>,
+    /// Documents per task: the first N, or this share of them below 1 (lm-eval's --limit).
+    #[arg(long)]
+    pub limit: Option<f64>,
+    /// Few-shot examples per document, overriding the tasks' `num_fewshot` (not a task's 0).
+    #[arg(long)]
+    pub num_fewshot: Option<usize>,
+    /// The tokenizer.json (default: the one the checkpoint records).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Keep each document's prompt, answer and target in the --json file.
+    #[arg(long)]
+    pub log_samples: bool,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +87,9 @@ fn print_evals(evals: &[DomainEval]) {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let ckpt = checkpoint::resolve_checkpoint(&args.checkpoint)?;
+    if !args.tasks.tasks.is_empty() {
+        return run_tasks(&ckpt, args.device, &args.tasks, args.json.as_deref());
+    }
     let config_path = args.config.unwrap_or_else(|| ckpt.join(TRAIN_CONFIG_FILE));
     let config = TrainConfig::load(&resolve(&config_path))
         .with_context(|| format!("the data to evaluate on comes from {}", config_path.display()))?;
@@ -124,6 +149,48 @@ pub fn run_ensemble(args: EnsembleArgs) -> Result<()> {
     if let Some(json) = args.json {
         let report = EvalReport { checkpoint: None, experts: args.experts, top_k: Some(k), domains: evals, accuracy: BTreeMap::new() };
         report.write(&json)?;
+    }
+    Ok(())
+}
+
+/// `btx eval --tasks`: scores the checkpoint on lm-evaluation-harness task files.
+fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: Option<&std::path::Path>) -> Result<()> {
+    use crate::tasks::{TaskConfig, TaskOptions, evaluate_task, model::CheckpointModel, results, task_files, task_tokenizer};
+    if let Some(limit) = args.limit
+        && !(limit > 0.0 && limit.is_finite())
+    {
+        anyhow::bail!("--limit must be a positive number (documents, or a share of them below 1), found {limit}");
+    }
+    // Every task file is read and checked before the model is loaded.
+    let configs = task_files(&args.tasks)?.iter().map(|f| TaskConfig::load(f)).collect::<Result<Vec<_>>>()?;
+    let tokenizer_path = match &args.tokenizer {
+        Some(path) => resolve(path),
+        None => crate::hf::checkpoint_tokenizer(ckpt)
+            .with_context(|| format!("{} records no tokenizer; pass --tokenizer PATH/tokenizer.json", ckpt.display()))?,
+    };
+    let tokenizer = task_tokenizer(&tokenizer_path)?;
+    let selected = select_device(device)?;
+    eprintln!("device: {}", selected.description);
+    let (model_config, model) = checkpoint::load_model(ckpt, &selected.device)?;
+    let model = CheckpointModel { model, device: selected.device.clone(), max_length: model_config.max_seq_len };
+    let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
+    let mut scored = Vec::new();
+    for config in configs {
+        let mut result = evaluate_task(&config, &model, &tokenizer, &options)?;
+        if !args.log_samples {
+            result.samples.clear();
+        }
+        scored.push((config, result));
+    }
+    println!("checkpoint {}", ckpt.display());
+    println!("{}", results::results_table(&scored.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>()));
+    if let Some(json) = json {
+        let model_args = serde_json::json!({ "checkpoint": ckpt, "tokenizer": tokenizer_path });
+        let mut value = results::results_json(&scored, model_args, args.limit);
+        if args.log_samples {
+            value["samples"] = serde_json::json!(scored.iter().map(|(_, r)| (r.task.clone(), serde_json::json!(r.samples))).collect::<serde_json::Map<_, _>>());
+        }
+        results::write_results(json, &value)?;
     }
     Ok(())
 }

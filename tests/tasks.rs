@@ -1,0 +1,243 @@
+//! Task evaluation against lm-evaluation-harness: the prompts it builds for the shipped tasks
+//! (few-shot examples from its seeded sampler), sacreBLEU's BLEU and chrF, CPython's random
+//! draws (fixtures made by tests/fixtures/tasks/make_fixtures.py with the tools themselves),
+//! each metric on hand-computed examples, and bad task files refused with their place.
+
+use std::path::{Path, PathBuf};
+
+use btx::tasks::config::{ExactMatchOptions, FilterStep, TaskConfig};
+use btx::tasks::evaluate::{DocWork, TaskModel, TaskOptions, task_prompts};
+use btx::tasks::metrics::{CorpusItems, CorpusMetric, apply_filter, choice_predictions, exact_match, mean_stderr};
+use btx::tasks::python_random::PythonRandom;
+use btx::tasks::sacrebleu::{corpus_bleu, corpus_chrf};
+use serde_json::Value;
+
+use crate::common::repo_root;
+
+fn fixture(name: &str) -> Value {
+    let path = repo_root().join("tests/fixtures/tasks").join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn options(limit: Option<f64>) -> TaskOptions {
+    TaskOptions { limit, num_fewshot: None, progress: false }
+}
+
+#[test]
+fn python_random_draws_as_cpython() {
+    let expected = fixture("python_random.json");
+    let mut rng = PythonRandom::new(1234);
+    for want in expected["seed_1234_random"].as_array().unwrap() {
+        assert_eq!(rng.random(), want.as_f64().unwrap());
+    }
+    let samples = expected["seed_1234_samples_after"].as_array().unwrap();
+    for (want, (n, k)) in samples.iter().zip([(100, 5), (10, 7), (1000, 40)]) {
+        let want: Vec<usize> = want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        assert_eq!(rng.sample(n, k), want, "sample({n}, {k})");
+    }
+    let want: Vec<usize> = expected["seed_0_choices_1000"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(PythonRandom::new(0).choices(1000, 20), want);
+    let want: Vec<usize> = expected["seed_2_40_plus_5_sample_50_3"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+    assert_eq!(PythonRandom::new((1 << 40) + 5).sample(50, 3), want);
+}
+
+#[test]
+fn bleu_and_chrf_equal_sacrebleu() {
+    for case in fixture("sacrebleu.json").as_array().unwrap() {
+        let strings = |key: &str| case[key].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+        let (hyps, refs) = (strings("hypotheses"), strings("references"));
+        let (bleu, chrf) = (corpus_bleu(&hyps, &refs), corpus_chrf(&hyps, &refs));
+        assert!((bleu - case["bleu"].as_f64().unwrap()).abs() < 1e-9, "BLEU of {hyps:?} vs {refs:?}: {bleu} != {}", case["bleu"]);
+        assert!((chrf - case["chrf"].as_f64().unwrap()).abs() < 1e-9, "chrF of {hyps:?} vs {refs:?}: {chrf} != {}", case["chrf"]);
+    }
+}
+
+/// Every shipped task's first documents: the same prompt (description, few-shot examples drawn
+/// by lm-eval's sampler, delimiters) and the same continuations as lm-eval builds.
+#[test]
+fn shipped_task_prompts_equal_lm_eval_requests() {
+    let expected = fixture("requests.json");
+    let expected = expected.as_object().unwrap();
+    let files = btx::tasks::task_files(&[repo_root().join("assets/tasks")]).unwrap();
+    assert_eq!(files.len(), expected.len(), "a task of assets/tasks without a fixture, or the reverse: rerun make_fixtures.py");
+    for file in files {
+        let config = TaskConfig::load(&file).unwrap();
+        let want = expected[&config.name].as_array().unwrap();
+        let prompts = task_prompts(&config, &options(Some(want.len() as f64))).unwrap();
+        for (i, doc) in want.iter().enumerate() {
+            assert_eq!(prompts.contexts[i], doc["context"].as_str().unwrap(), "{} document {i}: context", config.name);
+            match &prompts.work[i] {
+                DocWork::Choices { choices, .. } => {
+                    let continuations: Vec<String> = choices.iter().map(|c| format!("{}{c}", config.target_delimiter)).collect();
+                    let want: Vec<&str> = doc["continuations"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                    assert_eq!(continuations, want, "{} document {i}: continuations", config.name);
+                }
+                DocWork::Generate { .. } => {
+                    let until: Vec<&str> = doc["until"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                    assert_eq!(config.generation.until, until, "{}: stop strings", config.name);
+                    assert_eq!(Some(config.generation.max_gen_toks as u64), doc["max_gen_toks"].as_u64(), "{}: max_gen_toks", config.name);
+                }
+                DocWork::Continuation { .. } => unreachable!("no shipped loglikelihood task"),
+            }
+        }
+    }
+}
+
+#[test]
+fn choice_predictions_normalise_by_characters() {
+    // Log-likelihoods -3 (1 char), -4 (8 chars), -3.5 (2 chars): acc picks the first, acc_norm
+    // divides by length in characters: -3, -0.5, -1.75 -> the second. Ties go to the first.
+    let choices = ["a".to_string(), "abcdefgh".to_string(), "ßé".to_string()];
+    assert_eq!(choice_predictions(&[-3.0, -4.0, -3.5], &choices), (0, 1));
+    assert_eq!(choice_predictions(&[-2.0, -2.0, -2.0], &["x".into(), "y".into(), "z".into()]), (0, 0));
+    // The standard error of the mean with n - 1: values 1, 0, 1, 1 -> sd 0.5, / 2.
+    assert_eq!(mean_stderr(&[1.0, 0.0, 1.0, 1.0]), Some(0.25));
+    assert_eq!(mean_stderr(&[1.0]), None);
+}
+
+#[test]
+fn exact_match_options_and_filters_as_lm_eval() {
+    let plain = ExactMatchOptions::default();
+    assert!(exact_match("42", "42", &plain).unwrap());
+    assert!(!exact_match("42 ", "42", &plain).unwrap());
+    // GSM8K's options: case, then the ignored patterns first of all.
+    let gsm = ExactMatchOptions { regexes_to_ignore: vec![",".into(), "\\$".into(), "(?s).*#### ".into(), "\\.$".into()], ignore_case: true, ..Default::default() };
+    assert!(exact_match("$1,000.", "He pays 1000 in all. #### 1000", &gsm).unwrap());
+    let punct = ExactMatchOptions { ignore_punctuation: true, ignore_case: true, ..Default::default() };
+    assert!(exact_match("Hello, World!", "hello world", &punct).unwrap());
+    let numbers = ExactMatchOptions { ignore_numbers: true, ..Default::default() };
+    assert!(exact_match("abc123", "a1b2c", &numbers).unwrap());
+
+    let strict = [FilterStep::Regex { pattern: r"#### (\-?[0-9\.\,]+)".into(), group_select: 0, fallback: "[invalid]".into() }, FilterStep::TakeFirst];
+    assert_eq!(apply_filter(&strict, vec!["so 3 + 4 = 7 #### 7\n".into()]).unwrap(), "7");
+    assert_eq!(apply_filter(&strict, vec!["no answer".into()]).unwrap(), "[invalid]");
+    // Two groups: the last match, its first non-empty group.
+    let flexible = [FilterStep::Regex { pattern: r"(-?[$0-9.,]{2,})|(-?[0-9]+)".into(), group_select: -1, fallback: "[invalid]".into() }, FilterStep::TakeFirst];
+    assert_eq!(apply_filter(&flexible, vec!["3 apples and 12 pears make 15".into()]).unwrap(), "15");
+    assert_eq!(apply_filter(&flexible, vec!["first 5 then 7".into()]).unwrap(), "7");
+}
+
+#[test]
+fn bootstrap_stderr_of_a_corpus_metric_is_seeded() {
+    let pairs: Vec<(String, String)> = (0..20).map(|i| (format!("word{} w{} x", i % 3, i), format!("word{} w{} y", i % 4, i))).collect();
+    let items = CorpusItems::Pairs(&pairs);
+    let a = CorpusMetric::Chrf.bootstrap_stderr(&items).unwrap();
+    assert_eq!(a, CorpusMetric::Chrf.bootstrap_stderr(&items).unwrap());
+    assert!(a > 0.0 && a.is_finite());
+    assert_eq!(CorpusMetric::Chrf.bootstrap_stderr(&CorpusItems::Pairs(&pairs[..1])), None);
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn task_error(dir: &Path, yaml: &str) -> String {
+    let file = write(dir, "task.yaml", yaml);
+    match TaskConfig::load(&file).and_then(|c| task_prompts(&c, &options(None)).map(|_| ())) {
+        Ok(()) => panic!("accepted:\n{yaml}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+const MC: &str = "task: t\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: docs.jsonl\ntest_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: \"{{choices}}\"\ndoc_to_target: label\n";
+
+#[test]
+fn bad_task_files_are_refused_with_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "docs.jsonl", "{\"q\": \"2+2=\", \"choices\": [\"4\", \"5\"], \"label\": 0}\n");
+    let e = task_error(dir.path(), "task: t\n  bad: : [\n");
+    assert!(e.contains("task.yaml") && e.contains("line 2"), "{e}");
+    let e = task_error(dir.path(), &format!("{MC}process_docs: !function utils.process_docs\n"));
+    assert!(e.contains("process_docs") && e.contains("!function") && e.contains("task.yaml"), "{e}");
+    let e = task_error(dir.path(), &format!("{MC}metric_list:\n  - metric: !function utils.f1\n"));
+    assert!(e.contains("metric_list[0].metric") && e.contains("Python hook"), "{e}");
+    let e = task_error(dir.path(), &format!("{MC}metric_list:\n  - metric: mcc\n"));
+    assert!(e.contains("metric `mcc` is not supported"), "{e}");
+    let e = task_error(dir.path(), &format!("{MC}shuffle_choices: true\n"));
+    assert!(e.contains("`shuffle_choices`"), "{e}");
+    let e = task_error(dir.path(), &MC.replace("docs.jsonl", "missing.jsonl"));
+    assert!(e.contains("missing.jsonl") && e.contains("not found"), "{e}");
+    let e = task_error(dir.path(), &MC.replace("{{q}}", "{{question}}"));
+    assert!(e.contains("document 0") && e.contains("question") && e.contains("undefined"), "{e}");
+    write(dir.path(), "out_of_range.jsonl", "{\"q\": \"2+2=\", \"choices\": [\"4\", \"5\"], \"label\": 2}\n");
+    let e = task_error(dir.path(), &MC.replace("docs.jsonl", "out_of_range.jsonl"));
+    assert!(e.contains("document 0") && e.contains("index 2") && e.contains("2 choices"), "{e}");
+    write(dir.path(), "empty.jsonl", "\n");
+    let e = task_error(dir.path(), &MC.replace("docs.jsonl", "empty.jsonl"));
+    assert!(e.contains("split `test` is empty"), "{e}");
+    write(dir.path(), "broken.jsonl", "{\"q\": \"1\"}\n{\"q\": \n");
+    let e = task_error(dir.path(), &MC.replace("docs.jsonl", "broken.jsonl"));
+    assert!(e.contains("broken.jsonl line 2"), "{e}");
+    let e = task_error(dir.path(), &MC.replace("dataset_path: json", "dataset_path: cais/mmlu"));
+    assert!(e.contains("cais/mmlu") && e.contains("local files"), "{e}");
+}
+
+/// `include:` merges the included file's keys under the including file's.
+#[test]
+fn include_merges_top_level_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "docs.jsonl", "{\"q\": \"2+2=\", \"choices\": [\"4\", \"5\"], \"label\": 0}\n");
+    write(dir.path(), "base.yaml", &format!("{MC}target_delimiter: \"|\"\nnum_fewshot: 0\n"));
+    let file = write(dir.path(), "child.yaml", "include: base.yaml\ntask: child\ntarget_delimiter: \" \"\n");
+    let config = TaskConfig::load(&file).unwrap();
+    assert_eq!((config.name.as_str(), config.target_delimiter.as_str()), ("child", " "));
+    assert_eq!(config.doc_to_target, btx::tasks::config::DocField::Text("label".into()));
+}
+
+fn tiny_scorer(seed: u64) -> btx::tasks::model::CheckpointModel {
+    let config = crate::common::tiny_model(4, 2);
+    let model = btx::model::LanguageModel::seeded(&config, seed, &crate::common::cpu());
+    btx::tasks::model::CheckpointModel { model, device: crate::common::cpu(), max_length: config.max_seq_len }
+}
+
+/// Batching (right padding, lengths mixed) changes no log-likelihood, and each equals the sum of
+/// the model's own next-token log-probabilities over the continuation.
+#[test]
+fn batched_loglikelihoods_equal_one_sequence_at_a_time() {
+    let scorer = tiny_scorer(3);
+    let sequences: Vec<Vec<u32>> = vec![(1..40).collect(), vec![5, 9, 700, 3], (100..117).map(|t| t * 7).collect()];
+    let lens = [5usize, 2, 16];
+    let batched = scorer.loglikelihoods(&sequences, &lens).unwrap();
+    for (i, (seq, &len)) in sequences.iter().zip(&lens).enumerate() {
+        let alone = scorer.loglikelihoods(std::slice::from_ref(seq), &[len]).unwrap()[0];
+        assert!((batched[i].0 - alone.0).abs() < 1e-4, "sequence {i}: batched {} alone {}", batched[i].0, alone.0);
+        assert_eq!(batched[i].1, alone.1);
+        let inputs = btx::generate::tokens_tensor(&seq[..seq.len() - 1], &crate::common::cpu());
+        let targets = btx::generate::tokens_tensor(&seq[1..], &crate::common::cpu());
+        let lp = crate::common::to_vec(scorer.model.token_log_probs(inputs, targets));
+        let direct: f64 = lp[lp.len() - len..].iter().map(|&v| v as f64).sum();
+        assert!((alone.0 - direct).abs() < 1e-4, "sequence {i}: {} vs {direct}", alone.0);
+    }
+    // A continuation made of the greedy tokens is greedy.
+    let mut greedy_seq = vec![11u32, 12, 13];
+    let generated = scorer.greedy(&greedy_seq, 3, None, &mut |_| false).unwrap();
+    greedy_seq.extend(&generated);
+    assert!(scorer.loglikelihoods(&[greedy_seq], &[3]).unwrap()[0].1);
+}
+
+/// `btx eval --tasks` from another folder: the shipped tasks' data found from the task files,
+/// a context longer than the model's 64 positions truncated on the left, lm-eval's results shape.
+#[test]
+fn btx_eval_tasks_writes_lm_eval_results() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::seed_checkpoint(dir.path(), "seed", 5);
+    let root = repo_root();
+    let (sums, code) = (root.join("assets/tasks/arithmetic_sums.yaml"), root.join("assets/tasks/continuation_code.yaml"));
+    let tokenizer = root.join("assets/tokenizer.json");
+    let (ok, stderr) = crate::common::run_btx(
+        &["eval", "--checkpoint", "seed", "--device", "cpu", "--tasks", sums.to_str().unwrap(), code.to_str().unwrap(), "--limit", "3", "--tokenizer", tokenizer.to_str().unwrap(), "--json", "out.json", "--log-samples"],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("out.json")).unwrap()).unwrap();
+    let code = &results["results"]["continuation_code"];
+    for key in ["acc,none", "acc_stderr,none", "acc_norm,none", "acc_norm_stderr,none"] {
+        assert!(code[key].is_number(), "{key} in {code}");
+    }
+    assert!(results["results"]["arithmetic_sums"]["exact_match,leading-int"].is_number(), "{results}");
+    assert_eq!(results["n-shot"]["arithmetic_sums"], 3);
+    assert_eq!(results["n-samples"]["continuation_code"]["effective"], 3);
+    assert_eq!(results["samples"]["continuation_code"].as_array().unwrap().len(), 3);
+}
