@@ -247,6 +247,9 @@ fn recipe_errors_name_the_field() {
     let e = recipe_error(&good.replace("optimizer: (lr: 1e-2", "moe: (top_k: 3),\n    optimizer: (lr: 1e-2"));
     assert!(e.contains("top_k"), "{e}");
 
+    let e = recipe_error(&good.replace("ensemble_sequences: 4)", "ensemble_sequences: 4, tasks: [\"no/such/task.yaml\"])"));
+    assert!(e.contains("eval.tasks") && e.contains("no/such/task.yaml"), "{e}");
+
     let e = recipe_error(&good.replace("seq_len: 32", "seq_len: 500"));
     assert!(e.contains("seq_len") && e.contains("max_seq_len"), "{e}");
 
@@ -442,8 +445,9 @@ fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
         (name: "drop", method: Upcycle(experts: 2, drop_ratio: 0.5)),
         (name: "hidden", method: Btx, moe: (top_k: 2, router_init: Hidden)),"#,
         )
-        .replace("    merges: [", "    later_experts: [(name: \"code\", data: [(\"code\", 1.0)], steps: 4)],\n    merges: [");
-    assert!(text.contains("later_experts") && text.contains("Bam(shared_kv: true)"));
+        .replace("    merges: [", "    later_experts: [(name: \"code\", data: [(\"code\", 1.0)], steps: 4)],\n    merges: [")
+        .replace("ensemble_sequences: 4)", &format!("ensemble_sequences: 4, tasks: [{:?}, {:?}], task_limit: 2)", repo_root().join("assets/tasks/continuation_code.yaml"), repo_root().join("assets/tasks/arithmetic_sums.yaml")));
+    assert!(text.contains("later_experts") && text.contains("Bam(shared_kv: true)") && text.contains("task_limit"));
     let out = dir.path().join("run");
     let (ok, stderr) = run_recipe(dir.path(), &text, &out);
     assert!(ok, "{stderr}");
@@ -451,6 +455,17 @@ fn a_recipe_runs_the_family_of_methods_and_grows_the_merged_models() {
     for row in ["| bam |", "| shared |", "| drop |", "| btx + code (added) |", "| btx + code |", "| bam + code |", "| shared + code |", "| ensemble + code |"] {
         assert!(report.contains(row), "no row {row}:\n{report}");
     }
+    // Every model but the ensembles was scored on the tasks, as the task table and figure show.
+    let tasks = &report[report.find("## Tasks").expect("a task section")..];
+    assert!(tasks.contains("continuation_code (acc,none)") && tasks.contains("arithmetic_sums (exact_match,leading-int)"), "{tasks}");
+    for row in ["| seed |", "| bam + code |", "| dense |"] {
+        assert!(tasks.contains(row), "no task row {row}:\n{tasks}");
+    }
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let bam = record["models"].as_array().unwrap().iter().find(|m| m["model"] == "bam").unwrap();
+    assert!(bam["tasks"]["continuation_code"]["value"].is_number(), "{bam}");
+    let figure = record["figures"].as_array().unwrap().iter().find(|f| f["file"] == "tasks.png").expect("tasks.png");
+    assert!(figure["texts"].as_array().unwrap().iter().any(|t| t == "continuation_code"), "{figure}");
     // The later expert branched from the forest (the experts' average) and joined the models.
     let later: btx::train::TrainConfig = btx::config::read_ron(&out.join("experts/code/stage.ron")).unwrap();
     assert_eq!(later.init_from.as_deref(), Some(out.join("forest/code").as_path()));

@@ -36,7 +36,7 @@ pub struct EvalArgs {
 }
 
 /// Task evaluation (lm-evaluation-harness's task files) instead of validation perplexity.
-#[derive(clap::Args)]
+#[derive(clap::Args, Default)]
 pub struct TaskArgs {
     /// lm-evaluation-harness task files, or folders of them (e.g. assets/tasks).
     #[arg(long, num_args = 1..)]
@@ -50,9 +50,13 @@ pub struct TaskArgs {
     /// The tokenizer.json (default: the one the checkpoint records).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Keep each document's prompt, answer and target in the --json file.
+    /// Keep each document's prompt, answer and target in the results file.
     #[arg(long)]
     pub log_samples: bool,
+    /// Write the task results (lm-evaluation-harness's results shape) here; without --config,
+    /// --json does.
+    #[arg(long)]
+    pub tasks_json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -85,10 +89,18 @@ fn print_evals(evals: &[DomainEval]) {
     println!("{:<16} {:>10.4} {:>12.3}", "mean", mean_loss(evals), mean_loss(evals).exp());
 }
 
-pub fn run(args: EvalArgs) -> Result<()> {
+pub fn run(mut args: EvalArgs) -> Result<()> {
     let ckpt = checkpoint::resolve_checkpoint(&args.checkpoint)?;
     if !args.tasks.tasks.is_empty() {
-        return run_tasks(&ckpt, args.device, &args.tasks, args.json.as_deref());
+        // Tasks alone, unless --config asks for validation perplexity as well.
+        let Some(config) = args.config.clone() else {
+            let json = args.tasks.tasks_json.as_deref().or(args.json.as_deref());
+            return run_tasks(&ckpt, args.device, &args.tasks, json);
+        };
+        let tasks = std::mem::take(&mut args.tasks);
+        let device = args.device;
+        run(EvalArgs { config: Some(config), ..args })?;
+        return run_tasks(&ckpt, device, &tasks, tasks.tasks_json.as_deref());
     }
     let config_path = args.config.unwrap_or_else(|| ckpt.join(TRAIN_CONFIG_FILE));
     let config = TrainConfig::load(&resolve(&config_path))

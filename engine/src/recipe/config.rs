@@ -193,11 +193,18 @@ pub struct EvalSettings {
     pub ensemble_prior_sequences: usize,
     /// Sequences per domain the ensemble is scored on.
     pub ensemble_sequences: usize,
+    /// lm-evaluation-harness task files (or folders of them, e.g. "assets/tasks") every
+    /// model but the ensembles is scored on, beside perplexity (`btx eval --tasks`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<PathBuf>,
+    /// Documents per task: the first N, or this share below 1 (all when left out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_limit: Option<f64>,
 }
 
 impl Default for EvalSettings {
     fn default() -> Self {
-        Self { batches: 8, arithmetic_problems: 50, ensemble_prior_sequences: 16, ensemble_sequences: 48 }
+        Self { batches: 8, arithmetic_problems: 50, ensemble_prior_sequences: 16, ensemble_sequences: 48, tasks: vec![], task_limit: None }
     }
 }
 
@@ -343,7 +350,30 @@ impl Recipe {
         if self.batch_size == 0 {
             bail!("{origin}: field `batch_size` must be at least 1");
         }
+        if let Some(limit) = self.eval.task_limit
+            && !(limit > 0.0 && limit.is_finite())
+        {
+            bail!("{origin}: field `eval.task_limit` must be a positive number of documents (or a share below 1), found {limit}");
+        }
+        self.task_inputs().with_context(|| format!("{origin}: field `eval.tasks`"))?;
         Ok(())
+    }
+
+    /// The task files `eval.tasks` names, resolved (folders listed).
+    pub fn task_files(&self) -> Result<Vec<PathBuf>> {
+        let resolved: Vec<PathBuf> = self.eval.tasks.iter().map(|p| crate::config::resolve(p)).collect();
+        crate::tasks::task_files(&resolved)
+    }
+
+    /// The task files and their data files: what an evaluation with tasks depends on.
+    pub fn task_inputs(&self) -> Result<Vec<PathBuf>> {
+        let mut inputs = Vec::new();
+        for file in self.task_files()? {
+            let task = crate::tasks::TaskConfig::load(&file)?;
+            inputs.push(file);
+            inputs.extend(task.data_files.into_values().flatten());
+        }
+        Ok(inputs)
     }
 
     /// A stage's optimizer changes, checked as the optimizer they make; only MoE finetunes

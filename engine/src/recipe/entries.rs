@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::config::MergeMethod;
 use super::plan::{Plan, slug, strings};
-use super::stage::{Stage, model_file};
+use super::stage::{Stage, TASKS_JSON, model_file};
 use super::stage_id::StageId;
 
 /// What a compared model is, for the report's tables and plots.
@@ -176,7 +176,16 @@ impl Plan<'_> {
             "--arithmetic", &e.arithmetic_problems.to_string(), "--json", &dir.join("eval.json").display().to_string(),
         ]);
         args.extend(self.device.to_args());
-        let inputs = [model_file(checkpoint), data.clone()].into_iter().chain(self.data_inputs()).collect();
+        let mut inputs: Vec<PathBuf> = [model_file(checkpoint), data.clone()].into_iter().chain(self.data_inputs()).collect();
+        if !e.tasks.is_empty() {
+            args.push("--tasks".into());
+            args.extend(self.recipe.task_files().unwrap_or_default().iter().map(|f| f.display().to_string()));
+            args.extend(strings(&["--tasks-json", &dir.join(TASKS_JSON).display().to_string()]));
+            if let Some(limit) = e.task_limit {
+                args.extend(strings(&["--limit", &limit.to_string()]));
+            }
+            inputs.extend(self.recipe.task_inputs().unwrap_or_default());
+        }
         (entry, Stage { id, dir, args, config: None, inputs })
     }
 

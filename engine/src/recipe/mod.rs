@@ -13,6 +13,7 @@ pub mod report;
 pub mod report_figures;
 pub mod report_merge;
 pub mod report_record;
+pub mod report_tasks;
 pub mod runner;
 pub mod seeds;
 pub mod slurm;

@@ -18,6 +18,8 @@ use crate::fsutil::write_atomic;
 pub(super) struct Row {
     pub(super) entry: Entry,
     pub(super) eval: EvalReport,
+    /// Task -> headline score, where the recipe scores tasks.
+    pub(super) tasks: std::collections::BTreeMap<String, super::report_tasks::TaskScore>,
     /// Tokens and training FLOPs of every stage behind the model.
     pub(super) tokens: u64,
     pub(super) flops: f64,
@@ -69,7 +71,9 @@ fn load_rows(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<Vec<Row>> {
             tokens += m.tokens;
             flops += m.train_flops;
         }
-        rows.push(Row { entry: entry.clone(), eval, tokens, flops });
+        let tasks_file = stage.dir.join(super::stage::TASKS_JSON);
+        let tasks = if tasks_file.is_file() { super::report_tasks::read_task_scores(&tasks_file)? } else { Default::default() };
+        rows.push(Row { entry: entry.clone(), eval, tasks, tokens, flops });
     }
     Ok(rows)
 }
@@ -92,6 +96,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     write_drops(&mut md, plan, &rows)?;
     write_winners(&mut md, &rows)?;
     let mut figures = Figures::new();
+    super::report_tasks::write_tasks(&mut md, plan, &rows, &mut figures)?;
     write_summary(&mut md, plan, &rows, &mut figures)?;
     write_pipeline(&mut md, plan, &rows, &mut figures)?;
     write_loss_curves(&mut md, plan, &mut figures)?;
@@ -215,6 +220,7 @@ fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest], figures: &Figu
             mean_loss: r.mean_loss(),
             model: r.entry.label(),
             routing: r.routing().into_iter().map(|(d, shares)| (d.to_string(), shares)).collect(),
+            tasks: r.tasks.clone(),
             tokens: r.tokens,
             train_flops: r.flops,
         })

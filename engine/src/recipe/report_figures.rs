@@ -41,7 +41,7 @@ fn training_stages(plan: &Plan<'_>) -> Vec<StageId> {
 /// The figures a report drew, recorded in report.json (file, size, the texts on it).
 pub(super) type Figures = Vec<FigureRecord>;
 
-fn save_png(plan: &Plan<'_>, file: &str, figure: Result<plots::Figure>, figures: &mut Figures) -> Result<()> {
+pub(super) fn save_png(plan: &Plan<'_>, file: &str, figure: Result<plots::Figure>, figures: &mut Figures) -> Result<()> {
     let figure = figure?;
     write_atomic(&plan.out.join(file), &figure.png)?;
     figures.push(FigureRecord { file: file.to_string(), height: figure.height, texts: figure.texts, width: figure.width });

@@ -44,6 +44,9 @@ pub struct ModelRecord {
     pub model: String,
     /// For models that route: `(domain, [layer][expert] shares)`.
     pub routing: Vec<(String, Vec<Vec<f64>>)>,
+    /// Task -> headline score (lm-eval's first metric and filter), where the recipe scores tasks.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, super::report_tasks::TaskScore>,
     /// Tokens and training FLOPs of every stage behind the model.
     pub tokens: u64,
     pub train_flops: f64,

@@ -21,6 +21,8 @@ const KEY_FILE: &str = "stage.key";
 pub const FAILURE_FILE: &str = "failed.txt";
 const LOG_FILE: &str = "log.txt";
 pub const CONFIG_FILE: &str = "stage.ron";
+/// An evaluation stage's task scores (lm-evaluation-harness's results shape), beside eval.json.
+pub const TASKS_JSON: &str = "tasks.json";
 /// The files a stage keeps in its folder while its command runs. A command that writes its
 /// result as the whole folder (a merge, a data stage) replaces the folder but keeps these:
 /// they belong to the stage (its lock is held, its log open), not to the result.
