@@ -20,7 +20,7 @@ fn fixture(name: &str) -> Value {
 }
 
 fn options(limit: Option<f64>) -> TaskOptions {
-    TaskOptions { limit, num_fewshot: None, progress: false }
+    TaskOptions { limit, num_fewshot: None, batch_tokens: btx::tasks::evaluate::BATCH_TOKENS, progress: false }
 }
 
 #[test]
@@ -240,4 +240,71 @@ fn btx_eval_tasks_writes_lm_eval_results() {
     assert_eq!(results["n-shot"]["arithmetic_sums"], 3);
     assert_eq!(results["n-samples"]["continuation_code"]["effective"], 3);
     assert_eq!(results["samples"]["continuation_code"].as_array().unwrap().len(), 3);
+}
+
+fn jsonl(path: &str) -> Vec<Value> {
+    std::fs::read_to_string(repo_root().join(path)).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn corpus(name: &str) -> String {
+    std::fs::read_to_string(repo_root().join("assets/corpora").join(name)).unwrap()
+}
+
+/// No shipped task's item comes from text a shipped recipe or training config trains on: no
+/// held-out line or verse is a line of its corpus (an English verse not even part of one of
+/// its chapter lines), no held-out function's first two lines follow each other in the code
+/// corpus, and no sum's `a+b=` is in any recipe's generated arithmetic.
+#[test]
+fn shipped_tasks_hold_out_their_items() {
+    let lines = |text: &str| text.lines().map(|l| l.trim().to_string()).collect::<std::collections::HashSet<_>>();
+    let (english, code, arabic, latin) = (corpus("english.txt"), corpus("code.txt"), corpus("arabic.txt"), corpus("arabic_latin.txt"));
+    let (code_lines, arabic_lines, latin_lines) = (lines(&code), lines(&arabic), lines(&latin));
+    for file in ["translit_test", "translit_train"] {
+        for doc in jsonl(&format!("assets/tasks/data/{file}.jsonl")) {
+            assert!(!arabic_lines.contains(doc["arabic"].as_str().unwrap().trim()), "{file}: {doc}");
+            assert!(!latin_lines.contains(doc["latin"].as_str().unwrap().trim()), "{file}: {doc}");
+        }
+    }
+    for (task, corpus_lines) in [("continuation_code", &code_lines), ("continuation_arabic", &arabic_lines), ("continuation_arabic_latin", &latin_lines), ("continuation_english", &lines(&english))] {
+        let docs = jsonl(&format!("assets/tasks/data/{task}.jsonl"));
+        assert!(docs.len() >= 100, "{task}: {} documents", docs.len());
+        for doc in docs {
+            let line = format!("{} {}", doc["text"].as_str().unwrap(), doc["choices"][doc["label"].as_u64().unwrap() as usize].as_str().unwrap());
+            assert!(!corpus_lines.contains(line.trim()), "{task}: {line:?} is a training line");
+            if task == "continuation_english" {
+                assert!(!english.contains(line.trim()), "{task}: {line:?} is in english.txt");
+            }
+        }
+    }
+    let code_rows: Vec<&str> = code.lines().map(str::trim).collect();
+    for doc in jsonl("assets/tasks/data/code_next_line.jsonl") {
+        let (def, next) = (doc["prompt"].as_str().unwrap().trim(), doc["target"].as_str().unwrap().trim());
+        assert!(!code_rows.windows(2).any(|w| w[0] == def && w[1] == next), "code_next_line: {def:?} then {next:?} is in code.txt");
+    }
+    // Every arithmetic stream a shipped recipe or training config generates.
+    let mut sources = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("recipes")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "ron") {
+            sources.extend(btx::recipe::Recipe::load(&entry.path()).unwrap().domains.into_iter().map(|d| d.source));
+        }
+    }
+    for entry in std::fs::read_dir(repo_root().join("recipes/train")).unwrap().flatten() {
+        sources.extend(btx::train::TrainConfig::load(&entry.path()).unwrap().data.domains.into_iter().map(|d| d.source));
+    }
+    let mut generated = std::collections::HashSet::new();
+    for source in sources {
+        if let btx::data::Source::Arithmetic(config) = source {
+            for line in btx::data::synthetic::arithmetic_text(&config).lines() {
+                generated.insert(line.split_inclusive('=').next().unwrap().to_string());
+            }
+        }
+    }
+    assert!(generated.len() > 10_000, "found {} generated sums", generated.len());
+    let all_corpora = [english, code, arabic, latin].concat();
+    for file in ["arithmetic_sums_test", "arithmetic_sums_train"] {
+        for doc in jsonl(&format!("assets/tasks/data/{file}.jsonl")) {
+            let question = doc["question"].as_str().unwrap();
+            assert!(!generated.contains(question) && !all_corpora.contains(question), "{file}: {question} is trained on");
+        }
+    }
 }

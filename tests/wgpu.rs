@@ -259,3 +259,33 @@ fn wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere(
         }
     }
 }
+
+/// Task evaluation on WGPU scores as on the CPU: the same log-likelihoods (to float
+/// rounding), so the same choices, and the same greedy generations, on a shipped
+/// multiple-choice task and a shipped generation task.
+#[test]
+fn wgpu_task_evaluation_matches_cpu() {
+    let Some((_turn, gpu)) = gpu("wgpu_task_evaluation_matches_cpu") else { return };
+    use btx::tasks::{TaskConfig, TaskOptions, evaluate_task, model::CheckpointModel, task_tokenizer};
+    let config = tiny_model(4, 2);
+    let cpu_model = LanguageModel::seeded(&config, 9, &cpu());
+    let gpu_model = moved(&cpu_model, &config, &gpu.device);
+    let tokenizer = task_tokenizer(&repo_root().join("assets/tokenizer.json")).unwrap();
+    // Small batches: larger dispatches can stall Mesa's llvmpipe through OpenGL (README,
+    // "Devices"); the batch changes no score (tests/tasks.rs).
+    let options = TaskOptions { limit: Some(6.0), num_fewshot: None, batch_tokens: 128, progress: false };
+    for task in ["continuation_code", "arithmetic_sums"] {
+        let task = TaskConfig::load(&repo_root().join(format!("assets/tasks/{task}.yaml"))).unwrap();
+        let on = |model: &LanguageModel, device: &Device| {
+            let scorer = CheckpointModel { model: model.clone(), device: device.clone(), max_length: config.max_seq_len };
+            evaluate_task(&task, &scorer, &tokenizer, &options).unwrap()
+        };
+        let (a, b) = (on(&cpu_model, &cpu()), on(&gpu_model, &gpu.device));
+        for (x, y) in a.samples.iter().zip(&b.samples) {
+            assert_eq!(x.generation, y.generation, "{}: document {}", task.name, x.doc_id);
+            let diff = x.loglikelihoods.iter().zip(&y.loglikelihoods).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+            assert!(diff < 1e-3, "{}: document {}: log-likelihoods differ by {diff}", task.name, x.doc_id);
+        }
+        assert_eq!(a.scores, b.scores, "{}", task.name);
+    }
+}

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench_data;
+mod bench_eval;
 mod bench_real;
 
 #[derive(Parser)]
@@ -97,6 +98,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some("recipe") => bench_recipe(&btx, &args[1..]),
                 Some("data") => bench_data::run(&btx, &args[1..]),
                 Some("real") => bench_real::run(&btx, &args[1..]),
+                Some("eval") => bench_eval::run(&btx, &args[1..]),
                 _ => {
                     let args: Vec<&str> = std::iter::once("bench").chain(args.iter().map(String::as_str)).collect();
                     run_btx(&btx, &args)

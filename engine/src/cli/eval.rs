@@ -53,6 +53,10 @@ pub struct TaskArgs {
     /// Keep each document's prompt, answer and target in the results file.
     #[arg(long)]
     pub log_samples: bool,
+    /// Tokens a log-likelihood batch holds at most (sequences x the longest; less memory, and
+    /// smaller GPU dispatches, with less).
+    #[arg(long, default_value_t = crate::tasks::evaluate::BATCH_TOKENS)]
+    pub batch_tokens: usize,
     /// Write the task results (lm-evaluation-harness's results shape) here; without --config,
     /// --json does.
     #[arg(long)]
@@ -185,7 +189,7 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
     eprintln!("device: {}", selected.description);
     let (model_config, model) = checkpoint::load_model(ckpt, &selected.device)?;
     let model = CheckpointModel { model, device: selected.device.clone(), max_length: model_config.max_seq_len };
-    let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
+    let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, batch_tokens: args.batch_tokens, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
     let mut scored = Vec::new();
     for config in configs {
         let mut result = evaluate_task(&config, &model, &tokenizer, &options)?;

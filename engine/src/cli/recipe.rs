@@ -127,6 +127,8 @@ pub fn run(command: RecipeCommand) -> Result<()> {
             let parsed = Recipe::load(&recipe)?;
             // Before any stage starts: data prepared beforehand fits this recipe.
             parsed.check_prepared_domains(&recipe.display().to_string())?;
+            // ... and its task files read (paths from the current directory, like its data).
+            parsed.task_inputs().with_context(|| format!("{}: field `eval.tasks`", recipe.display()))?;
             let out = resolve(&recipe_out(&recipe, out, ""));
             match scheduler {
                 Scheduler::Local => run_recipe(&parsed, &RunOptions { out, jobs, device, btx: btx()?, devices }),

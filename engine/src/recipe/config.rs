@@ -355,7 +355,6 @@ impl Recipe {
         {
             bail!("{origin}: field `eval.task_limit` must be a positive number of documents (or a share below 1), found {limit}");
         }
-        self.task_inputs().with_context(|| format!("{origin}: field `eval.tasks`"))?;
         Ok(())
     }
 

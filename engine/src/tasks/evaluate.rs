@@ -79,8 +79,13 @@ pub struct TaskOptions {
     pub limit: Option<f64>,
     /// Overrides the task's `num_fewshot` (not a task that asks for 0, as lm-eval).
     pub num_fewshot: Option<usize>,
+    /// Tokens a log-likelihood batch holds at most (sequences x the longest).
+    pub batch_tokens: usize,
     pub progress: bool,
 }
+
+/// The default `batch_tokens`.
+pub const BATCH_TOKENS: usize = 4096;
 
 /// One metric of a task under one filter, aggregated.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -228,7 +233,7 @@ pub fn evaluate_task(config: &TaskConfig, model: &dyn TaskModel, tokenizer: &Tas
     // The model's answers.
     let max_length = model.max_length();
     let bar = progress(options.progress, requests.len() + work.iter().filter(|w| matches!(w, DocWork::Generate { .. })).count(), task);
-    let loglikelihoods = run_loglikelihoods(model, &requests, max_length, &bar)?;
+    let loglikelihoods = run_loglikelihoods(model, &requests, max_length, options.batch_tokens.max(1), &bar)?;
     let mut per_doc_lls: Vec<Vec<(f64, bool)>> = vec![Vec::new(); docs.len()];
     for (request, ll) in requests.iter().zip(loglikelihoods) {
         per_doc_lls[request.doc].push(ll);
@@ -353,11 +358,10 @@ fn text_in(s: &str, choices: &[String]) -> Result<usize> {
 /// Log-likelihood requests, longest first, in batches of similar length; each is lm-eval's
 /// last `max_length + 1` tokens of context + continuation (the model's input is all but the
 /// last of them).
-fn run_loglikelihoods(model: &dyn TaskModel, requests: &[Request], max_length: usize, bar: &indicatif::ProgressBar) -> Result<Vec<(f64, bool)>> {
+fn run_loglikelihoods(model: &dyn TaskModel, requests: &[Request], max_length: usize, batch_tokens: usize, bar: &indicatif::ProgressBar) -> Result<Vec<(f64, bool)>> {
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(requests[i].context.len() + requests[i].continuation.len()));
     let mut results = vec![(0.0, false); requests.len()];
-    const BATCH_TOKENS: usize = 4096;
     const BATCH_SEQUENCES: usize = 32;
     let mut start = 0;
     while start < order.len() {
@@ -374,7 +378,7 @@ fn run_loglikelihoods(model: &dyn TaskModel, requests: &[Request], max_length: u
             let keep = tokens.len().min(max_length + 1);
             tokens.drain(..tokens.len() - keep);
             longest = longest.max(tokens.len() - 1);
-            if !sequences.is_empty() && longest * (sequences.len() + 1) > BATCH_TOKENS {
+            if !sequences.is_empty() && longest * (sequences.len() + 1) > batch_tokens {
                 break;
             }
             sequences.push(tokens);
