@@ -406,11 +406,11 @@ generation_kwargs:
   max_gen_toks: 96
   do_sample: false
 metric_list:
-  - metric: bleu
-    aggregation: bleu
-    higher_is_better: true
   - metric: chrf
     aggregation: chrf
+    higher_is_better: true
+  - metric: bleu
+    aggregation: bleu
     higher_is_better: true
 metadata:
   version: 1.0

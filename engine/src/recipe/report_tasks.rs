@@ -1,5 +1,5 @@
-//! The report's task section: each model's score on every task (its first metric under its
-//! first filter, as lm-evaluation-harness lists them), with the standard error lm-eval gives;
+//! The report's task section: each model's score on every task (its first listed metric
+//! under its first filter), with the standard error lm-eval gives;
 //! per task the best final model in bold, and any final model within the larger of the two
 //! standard errors of it in bold too (a tie); a heatmap of scores per model and task.
 
@@ -33,8 +33,19 @@ pub fn read_task_scores(path: &std::path::Path) -> Result<BTreeMap<String, TaskS
     let results = value["results"].as_object().with_context(|| format!("{}: no `results`", path.display()))?;
     for (task, entry) in results {
         let Some(entry) = entry.as_object() else { continue };
-        // The first metric key lm-eval wrote (its metric_list order, first filter).
-        let Some((key, v)) = entry.iter().find(|(k, v)| k.contains(',') && !k.contains("_stderr,") && v.is_number()) else { continue };
+        // The headline: the task's first listed metric under its first filter (the results'
+        // keys are in name order), else the first metric key found.
+        let config = &value["configs"][task];
+        let first_metric = config["metric_list"][0]["metric"].as_str();
+        let first_filter = config["filter_list"][0]["name"].as_str().unwrap_or("none");
+        let listed = first_metric.map(|m| format!("{m},{first_filter}")).filter(|k| entry.get(k).is_some_and(serde_json::Value::is_number));
+        let Some((key, v)) = listed
+            .as_ref()
+            .and_then(|k| entry.get_key_value(k))
+            .or_else(|| entry.iter().find(|(k, v)| k.contains(',') && !k.contains("_stderr,") && v.is_number()))
+        else {
+            continue;
+        };
         let (metric, filter) = key.split_once(',').unwrap_or((key, "none"));
         let stderr = entry.get(&format!("{metric}_stderr,{filter}")).and_then(serde_json::Value::as_f64);
         let higher_is_better = value["higher_is_better"][task][metric].as_bool().unwrap_or(true);
