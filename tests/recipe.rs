@@ -533,3 +533,19 @@ fn experts_and_the_finetune_take_lora_adapters() {
     let e = recipe_error(&text.replace("rank: 4, alpha: 8.0", "rank: 4, alpha: -1.0"));
     assert!(e.contains("expert_lora") && e.contains("`lora.alpha`"), "{e}");
 }
+
+/// Axis ticks are told apart however close the values: models of nearly equal FLOPs
+/// (8.2e12 to 8.3e12) get 8.21e12, 8.22e12, ..., not 8.2e12 repeated; a wide range keeps
+/// short labels.
+#[test]
+fn axis_ticks_are_distinct_with_the_digits_they_need() {
+    use btx::recipe::plots::tick_labels;
+    for (lo, hi, n) in [(8.2e12, 8.3e12, 10), (0.0, 4.0e13, 10), (90.05, 90.9, 10), (1.0, 2.0, 4), (0.001, 0.002, 10)] {
+        let label = tick_labels(lo, hi, n);
+        let ticks: Vec<String> = (0..=n).map(|i| label(&(lo + (hi - lo) * i as f64 / n as f64))).collect();
+        let distinct: std::collections::HashSet<&String> = ticks.iter().collect();
+        assert_eq!(distinct.len(), ticks.len(), "{lo}..{hi}: {ticks:?}");
+        assert!(ticks.iter().all(|t| t.len() <= 9), "{lo}..{hi}: {ticks:?}");
+    }
+    assert_eq!(tick_labels(0.0, 4.0e13, 10)(&2.0e13), "2.0e13");
+}

@@ -135,17 +135,21 @@ fn padded(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
     lo - pad..hi + pad
 }
 
-/// Tick labels that stay short: 1.2e12 rather than 1200000000000.
-fn tick(v: &f64) -> String {
-    let a = v.abs();
-    if a != 0.0 && !(1e-2..1e5).contains(&a) {
-        format!("{v:.1e}")
-    } else if v.fract() == 0.0 || a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
+/// Tick labels for an axis from `lo` to `hi` with about `labels` ticks: short (1.2e12 rather
+/// than 1200000000000), with as many digits as the ticks' spacing needs to tell them apart
+/// (8.21e12, 8.22e12, ... where the values are close, not 8.2e12 twice).
+pub fn tick_labels(lo: f64, hi: f64, labels: usize) -> impl Fn(&f64) -> String {
+    let step = ((hi - lo) / labels.max(1) as f64).abs();
+    let step_exponent = if step > 0.0 && step.is_finite() { step.log10().floor() as i32 } else { 0 };
+    move |v: &f64| {
+        let a = v.abs();
+        if a != 0.0 && !(1e-2..1e5).contains(&a) {
+            let decimals = (a.log10().floor() as i32 - step_exponent).clamp(1, 12) as usize;
+            format!("{v:.decimals$e}")
+        } else {
+            let decimals = (-step_exponent).clamp(0, 8) as usize;
+            format!("{v:.decimals$}")
+        }
     }
 }
 
@@ -178,6 +182,8 @@ fn draw_plot(area: &DrawingArea<BitMapBackend<'_>, Shift>, chart: &Chart, small:
     let title_size = if small { 18 } else { 24 };
     let x = padded(chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     let y = padded(chart.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    let x_labels = if small { 4 } else { 10 };
+    let (x_tick, y_tick) = (tick_labels(x.start, x.end, x_labels), tick_labels(y.start, y.end, 10));
     let mut ctx = ChartBuilder::on(area)
         .caption(&chart.title, (FONT, title_size))
         .margin(12)
@@ -188,9 +194,10 @@ fn draw_plot(area: &DrawingArea<BitMapBackend<'_>, Shift>, chart: &Chart, small:
     ctx.configure_mesh()
         .x_desc(&chart.x_label)
         .y_desc(&chart.y_label)
-        .x_labels(if small { 4 } else { 10 })
-        .x_label_formatter(&tick)
-        .y_label_formatter(&tick)
+        .x_labels(x_labels)
+        .y_labels(10)
+        .x_label_formatter(&x_tick)
+        .y_label_formatter(&y_tick)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 16))
         .light_line_style(WHITE.mix(0.0))
