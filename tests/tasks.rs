@@ -308,3 +308,20 @@ fn shipped_tasks_hold_out_their_items() {
         }
     }
 }
+
+/// A task on Parquet data reads the same documents as on JSON Lines: the same prompts and
+/// choices (the fixture is continuation_code's first documents, written by pyarrow).
+#[test]
+fn parquet_task_data_reads_as_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = TaskConfig::load(&repo_root().join("assets/tasks/continuation_code.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(repo_root().join("assets/tasks/continuation_code.yaml"))
+        .unwrap()
+        .replace("dataset_path: json", "dataset_path: parquet")
+        .replace("assets/tasks/data/continuation_code.jsonl", repo_root().join("tests/fixtures/tasks/continuation_code_head.parquet").to_str().unwrap());
+    let parquet = TaskConfig::load(&write(dir.path(), "parquet.yaml", &yaml)).unwrap();
+    let (a, b) = (task_prompts(&json, &options(Some(6.0))).unwrap(), task_prompts(&parquet, &options(None)).unwrap());
+    assert_eq!(b.contexts.len(), 6);
+    assert_eq!(a.contexts, b.contexts);
+    assert_eq!(a.work, b.work);
+}

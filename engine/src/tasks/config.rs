@@ -115,6 +115,8 @@ pub struct GenerationKwargs {
 pub enum DataFormat {
     /// JSON Lines, or one JSON array of objects.
     Json,
+    /// Parquet files (a row per document).
+    Parquet,
 }
 
 #[derive(Debug, Clone)]
@@ -198,13 +200,14 @@ impl TaskConfig {
 
         let format = match str_key("dataset_path")?.as_deref() {
             Some("json") => DataFormat::Json,
+            Some("parquet") => DataFormat::Parquet,
             Some(other) => bail!(
-                "{at}: `dataset_path: {other}` is not supported: the engine reads local files only (`dataset_path: json` with `dataset_kwargs.data_files`); nothing is downloaded"
+                "{at}: `dataset_path: {other}` is not supported: the engine reads local files only (`dataset_path: json` or `parquet` with `dataset_kwargs.data_files`); nothing is downloaded"
             ),
-            None => bail!("{at}: missing `dataset_path` (expected `json` with `dataset_kwargs.data_files`)"),
+            None => bail!("{at}: missing `dataset_path` (expected `json` or `parquet` with `dataset_kwargs.data_files`)"),
         };
         if str_key("dataset_name")?.is_some() {
-            bail!("{at}: `dataset_name` is not supported with `dataset_path: json`");
+            bail!("{at}: `dataset_name` is not supported with local data files");
         }
         let data_files = data_files(&raw, file)?;
         let split = |key: &str| -> Result<Option<String>> {

@@ -1,4 +1,4 @@
-//! A task's documents: the split's JSON Lines files (or JSON arrays), read as Hugging Face
+//! A task's documents: the split's JSON Lines files (or JSON arrays, or Parquet), read as Hugging Face
 //! `datasets` reads them through Arrow: every document gets every column (a missing key is
 //! null), and a column mixing integers and floats holds floats (`1` reads as `1.0`, which
 //! changes how a template prints it).
@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
+use super::config::DataFormat;
+
 pub type Doc = Map<String, Value>;
 
 /// The documents of a split, and its column names (lm-eval's `features`).
@@ -16,9 +18,13 @@ pub struct Split {
     pub columns: Vec<String>,
 }
 
-pub fn read_split(files: &[PathBuf], task: &str, split: &str) -> Result<Split> {
+pub fn read_split(files: &[PathBuf], format: DataFormat, task: &str, split: &str) -> Result<Split> {
     let mut docs = Vec::new();
     for file in files {
+        if format == DataFormat::Parquet {
+            docs.extend(parquet_rows(file).with_context(|| format!("task {task}: cannot read {} as Parquet", file.display()))?);
+            continue;
+        }
         let text = std::fs::read_to_string(file).with_context(|| format!("task {task}: cannot read data file {}", file.display()))?;
         if text.trim_start().starts_with('[') {
             let items: Vec<Value> = serde_json::from_str(&text).with_context(|| format!("task {task}: {} is not a JSON array of objects", file.display()))?;
@@ -58,4 +64,18 @@ pub fn read_split(files: &[PathBuf], task: &str, split: &str) -> Result<Split> {
         }
     }
     Ok(Split { docs, columns })
+}
+
+/// A Parquet file's rows as documents (its columns as fields).
+fn parquet_rows(file: &std::path::Path) -> Result<Vec<Doc>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(file)?)?;
+    let mut docs = Vec::new();
+    for row in reader.get_row_iter(None)? {
+        match row?.to_json_value() {
+            Value::Object(doc) => docs.push(doc),
+            other => bail!("a row is not a record: {other}"),
+        }
+    }
+    Ok(docs)
 }

@@ -156,7 +156,7 @@ pub struct TaskPrompts {
 /// draws them.
 pub fn task_prompts(config: &TaskConfig, options: &TaskOptions) -> Result<TaskPrompts> {
     let task = &config.name;
-    let split = read_split(&config.data_files[&config.eval_split], task, &config.eval_split)?;
+    let split = read_split(&config.data_files[&config.eval_split], config.format, task, &config.eval_split)?;
     let templates = Templates::new(split.columns.clone());
     let num_fewshot = match (config.num_fewshot, options.num_fewshot) {
         (0, _) => 0,
@@ -166,7 +166,7 @@ pub fn task_prompts(config: &TaskConfig, options: &TaskOptions) -> Result<TaskPr
     let pool = match (&config.fewshot_pool_split, num_fewshot) {
         (_, 0) => vec![],
         (Some(s), _) if *s == config.eval_split => split.docs.clone(),
-        (Some(s), _) => read_split(&config.data_files[s], task, s)?.docs,
+        (Some(s), _) => read_split(&config.data_files[s], config.format, task, s)?.docs,
         (None, _) => bail!("task {task}: few-shot examples asked but no split to draw them from"),
     };
     let count = match options.limit {
