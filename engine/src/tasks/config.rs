@@ -10,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
 use super::yaml::load_task_yaml;
+pub use super::config_scoring::{ExactMatchOptions, FilterPipeline, FilterStep, GenerationKwargs, Metric, MetricSpec};
+use super::config_scoring::{filter_list, generation_kwargs, metric_list};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputType {
@@ -36,79 +38,6 @@ pub enum Sampler {
     Default,
     /// The first n documents of the few-shot split.
     FirstN,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Metric {
-    Acc,
-    AccNorm,
-    ExactMatch(ExactMatchOptions),
-    Bleu,
-    Chrf,
-    Perplexity,
-}
-
-impl Metric {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Acc => "acc",
-            Self::AccNorm => "acc_norm",
-            Self::ExactMatch(_) => "exact_match",
-            Self::Bleu => "bleu",
-            Self::Chrf => "chrf",
-            Self::Perplexity => "perplexity",
-        }
-    }
-
-    /// lm-eval's default aggregation for the metric (the only one accepted).
-    fn aggregation(&self) -> &'static str {
-        match self {
-            Self::Acc | Self::AccNorm | Self::ExactMatch(_) => "mean",
-            Self::Bleu => "bleu",
-            Self::Chrf => "chrf",
-            Self::Perplexity => "perplexity",
-        }
-    }
-
-    pub fn higher_is_better_default(&self) -> bool {
-        !matches!(self, Self::Perplexity)
-    }
-}
-
-/// `exact_match`'s options (Hugging Face evaluate's, as lm-eval calls them).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExactMatchOptions {
-    pub regexes_to_ignore: Vec<String>,
-    pub ignore_case: bool,
-    pub ignore_punctuation: bool,
-    pub ignore_numbers: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricSpec {
-    pub metric: Metric,
-    pub higher_is_better: bool,
-}
-
-/// One step of a filter pipeline.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FilterStep {
-    /// `re.findall(pattern, response)[group_select]`, stripped; `fallback` when nothing matches.
-    Regex { pattern: String, group_select: i64, fallback: String },
-    TakeFirst,
-}
-
-/// A named pipeline: its name is the suffix of the metric keys (`exact_match,strict-match`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FilterPipeline {
-    pub name: String,
-    pub steps: Vec<FilterStep>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerationKwargs {
-    pub until: Vec<String>,
-    pub max_gen_toks: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,20 +103,7 @@ impl TaskConfig {
 
     pub fn from_keys(raw: Map<String, Value>, file: &Path) -> Result<Self> {
         let at = file.display().to_string();
-        for (key, value) in &raw {
-            if IGNORED_KEYS.contains(&key.as_str()) || SUPPORTED_KEYS.contains(&key.as_str()) {
-                continue;
-            }
-            let why = match key.as_str() {
-                "process_docs" | "process_results" => "a Python hook",
-                "group" | "task_list" => "a group of tasks: list the task files instead",
-                "use_prompt" => "a promptsource prompt",
-                "gen_prefix" => "not supported by this engine",
-                _ if value.is_null() => continue,
-                _ => "not a key the engine knows (lm-evaluation-harness refuses unknown keys too)",
-            };
-            bail!("{at}: key `{key}` is {why}; the engine refuses keys that would change the scores");
-        }
+        refuse_unsupported_keys(&raw, &at)?;
         let str_key = |key: &str| -> Result<Option<String>> {
             match raw.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -249,25 +165,8 @@ impl TaskConfig {
         let target_delimiter = str_key("target_delimiter")?.unwrap_or_else(|| " ".into());
         let fewshot_delimiter = str_key("fewshot_delimiter")?.unwrap_or_else(|| "\n\n".into());
 
-        let fewshot_config = match raw.get("fewshot_config") {
-            None | Some(Value::Null) => Map::new(),
-            Some(Value::Object(m)) => m.clone(),
-            Some(other) => bail!("{at}: `fewshot_config` must be a mapping, found {other}"),
-        };
-        let mut sampler = Sampler::Default;
-        let mut fewshot_split = str_key("fewshot_split")?;
-        let (mut fewshot_target_delimiter, mut fewshot_fewshot_delimiter) = (target_delimiter.clone(), fewshot_delimiter.clone());
-        for (key, value) in &fewshot_config {
-            match (key.as_str(), value) {
-                ("sampler", Value::String(s)) if s == "default" => sampler = Sampler::Default,
-                ("sampler", Value::String(s)) if s == "first_n" => sampler = Sampler::FirstN,
-                ("split", Value::String(s)) => fewshot_split = Some(s.clone()),
-                ("target_delimiter", Value::String(s)) => fewshot_target_delimiter = s.clone(),
-                ("fewshot_delimiter", Value::String(s)) => fewshot_fewshot_delimiter = s.clone(),
-                ("fewshot_indices", _) | (_, Value::Null) => {}
-                _ => bail!("{at}: `fewshot_config.{key}: {value}` is not supported (sampler: default | first_n, split, target_delimiter, fewshot_delimiter)"),
-            }
-        }
+        let fewshot = FewshotSettings::read(&raw, str_key("fewshot_split")?, &target_delimiter, &fewshot_delimiter, &at)?;
+        let fewshot_split = fewshot.split;
         if let Some(s) = &fewshot_split
             && !data_files.contains_key(s)
         {
@@ -308,9 +207,9 @@ impl TaskConfig {
             description,
             target_delimiter,
             fewshot_delimiter,
-            fewshot_target_delimiter,
-            fewshot_fewshot_delimiter,
-            sampler,
+            fewshot_target_delimiter: fewshot.target_delimiter,
+            fewshot_fewshot_delimiter: fewshot.fewshot_delimiter,
+            sampler: fewshot.sampler,
             num_fewshot,
             generation,
             metrics,
@@ -364,161 +263,52 @@ fn data_files(raw: &Map<String, Value>, file: &Path) -> Result<BTreeMap<String, 
     })
 }
 
-fn generation_kwargs(value: Option<&Value>, fewshot_delimiter: &str, at: &str) -> Result<GenerationKwargs> {
-    let mut kwargs = GenerationKwargs { until: vec![fewshot_delimiter.to_string()], max_gen_toks: 256 };
-    let Some(value) = value.filter(|v| !v.is_null()) else { return Ok(kwargs) };
-    let Value::Object(map) = value else { bail!("{at}: `generation_kwargs` must be a mapping, found {value}") };
-    let mut length_from: Option<(usize, &str)> = None;
-    for (key, v) in map {
-        match key.as_str() {
-            "until" => {
-                kwargs.until = match v {
-                    Value::String(s) => vec![s.clone()],
-                    Value::Array(items) => items.iter().map(|i| i.as_str().map(str::to_string).with_context(|| format!("{at}: `generation_kwargs.until` must list strings"))).collect::<Result<_>>()?,
-                    other => bail!("{at}: `generation_kwargs.until` must be a string or a list of strings, found {other}"),
-                }
-            }
-            // lm-eval takes the first of these that is given.
-            "max_gen_toks" | "max_new_tokens" | "max_tokens" | "max_completion_tokens" => {
-                let rank = ["max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens"].iter().position(|k| k == key).unwrap();
-                let n = v.as_u64().with_context(|| format!("{at}: `generation_kwargs.{key}` must be a positive integer, found {v}"))? as usize;
-                if length_from.is_none_or(|(_, k)| rank < ["max_gen_toks", "max_new_tokens", "max_tokens", "max_completion_tokens"].iter().position(|x| *x == k).unwrap()) {
-                    length_from = Some((n, key));
-                }
-            }
-            "do_sample" => {
-                if v.as_bool() == Some(true) {
-                    bail!("{at}: `generation_kwargs.do_sample: true` is not supported: the engine scores greedy decoding");
-                }
-            }
-            "temperature" => {
-                if v.as_f64().is_none_or(|t| t != 0.0) && map.get("do_sample").and_then(Value::as_bool) != Some(false) {
-                    bail!("{at}: `generation_kwargs.temperature: {v}` samples; the engine scores greedy decoding (temperature 0)");
-                }
-            }
-            // Only used when sampling, which is refused above.
-            "top_p" | "top_k" => {}
-            _ => bail!("{at}: `generation_kwargs.{key}` is not supported (until, max_gen_toks, do_sample: false, temperature: 0)"),
+/// Refuses a key that would change the scores and is not supported, saying why.
+fn refuse_unsupported_keys(raw: &Map<String, Value>, at: &str) -> Result<()> {
+    for (key, value) in raw {
+        if IGNORED_KEYS.contains(&key.as_str()) || SUPPORTED_KEYS.contains(&key.as_str()) {
+            continue;
         }
+        let why = match key.as_str() {
+            "process_docs" | "process_results" => "a Python hook",
+            "group" | "task_list" => "a group of tasks: list the task files instead",
+            "use_prompt" => "a promptsource prompt",
+            "gen_prefix" => "not supported by this engine",
+            _ if value.is_null() => continue,
+            _ => "not a key the engine knows (lm-evaluation-harness refuses unknown keys too)",
+        };
+        bail!("{at}: key `{key}` is {why}; the engine refuses keys that would change the scores");
     }
-    if let Some((n, _)) = length_from {
-        kwargs.max_gen_toks = n;
-    }
-    Ok(kwargs)
+    Ok(())
 }
 
-fn metric_list(value: Option<&Value>, output_type: OutputType, at: &str) -> Result<Vec<MetricSpec>> {
-    let defaults = |names: &[&str]| names.iter().map(|n| metric_entry(&serde_json::json!({ "metric": n }), output_type, at)).collect::<Result<Vec<_>>>();
-    let Some(value) = value.filter(|v| !v.is_null()) else {
-        return defaults(match output_type {
-            OutputType::MultipleChoice => &["acc", "acc_norm"],
-            OutputType::GenerateUntil => &["exact_match"],
-            OutputType::Loglikelihood => &["perplexity", "acc"],
-        });
-    };
-    let Value::Array(entries) = value else { bail!("{at}: `metric_list` must be a list of `- metric: NAME` entries") };
-    entries.iter().map(|e| metric_entry(e, output_type, at)).collect()
+/// `fewshot_config` over the task's own few-shot settings (lm-eval's `FewshotConfig`).
+struct FewshotSettings {
+    sampler: Sampler,
+    split: Option<String>,
+    target_delimiter: String,
+    fewshot_delimiter: String,
 }
 
-fn metric_entry(entry: &Value, output_type: OutputType, at: &str) -> Result<MetricSpec> {
-    let Value::Object(map) = entry else { bail!("{at}: each `metric_list` entry must be a mapping with `metric`, found {entry}") };
-    let name = map.get("metric").and_then(Value::as_str).with_context(|| format!("{at}: a `metric_list` entry has no `metric` name (a `!function` metric is not supported)"))?;
-    let mut options = ExactMatchOptions::default();
-    let metric = match (name, output_type) {
-        ("acc", OutputType::MultipleChoice | OutputType::Loglikelihood) => Metric::Acc,
-        ("acc_norm", OutputType::MultipleChoice) => Metric::AccNorm,
-        ("exact_match", OutputType::GenerateUntil | OutputType::MultipleChoice) => Metric::ExactMatch(ExactMatchOptions::default()),
-        ("bleu", OutputType::GenerateUntil) => Metric::Bleu,
-        ("chrf", OutputType::GenerateUntil) => Metric::Chrf,
-        ("perplexity", OutputType::Loglikelihood) => Metric::Perplexity,
-        (other, _) => bail!(
-            "{at}: metric `{other}` is not supported for output_type {output_type:?} (supported: acc, acc_norm for multiple_choice; exact_match, bleu, chrf for generate_until; perplexity, acc for loglikelihood)"
-        ),
-    };
-    let mut higher_is_better = metric.higher_is_better_default();
-    for (key, v) in map {
-        match key.as_str() {
-            "metric" => {}
-            "aggregation" => {
-                if v.as_str() != Some(metric.aggregation()) {
-                    bail!("{at}: metric `{name}` with `aggregation: {v}` is not supported (only its default, {})", metric.aggregation());
-                }
+impl FewshotSettings {
+    fn read(raw: &Map<String, Value>, fewshot_split: Option<String>, target_delimiter: &str, fewshot_delimiter: &str, at: &str) -> Result<Self> {
+        let fewshot_config = match raw.get("fewshot_config") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(m)) => m.clone(),
+            Some(other) => bail!("{at}: `fewshot_config` must be a mapping, found {other}"),
+        };
+        let mut settings = Self { sampler: Sampler::Default, split: fewshot_split, target_delimiter: target_delimiter.to_string(), fewshot_delimiter: fewshot_delimiter.to_string() };
+        for (key, value) in &fewshot_config {
+            match (key.as_str(), value) {
+                ("sampler", Value::String(s)) if s == "default" => settings.sampler = Sampler::Default,
+                ("sampler", Value::String(s)) if s == "first_n" => settings.sampler = Sampler::FirstN,
+                ("split", Value::String(s)) => settings.split = Some(s.clone()),
+                ("target_delimiter", Value::String(s)) => settings.target_delimiter = s.clone(),
+                ("fewshot_delimiter", Value::String(s)) => settings.fewshot_delimiter = s.clone(),
+                ("fewshot_indices", _) | (_, Value::Null) => {}
+                _ => bail!("{at}: `fewshot_config.{key}: {value}` is not supported (sampler: default | first_n, split, target_delimiter, fewshot_delimiter)"),
             }
-            "higher_is_better" => higher_is_better = v.as_bool().with_context(|| format!("{at}: `higher_is_better` of `{name}` must be true or false"))?,
-            "ignore_case" | "ignore_punctuation" | "ignore_numbers" if matches!(metric, Metric::ExactMatch(_)) => {
-                let flag = v.as_bool().with_context(|| format!("{at}: `{key}` of `{name}` must be true or false"))?;
-                match key.as_str() {
-                    "ignore_case" => options.ignore_case = flag,
-                    "ignore_punctuation" => options.ignore_punctuation = flag,
-                    _ => options.ignore_numbers = flag,
-                }
-            }
-            "regexes_to_ignore" if matches!(metric, Metric::ExactMatch(_)) => {
-                let items = v.as_array().with_context(|| format!("{at}: `regexes_to_ignore` must be a list of patterns"))?;
-                for item in items {
-                    let pattern = item.as_str().with_context(|| format!("{at}: `regexes_to_ignore` must be a list of patterns"))?;
-                    regex::Regex::new(pattern).with_context(|| format!("{at}: `regexes_to_ignore` pattern {pattern:?} is not a regular expression this engine reads"))?;
-                    options.regexes_to_ignore.push(pattern.to_string());
-                }
-            }
-            _ => bail!("{at}: metric `{name}` has option `{key}`, which the engine does not support"),
         }
+        Ok(settings)
     }
-    let metric = match metric {
-        Metric::ExactMatch(_) => Metric::ExactMatch(options),
-        m => m,
-    };
-    Ok(MetricSpec { metric, higher_is_better })
-}
-
-fn filter_list(value: Option<&Value>, output_type: OutputType, at: &str) -> Result<Vec<FilterPipeline>> {
-    let Some(value) = value.filter(|v| !v.is_null()) else {
-        return Ok(vec![FilterPipeline { name: "none".into(), steps: vec![FilterStep::TakeFirst] }]);
-    };
-    if output_type != OutputType::GenerateUntil {
-        bail!("{at}: `filter_list` is supported for generate_until tasks only");
-    }
-    let Value::Array(entries) = value else { bail!("{at}: `filter_list` must be a list of `- name: ..., filter: [...]` entries") };
-    entries
-        .iter()
-        .map(|entry| {
-            let name = entry.get("name").and_then(Value::as_str).with_context(|| format!("{at}: a `filter_list` entry needs a `name`"))?;
-            let steps = entry.get("filter").and_then(Value::as_array).with_context(|| format!("{at}: filter `{name}` needs a `filter:` list of steps"))?;
-            let steps = steps
-                .iter()
-                .map(|step| {
-                    let function = step.get("function").and_then(Value::as_str).with_context(|| format!("{at}: a step of filter `{name}` has no `function`"))?;
-                    let keys: Vec<&String> = step.as_object().map(|m| m.keys().filter(|k| *k != "function").collect()).unwrap_or_default();
-                    match function {
-                        "take_first" => {
-                            if let Some(k) = keys.first() {
-                                bail!("{at}: filter `{name}`: `take_first` takes no option, found `{k}`");
-                            }
-                            Ok(FilterStep::TakeFirst)
-                        }
-                        "regex" => {
-                            for k in &keys {
-                                if !["regex_pattern", "group_select", "fallback"].contains(&k.as_str()) {
-                                    bail!("{at}: filter `{name}`: `regex` option `{k}` is not supported (regex_pattern, group_select, fallback)");
-                                }
-                            }
-                            let pattern = step.get("regex_pattern").and_then(Value::as_str).unwrap_or(r"#### (\-?[0-9\.\,]+)").to_string();
-                            regex::Regex::new(&pattern).with_context(|| format!("{at}: filter `{name}`: pattern {pattern:?} is not a regular expression this engine reads"))?;
-                            let group_select = match step.get("group_select") {
-                                None => 0,
-                                Some(v) => v.as_i64().with_context(|| format!("{at}: filter `{name}`: `group_select` must be an integer"))?,
-                            };
-                            let fallback = match step.get("fallback") {
-                                None => "[invalid]".to_string(),
-                                Some(v) => v.as_str().with_context(|| format!("{at}: filter `{name}`: `fallback` must be a string"))?.to_string(),
-                            };
-                            Ok(FilterStep::Regex { pattern, group_select, fallback })
-                        }
-                        other => bail!("{at}: filter `{name}`: function `{other}` is not supported (regex, take_first)"),
-                    }
-                })
-                .collect::<Result<_>>()?;
-            Ok(FilterPipeline { name: name.to_string(), steps })
-        })
-        .collect()
 }

@@ -65,7 +65,7 @@ impl TaskTokenizer {
                 _ => (vec![self.prefix_token], cont),
             });
         }
-        let trimmed = context.trim_end_matches(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c));
+        let trimmed = context.trim_end_matches(super::is_python_space);
         let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
         let whole = self.encode(&format!("{context}{continuation}"))?;
         let context_ids = self.encode(context)?;
@@ -247,9 +247,33 @@ pub fn evaluate_task(config: &TaskConfig, model: &dyn TaskModel, tokenizer: &Tas
     }
     bar.finish_and_clear();
 
-    // Scores.
-    let mut scores = Vec::new();
+    let scores = score(config, &work, &per_doc_lls, &generations)?;
     let mut samples = Vec::with_capacity(docs.len());
+    for (i, item) in work.iter().enumerate() {
+        let (loglikelihoods, target) = match item {
+            DocWork::Choices { choices, gold } => (per_doc_lls[i].iter().map(|(ll, _)| *ll).collect(), gold.iter().map(|&g| choices[g].clone()).collect::<Vec<_>>().join(" | ")),
+            DocWork::Continuation { target } => (vec![per_doc_lls[i][0].0], target.clone()),
+            DocWork::Generate { golds, .. } => (vec![], golds.join(" | ")),
+        };
+        samples.push(DocSample { doc_id: i, context: contexts[i].clone(), loglikelihoods, generation: generations[i].clone(), target });
+    }
+    Ok(TaskResult {
+        task: config.name.clone(),
+        alias: config.alias.clone(),
+        version: config.version.clone(),
+        num_fewshot,
+        docs_original,
+        docs_effective: docs.len(),
+        scores,
+        samples,
+    })
+}
+
+/// The task's metrics under each filter, from every document's log-likelihoods (each with
+/// whether it is greedy) or generation.
+fn score(config: &TaskConfig, work: &[DocWork], per_doc_lls: &[Vec<(f64, bool)>], generations: &[Option<String>]) -> Result<Vec<MetricScore>> {
+    let task = &config.name;
+    let mut scores = Vec::new();
     for spec in &config.metrics {
         let filters: Vec<(&str, Option<&[super::config::FilterStep]>)> = if config.output_type == OutputType::GenerateUntil {
             config.filters.iter().map(|f| (f.name.as_str(), Some(f.steps.as_slice()))).collect()
@@ -257,7 +281,7 @@ pub fn evaluate_task(config: &TaskConfig, model: &dyn TaskModel, tokenizer: &Tas
             vec![("none", None)]
         };
         for (filter, steps) in filters {
-            let mut values = Vec::with_capacity(docs.len());
+            let mut values = Vec::with_capacity(work.len());
             let mut pairs = Vec::new();
             for (i, item) in work.iter().enumerate() {
                 match item {
@@ -311,24 +335,7 @@ pub fn evaluate_task(config: &TaskConfig, model: &dyn TaskModel, tokenizer: &Tas
             scores.push(MetricScore { metric: spec.metric.name().to_string(), filter: filter.to_string(), value, stderr, higher_is_better: spec.higher_is_better });
         }
     }
-    for (i, item) in work.iter().enumerate() {
-        let (loglikelihoods, target) = match item {
-            DocWork::Choices { choices, gold } => (per_doc_lls[i].iter().map(|(ll, _)| *ll).collect(), gold.iter().map(|&g| choices[g].clone()).collect::<Vec<_>>().join(" | ")),
-            DocWork::Continuation { target } => (vec![per_doc_lls[i][0].0], target.clone()),
-            DocWork::Generate { golds, .. } => (vec![], golds.join(" | ")),
-        };
-        samples.push(DocSample { doc_id: i, context: contexts[i].clone(), loglikelihoods, generation: generations[i].clone(), target });
-    }
-    Ok(TaskResult {
-        task: config.name.clone(),
-        alias: config.alias.clone(),
-        version: config.version.clone(),
-        num_fewshot,
-        docs_original,
-        docs_effective: docs.len(),
-        scores,
-        samples,
-    })
+    Ok(scores)
 }
 
 /// The gold choices: an index, the text of a choice, or a list of either. An index outside

@@ -9,6 +9,7 @@ use anyhow::Result;
 use regex::Regex;
 
 use super::config::{ExactMatchOptions, FilterStep};
+use super::is_python_space;
 use super::python_random::PythonRandom;
 use super::sacrebleu::{corpus_bleu, corpus_chrf};
 
@@ -28,11 +29,6 @@ pub fn argmax(values: &[f64]) -> usize {
 pub fn choice_predictions(lls: &[f64], choices: &[String]) -> (usize, usize) {
     let normalized: Vec<f64> = lls.iter().zip(choices).map(|(ll, c)| ll / c.chars().count() as f64).collect();
     (argmax(lls), argmax(&normalized))
-}
-
-/// Python's `str.isspace`.
-fn is_python_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 
 /// `string.punctuation`.

@@ -3,6 +3,7 @@
 //! results file. Supported keys: see `config.rs` (and the README's task section).
 
 pub mod config;
+pub mod config_scoring;
 pub mod dataset;
 pub mod evaluate;
 pub mod metrics;
@@ -19,6 +20,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 pub use config::TaskConfig;
+
+/// Python's `str.isspace` (what `split()`, `strip()` and `rstrip()` use in lm-eval and
+/// sacreBLEU): Rust's `char::is_whitespace` plus U+001C..U+001F, which Python counts and Rust
+/// does not.
+pub fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
 pub use evaluate::{TaskModel, TaskOptions, TaskResult, TaskTokenizer, evaluate_task};
 
 /// Task files named on the command line: files, or folders (their `*.yaml`, sorted).

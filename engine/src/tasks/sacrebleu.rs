@@ -13,11 +13,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-/// Python's `str.isspace`: Rust's `char::is_whitespace` plus U+001C..U+001F, which Python
-/// counts and Rust does not (sacreBLEU splits and strips with Python's definition).
-fn is_python_space(c: char) -> bool {
-    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
-}
+use super::is_python_space;
 
 fn python_split(s: &str) -> impl Iterator<Item = &str> {
     s.split(is_python_space).filter(|w| !w.is_empty())

@@ -286,51 +286,57 @@ fn literal(chars: &[char], at: &mut usize) -> Result<Value> {
                 }
             }
         }
-        '\'' | '"' => {
-            *at += 1;
-            let mut s = String::new();
-            loop {
-                let Some(&d) = chars.get(*at) else { bail!("unterminated string") };
+        '\'' | '"' => quoted(chars, at, c),
+        _ => word(chars, at),
+    }
+}
+
+/// A quoted string, `at` on its opening quote `quote`.
+fn quoted(chars: &[char], at: &mut usize, quote: char) -> Result<Value> {
+    *at += 1;
+    let mut s = String::new();
+    loop {
+        let Some(&d) = chars.get(*at) else { bail!("unterminated string") };
+        *at += 1;
+        match d {
+            '\\' => {
+                let Some(&e) = chars.get(*at) else { bail!("unterminated string") };
                 *at += 1;
-                match d {
-                    '\\' => {
-                        let Some(&e) = chars.get(*at) else { bail!("unterminated string") };
-                        *at += 1;
-                        s.push(match e {
-                            'n' => '\n',
-                            't' => '\t',
-                            'r' => '\r',
-                            '0' => '\0',
-                            other => other,
-                        });
-                    }
-                    d if d == c => break,
-                    d => s.push(d),
-                }
+                s.push(match e {
+                    'n' => '\n',
+                    't' => '\t',
+                    'r' => '\r',
+                    '0' => '\0',
+                    other => other,
+                });
             }
-            Ok(Value::String(s))
+            d if d == quote => break,
+            d => s.push(d),
         }
-        _ => {
-            let start = *at;
-            while *at < chars.len() && !matches!(chars[*at], ',' | ']' | ')' | '}' | ':') && !chars[*at].is_whitespace() {
-                *at += 1;
-            }
-            let word: String = chars[start..*at].iter().collect();
-            match word.as_str() {
-                "True" => Ok(Value::Bool(true)),
-                "False" => Ok(Value::Bool(false)),
-                "None" => Ok(Value::Null),
-                w => {
-                    if let Ok(i) = w.parse::<i64>()
-                        && !(w.len() > 1 && w.starts_with('0'))
-                    {
-                        Ok(Value::from(i))
-                    } else if let Ok(f) = w.parse::<f64>() {
-                        Ok(Value::from(f))
-                    } else {
-                        bail!("{w:?} is not a Python literal")
-                    }
-                }
+    }
+    Ok(Value::String(s))
+}
+
+/// `True`, `False`, `None` or a number.
+fn word(chars: &[char], at: &mut usize) -> Result<Value> {
+    let start = *at;
+    while *at < chars.len() && !matches!(chars[*at], ',' | ']' | ')' | '}' | ':') && !chars[*at].is_whitespace() {
+        *at += 1;
+    }
+    let word: String = chars[start..*at].iter().collect();
+    match word.as_str() {
+        "True" => Ok(Value::Bool(true)),
+        "False" => Ok(Value::Bool(false)),
+        "None" => Ok(Value::Null),
+        w => {
+            if let Ok(i) = w.parse::<i64>()
+                && !(w.len() > 1 && w.starts_with('0'))
+            {
+                Ok(Value::from(i))
+            } else if let Ok(f) = w.parse::<f64>() {
+                Ok(Value::from(f))
+            } else {
+                bail!("{w:?} is not a Python literal")
             }
         }
     }
