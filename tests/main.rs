@@ -5,6 +5,7 @@
 mod common;
 
 mod bad_input;
+mod chat;
 mod data;
 mod docs;
 mod family;

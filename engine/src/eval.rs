@@ -4,7 +4,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Domain;
-use crate::data::sampler::make_batch;
+use crate::data::sampler::{make_batch, target_mask};
 use crate::model::LanguageModel;
 use crate::model::lm::token_log_probs;
 use crate::model::moe::RoutingContext;
@@ -124,22 +124,31 @@ pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, ma
         .iter()
         .map(|domain| {
             let limit = if max_batches == 0 { domain.val.len() } else { (max_batches * batch_size).min(domain.val.len()) };
-            let (mut sum, mut tokens) = (0.0f64, 0usize);
+            let mut sum = 0.0f64;
             let mut routing = RoutingStats::default();
+            let mut counted = 0.0f64;
             for start in (0..limit).step_by(batch_size.max(1)) {
-                let batch = make_batch(&domain.val.range(start..(start + batch_size).min(limit)), device);
+                let end = (start + batch_size).min(limit);
+                let mut batch = make_batch(&domain.val.range(start..end), device);
+                batch.target_mask = target_mask(&(start..end).map(|i| domain.val.mask(i)).collect::<Vec<_>>(), domain.val.get(start).len());
                 let [b, s] = batch.targets.dims();
+                counted += batch.counted();
                 let (logits, aux) = model.forward_with_aux(batch.inputs, RoutingContext::default());
                 routing.add(&aux);
-                sum -= token_log_probs(logits, batch.targets).sum().into_scalar::<f32>() as f64;
-                tokens += b * s;
+                let log_probs = token_log_probs(logits, batch.targets);
+                // Chat data: the loss over the replies' tokens only (routing counts every token).
+                let log_probs = match batch.target_mask {
+                    Some(mask) => log_probs * Tensor::<2>::from_data(TensorData::new(mask, [b, s]), device),
+                    None => log_probs,
+                };
+                sum -= log_probs.sum().into_scalar::<f32>() as f64;
             }
-            let loss = sum / tokens.max(1) as f64;
+            let loss = sum / counted.max(1.0);
             DomainEval {
                 domain: domain.name.clone(),
                 loss,
                 perplexity: loss.exp(),
-                tokens,
+                tokens: counted as usize,
                 routing: Some(routing.shares()).filter(|s| !s.is_empty()).map(DomainRouting::Layers),
                 dropped: routing.dropped_fraction(),
                 router_entropy: routing.entropies(),

@@ -2,6 +2,7 @@
 //! (Branch-Train-MiX, Sukhbaatar et al. 2024), on any GPU through WGPU or on the CPU.
 
 pub mod bench;
+pub mod chat;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -63,6 +63,23 @@ pub struct PrepareArgs {
     /// The token that ends each document (default: the tokenizer's end-of-text token).
     #[arg(long)]
     eos: Option<String>,
+    /// The inputs (JSON lines or Parquet) hold conversations: `messages` (`role`, `content`)
+    /// or ShareGPT's `conversations` (`from`, `value`), rendered with the tokenizer's chat
+    /// template; a loss mask (train.mask, val.mask) counts the assistant's replies.
+    #[arg(long)]
+    chat: bool,
+    /// With --chat: the field holding each conversation (default: `messages`, else
+    /// `conversations`).
+    #[arg(long, requires = "chat")]
+    chat_field: Option<String>,
+    /// With --chat: a chat template (.jinja, or a tokenizer_config.json) in place of the one
+    /// beside the tokenizer (chat_template.jinja, or tokenizer_config.json's `chat_template`).
+    #[arg(long, requires = "chat")]
+    chat_template: Option<PathBuf>,
+    /// With --chat: the tokens the loss counts, `replies` (the assistant's, with their end of
+    /// turn) or `all`.
+    #[arg(long, requires = "chat", default_value = "replies")]
+    loss_on: crate::data::prepare_chat::LossOn,
 }
 
 fn parse_script(s: &str) -> Result<Script, String> {
@@ -89,6 +106,7 @@ pub fn run(command: DataCommand) -> Result<()> {
                 eos: args.eos,
                 source: None,
                 progress: true,
+                chat: args.chat.then(|| crate::data::prepare_chat::ChatOptions { field: args.chat_field, template: args.chat_template, loss_on: args.loss_on }),
             };
             prepare(preparation, &args.out)?;
             eprintln!("wrote {}", args.out.display());

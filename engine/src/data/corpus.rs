@@ -85,6 +85,30 @@ pub enum Source {
     },
     /// A folder made by `btx data prepare`: read as it is, nothing tokenized again.
     Prepared(PathBuf),
+    /// Conversations (JSON lines or Parquet: `messages` with `role`/`content`, or ShareGPT's
+    /// `conversations`), rendered with the tokenizer's chat template; the loss counts the
+    /// assistant's replies only unless `loss_on: All` (`btx data prepare --chat`).
+    Chat {
+        files: Vec<PathBuf>,
+        /// The field holding each conversation (default: `messages`, else `conversations`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+        /// A chat template file in place of the one beside the tokenizer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        template: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "crate::data::prepare_chat::LossOn::is_replies")]
+        loss_on: crate::data::prepare_chat::LossOn,
+    },
+}
+
+impl Source {
+    /// How a `Chat` source's conversations are read and rendered (none for the others).
+    pub fn chat_options(&self) -> Option<crate::data::prepare_chat::ChatOptions> {
+        match self {
+            Source::Chat { field, template, loss_on, .. } => Some(crate::data::prepare_chat::ChatOptions { field: field.clone(), template: template.clone(), loss_on: *loss_on }),
+            _ => None,
+        }
+    }
 }
 
 /// Writing systems a domain filter can select.
@@ -214,6 +238,11 @@ impl DomainPreparation {
                 options: ReadOptions { text_field: column.clone(), doc_per_line: false },
                 script: None,
             },
+            Source::Chat { files, .. } => Documents::Files {
+                files: expand_inputs(&files.iter().map(|f| resolve(f)).collect::<Vec<_>>())?,
+                options: ReadOptions { text_field: String::new(), doc_per_line: false },
+                script: None,
+            },
             source => {
                 let source = source.clone();
                 Documents::Stream(Box::new(move |read: &AtomicU64, emit: &mut dyn FnMut(String) -> Result<()>| stream_lines(&source, read, emit)))
@@ -228,6 +257,7 @@ impl DomainPreparation {
             eos: None,
             source: Some(self.source.clone()),
             progress,
+            chat: self.source.chat_options(),
         };
         prepare(preparation, out)
     }
@@ -258,7 +288,7 @@ fn stream_lines(source: &Source, read: &AtomicU64, emit: &mut dyn FnMut(String) 
                 emit(line.to_string())?;
             }
         }
-        Source::Jsonl { .. } | Source::Parquet { .. } | Source::Prepared(_) => unreachable!("documents are read by `prepare`"),
+        Source::Jsonl { .. } | Source::Parquet { .. } | Source::Chat { .. } | Source::Prepared(_) => unreachable!("documents are read by `prepare`"),
     }
     Ok(inputs)
 }

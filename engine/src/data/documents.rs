@@ -155,17 +155,57 @@ pub fn read_documents(path: &Path, options: &ReadOptions, read: &AtomicU64, emit
             drain(&mut tap)?;
         }
         Format::Jsonl(compression) => {
-            let tap = Tap { inner: file, hasher: &mut hasher, read };
-            let mut lines: Box<dyn BufRead + '_> = match compression {
-                Compression::None => Box::new(BufReader::with_capacity(1 << 20, tap)),
-                Compression::Gzip => Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(BufReader::new(tap)))),
-                Compression::Zstd => Box::new(BufReader::with_capacity(1 << 20, zstd::stream::read::Decoder::new(tap).with_context(|| format!("{}: not zstd data", path.display()))?)),
-            };
+            let mut lines = jsonl_reader(path, Tap { inner: file, hasher: &mut hasher, read }, compression)?;
             read_jsonl(path, &mut lines, &options.text_field, emit)?;
             drain(&mut lines)?;
         }
     }
     Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// The lines of a JSON lines file, decompressed.
+fn jsonl_reader<'a>(path: &Path, tap: Tap<'a, std::fs::File>, compression: Compression) -> Result<Box<dyn BufRead + 'a>> {
+    Ok(match compression {
+        Compression::None => Box::new(BufReader::with_capacity(1 << 20, tap)),
+        Compression::Gzip => Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(BufReader::new(tap)))),
+        Compression::Zstd => Box::new(BufReader::with_capacity(1 << 20, zstd::stream::read::Decoder::new(tap).with_context(|| format!("{}: not zstd data", path.display()))?)),
+    })
+}
+
+/// Reads every record of `path` (a JSON lines file's objects, a Parquet file's rows as JSON)
+/// into `emit` with its place ("FILE line N", "FILE row N"); returns the file's SHA-256.
+pub fn read_records(path: &Path, read: &AtomicU64, emit: &mut dyn FnMut(serde_json::Value, &str) -> Result<()>) -> Result<String> {
+    let format = Format::of(path).with_context(|| format!("input {}: unsupported kind of file; supported: {SUPPORTED}", path.display()))?;
+    match format {
+        Format::Text => bail!("{}: a text file holds no conversations; chat data is JSON lines or Parquet", path.display()),
+        Format::Parquet => {
+            use parquet::file::reader::{FileReader, SerializedFileReader};
+            let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let reader = SerializedFileReader::new(file).with_context(|| format!("{}: not a Parquet file", path.display()))?;
+            for (i, row) in reader.get_row_iter(None)?.enumerate() {
+                let row = row.with_context(|| format!("{} row {i}", path.display()))?;
+                emit(row.to_json_value(), &format!("{} row {i}", path.display()))?;
+            }
+            read.fetch_add(std::fs::metadata(path)?.len(), Ordering::Relaxed);
+            crate::fsutil::sha256_file(path)
+        }
+        Format::Jsonl(compression) => {
+            let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut hasher = Sha256::new();
+            let mut lines = jsonl_reader(path, Tap { inner: file, hasher: &mut hasher, read }, compression)?;
+            each_line(path, &mut lines, &mut |text, number| {
+                if text.trim().is_empty() {
+                    return Ok(());
+                }
+                let at = format!("{} line {number}", path.display());
+                let value = serde_json::from_str(text).map_err(|e| anyhow!("{at}: not valid JSON ({e})"))?;
+                emit(value, &at)
+            })?;
+            drain(&mut lines)?;
+            drop(lines);
+            Ok(format!("{:x}", hasher.finalize()))
+        }
+    }
 }
 
 /// Every line of the text file `path` with its line ending, as in the file (a last line
@@ -233,7 +273,8 @@ fn read_jsonl(path: &Path, reader: &mut dyn BufRead, field: &str, emit: &mut dyn
             Found::Other(kind) => bail!("{}: field `{field}` is {kind}, expected a string", at()),
             Found::Missing => {
                 let keys: Vec<String> = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text).map(|m| m.keys().cloned().collect()).unwrap_or_default();
-                bail!("{}: no field `{field}`; the line has fields {} (choose one with --text-field)", at(), keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "));
+                let chat = if keys.iter().any(|k| k == "messages" || k == "conversations") { "; it holds a conversation: prepare chat data with --chat (a recipe's `Chat` source)" } else { " (choose one with --text-field)" };
+                bail!("{}: no field `{field}`; the line has fields {}{chat}", at(), keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "));
             }
         }
         Ok(())

@@ -5,6 +5,7 @@ pub mod corpus;
 pub mod documents;
 pub mod inspect;
 pub mod prepare;
+pub mod prepare_chat;
 pub mod prepared;
 pub mod rng;
 pub mod sampler;

@@ -19,6 +19,7 @@ use tokenizers::Tokenizer;
 
 use super::corpus::{Script, Source};
 use super::documents::{ReadOptions, read_documents};
+use super::prepare_chat::{ChatOptions, ChatRecord, LossOn, RenderedRecord, TRAIN_MASK, VAL_MASK, each_conversation, template_for};
 use super::prepared::{InputRecord, META_FILE, PreparedMeta, SplitRule, StreamRecord, TRAIN_INDEX, TRAIN_TOKENS, TokenDtype, TokenizerFingerprint, VAL_INDEX, VAL_TOKENS};
 
 /// Text handed to the tokenizer per batch (and at most this many pieces). The tokenizer's
@@ -38,6 +39,8 @@ struct Piece {
     val: bool,
     /// The document's last piece (its end-of-text token follows).
     last: bool,
+    /// A conversation's replies (byte ranges of `text`): its tokens get a loss mask.
+    replies: Option<Vec<std::ops::Range<usize>>>,
 }
 
 /// Where the documents come from.
@@ -62,6 +65,8 @@ pub struct Preparation {
     /// Recorded in meta.json.
     pub source: Option<Source>,
     pub progress: bool,
+    /// The files hold conversations, rendered with a chat template (Files only).
+    pub chat: Option<ChatOptions>,
 }
 
 /// A seeded 64-bit hash of a document's text (FNV-1a, then SplitMix64's finaliser to spread
@@ -109,13 +114,22 @@ pub fn prepare(prep: Preparation, out: &Path) -> Result<PreparedMeta> {
     let tokenizer = super::tokenizer::load_tokenizer(&prep.tokenizer_path)?;
     let fingerprint = TokenizerFingerprint::of(&tokenizer, &crate::config::resolve(&prep.tokenizer_path))?;
     let interleaved = matches!(prep.documents, Documents::Stream(_));
-    let eos = if interleaved { None } else { Some(eos_token(&tokenizer, &prep.tokenizer_path, prep.eos.as_deref())?) };
+    if interleaved && prep.chat.is_some() {
+        bail!("chat data comes from JSON lines or Parquet files, not a continuous text");
+    }
+    let template = prep.chat.as_ref().map(|options| template_for(&prep.tokenizer_path, options)).transpose()?;
+    // A chat template writes its own turn and sequence markers: no end-of-text is added.
+    let eos = if interleaved || template.is_some() { None } else { Some(eos_token(&tokenizer, &prep.tokenizer_path, prep.eos.as_deref())?) };
     let split = if interleaved {
         SplitRule::Interleaved
     } else {
         SplitRule::Documents { val_fraction: prep.val_docs.is_none().then_some(prep.val_fraction), val_docs: prep.val_docs, seed: prep.split_seed }
     };
     let reader = match &prep.documents {
+        Documents::Files { files, .. } if prep.chat.is_some() => {
+            let field = prep.chat.as_ref().and_then(|c| c.field.clone()).map_or("`messages` or `conversations`".to_string(), |f| format!("`{f}`"));
+            format!("conversations ({} files, field {field}) rendered with a chat template", files.len())
+        }
         Documents::Files { files, options, script } => {
             let filter = script.map(|s| format!(", lines in {s:?} script")).unwrap_or_default();
             format!("{}{filter}", options.describe(files))
@@ -124,24 +138,32 @@ pub fn prepare(prep: Preparation, out: &Path) -> Result<PreparedMeta> {
     };
     let mut meta = PreparedMeta::new(fingerprint, eos.clone(), split, reader);
     meta.source = prep.source.clone();
+    meta.chat = match (&template, &prep.chat) {
+        (Some(t), Some(options)) => Some(ChatRecord { template: t.origin.clone(), options: options.clone(), end_of_turn: t.end_of_turn.clone() }),
+        _ => None,
+    };
     let mut result = None;
     crate::fsutil::write_dir_atomic(out, |tmp| {
-        result = Some(write_streams(prep, &tokenizer, meta, tmp)?);
+        result = Some(write_streams(prep, &tokenizer, template.as_ref(), meta, tmp)?);
         Ok(())
     })?;
     result.ok_or_else(|| anyhow!("no data written"))
 }
 
 /// Reads, encodes and writes; returns the finished meta.json (also written to `dir`).
-fn write_streams(prep: Preparation, tokenizer: &Tokenizer, mut meta: PreparedMeta, dir: &Path) -> Result<PreparedMeta> {
+fn write_streams(prep: Preparation, tokenizer: &Tokenizer, template: Option<&crate::chat::ChatTemplate>, mut meta: PreparedMeta, dir: &Path) -> Result<PreparedMeta> {
     let started = Instant::now();
     let read = AtomicU64::new(0);
     let total_bytes: u64 = match &prep.documents {
         Documents::Files { files, .. } => files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum(),
         Documents::Stream(_) => 0,
     };
+    let chat = prep.chat.clone().zip(template);
     let threshold = match (&prep.documents, prep.val_docs) {
-        (Documents::Files { files, options, script }, Some(n)) => Some(val_docs_threshold(files, options, *script, prep.split_seed, n)?),
+        (Documents::Files { files, options, script }, Some(n)) => Some(val_docs_threshold(prep.split_seed, n, &mut |each| match chat {
+            Some((ref chat_options, template)) => each_conversation(files, chat_options, template, &AtomicU64::new(0), &mut |r| each(r.text)).map(drop),
+            None => each_text(files, options, *script, each),
+        })?),
         _ => None,
     };
     let (val_fraction, seed) = (prep.val_fraction, prep.split_seed);
@@ -152,13 +174,24 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, mut meta: PreparedMet
     let (sender, receiver) = sync_channel::<Vec<Piece>>(2);
     let empty = AtomicU64::new(0);
     let bar = progress_bar(prep.progress, total_bytes);
-    let (mut train, mut val) = (StreamWriter::create(dir, TRAIN_TOKENS, TRAIN_INDEX, meta.dtype)?, StreamWriter::create(dir, VAL_TOKENS, VAL_INDEX, meta.dtype)?);
+    let masked = chat.as_ref().is_some_and(|(options, _)| options.loss_on == LossOn::Replies);
+    let mask = |name| masked.then_some(name);
+    let mut train = StreamWriter::create(dir, TRAIN_TOKENS, TRAIN_INDEX, mask(TRAIN_MASK), meta.dtype)?;
+    let mut val = StreamWriter::create(dir, VAL_TOKENS, VAL_INDEX, mask(VAL_MASK), meta.dtype)?;
+    let raw_offsets = crate::chat::with_raw_offsets(tokenizer);
     let eos_id = meta.eos.as_ref().map(|(_, id)| *id);
     let inputs = std::thread::scope(|scope| -> Result<Vec<InputRecord>> {
         let reader = scope.spawn(|| -> Result<Vec<InputRecord>> {
             let mut batch = Batcher { sender, pieces: Vec::new(), bytes: 0 };
             let inputs = match prep.documents {
-                Documents::Stream(produce) => produce(&read, &mut |line| batch.push(Piece { text: line, val: false, last: false }))?,
+                Documents::Stream(produce) => produce(&read, &mut |line| batch.push(Piece { text: line, val: false, last: false, replies: None }))?,
+                Documents::Files { files, .. } if chat.is_some() => {
+                    let (options, template) = chat.as_ref().expect("chat data");
+                    each_conversation(&files, options, template, &read, &mut |RenderedRecord { text, replies }| {
+                        let val = holds_out(&text);
+                        batch.push(Piece { text, val, last: true, replies })
+                    })?
+                }
                 Documents::Files { files, options, script } => each_document(&files, &options, &read, &mut |text| {
                     let text = match script {
                         Some(s) => keep_script(&text, s),
@@ -172,7 +205,7 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, mut meta: PreparedMet
                     let pieces = split_long(text);
                     let n = pieces.len();
                     for (i, text) in pieces.into_iter().enumerate() {
-                        batch.push(Piece { text, val, last: i + 1 == n })?;
+                        batch.push(Piece { text, val, last: i + 1 == n, replies: None })?;
                     }
                     Ok(())
                 })?,
@@ -183,10 +216,15 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, mut meta: PreparedMet
         // Owned here: an encoding error drops it, which stops the reader's next send.
         for pieces in receiver {
             let texts: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
-            let encodings = tokenizer.encode_batch_fast(texts, false).map_err(|e| anyhow!("tokenizer: {e}"))?;
+            // Offsets (slower) only where a mask needs them, and as in the text itself.
+            let encodings = if masked { raw_offsets.encode_batch(texts, false) } else { tokenizer.encode_batch_fast(texts, false) };
+            let encodings = encodings.map_err(|e| anyhow!("tokenizer: {e}"))?;
             for (piece, encoding) in pieces.iter().zip(&encodings) {
                 let stream = if piece.val { &mut val } else { &mut train };
                 stream.push(encoding.get_ids())?;
+                if let Some(replies) = &piece.replies {
+                    stream.push_mask(&crate::chat::mask::mask_from_offsets(encoding.get_offsets(), replies))?;
+                }
                 if piece.last {
                     if let Some(eos) = eos_id {
                         stream.push(&[eos])?;
@@ -254,15 +292,22 @@ fn each_document(files: &[PathBuf], options: &ReadOptions, read: &AtomicU64, emi
         .collect()
 }
 
-/// The hash under which exactly `n` documents fall (the `n` smallest; a first pass that reads
-/// but does not tokenize).
-fn val_docs_threshold(files: &[PathBuf], options: &ReadOptions, script: Option<Script>, seed: u64, n: u64) -> Result<u64> {
-    let mut smallest = std::collections::BinaryHeap::new();
+/// The documents' texts as prepared (after the script filter), read but not tokenized.
+fn each_text(files: &[PathBuf], options: &ReadOptions, script: Option<Script>, each: &mut dyn FnMut(String) -> Result<()>) -> Result<()> {
     each_document(files, options, &AtomicU64::new(0), &mut |text| {
-        let text = match script {
+        each(match script {
             Some(s) => keep_script(&text, s),
             None => text,
-        };
+        })
+    })
+    .map(drop)
+}
+
+/// The hash under which exactly `n` documents fall (the `n` smallest; a first pass over the
+/// texts `read` gives).
+fn val_docs_threshold(seed: u64, n: u64, read: &mut dyn FnMut(&mut dyn FnMut(String) -> Result<()>) -> Result<()>) -> Result<u64> {
+    let mut smallest = std::collections::BinaryHeap::new();
+    read(&mut |text| {
         if !text.is_empty() {
             smallest.push(document_hash(&text, seed));
             if smallest.len() as u64 > n {
@@ -318,11 +363,14 @@ impl Batcher {
     }
 }
 
-/// One token stream being written: ids, document starts, and the hash of the ids.
+/// One token stream being written: ids, document starts, the hash of the ids, and (chat
+/// data) the loss mask.
 struct StreamWriter {
     path: PathBuf,
     tokens_file: BufWriter<std::fs::File>,
     index_file: BufWriter<std::fs::File>,
+    mask_file: Option<BufWriter<std::fs::File>>,
+    counted: u64,
     hasher: Sha256,
     dtype: TokenDtype,
     tokens: u64,
@@ -332,7 +380,7 @@ struct StreamWriter {
 }
 
 impl StreamWriter {
-    fn create(dir: &Path, tokens: &str, index: &str, dtype: TokenDtype) -> Result<Self> {
+    fn create(dir: &Path, tokens: &str, index: &str, mask: Option<&str>, dtype: TokenDtype) -> Result<Self> {
         let open = |name: &str| -> Result<BufWriter<std::fs::File>> {
             let path = dir.join(name);
             Ok(BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?))
@@ -341,6 +389,8 @@ impl StreamWriter {
             path: dir.join(tokens),
             tokens_file: open(tokens)?,
             index_file: open(index)?,
+            mask_file: mask.map(open).transpose()?,
+            counted: 0,
             hasher: Sha256::new(),
             dtype,
             tokens: 0,
@@ -367,16 +417,25 @@ impl StreamWriter {
         Ok(())
     }
 
+    /// The mask bytes of the ids just pushed.
+    fn push_mask(&mut self, mask: &[u8]) -> Result<()> {
+        let file = self.mask_file.as_mut().ok_or_else(|| anyhow!("a mask for a stream without one"))?;
+        file.write_all(mask).with_context(|| format!("cannot write the mask beside {}", self.path.display()))?;
+        self.counted += mask.iter().map(|&m| m as u64).sum::<u64>();
+        Ok(())
+    }
+
     fn end_document(&mut self) {
         self.in_document = false;
     }
 
     fn finish(mut self) -> Result<StreamRecord> {
-        for file in [&mut self.tokens_file, &mut self.index_file] {
+        for file in [Some(&mut self.tokens_file), Some(&mut self.index_file), self.mask_file.as_mut()].into_iter().flatten() {
             file.flush().with_context(|| format!("cannot write {}", self.path.display()))?;
             file.get_ref().sync_all()?;
         }
-        Ok(StreamRecord { tokens: self.tokens, documents: self.documents, sha256: format!("{:x}", self.hasher.finalize()) })
+        let counted = self.mask_file.is_some().then_some(self.counted);
+        Ok(StreamRecord { tokens: self.tokens, documents: self.documents, sha256: format!("{:x}", self.hasher.finalize()), counted })
     }
 }
 

@@ -105,6 +105,9 @@ pub struct StreamRecord {
     pub tokens: u64,
     pub documents: u64,
     pub sha256: String,
+    /// Chat data with a loss mask: the tokens the loss counts (mask byte 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted: Option<u64>,
 }
 
 /// `meta.json`.
@@ -127,6 +130,9 @@ pub struct PreparedMeta {
     pub val: StreamRecord,
     /// Documents left out for having no text (after the script filter, if any).
     pub empty_documents: u64,
+    /// Chat data: how the conversations were rendered and masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<super::prepare_chat::ChatRecord>,
 }
 
 impl PreparedMeta {
@@ -144,6 +150,7 @@ impl PreparedMeta {
             train: StreamRecord::default(),
             val: StreamRecord::default(),
             empty_documents: 0,
+            chat: None,
         }
     }
 
@@ -250,6 +257,30 @@ impl TokenStream {
     }
 }
 
+/// A memory-mapped loss mask: a byte per token of its stream, 1 where the loss counts it.
+pub struct MaskStream {
+    map: Option<memmap2::Mmap>,
+    _owner: Option<Arc<tempfile::TempDir>>,
+}
+
+impl MaskStream {
+    /// Opens `path`, which must hold exactly `tokens` bytes.
+    pub fn open(path: &Path, tokens: usize, owner: Option<Arc<tempfile::TempDir>>) -> Result<Self> {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open the loss mask {}", path.display()))?;
+        let bytes = file.metadata()?.len() as usize;
+        if bytes != tokens {
+            bail!("{}: {bytes} mask bytes for {tokens} tokens (one byte per token expected): the folder is damaged; prepare the data again", path.display());
+        }
+        // SAFETY: as for TokenStream: written once under a temporary name, then renamed.
+        let map = if bytes == 0 { None } else { Some(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?) };
+        Ok(Self { map, _owner: owner })
+    }
+
+    fn read(&self, start: usize, n: usize) -> Vec<u8> {
+        self.map.as_ref().map_or_else(Vec::new, |m| m[start..start + n].to_vec())
+    }
+}
+
 /// Which windows of a stream a split uses.
 #[derive(Clone, Copy, Debug)]
 enum Pick {
@@ -263,20 +294,22 @@ enum Pick {
 #[derive(Clone)]
 pub struct Windows {
     stream: Arc<TokenStream>,
+    /// Chat data's loss mask, beside the stream.
+    mask: Option<Arc<MaskStream>>,
     seq_len: usize,
     pick: Pick,
     len: usize,
 }
 
 impl Windows {
-    fn new(stream: Arc<TokenStream>, seq_len: usize, pick: Pick) -> Self {
+    fn new(stream: Arc<TokenStream>, mask: Option<Arc<MaskStream>>, seq_len: usize, pick: Pick) -> Self {
         let total = stream.len().saturating_sub(1) / seq_len;
         let len = match pick {
             Pick::All => total,
             Pick::Interleaved { every, val: true } => total / every,
             Pick::Interleaved { every, val: false } => total - total / every,
         };
-        Self { stream, seq_len, pick, len }
+        Self { stream, mask, seq_len, pick, len }
     }
 
     pub fn len(&self) -> usize {
@@ -289,13 +322,27 @@ impl Windows {
 
     /// Window `i` of this split (inputs and the targets shifted by one).
     pub fn get(&self, i: usize) -> Vec<u32> {
+        self.stream.read(self.start(i), self.seq_len + 1)
+    }
+
+    /// Whether the loss counts each of window `i`'s tokens (`None`: every token counts).
+    pub fn mask(&self, i: usize) -> Option<Vec<u8>> {
+        self.mask.as_ref().map(|m| m.read(self.start(i), self.seq_len + 1))
+    }
+
+    pub fn is_masked(&self) -> bool {
+        self.mask.is_some()
+    }
+
+    /// Where window `i` starts in the stream.
+    fn start(&self, i: usize) -> usize {
         assert!(i < self.len, "window {i} of {}", self.len);
         let w = match self.pick {
             Pick::All => i,
             Pick::Interleaved { every, val: true } => i * every + every - 1,
             Pick::Interleaved { every, val: false } => i + i / (every - 1),
         };
-        self.stream.read(w * self.seq_len, self.seq_len + 1)
+        w * self.seq_len
     }
 
     /// Windows `range` (clipped to the split).
@@ -318,15 +365,20 @@ impl PreparedDomain {
         let meta = PreparedMeta::read(dir)?;
         let train_stream = Arc::new(TokenStream::open(&dir.join(TRAIN_TOKENS), meta.dtype, owner.clone())?);
         check_length(dir, TRAIN_TOKENS, &train_stream, meta.train.tokens)?;
+        let mask = |name: &str, record: &StreamRecord| -> Result<Option<Arc<MaskStream>>> {
+            record.counted.map(|_| Ok(Arc::new(MaskStream::open(&dir.join(name), record.tokens as usize, owner.clone())?))).transpose()
+        };
+        let train_mask = mask(super::prepare_chat::TRAIN_MASK, &meta.train)?;
         let (train, val) = match meta.split {
             SplitRule::Interleaved => (
-                Windows::new(train_stream.clone(), seq_len, Pick::Interleaved { every: val_every, val: false }),
-                Windows::new(train_stream, seq_len, Pick::Interleaved { every: val_every, val: true }),
+                Windows::new(train_stream.clone(), train_mask.clone(), seq_len, Pick::Interleaved { every: val_every, val: false }),
+                Windows::new(train_stream, train_mask, seq_len, Pick::Interleaved { every: val_every, val: true }),
             ),
             SplitRule::Documents { .. } => {
-                let val_stream = Arc::new(TokenStream::open(&dir.join(VAL_TOKENS), meta.dtype, owner)?);
+                let val_stream = Arc::new(TokenStream::open(&dir.join(VAL_TOKENS), meta.dtype, owner.clone())?);
                 check_length(dir, VAL_TOKENS, &val_stream, meta.val.tokens)?;
-                (Windows::new(train_stream, seq_len, Pick::All), Windows::new(val_stream, seq_len, Pick::All))
+                let val_mask = mask(super::prepare_chat::VAL_MASK, &meta.val)?;
+                (Windows::new(train_stream, train_mask, seq_len, Pick::All), Windows::new(val_stream, val_mask, seq_len, Pick::All))
             }
         };
         Ok(Self { meta, train, val })

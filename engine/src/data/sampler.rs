@@ -12,6 +12,19 @@ pub struct Batch {
     pub targets: Tensor<2, Int>,
     /// Which domain each row came from.
     pub domains: Vec<usize>,
+    /// Chat data: per target (row-major `[batch, seq_len]`), 1 where the loss counts it, 0
+    /// where it does not (a prompt's token); `None` when every target counts.
+    pub target_mask: Option<Vec<f32>>,
+}
+
+impl Batch {
+    /// Targets the loss counts.
+    pub fn counted(&self) -> f64 {
+        match &self.target_mask {
+            Some(mask) => mask.iter().map(|&m| m as f64).sum(),
+            None => self.targets.dims().iter().product::<usize>() as f64,
+        }
+    }
 }
 
 pub struct MixtureSampler {
@@ -52,17 +65,37 @@ impl MixtureSampler {
 
     pub fn next_batch(&mut self, domains: &[Domain], batch_size: usize, device: &Device) -> Batch {
         let mut rows = Vec::with_capacity(batch_size);
+        let mut masks = Vec::with_capacity(batch_size);
         let mut picked = Vec::with_capacity(batch_size);
         for _ in 0..batch_size {
             let d = self.pick_domain();
             let windows = &domains[d].train;
-            rows.push(windows.get(self.rng.below(windows.len() as u64) as usize));
+            let i = self.rng.below(windows.len() as u64) as usize;
+            rows.push(windows.get(i));
+            masks.push(windows.mask(i));
             picked.push(d);
         }
         let mut batch = make_batch(&rows, device);
+        batch.target_mask = target_mask(&masks, rows[0].len());
         batch.domains = picked;
         batch
     }
+}
+
+/// The targets' mask of windows whose token masks are `masks` (`None`: a row whose every
+/// token counts); `None` when no row has one.
+pub fn target_mask(masks: &[Option<Vec<u8>>], window: usize) -> Option<Vec<f32>> {
+    if masks.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(masks.len() * (window - 1));
+    for mask in masks {
+        match mask {
+            Some(m) => out.extend(m[1..].iter().map(|&b| b as f32)),
+            None => out.extend(std::iter::repeat_n(1.0, window - 1)),
+        }
+    }
+    Some(out)
 }
 
 /// Stacks token sequences of `seq_len + 1` into an input/target batch.
@@ -79,5 +112,6 @@ pub fn make_batch(rows: &[Vec<u32>], device: &Device) -> Batch {
         inputs: Tensor::from_data(TensorData::new(inputs, shape), device),
         targets: Tensor::from_data(TensorData::new(targets, shape), device),
         domains: vec![],
+        target_mask: None,
     }
 }

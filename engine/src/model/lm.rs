@@ -171,10 +171,19 @@ impl LanguageModel {
     /// The training objective: mean next-token cross-entropy, and the MoE layers' summed
     /// auxiliary losses (load balancing, z-loss), returned apart so they can be logged apart.
     pub fn training_loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>, ctx: RoutingContext) -> TrainingLoss {
+        let [batch, seq] = inputs.dims();
+        let tokens = batch * seq;
+        let token_weights = Tensor::<1>::full([tokens], 1.0 / tokens as f64, &inputs.device());
+        self.weighted_training_loss(inputs, targets, token_weights, ctx)
+    }
+
+    /// The training objective with the LM loss sum_t w_t * -log p(y_t) under per-target
+    /// weights `token_weights` (`[batch * seq]`, row-major; 0 for a target the loss does not
+    /// count: a prompt's token in chat data), and the auxiliary losses as `training_loss`.
+    pub fn weighted_training_loss(&self, inputs: Tensor<2, Int>, targets: Tensor<2, Int>, token_weights: Tensor<1>, ctx: RoutingContext) -> TrainingLoss {
         let (hidden, aux) = self.hidden(inputs, ctx);
         let [batch, seq, d_model] = hidden.dims();
         let tokens = batch * seq;
-        let token_weights = Tensor::<1>::full([tokens], 1.0 / tokens as f64, &hidden.device());
         let lm = self.head_loss(hidden.reshape([tokens, d_model]), targets.reshape([tokens]), token_weights);
         let mut aux_loss = aux.iter().map(|a| a.loss.clone()).reduce(|a, b| a + b);
         if let Some(pooled) = self.pooled_balancing_loss(&aux) {

@@ -219,6 +219,9 @@ fn absolute(source: &Source) -> Source {
         Source::Script { files, script } => Source::Script { files: all(files), script: *script },
         Source::Jsonl { files, field } => Source::Jsonl { files: all(files), field: field.clone() },
         Source::Parquet { files, column } => Source::Parquet { files: all(files), column: column.clone() },
+        Source::Chat { files, field, template, loss_on } => {
+            Source::Chat { files: all(files), field: field.clone(), template: template.as_ref().map(|t| resolve(t)), loss_on: *loss_on }
+        }
         Source::Prepared(p) => Source::Prepared(resolve(p)),
         Source::Arithmetic(a) => Source::Arithmetic(a.clone()),
     }
@@ -230,6 +233,11 @@ fn source_files(source: &Source) -> Result<Vec<PathBuf>> {
         Source::File(p) => vec![p.clone()],
         Source::Script { files, .. } => files.clone(),
         Source::Jsonl { files, .. } | Source::Parquet { files, .. } => crate::data::documents::expand_inputs(files)?,
+        Source::Chat { files, template, .. } => {
+            let mut inputs = crate::data::documents::expand_inputs(files)?;
+            inputs.extend(template.clone());
+            inputs
+        }
         Source::Prepared(_) | Source::Arithmetic(_) => vec![],
     })
 }

@@ -22,7 +22,7 @@ use crate::checkpoint::{
     tensor_file::read_tensors,
 };
 use crate::config::{parse_ron, resolve, to_ron};
-use crate::data::sampler::MixtureSampler;
+use crate::data::sampler::{Batch, MixtureSampler};
 use crate::data::{Domain, load_domains};
 use crate::device::SelectedDevice;
 use crate::eval::{DomainEval, evaluate, mean_loss};
@@ -272,9 +272,20 @@ fn forward_backward(
     // Random routing (Gumbel noise) is seeded per step, so a resumed run draws the same.
     device.seed(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(step as u64));
     let ctx = RoutingContext { training: true, step };
-    for _ in 0..config.grad_accum {
-        let batch = sampler.next_batch(domains, config.batch_size, device);
-        let loss = autocast(config.precision.compute_dtype(), || model.training_loss(batch.inputs, batch.targets, ctx));
+    let batches: Vec<Batch> = (0..config.grad_accum).map(|_| sampler.next_batch(domains, config.batch_size, device)).collect();
+    // Chat data: the loss is the mean over the step's counted targets (the replies), however
+    // they fall among the micro-batches; a step with none counts nothing and learns nothing.
+    let counted: f64 = batches.iter().map(Batch::counted).sum();
+    for batch in batches {
+        let weights = batch.target_mask.map(|mask| {
+            let scale = (config.grad_accum as f64 / counted.max(1.0)) as f32;
+            let n = mask.len();
+            Tensor::<1>::from_data(TensorData::new(mask.into_iter().map(|m| m * scale).collect::<Vec<f32>>(), [n]), device)
+        });
+        let loss = autocast(config.precision.compute_dtype(), || match weights {
+            Some(weights) => model.weighted_training_loss(batch.inputs, batch.targets, weights, ctx),
+            None => model.training_loss(batch.inputs, batch.targets, ctx),
+        });
         routing.add(&loss.layers);
         loss_sum += loss.lm.clone().into_scalar::<f32>() as f64;
         if let Some(aux) = &loss.aux {
