@@ -142,9 +142,17 @@ pub fn module_from_tensors<M: Module>(module: M, tensors: &TensorMap, origin: &s
 /// `module` with every float parameter frozen (no gradient) unless its checkpoint name
 /// contains one of `trainable`; also returns how many parameters stay trainable.
 pub fn freeze_all_but<M: Module>(module: M, trainable: &[String]) -> (M, usize) {
+    let (module, _, kept) = freeze_where(module, &|name| trainable.iter().any(|t| name.contains(t.as_str())));
+    (module, kept)
+}
+
+/// `module` with every float parameter frozen unless `trains` says so of its checkpoint
+/// name; also returns every parameter's name and how many stay trainable.
+pub fn freeze_where<M: Module>(module: M, trains: &dyn Fn(&str) -> bool) -> (M, Vec<String>, usize) {
     struct Freeze<'a> {
         path: PathStack,
-        trainable: &'a [String],
+        trains: &'a dyn Fn(&str) -> bool,
+        names: Vec<String>,
         kept: usize,
     }
     impl ModuleMapper for Freeze<'_> {
@@ -156,7 +164,9 @@ pub fn freeze_all_but<M: Module>(module: M, trainable: &[String]) -> (M, usize) 
         }
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let name = checkpoint_name(&self.path.module_path());
-            if self.trainable.iter().any(|t| name.contains(t.as_str())) {
+            let trains = (self.trains)(&name);
+            self.names.push(name);
+            if trains {
                 self.kept += 1;
                 param
             } else {
@@ -164,7 +174,7 @@ pub fn freeze_all_but<M: Module>(module: M, trainable: &[String]) -> (M, usize) 
             }
         }
     }
-    let mut freeze = Freeze { path: PathStack::default(), trainable, kept: 0 };
+    let mut freeze = Freeze { path: PathStack::default(), trains, names: Vec::new(), kept: 0 };
     let module = module.map(&mut freeze);
-    (module, freeze.kept)
+    (module, freeze.names, freeze.kept)
 }

@@ -121,7 +121,7 @@ impl Plan<'_> {
                 let train = match crate::checkpoint::read_model_config(&dir) {
                     Ok(model) => {
                         let mut config = self.train_config(model, Some(&later.data), later.steps, Some(dir.clone()), &self.recipe.finetune.optimizer());
-                        config.trainable = Some(trainable);
+                        config.trainable = Some(crate::train::trainable::Trainable::Patterns(trainable));
                         Some(self.train_stage(trained.clone(), &config, Some(&dir))?)
                     }
                     Err(_) => None,

@@ -44,7 +44,7 @@ pub struct TrainConfig {
     /// weights, as FlexOlmo's experts do). Absent: every parameter trains (and it is left
     /// out of written configs, so the configs of runs that predate it are unchanged).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trainable: Option<Vec<String>>,
+    pub trainable: Option<super::trainable::Trainable>,
     /// Train low-rank adapters (LoRA) on these projections instead of the weights; the base
     /// stays frozen and the adapters are merged into it when the run ends (`model::lora`).
     /// Absent: full training (and left out of written configs, as `trainable`).
@@ -231,11 +231,14 @@ impl TrainConfig {
 
     /// Checks every field that a parser cannot; `origin` names the file in errors.
     /// Training FLOPs per token: a full run's (`ModelConfig::train_flops_per_token`), or a
-    /// LoRA run's, whose frozen base computes no weight gradients.
+    /// LoRA run's, whose frozen base computes no weight gradients, or, with `trainable`, a
+    /// full run's less the weight gradients of the frozen weights (the gradients of the
+    /// activations still flow back through them to what trains below).
     pub fn train_flops_per_token(&self) -> f64 {
-        match &self.lora {
-            Some(lora) => lora.train_flops_per_token(&self.model, self.data.seq_len),
-            None => self.model.train_flops_per_token(self.data.seq_len),
+        match (&self.lora, &self.trainable) {
+            (Some(lora), _) => lora.train_flops_per_token(&self.model, self.data.seq_len),
+            (None, Some(trainable)) => self.model.train_flops_per_token(self.data.seq_len) - 2.0 * trainable.frozen_matmul_params(&self.model),
+            (None, None) => self.model.train_flops_per_token(self.data.seq_len),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod guard;
 pub mod metrics;
 pub mod precision;
+pub mod trainable;
 pub mod trainer;
 
 pub use config::{OptimizerConfig, OptimizerSettings, TrainConfig};

@@ -357,17 +357,15 @@ fn finish_lora(model: LanguageModel, config: &TrainConfig, out: &Path) -> Result
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
 fn freeze_untrainable(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
-    let adapters = crate::model::lora::trainable_names();
+    let adapters = super::trainable::Trainable::Patterns(crate::model::lora::trainable_names());
     let trainable = match (&config.trainable, &config.lora) {
         (Some(trainable), _) => trainable,
         // (A finished LoRA run has no adapters left: nothing to freeze.)
         (None, Some(_)) if crate::model::lora::has_adapters(&model) => &adapters,
         (None, _) => return Ok(model),
     };
-    let (frozen, kept) = checkpoint::module_tensors::freeze_all_but(model, trainable);
-    if kept == 0 {
-        bail!("{origin}: field `trainable`: {trainable:?} names no parameter of the model");
-    }
+    let (frozen, names, _) = checkpoint::module_tensors::freeze_where(model, &|name| trainable.trains(name));
+    trainable.check(&names, origin)?;
     Ok(frozen)
 }
 
