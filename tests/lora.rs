@@ -131,7 +131,7 @@ fn lora_settings_are_checked_naming_the_field() {
         assert!(err.contains("x.ron") && err.contains(expected), "{err}");
     }
     config.lora = Some(lora_config(2, &ALL));
-    config.trainable = Some(vec!["mlp".into()]);
+    config.trainable = Some(btx::train::trainable::Trainable::Patterns(vec!["mlp".into()]));
     let err = config.validate("x.ron").unwrap_err().to_string();
     assert!(err.contains("`lora` and `trainable`"), "{err}");
 }

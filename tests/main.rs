@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod chat;
+mod chat_training;
 mod data;
 mod docs;
 mod family;

@@ -276,7 +276,7 @@ impl MaskStream {
         Ok(Self { map, _owner: owner })
     }
 
-    fn read(&self, start: usize, n: usize) -> Vec<u8> {
+    pub fn read(&self, start: usize, n: usize) -> Vec<u8> {
         self.map.as_ref().map_or_else(Vec::new, |m| m[start..start + n].to_vec())
     }
 }

@@ -1,7 +1,7 @@
 //! The stages whose length is matched to BTX's: each MoE finetune (upcycling's at matched
 //! FLOPs with `match_flops`), the compute-matched dense baseline and the data-matched one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -19,6 +19,12 @@ impl Plan<'_> {
 
     /// The finetune of one MoE merge (it reads the merged folder: the merge must have run).
     pub fn finetune_stage(&self, m: &Merge) -> Result<Stage> {
+        let config = self.finetune_config(m)?;
+        let merged = self.dir(&StageId::Merge(m.name.clone()));
+        self.train_stage(StageId::Finetune(m.name.clone()), &config, Some(&merged))
+    }
+
+    fn finetune_config(&self, m: &Merge) -> Result<crate::train::TrainConfig> {
         let ft = &self.recipe.finetune;
         let merged = self.dir(&StageId::Merge(m.name.clone()));
         let model = read_model_config(&merged).with_context(|| format!("merge {} must run before its finetune", m.name))?;
@@ -31,7 +37,8 @@ impl Plan<'_> {
         };
         let mut config = self.train_config(model, ft.mixture.as_deref(), steps, Some(merged.clone()), &ft.optimizer());
         config.lora = ft.lora.clone();
-        self.train_stage(StageId::Finetune(m.name.clone()), &config, Some(&merged))
+        config.trainable = m.trainable.clone().or_else(|| ft.trainable.clone());
+        Ok(config)
     }
 
     /// The dense baseline: the seed continued on the finetune mixture for the training FLOPs
@@ -43,8 +50,10 @@ impl Plan<'_> {
         let r = self.recipe;
         let dense_per_step = r.model.train_flops_per_token(r.seq_len) * self.tokens_per_step();
         let steps = (self.btx_budget()? / dense_per_step).round().max(1.0) as usize;
-        let config = self.train_config(r.model.clone(), r.finetune.mixture.as_deref(), steps, Some(seed.to_path_buf()), &r.baseline_optimizer);
-        Ok(Some(self.train_stage(StageId::Dense, &config, Some(seed))?))
+        // From the generalist when there is one: the dense model BTX's MoE is set against.
+        let start = self.generalist_dir(seed);
+        let config = self.train_config(r.model.clone(), r.finetune.mixture.as_deref(), steps, Some(start.clone()), &r.baseline_optimizer);
+        Ok(Some(self.train_stage(StageId::Dense, &config, Some(&start))?))
     }
 
     /// The data-matched dense baseline: the seed continued for the experts' and the
@@ -55,7 +64,7 @@ impl Plan<'_> {
         if !r.data_matched_baseline {
             return Ok(None);
         }
-        let steps = r.experts.iter().map(|e| e.steps).sum::<usize>() + r.finetune.steps;
+        let steps = r.experts.iter().map(|e| e.steps + e.then.iter().map(|p| p.steps).sum::<usize>()).sum::<usize>() + r.finetune.steps;
         let mixture = self.data_matched_mixture();
         let config = self.train_config(r.model.clone(), Some(&mixture), steps, Some(seed.to_path_buf()), &r.baseline_optimizer);
         Ok(Some(self.train_stage(StageId::DenseData, &config, Some(seed))?))
@@ -67,7 +76,8 @@ impl Plan<'_> {
         let r = self.recipe;
         let everything: Vec<(String, f64)> = r.domains.iter().map(|d| (d.name.clone(), 1.0)).collect();
         let finetune = r.finetune.mixture.as_deref().unwrap_or(&everything);
-        let parts = r.experts.iter().map(|e| (e.steps, e.data.as_slice())).chain([(r.finetune.steps, finetune)]);
+        let phases = r.experts.iter().flat_map(|e| std::iter::once((e.steps, e.data.as_slice())).chain(e.then.iter().map(|p| (p.steps, p.data.as_slice()))));
+        let parts = phases.chain([(r.finetune.steps, finetune)]);
         let mut steps: Vec<(String, f64)> = r.domains.iter().map(|d| (d.name.clone(), 0.0)).collect();
         for (n, mixture) in parts {
             let total: f64 = mixture.iter().map(|(_, w)| w).sum();
@@ -85,18 +95,17 @@ impl Plan<'_> {
         (self.recipe.batch_size * self.recipe.seq_len) as f64
     }
 
-    /// Training FLOPs of BTX beyond the seed: every expert plus the first BTX finetune.
+    /// Training FLOPs of BTX beyond the seed (and the generalist, which the dense baseline
+    /// starts from too): every phase of every expert plus the first BTX finetune, each at
+    /// its config's FLOPs a token (a LoRA or partly frozen stage computes fewer gradients).
     fn btx_budget(&self) -> Result<f64> {
         let r = self.recipe;
-        // A LoRA stage computes no weight gradients for its frozen base: fewer FLOPs a token.
-        let per_token = |model: &crate::config::ModelConfig, lora: Option<crate::model::lora::LoraConfig>| match lora {
-            Some(lora) => lora.train_flops_per_token(model, r.seq_len),
-            None => model.train_flops_per_token(r.seq_len),
-        };
-        let mut budget: f64 = r.experts.iter().map(|e| e.steps as f64 * per_token(&r.model, r.expert_lora_of(e)) * self.tokens_per_step()).sum();
+        let seed = PathBuf::from("SEED");
+        let phases = r.experts.iter().flat_map(|e| self.expert_phases(e, &seed));
+        let mut budget: f64 = phases.map(|(_, config, _)| config.steps as f64 * config.train_flops_per_token() * self.tokens_per_step()).sum();
         if let Some(m) = r.merges.iter().find(|m| m.method == MergeMethod::Btx) {
-            let moe = read_model_config(&self.dir(&StageId::Merge(m.name.clone())))?;
-            budget += r.finetune.steps as f64 * per_token(&moe, r.finetune.lora.clone()) * self.tokens_per_step();
+            let finetune = self.finetune_config(m)?;
+            budget += r.finetune.steps as f64 * finetune.train_flops_per_token() * self.tokens_per_step();
         }
         Ok(budget)
     }

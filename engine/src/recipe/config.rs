@@ -10,6 +10,7 @@ use crate::config::{ModelConfig, read_ron};
 use crate::data::DomainConfig;
 pub use crate::merge::MergeMethod;
 use crate::merge::mix::MoeOptions;
+use crate::train::trainable::Trainable;
 use crate::train::{OptimizerConfig, OptimizerSettings};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,11 @@ pub struct Recipe {
     /// Keep the seed as one more, generalist, expert in BTX merges.
     #[serde(default = "yes")]
     pub keep_seed: bool,
+    /// Continue the seed on its own data before it is kept (Nile-Chat's generalist: the base
+    /// model instruction-tuned): this model takes the seed's place in the BTX merges and is
+    /// where the dense baseline starts; the experts still branch from the seed itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generalist: Option<Phase>,
     /// The merges to build and compare.
     pub merges: Vec<Merge>,
     /// MoE options of the MoE merges (a merge may override them).
@@ -126,6 +132,27 @@ pub struct Expert {
     /// This expert's LoRA adapters in place of the recipe's `expert_lora`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::model::lora::LoraConfig>,
+    /// What this expert trains (default: every weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<Trainable>,
+    /// Further phases, each continuing the last (Nile-Chat's experts: continued pretraining
+    /// on their script's text, then instruction tuning on chat in that script).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<Phase>,
+}
+
+/// A phase of training with its own data, steps, optimizer changes and trainable weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    pub data: Vec<(String, f64)>,
+    pub steps: usize,
+    /// Changes to the optimizer this phase would otherwise use (the expert's, or the
+    /// recipe's for the generalist).
+    #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
+    pub optimizer: OptimizerSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<Trainable>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +163,10 @@ pub struct Merge {
     /// Overrides the recipe's `moe` options for this merge (routing ablations).
     #[serde(default)]
     pub moe: Option<MoeOptions>,
+    /// What this merge's finetune trains, in place of `finetune.trainable` (the same MoE
+    /// finetuned two ways: routers only, and every weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<Trainable>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,6 +189,10 @@ pub struct Finetune {
     /// Absent: the whole MoE finetunes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<crate::model::lora::LoraConfig>,
+    /// What every MoE finetune trains (default: every weight); `Routers` is MixtureKit's
+    /// router-only finetune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable: Option<Trainable>,
 }
 
 /// The routers' learning-rate multiple in an MoE finetune unless the recipe sets one. The
@@ -318,6 +353,16 @@ impl Recipe {
             if e.steps == 0 {
                 bail!("{origin}: field `{field}[{i}].steps` must be at least 1");
             }
+            for (p, phase) in e.then.iter().enumerate() {
+                check_mixture(&format!("{field}[{i}].then[{p}].data"), &phase.data)?;
+                self.check_optimizer(origin, &format!("{field}[{i}].then[{p}].optimizer"), &phase.optimizer.over(&self.expert_optimizer_of(e)), false)?;
+                if phase.steps == 0 {
+                    bail!("{origin}: field `{field}[{i}].then[{p}].steps` must be at least 1");
+                }
+            }
+            if field == "later_experts" && !e.then.is_empty() {
+                bail!("{origin}: field `later_experts[{i}].then`: a later expert trains in one phase");
+            }
         }
         self.validate_merges(origin)?;
         self.spike_guard.validate(origin)?;
@@ -329,6 +374,13 @@ impl Recipe {
         self.check_optimizer(origin, "finetune.optimizer", &self.finetune.optimizer(), true)?;
         if let Some(mixture) = &self.finetune.mixture {
             check_mixture("finetune.mixture", mixture)?;
+        }
+        if let Some(g) = &self.generalist {
+            check_mixture("generalist.data", &g.data)?;
+            self.check_optimizer(origin, "generalist.optimizer", &g.optimizer, false)?;
+            if g.steps == 0 || !self.keep_seed {
+                bail!("{origin}: field `generalist`: needs `steps` of at least 1 and `keep_seed: true` (it is the seed's place in the MoE)");
+            }
         }
         if self.seq_len > self.model.max_seq_len || self.seq_len < 2 {
             bail!("{origin}: field `seq_len` ({}) must be between 2 and `model.max_seq_len` ({})", self.seq_len, self.model.max_seq_len);

@@ -120,16 +120,27 @@ impl Plan<'_> {
             v.insert(0, StageId::Seed);
             v
         };
+        // What the merges' training includes: every phase of every expert, and the generalist.
+        let phases = |e: &super::config::Expert| -> Vec<StageId> {
+            let earlier = (0..e.then.len()).map(|index| StageId::Phase { expert: e.name.clone(), index });
+            earlier.chain([StageId::Expert(e.name.clone())]).collect()
+        };
+        let mut trained_experts: Vec<StageId> = r.experts.iter().flat_map(phases).collect();
+        trained_experts.extend(r.generalist.as_ref().map(|_| StageId::Generalist));
         let mut list: Vec<(Entry, PathBuf)> = vec![(Entry::new(ModelId::Seed, EntryKind::Seed, with_seed(vec![])), seed.to_path_buf())];
-        for (e, id) in r.experts.iter().zip(&experts) {
-            list.push((Entry::new(ModelId::Expert(e.name.clone()), EntryKind::Expert, with_seed(vec![id.clone()])), self.dir(id)));
+        for e in &r.experts {
+            list.push((Entry::new(ModelId::Expert(e.name.clone()), EntryKind::Expert, with_seed(phases(e))), self.dir(&StageId::Expert(e.name.clone()))));
+        }
+        if r.generalist.is_some() {
+            let generalist = ModelId::Expert(crate::merge::GENERALIST.to_string());
+            list.push((Entry::new(generalist, EntryKind::Expert, with_seed(vec![StageId::Generalist])), self.dir(&StageId::Generalist)));
         }
         let mut ensembles = Vec::new();
         for m in &r.merges {
             let merged = self.dir(&StageId::Merge(m.name.clone()));
             match m.method {
                 MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Upcycle { .. } => {
-                    let trained = if m.method.mixes_experts() { with_seed(experts.clone()) } else { with_seed(vec![]) };
+                    let trained = if m.method.mixes_experts() { with_seed(trained_experts.clone()) } else { with_seed(vec![]) };
                     let names = self.expert_names(m);
                     let unfinetuned = ModelId::Unfinetuned(m.name.clone());
                     list.push((Entry::new(unfinetuned, EntryKind::Merge, trained.clone()).with_experts(names.clone()), merged));
@@ -138,7 +149,7 @@ impl Plan<'_> {
                     ft.push(finetune.clone());
                     list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, ft).with_experts(names), self.dir(&finetune)));
                 }
-                MergeMethod::Average => list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, with_seed(experts.clone())), merged)),
+                MergeMethod::Average => list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, with_seed(trained_experts.clone())), merged)),
                 MergeMethod::Ensemble { top_k } => {
                     ensembles.push((ModelId::Merged(m.name.clone()), top_k, experts.clone()));
                     if let Some((model, members)) = self.grown_ensemble(&m.name, &experts) {
@@ -151,7 +162,9 @@ impl Plan<'_> {
         }
         list.extend(self.grown_entries(&with_seed(experts.clone())));
         if r.dense_baseline {
-            list.push((Entry::new(ModelId::Dense, EntryKind::Final, with_seed(vec![StageId::Dense])), self.dir(&StageId::Dense)));
+            let mut lineage: Vec<StageId> = r.generalist.as_ref().map(|_| StageId::Generalist).into_iter().collect();
+            lineage.push(StageId::Dense);
+            list.push((Entry::new(ModelId::Dense, EntryKind::Final, with_seed(lineage)), self.dir(&StageId::Dense)));
         }
         if r.data_matched_baseline {
             list.push((Entry::new(ModelId::DenseData, EntryKind::Final, with_seed(vec![StageId::DenseData])), self.dir(&StageId::DenseData)));

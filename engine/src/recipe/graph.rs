@@ -33,14 +33,31 @@ impl Plan<'_> {
             SeedModel::Checkpoint(_) => data,
         };
         let experts: Vec<StageId> = r.experts.iter().map(|e| StageId::Expert(e.name.clone())).collect();
-        nodes.extend(experts.iter().map(|e| node(e.clone(), seed.clone())));
+        // An expert trained in phases: each phase after the one before.
+        for e in &r.experts {
+            let mut after = seed.clone();
+            for index in 0..e.then.len() {
+                let phase = StageId::Phase { expert: e.name.clone(), index };
+                nodes.push(node(phase.clone(), after));
+                after = vec![phase];
+            }
+            nodes.push(node(StageId::Expert(e.name.clone()), after));
+        }
+        // The generalist (the seed continued) takes the seed's place in the merges.
+        let generalist: Vec<StageId> = match &r.generalist {
+            Some(_) => {
+                nodes.push(node(StageId::Generalist, seed.clone()));
+                vec![StageId::Generalist]
+            }
+            None => seed.clone(),
+        };
         // The first BTX merge sets the FLOPs budget of the compute-matched baselines.
         let budget: Vec<StageId> = r.merges.iter().find(|m| m.method == MergeMethod::Btx).map(|m| StageId::Merge(m.name.clone())).into_iter().collect();
         let (seed_dir, _) = self.seed()?;
         let measured: Vec<StageId> = self.router_data_stages(&seed_dir)?.into_iter().map(|s| s.id).collect();
         for m in &r.merges {
             let mut after: Vec<StageId> = match m.method {
-                MergeMethod::Btx | MergeMethod::Bam { .. } if r.keep_seed => experts.iter().chain(&seed).cloned().collect(),
+                MergeMethod::Btx | MergeMethod::Bam { .. } if r.keep_seed => experts.iter().chain(&generalist).cloned().collect(),
                 MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Average => experts.clone(),
                 MergeMethod::Upcycle { .. } => seed.clone(),
                 MergeMethod::Ensemble { .. } | MergeMethod::Transplant { .. } => continue,
@@ -63,13 +80,13 @@ impl Plan<'_> {
         }
         nodes.extend(self.grow_nodes());
         if r.dense_baseline {
-            nodes.push(node(StageId::Dense, seed.iter().chain(&budget).cloned().collect()));
+            nodes.push(node(StageId::Dense, generalist.iter().chain(&budget).cloned().collect()));
         }
         if r.data_matched_baseline {
             nodes.push(node(StageId::DenseData, seed.clone()));
         }
         if r.diagnose_merge {
-            let after: Vec<StageId> = experts.iter().chain(if r.keep_seed { seed.as_slice() } else { &[] }).cloned().collect();
+            let after: Vec<StageId> = experts.iter().chain(if r.keep_seed { generalist.as_slice() } else { &[] }).cloned().collect();
             nodes.extend(self.diagnosis_stages(&seed_dir)?.into_iter().map(|s| node(s.id, after.clone())));
         }
         let producers: Vec<StageId> = nodes.iter().map(|n| n.id.clone()).collect();
@@ -94,7 +111,7 @@ impl Plan<'_> {
         let found = match id {
             StageId::Data(_) => find(self.data_stages()?),
             StageId::Seed => seed_stage,
-            StageId::Expert(_) => find(self.expert_stages(&seed)?),
+            StageId::Expert(_) | StageId::Phase { .. } | StageId::Generalist => find(self.expert_stages(&seed)?),
             StageId::RouterData(_) => find(self.router_data_stages(&seed)?),
             StageId::Merge(_) => find(self.merge_stages(&seed)?),
             StageId::Posterior(_) => find(self.posterior_stages()?),

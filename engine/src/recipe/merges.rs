@@ -23,7 +23,7 @@ impl Plan<'_> {
         request.options = self.recipe.moe_of(m).clone();
         match m.method {
             MergeMethod::Upcycle { .. } => request.experts = vec![seed.to_path_buf()],
-            MergeMethod::Btx | MergeMethod::Bam { .. } if self.recipe.keep_seed => request.seed = Some(seed.to_path_buf()),
+            MergeMethod::Btx | MergeMethod::Bam { .. } if self.recipe.keep_seed => request.seed = Some(self.generalist_dir(seed)),
             _ => {}
         }
         // Data-initialised routers come measured by the merge's router-data stage.
@@ -87,7 +87,7 @@ impl Plan<'_> {
     pub fn btx_members(&self, seed: &Path) -> Vec<(String, PathBuf)> {
         let r = self.recipe;
         let experts = r.experts.iter().map(|e| (e.name.clone(), self.dir(&StageId::Expert(e.name.clone()))));
-        experts.chain(r.keep_seed.then(|| (crate::merge::GENERALIST.to_string(), seed.to_path_buf()))).collect()
+        experts.chain(r.keep_seed.then(|| (crate::merge::GENERALIST.to_string(), self.generalist_dir(seed)))).collect()
     }
 
     /// The merge diagnosis stages: for each BTX member, its FFN inside the averaged shared
@@ -100,7 +100,7 @@ impl Plan<'_> {
         (0..members.len())
             .map(|member| {
                 let mut request = MergeRequest::new(MergeMethod::Transplant { member }, self.expert_dirs());
-                request.seed = self.recipe.keep_seed.then(|| seed.to_path_buf());
+                request.seed = self.recipe.keep_seed.then(|| self.generalist_dir(seed));
                 request.drift_from = Some(seed.to_path_buf());
                 self.merge_stage(StageId::Diagnosis(members[member].0.clone()), &request)
             })

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::config::{Recipe, SeedModel};
+use super::config::{Expert, Phase, Recipe, SeedModel};
 use super::stage::{Stage, model_file};
 use super::stage_id::StageId;
 use crate::config::{ModelConfig, resolve, to_ron};
@@ -166,20 +166,49 @@ impl Plan<'_> {
         }
     }
 
-    /// The experts' training stages (the later experts' too, branched from the forest).
+    /// The experts' training stages, each expert's phases in order (the later experts' too,
+    /// branched from the forest), and the generalist's.
     pub fn expert_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
-        let mut stages: Vec<Stage> = self
-            .recipe
-            .experts
-            .iter()
-            .map(|e| {
-                let mut config = self.train_config(self.recipe.model.clone(), Some(&e.data), e.steps, Some(seed.to_path_buf()), &self.recipe.expert_optimizer_of(e));
-                config.lora = self.recipe.expert_lora_of(e);
-                self.train_stage(StageId::Expert(e.name.clone()), &config, Some(seed))
-            })
-            .collect::<Result<_>>()?;
+        let mut stages = Vec::new();
+        for e in &self.recipe.experts {
+            for (id, config, init) in self.expert_phases(e, seed) {
+                stages.push(self.train_stage(id, &config, Some(&init))?);
+            }
+        }
         stages.extend(self.later_expert_stages()?);
+        if let Some(g) = &self.recipe.generalist {
+            let mut config = self.train_config(self.recipe.model.clone(), Some(&g.data), g.steps, Some(seed.to_path_buf()), &g.optimizer);
+            config.trainable = g.trainable.clone();
+            stages.push(self.train_stage(StageId::Generalist, &config, Some(seed))?);
+        }
         Ok(stages)
+    }
+
+    /// An expert's phases: (stage, training config, the folder it starts from). The first
+    /// branches from the seed, each later one continues the one before; the last is the
+    /// expert (`experts/NAME`), the others `phases/NAME/N`.
+    pub(super) fn expert_phases(&self, e: &Expert, seed: &Path) -> Vec<(StageId, TrainConfig, PathBuf)> {
+        let r = self.recipe;
+        let optimizer = r.expert_optimizer_of(e);
+        let first = Phase { data: e.data.clone(), steps: e.steps, optimizer: Default::default(), trainable: e.trainable.clone() };
+        let phases: Vec<&Phase> = std::iter::once(&first).chain(&e.then).collect();
+        let mut from = seed.to_path_buf();
+        let mut out = Vec::new();
+        for (index, phase) in phases.iter().enumerate() {
+            let id = if index + 1 == phases.len() { StageId::Expert(e.name.clone()) } else { StageId::Phase { expert: e.name.clone(), index } };
+            let mut config = self.train_config(r.model.clone(), Some(&phase.data), phase.steps, Some(from.clone()), &phase.optimizer.over(&optimizer));
+            config.lora = r.expert_lora_of(e);
+            config.trainable = phase.trainable.clone();
+            let dir = self.dir(&id);
+            out.push((id, config, from));
+            from = dir;
+        }
+        out
+    }
+
+    /// The model kept as the MoE's generalist expert: the generalist stage's, else the seed.
+    pub fn generalist_dir(&self, seed: &Path) -> PathBuf {
+        if self.recipe.generalist.is_some() { self.dir(&StageId::Generalist) } else { seed.to_path_buf() }
     }
 
     /// The experts' run folders, in the recipe's order.

@@ -15,8 +15,14 @@ pub enum StageId {
     /// A domain tokenized once: `data/DOMAIN`.
     Data(String),
     Seed,
-    /// An expert, the later experts' too: `experts/NAME`.
+    /// An expert, the later experts' too: `experts/NAME` (its last phase when it trains in
+    /// several).
     Expert(String),
+    /// An earlier phase of an expert trained in phases (`then`): `phases/NAME/INDEX`.
+    Phase { expert: String, index: usize },
+    /// The seed continued on its own data (e.g. instruction-tuned), kept in its place as the
+    /// MoE's generalist expert: `generalist`.
+    Generalist,
     /// What a merge with data-initialised routers reads from its members, measured on the
     /// run's device (`btx measure`): `router-data/MERGE`.
     RouterData(String),
@@ -85,6 +91,8 @@ impl fmt::Display for StageId {
             Self::Data(d) => format!("data/{d}"),
             Self::Seed => "seed".into(),
             Self::Expert(e) => format!("experts/{e}"),
+            Self::Phase { expert, index } => format!("phases/{expert}/{index}"),
+            Self::Generalist => "generalist".into(),
             Self::RouterData(m) => format!("router-data/{m}"),
             Self::Merge(m) => format!("merges/{m}"),
             Self::Finetune(m) => format!("finetune/{m}"),
@@ -112,6 +120,11 @@ impl FromStr for StageId {
             ["dense"] => Ok(Self::Dense),
             ["dense-data"] => Ok(Self::DenseData),
             ["report"] => Ok(Self::Report),
+            ["generalist"] => Ok(Self::Generalist),
+            ["phases", expert, index] if !expert.is_empty() => match index.parse() {
+                Ok(index) => Ok(Self::Phase { expert: expert.to_string(), index }),
+                Err(_) => bail!("stage `{text}`: a phase stage ends in its number, phases/EXPERT/N"),
+            },
             [_, ""] => bail!("stage `{text}` names no {}", parts[0]),
             ["data", _] => named(Self::Data),
             ["experts", _] => named(Self::Expert),
@@ -131,7 +144,7 @@ impl FromStr for StageId {
                 Ok(Self::Grow { merge: merge.to_string(), later: later.to_string(), step })
             }
             _ => bail!(
-                "`{text}` is not a stage name: expected seed, dense, dense-data, report, data/DOMAIN, experts/NAME, merges/NAME, \
+                "`{text}` is not a stage name: expected seed, generalist, dense, dense-data, report, data/DOMAIN, experts/NAME, phases/NAME/N, merges/NAME, \
                  finetune/NAME, router-data/NAME, posterior/NAME, forest/NAME, diagnosis/NAME, eval/MODEL or grow/MERGE/LATER/added|trained"
             ),
         }
@@ -149,6 +162,8 @@ mod tests {
             StageId::Data(s("arabic")),
             StageId::Seed,
             StageId::Expert(s("latin")),
+            StageId::Phase { expert: s("latin"), index: 0 },
+            StageId::Generalist,
             StageId::RouterData(s("btx")),
             StageId::Merge(s("btx")),
             StageId::Posterior(s("code")),
