@@ -180,7 +180,27 @@ fn nile_tiny_runs_and_a_router_only_finetune_keeps_every_other_weight() {
     }
     assert!(routers_moved > 0, "no router trained");
     assert!(merged.iter().any(|(name, t)| !btx::checkpoint::tensor_names::is_router(name) && full[name].values != t.values), "the full finetune froze everything");
-    // The MoE's generalist expert is the generalist stage's model, not the seed.
+    // Chat generation renders the template with the assistant's turn opened, and stops at
+    // its end of turn.
+    let model = out.join("finetune/btx");
+    let stdout = std::process::Command::new(env!("CARGO_BIN_EXE_btx"))
+        .args(["generate", model.to_str().unwrap(), "--chat", "What is 1 + 2?", "--system", "Be brief.", "--temperature", "0", "--max-tokens", "12", "--json"])
+        .current_dir(repo_root())
+        .output()
+        .unwrap()
+        .stdout;
+    let events: Vec<serde_json::Value> = String::from_utf8(stdout).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).filter(|v: &serde_json::Value| v.get("prompt").is_some()).collect();
+    let prompt: String = events.iter().filter(|e| e["prompt"] == true).map(|e| e["text"].as_str().unwrap()).collect();
+    assert_eq!(prompt, "<bos><start_of_turn>user\nBe brief.\n\nWhat is 1 + 2?<end_of_turn>\n<start_of_turn>model\n");
+    let generated: Vec<&str> = events.iter().filter(|e| e["prompt"] == false).map(|e| e["text"].as_str().unwrap()).collect();
+    if let Some(end) = generated.iter().position(|t| *t == "<end_of_turn>") {
+        assert_eq!(end + 1, generated.len(), "tokens generated after the end of turn: {generated:?}");
+    }
+    // The MoE's generalist expert (the last) is the generalist stage's FFN, not the seed's.
+    let generalist = weights(&out.join("generalist"));
+    let ffn = &generalist["model.layers.0.mlp.gate_proj.weight"].values;
+    assert!(&merged["model.layers.0.block_sparse_moe.experts.2.w1.weight"].values == ffn);
+    assert!(&weights(&out.join("seed"))["model.layers.0.mlp.gate_proj.weight"].values != ffn);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("expert generalist") && report.contains("btx-all") && report.contains("dense"), "{report}");
 }

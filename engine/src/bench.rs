@@ -150,7 +150,7 @@ pub fn bench_moe_config(dense: &ModelConfig) -> ModelConfig {
 
 /// How `bench_train` runs: `batch` x `seq_len` tokens per step, the median of `iters` steps
 /// after `warmup`, in `precision` (f16: the training's autocast, `model::autocast`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TrainBenchRun {
     pub batch: usize,
     pub seq_len: usize,
@@ -160,11 +160,15 @@ pub struct TrainBenchRun {
     /// Train LoRA adapters of this rank on all seven projections (alpha = 2 x rank) instead
     /// of the weights, the base frozen.
     pub lora_rank: Option<usize>,
+    /// What the MoE trains (`--trainable`, e.g. its routers only); the dense model trains
+    /// every weight.
+    pub trainable: Option<crate::train::trainable::Trainable>,
 }
 
 /// Median training-step time (forward, backward, AdamW) of `config` after the warm-up steps.
 pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, device: &Device) -> TrainBenchRow {
-    let TrainBenchRun { batch, seq_len, warmup, iters, precision, lora_rank } = *run;
+    let TrainBenchRun { batch, seq_len, warmup, iters, precision, lora_rank, ref trainable } = *run;
+    let trainable = trainable.as_ref().filter(|_| config.moe.is_some());
     use crate::train::adamw::AdamW;
     use crate::train::OptimizerConfig;
     use burn::optim::GradientsParams;
@@ -176,6 +180,9 @@ pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, devic
         let lora = LoraConfig { rank, alpha: Some(2.0 * rank as f64), dropout: 0.0, targets };
         model = lora::attach(model, &lora).expect("a dense model takes adapters on every projection");
         model = crate::checkpoint::module_tensors::freeze_all_but(model, &lora::trainable_names()).0;
+    }
+    if let Some(trainable) = trainable {
+        model = crate::checkpoint::module_tensors::freeze_where(model, &|name| trainable.trains(name)).0;
     }
     let mut optimizer = AdamW::new(OptimizerConfig {
         lr: 1e-4, warmup_steps: 0, min_lr_ratio: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, router_lr_multiplier: 1.0,
@@ -205,7 +212,8 @@ pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, devic
     times.sort_by(f64::total_cmp);
     let step_s = times[times.len() / 2];
     let tokens = (batch * seq_len) as f64;
-    let flops = config.train_flops_per_token(seq_len) * tokens;
+    let frozen = trainable.map_or(0.0, |t| 2.0 * t.frozen_matmul_params(config));
+    let flops = (config.train_flops_per_token(seq_len) - frozen) * tokens;
     let peak_memory_mb = device.memory_pool_usage().map_or_else(|| peak_resident_mb().unwrap_or(f64::NAN), |u| u.bytes_reserved as f64 / 1e6);
 
     // The device's matmul rate at the FFN's shape, through the same backend.

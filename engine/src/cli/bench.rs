@@ -40,6 +40,10 @@ pub enum BenchCommand {
         /// frozen base instead of every weight.
         #[arg(long)]
         lora: Option<usize>,
+        /// What the MoE trains: all (default), routers (MixtureKit's router-only finetune),
+        /// routers-and-shared or experts; the rest is frozen.
+        #[arg(long, value_parser = parse_trainable)]
+        trainable: Option<crate::train::trainable::Trainable>,
     },
     /// Generation throughput of a checkpoint (greedy, KV cache), prompt and new tokens apart;
     /// beside it, where torch is available (BTX_PYTHON, else python3), transformers' generate
@@ -90,10 +94,21 @@ pub enum BenchCommand {
     },
 }
 
+fn parse_trainable(s: &str) -> Result<crate::train::trainable::Trainable, String> {
+    use crate::train::trainable::Trainable;
+    match s {
+        "all" => Ok(Trainable::All),
+        "routers" => Ok(Trainable::Routers),
+        "routers-and-shared" => Ok(Trainable::RoutersAndShared),
+        "experts" => Ok(Trainable::Experts),
+        other => Err(format!("`{other}`: expected all, routers, routers-and-shared or experts")),
+    }
+}
+
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Train { config, device, warmup, iters, batch, precision, json, dense_only, lora } => {
-            train(config, device, (warmup, iters), batch, precision, json, (dense_only, lora))
+        BenchCommand::Train { config, device, warmup, iters, batch, precision, json, dense_only, lora, trainable } => {
+            train(config, device, (warmup, iters), batch, precision, json, (dense_only, lora, trainable))
         }
         BenchCommand::Generate { checkpoint, prompt_tokens, new_tokens, device } => generate(&checkpoint, prompt_tokens, new_tokens, device),
         BenchCommand::Ops { config, device, iters } => ops(&config, device, iters),
@@ -111,7 +126,7 @@ fn train(
     batch: Option<usize>,
     precision: Option<Precision>,
     json: Option<PathBuf>,
-    (dense_only, lora_rank): (bool, Option<usize>),
+    (dense_only, lora_rank, trainable): (bool, Option<usize>, Option<crate::train::trainable::Trainable>),
 ) -> Result<()> {
     let train_config = TrainConfig::load(&config)?;
     let selected = select_device(device)?;
@@ -122,7 +137,7 @@ fn train(
     let moe = bench_moe_config(&dense);
     let batch = batch.unwrap_or(train_config.batch_size);
     let seq = train_config.data.seq_len;
-    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision, lora_rank };
+    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision, lora_rank, trainable };
     let models = if dense_only { vec![("dense", &dense)] } else { vec![("dense", &dense), ("moe", &moe)] };
     let rows: Vec<_> = models.into_iter().map(|(label, c)| bench_train(c, label, &run, &selected.device)).collect();
     println!("{batch}x{seq} tokens per step, median of {iters} steps after {warmup} warm-up steps");

@@ -16,8 +16,19 @@ pub struct GenerateArgs {
     /// The checkpoint (or run folder) to generate with; omit with --ensemble.
     checkpoint: Option<PathBuf>,
     /// The text to continue.
-    #[arg(long, conflicts_with = "prompt_ids")]
+    #[arg(long, conflicts_with_all = ["prompt_ids", "chat"])]
     prompt: Option<String>,
+    /// A user's message: the conversation is rendered with the tokenizer's chat template
+    /// (its assistant turn opened) and generation stops at the template's end of turn.
+    #[arg(long, conflicts_with = "prompt_ids")]
+    chat: Option<String>,
+    /// With --chat: a system message before it.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// With --chat: a chat template (.jinja, or a tokenizer_config.json) in place of the one
+    /// beside the tokenizer.
+    #[arg(long, requires = "chat")]
+    chat_template: Option<PathBuf>,
     /// The prompt as token ids, comma-separated (no tokenizer needed).
     #[arg(long, value_delimiter = ',')]
     prompt_ids: Option<Vec<i64>>,
@@ -135,6 +146,22 @@ fn read_prior(path: &std::path::Path, experts: usize) -> Result<Vec<f64>> {
     Ok((0..experts).map(|e| priors.iter().map(|p| p[e]).sum::<f64>() / priors.len() as f64).collect())
 }
 
+/// The ids of `--chat`'s conversation as transformers' `apply_chat_template(...,
+/// add_generation_prompt=True, tokenize=True)` gives them, and the id of the template's end
+/// of turn (where the reply stops) when that is one token.
+fn chat_prompt(tokenizer: &tokenizers::Tokenizer, tokenizer_path: &std::path::Path, args: &GenerateArgs) -> Result<(Vec<u32>, Option<u32>)> {
+    let template = crate::chat::ChatTemplate::for_tokenizer(tokenizer_path, args.chat_template.as_deref())?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(serde_json::json!({"role": "system", "content": system}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": args.chat.clone().unwrap_or_default()}));
+    let text = template.render(&messages, true, &Default::default())?;
+    let ids = tokenizer.encode(text.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec();
+    let end = tokenizer.encode(template.end_of_turn.trim_end(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    Ok((ids, (end.get_ids().len() == 1).then(|| end.get_ids()[0])))
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     let members: Vec<PathBuf> = match (&args.checkpoint, args.ensemble.is_empty()) {
         (Some(c), true) => vec![resolve_checkpoint(c)?],
@@ -143,13 +170,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let tokenizer_path = crate::hf::checkpoint_tokenizer(&members[0]);
     let tokenizer = tokenizer_path.as_deref().map(load_tokenizer).transpose()?;
+    let mut stop = tokenizer.as_ref().and_then(|t| t.token_to_id(END_OF_TEXT));
     let prompt: Vec<u32> = match (&args.prompt, &args.prompt_ids, &tokenizer) {
+        _ if args.chat.is_some() => {
+            let (Some(tokenizer), Some(path)) = (&tokenizer, &tokenizer_path) else {
+                bail!("{} records no tokenizer (no tokenizer.json, no train.ron naming one), so no chat template", members[0].display())
+            };
+            let (ids, end_of_turn) = chat_prompt(tokenizer, path, &args)?;
+            stop = end_of_turn.or(stop);
+            ids
+        }
         (Some(text), _, Some(t)) => encode(t, text)?,
         (Some(_), _, None) => bail!("{} records no tokenizer (no tokenizer.json, no train.ron naming one); give --prompt-ids instead", members[0].display()),
         (None, Some(ids), _) => ids.iter().map(|&i| u32::try_from(i).map_err(|_| anyhow::anyhow!("token id {i} is not a valid id"))).collect::<Result<_>>()?,
-        (None, None, _) => bail!("give --prompt TEXT or --prompt-ids IDS"),
+        (None, None, _) => bail!("give --prompt TEXT, --chat TEXT or --prompt-ids IDS"),
     };
-    let stop = tokenizer.as_ref().and_then(|t| t.token_to_id(END_OF_TEXT));
     let options = SamplingOptions { max_tokens: args.max_tokens, temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed, stop };
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
