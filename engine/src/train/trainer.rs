@@ -357,11 +357,13 @@ fn finish_lora(model: LanguageModel, config: &TrainConfig, out: &Path) -> Result
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
 fn freeze_untrainable(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
-    let adapters = super::trainable::Trainable::Patterns(crate::model::lora::trainable_names());
     let trainable = match (&config.trainable, &config.lora) {
         (Some(trainable), _) => trainable,
-        // (A finished LoRA run has no adapters left: nothing to freeze.)
-        (None, Some(_)) if crate::model::lora::has_adapters(&model) => &adapters,
+        // The adapters (and an MoE's routers, where there are any); a finished LoRA run has
+        // no adapters left: nothing to freeze.
+        (None, Some(_)) if crate::model::lora::has_adapters(&model) => {
+            return Ok(checkpoint::module_tensors::freeze_all_but(model, &crate::model::lora::trainable_names()).0);
+        }
         (None, _) => return Ok(model),
     };
     let (frozen, names, _) = checkpoint::module_tensors::freeze_where(model, &|name| trainable.trains(name));
