@@ -159,13 +159,7 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, template: Option<&cra
         Documents::Stream(_) => 0,
     };
     let chat = prep.chat.clone().zip(template);
-    let threshold = match (&prep.documents, prep.val_docs) {
-        (Documents::Files { files, options, script }, Some(n)) => Some(val_docs_threshold(prep.split_seed, n, &mut |each| match chat {
-            Some((ref chat_options, template)) => each_conversation(files, chat_options, template, &AtomicU64::new(0), &mut |r| each(r.text)).map(drop),
-            None => each_text(files, options, *script, each),
-        })?),
-        _ => None,
-    };
+    let threshold = val_docs_threshold_of(&prep, chat.as_ref())?;
     let (val_fraction, seed) = (prep.val_fraction, prep.split_seed);
     let holds_out = move |text: &str| match threshold {
         Some(t) => document_hash(text, seed) <= t,
@@ -247,19 +241,23 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, template: Option<&cra
     check_not_empty(&meta)?;
     crate::fsutil::write_atomic(&dir.join(META_FILE), serde_json::to_string_pretty(&meta)?.as_bytes())?;
     if prep.progress {
-        let seconds = started.elapsed().as_secs_f64();
-        let mb = read.load(Ordering::Relaxed) as f64 / 1e6;
-        eprintln!(
-            "prepared {} + {} documents ({} train + {} validation tokens) from {mb:.1} MB in {seconds:.1} s: {:.1} MB/s, {:.0} tokens/s",
-            meta.train.documents,
-            meta.val.documents,
-            meta.train.tokens,
-            meta.val.tokens,
-            mb / seconds,
-            (meta.train.tokens + meta.val.tokens) as f64 / seconds
-        );
+        say_rate(&meta, read.load(Ordering::Relaxed), started.elapsed().as_secs_f64());
     }
     Ok(meta)
+}
+
+/// What was prepared, and how fast.
+fn say_rate(meta: &PreparedMeta, bytes_read: u64, seconds: f64) {
+    let mb = bytes_read as f64 / 1e6;
+    eprintln!(
+        "prepared {} + {} documents ({} train + {} validation tokens) from {mb:.1} MB in {seconds:.1} s: {:.1} MB/s, {:.0} tokens/s",
+        meta.train.documents,
+        meta.val.documents,
+        meta.train.tokens,
+        meta.val.tokens,
+        mb / seconds,
+        (meta.train.tokens + meta.val.tokens) as f64 / seconds
+    );
 }
 
 fn check_not_empty(meta: &PreparedMeta) -> Result<()> {
@@ -290,6 +288,17 @@ fn each_document(files: &[PathBuf], options: &ReadOptions, read: &AtomicU64, emi
             Ok(InputRecord { path, bytes, modified, sha256 })
         })
         .collect()
+}
+
+/// With `--val-docs N`, the hash under which exactly N documents (or conversations, as
+/// rendered) fall.
+fn val_docs_threshold_of(prep: &Preparation, chat: Option<&(ChatOptions, &crate::chat::ChatTemplate)>) -> Result<Option<u64>> {
+    let (Documents::Files { files, options, script }, Some(n)) = (&prep.documents, prep.val_docs) else { return Ok(None) };
+    let threshold = val_docs_threshold(prep.split_seed, n, &mut |each| match chat {
+        Some((chat_options, template)) => each_conversation(files, chat_options, template, &AtomicU64::new(0), &mut |r| each(r.text)).map(drop),
+        None => each_text(files, options, *script, each),
+    })?;
+    Ok(Some(threshold))
 }
 
 /// The documents' texts as prepared (after the script filter), read but not tokenized.

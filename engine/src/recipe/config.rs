@@ -340,30 +340,7 @@ impl Recipe {
         if self.experts.is_empty() {
             bail!("{origin}: field `experts` is empty; a recipe needs at least one expert");
         }
-        self.check_optimizer(origin, "expert_optimizer", &self.expert_optimizer, false)?;
-        let mut names = std::collections::HashSet::new();
-        let all_experts = self.experts.iter().map(|e| ("experts", e)).chain(self.later_experts.iter().map(|e| ("later_experts", e)));
-        for (i, (field, e)) in all_experts.enumerate() {
-            let i = if field == "experts" { i } else { i - self.experts.len() };
-            if !names.insert(&e.name) || e.name.is_empty() || e.name.contains('/') || e.name == crate::merge::GENERALIST {
-                bail!("{origin}: field `{field}[{i}].name`: `{}` must be unique among all experts, not `generalist`, and a valid folder name", e.name);
-            }
-            check_mixture(&format!("{field}[{i}].data"), &e.data)?;
-            self.check_optimizer(origin, &format!("{field}[{i}].optimizer"), &self.expert_optimizer_of(e), false)?;
-            if e.steps == 0 {
-                bail!("{origin}: field `{field}[{i}].steps` must be at least 1");
-            }
-            for (p, phase) in e.then.iter().enumerate() {
-                check_mixture(&format!("{field}[{i}].then[{p}].data"), &phase.data)?;
-                self.check_optimizer(origin, &format!("{field}[{i}].then[{p}].optimizer"), &phase.optimizer.over(&self.expert_optimizer_of(e)), false)?;
-                if phase.steps == 0 {
-                    bail!("{origin}: field `{field}[{i}].then[{p}].steps` must be at least 1");
-                }
-            }
-            if field == "later_experts" && !e.then.is_empty() {
-                bail!("{origin}: field `later_experts[{i}].then`: a later expert trains in one phase");
-            }
-        }
+        self.validate_experts(origin, &check_mixture)?;
         self.validate_merges(origin)?;
         self.spike_guard.validate(origin)?;
         self.optimizer.validate(origin, "optimizer")?;
@@ -406,6 +383,35 @@ impl Recipe {
             && !(limit > 0.0 && limit.is_finite())
         {
             bail!("{origin}: field `eval.task_limit` must be a positive number of documents (or a share below 1), found {limit}");
+        }
+        Ok(())
+    }
+
+    /// Each expert's and later expert's name, data, optimizer, steps and phases.
+    fn validate_experts(&self, origin: &str, check_mixture: &dyn Fn(&str, &[(String, f64)]) -> Result<()>) -> Result<()> {
+        self.check_optimizer(origin, "expert_optimizer", &self.expert_optimizer, false)?;
+        let mut names = std::collections::HashSet::new();
+        let all_experts = self.experts.iter().map(|e| ("experts", e)).chain(self.later_experts.iter().map(|e| ("later_experts", e)));
+        for (i, (field, e)) in all_experts.enumerate() {
+            let i = if field == "experts" { i } else { i - self.experts.len() };
+            if !names.insert(&e.name) || e.name.is_empty() || e.name.contains('/') || e.name == crate::merge::GENERALIST {
+                bail!("{origin}: field `{field}[{i}].name`: `{}` must be unique among all experts, not `generalist`, and a valid folder name", e.name);
+            }
+            check_mixture(&format!("{field}[{i}].data"), &e.data)?;
+            self.check_optimizer(origin, &format!("{field}[{i}].optimizer"), &self.expert_optimizer_of(e), false)?;
+            if e.steps == 0 {
+                bail!("{origin}: field `{field}[{i}].steps` must be at least 1");
+            }
+            for (p, phase) in e.then.iter().enumerate() {
+                check_mixture(&format!("{field}[{i}].then[{p}].data"), &phase.data)?;
+                self.check_optimizer(origin, &format!("{field}[{i}].then[{p}].optimizer"), &phase.optimizer.over(&self.expert_optimizer_of(e)), false)?;
+                if phase.steps == 0 {
+                    bail!("{origin}: field `{field}[{i}].then[{p}].steps` must be at least 1");
+                }
+            }
+            if field == "later_experts" && !e.then.is_empty() {
+                bail!("{origin}: field `later_experts[{i}].then`: a later expert trains in one phase");
+            }
         }
         Ok(())
     }
