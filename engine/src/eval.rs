@@ -129,8 +129,9 @@ pub fn evaluate(model: &LanguageModel, domains: &[Domain], batch_size: usize, ma
             let mut counted = 0.0f64;
             for start in (0..limit).step_by(batch_size.max(1)) {
                 let end = (start + batch_size).min(limit);
-                let mut batch = make_batch(&domain.val.range(start..end), device);
-                batch.target_mask = target_mask(&(start..end).map(|i| domain.val.mask(i)).collect::<Vec<_>>(), domain.val.get(start).len());
+                let rows = domain.val.range(start..end);
+                let mut batch = make_batch(&rows, device);
+                batch.target_mask = target_mask(&(start..end).map(|i| domain.val.mask(i)).collect::<Vec<_>>(), rows[0].len());
                 let [b, s] = batch.targets.dims();
                 counted += batch.counted();
                 let (logits, aux) = model.forward_with_aux(batch.inputs, RoutingContext::default());

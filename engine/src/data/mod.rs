@@ -9,6 +9,7 @@ pub mod prepare_chat;
 pub mod prepared;
 pub mod rng;
 pub mod sampler;
+mod stream_writer;
 pub mod synthetic;
 pub mod tokenizer;
 

@@ -6,7 +6,6 @@
 //! stays at a few batches whatever the input's size, and the output folder appears whole or
 //! not at all.
 
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -14,13 +13,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 
 use super::corpus::{Script, Source};
 use super::documents::{ReadOptions, read_documents};
+use super::stream_writer::StreamWriter;
 use super::prepare_chat::{ChatOptions, ChatRecord, LossOn, RenderedRecord, TRAIN_MASK, VAL_MASK, each_conversation, template_for};
-use super::prepared::{InputRecord, META_FILE, PreparedMeta, SplitRule, StreamRecord, TRAIN_INDEX, TRAIN_TOKENS, TokenDtype, TokenizerFingerprint, VAL_INDEX, VAL_TOKENS};
+use super::prepared::{InputRecord, META_FILE, PreparedMeta, SplitRule, TRAIN_INDEX, TRAIN_TOKENS, TokenizerFingerprint, VAL_INDEX, VAL_TOKENS};
 
 /// Text handed to the tokenizer per batch (and at most this many pieces). The tokenizer's
 /// working memory is many times its input's size (about 100 bytes per token): on the data
@@ -177,33 +176,7 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, template: Option<&cra
     let inputs = std::thread::scope(|scope| -> Result<Vec<InputRecord>> {
         let reader = scope.spawn(|| -> Result<Vec<InputRecord>> {
             let mut batch = Batcher { sender, pieces: Vec::new(), bytes: 0 };
-            let inputs = match prep.documents {
-                Documents::Stream(produce) => produce(&read, &mut |line| batch.push(Piece { text: line, val: false, last: false, replies: None }))?,
-                Documents::Files { files, .. } if chat.is_some() => {
-                    let (options, template) = chat.as_ref().expect("chat data");
-                    each_conversation(&files, options, template, &read, &mut |RenderedRecord { text, replies }| {
-                        let val = holds_out(&text);
-                        batch.push(Piece { text, val, last: true, replies })
-                    })?
-                }
-                Documents::Files { files, options, script } => each_document(&files, &options, &read, &mut |text| {
-                    let text = match script {
-                        Some(s) => keep_script(&text, s),
-                        None => text,
-                    };
-                    if text.is_empty() {
-                        empty.fetch_add(1, Ordering::Relaxed);
-                        return Ok(());
-                    }
-                    let val = holds_out(&text);
-                    let pieces = split_long(text);
-                    let n = pieces.len();
-                    for (i, text) in pieces.into_iter().enumerate() {
-                        batch.push(Piece { text, val, last: i + 1 == n, replies: None })?;
-                    }
-                    Ok(())
-                })?,
-            };
+            let inputs = read_pieces(prep.documents, chat.as_ref(), &holds_out, &read, &empty, &mut batch)?;
             batch.flush()?;
             Ok(inputs)
         });
@@ -244,6 +217,46 @@ fn write_streams(prep: Preparation, tokenizer: &Tokenizer, template: Option<&cra
         say_rate(&meta, read.load(Ordering::Relaxed), started.elapsed().as_secs_f64());
     }
     Ok(meta)
+}
+
+/// The reading side of `write_streams`: every document (or conversation, rendered; or line
+/// of a continuous text) as pieces for the tokenizer, each marked held out or not by
+/// `holds_out`; documents left empty by the script filter are counted in `empty`.
+fn read_pieces(
+    documents: Documents,
+    chat: Option<&(ChatOptions, &crate::chat::ChatTemplate)>,
+    holds_out: &dyn Fn(&str) -> bool,
+    read: &AtomicU64,
+    empty: &AtomicU64,
+    batch: &mut Batcher,
+) -> Result<Vec<InputRecord>> {
+    Ok(match documents {
+        Documents::Stream(produce) => produce(read, &mut |line| batch.push(Piece { text: line, val: false, last: false, replies: None }))?,
+        Documents::Files { files, .. } if chat.is_some() => {
+            let (options, template) = chat.expect("chat data");
+            each_conversation(&files, options, template, read, &mut |RenderedRecord { text, replies }| {
+                let val = holds_out(&text);
+                batch.push(Piece { text, val, last: true, replies })
+            })?
+        }
+        Documents::Files { files, options, script } => each_document(&files, &options, read, &mut |text| {
+            let text = match script {
+                Some(s) => keep_script(&text, s),
+                None => text,
+            };
+            if text.is_empty() {
+                empty.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            let val = holds_out(&text);
+            let pieces = split_long(text);
+            let n = pieces.len();
+            for (i, text) in pieces.into_iter().enumerate() {
+                batch.push(Piece { text, val, last: i + 1 == n, replies: None })?;
+            }
+            Ok(())
+        })?,
+    })
 }
 
 /// What was prepared, and how fast.
@@ -369,82 +382,6 @@ impl Batcher {
         }
         // The receiver is gone only when encoding failed; that error is the one reported.
         self.sender.send(batch).map_err(|_| anyhow!("tokenizing stopped"))
-    }
-}
-
-/// One token stream being written: ids, document starts, the hash of the ids, and (chat
-/// data) the loss mask.
-struct StreamWriter {
-    path: PathBuf,
-    tokens_file: BufWriter<std::fs::File>,
-    index_file: BufWriter<std::fs::File>,
-    mask_file: Option<BufWriter<std::fs::File>>,
-    counted: u64,
-    hasher: Sha256,
-    dtype: TokenDtype,
-    tokens: u64,
-    documents: u64,
-    in_document: bool,
-    bytes: Vec<u8>,
-}
-
-impl StreamWriter {
-    fn create(dir: &Path, tokens: &str, index: &str, mask: Option<&str>, dtype: TokenDtype) -> Result<Self> {
-        let open = |name: &str| -> Result<BufWriter<std::fs::File>> {
-            let path = dir.join(name);
-            Ok(BufWriter::with_capacity(1 << 20, std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?))
-        };
-        Ok(Self {
-            path: dir.join(tokens),
-            tokens_file: open(tokens)?,
-            index_file: open(index)?,
-            mask_file: mask.map(open).transpose()?,
-            counted: 0,
-            hasher: Sha256::new(),
-            dtype,
-            tokens: 0,
-            documents: 0,
-            in_document: false,
-            bytes: Vec::new(),
-        })
-    }
-
-    fn push(&mut self, ids: &[u32]) -> Result<()> {
-        if !self.in_document {
-            self.index_file.write_all(&self.tokens.to_le_bytes())?;
-            self.documents += 1;
-            self.in_document = true;
-        }
-        self.bytes.clear();
-        match self.dtype {
-            TokenDtype::U16 => ids.iter().for_each(|&id| self.bytes.extend_from_slice(&(id as u16).to_le_bytes())),
-            TokenDtype::U32 => ids.iter().for_each(|&id| self.bytes.extend_from_slice(&id.to_le_bytes())),
-        }
-        self.hasher.update(&self.bytes);
-        self.tokens_file.write_all(&self.bytes).with_context(|| format!("cannot write {}", self.path.display()))?;
-        self.tokens += ids.len() as u64;
-        Ok(())
-    }
-
-    /// The mask bytes of the ids just pushed.
-    fn push_mask(&mut self, mask: &[u8]) -> Result<()> {
-        let file = self.mask_file.as_mut().ok_or_else(|| anyhow!("a mask for a stream without one"))?;
-        file.write_all(mask).with_context(|| format!("cannot write the mask beside {}", self.path.display()))?;
-        self.counted += mask.iter().map(|&m| m as u64).sum::<u64>();
-        Ok(())
-    }
-
-    fn end_document(&mut self) {
-        self.in_document = false;
-    }
-
-    fn finish(mut self) -> Result<StreamRecord> {
-        for file in [Some(&mut self.tokens_file), Some(&mut self.index_file), self.mask_file.as_mut()].into_iter().flatten() {
-            file.flush().with_context(|| format!("cannot write {}", self.path.display()))?;
-            file.get_ref().sync_all()?;
-        }
-        let counted = self.mask_file.is_some().then_some(self.counted);
-        Ok(StreamRecord { tokens: self.tokens, documents: self.documents, sha256: format!("{:x}", self.hasher.finalize()), counted })
     }
 }
 

@@ -49,12 +49,8 @@ pub struct ChatOptions {
     /// A chat template file (.jinja, or a tokenizer_config.json) in place of the tokenizer's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "is_replies")]
+    #[serde(default, skip_serializing_if = "LossOn::is_replies")]
     pub loss_on: LossOn,
-}
-
-fn is_replies(l: &LossOn) -> bool {
-    l.is_replies()
 }
 
 impl LossOn {

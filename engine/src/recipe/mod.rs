@@ -2,6 +2,7 @@
 
 pub mod budget;
 pub mod config;
+mod validate;
 pub mod entries;
 pub mod gpus;
 pub mod graph;
