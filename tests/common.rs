@@ -44,6 +44,7 @@ pub fn tiny_model(n_heads: usize, n_kv_heads: usize) -> ModelConfig {
         tie_embeddings: false,
         attention_experts: None,
         moe: None,
+        gemma: None,
     }
 }
 

@@ -225,6 +225,7 @@ fn merges_stream_in_bounded_memory_and_equal_the_in_memory_merge() {
         tie_embeddings: false,
         attention_experts: None,
         moe: None,
+        gemma: None,
     };
     let names: Vec<String> = (0..4).map(|i| format!("e{i}")).collect();
     for (i, name) in names.iter().enumerate() {

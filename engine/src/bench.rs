@@ -94,6 +94,7 @@ pub fn bench_moe(device: &Device, o: &MoeBenchOptions) -> Vec<MoeBenchRow> {
         tie_embeddings: false,
         attention_experts: None,
         moe: None,
+        gemma: None,
     };
     let moe_config = ModelConfig { moe: Some(moe), ..dense_config.clone() };
     let dense_lm = LanguageModel::new(&dense_config, &device);

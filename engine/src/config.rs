@@ -60,6 +60,11 @@ pub struct ModelConfig {
     /// Mixture-of-Experts layers in place of the FFN (absent: a dense model).
     #[serde(default)]
     pub moe: Option<MoeConfig>,
+    /// Gemma 2 / Gemma 3's options (`model::gemma`): unit-offset and sandwich norms, GeGLU,
+    /// the scaled embedding and attention scores, sliding-window layers, soft caps. Absent:
+    /// a Llama-family model (and left out of written configs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemma: Option<crate::model::gemma::GemmaOptions>,
 }
 
 fn default_rope_theta() -> f64 {
@@ -158,6 +163,9 @@ impl ModelConfig {
         if let Some(moe) = &self.moe {
             moe.validate(origin, self.n_layers)?;
         }
+        if let Some(Err(e)) = self.gemma.as_ref().map(|g| g.validate(self.n_layers)) {
+            bail!("{origin}: {e}");
+        }
         if self.attention_experts.as_ref().is_some_and(|a| a.num_experts == 0) {
             err("attention_experts.num_experts", "must be at least 1, found 0".into())?;
         }
@@ -200,7 +208,8 @@ impl ModelConfig {
             }
             _ => dense_ffn,
         };
-        let blocks: usize = (0..self.n_layers).map(|l| attention + ffn(l) + 2 * d).sum();
+        let norms = if self.gemma.is_some() { 4 * d } else { 2 * d };
+        let blocks: usize = (0..self.n_layers).map(|l| attention + ffn(l) + norms).sum();
         let head = if self.tie_embeddings { 0 } else { self.vocab_size * d };
         self.vocab_size * d + blocks + d + head
     }

@@ -217,6 +217,7 @@ pub fn compare_logits_with_cpu(device: &Device) -> (f32, f32) {
         tie_embeddings: false,
         attention_experts: None,
         moe: None,
+        gemma: None,
     };
     let cpu = Device::flex();
     let reference = LanguageModel::seeded(&config, 3, &cpu);

@@ -37,13 +37,20 @@ impl Family {
 /// The engine's model config from a Hugging Face config.json; `origin` names the file.
 pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
     let arch = hf["architectures"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
+    if let Some(version) = super::gemma::gemma_version(arch) {
+        // Gemma3ForConditionalGeneration's language model is described by its `text_config`
+        // (absent: every default).
+        let defaults = json!({});
+        let text = if arch.ends_with("ConditionalGeneration") { hf.get("text_config").unwrap_or(&defaults) } else { hf };
+        return super::gemma::from_gemma_config(text, version, origin);
+    }
     let (family, moe) = match arch {
         "LlamaForCausalLM" | "MistralForCausalLM" => (Family::Llama, false),
         "MixtralForCausalLM" => (Family::Llama, true),
         "Qwen2ForCausalLM" => (Family::Qwen2, false),
         "Qwen3ForCausalLM" => (Family::Qwen3, false),
         other => bail!(
-            "{origin}: field `architectures` is {:?}; supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+            "{origin}: field `architectures` is {:?}; supported: LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its language model)",
             if other.is_empty() { "missing".to_string() } else { other.to_string() }
         ),
     };
@@ -117,6 +124,7 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         } else {
             None
         },
+        gemma: None,
     };
     config.validate(origin)?;
     Ok(config)
@@ -124,14 +132,19 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
 
 /// The RoPE scaling of a config.json: transformers 5 nests it with `rope_theta` in
 /// `rope_parameters`, 4.x has `rope_scaling` (`rope_type`, or `type` before 4.45) beside a
-/// top-level `rope_theta`. `default` or absent: none; `linear` and `llama3` are the engine's
-/// `RopeScaling`; any other type is refused by name.
+/// top-level `rope_theta`.
 fn rope_scaling_from_hf(hf: &Value, origin: &str) -> Result<Option<RopeScaling>> {
-    let (field, params) = match (hf.get("rope_parameters").filter(|v| v.is_object()), hf.get("rope_scaling").filter(|v| v.is_object())) {
-        (Some(p), _) => ("rope_parameters", p),
-        (None, Some(s)) => ("rope_scaling", s),
-        (None, None) => return Ok(None),
-    };
+    match (hf.get("rope_parameters").filter(|v| v.is_object()), hf.get("rope_scaling").filter(|v| v.is_object())) {
+        (Some(p), _) => rope_scaling_of(p, "rope_parameters", origin),
+        (None, Some(s)) => rope_scaling_of(s, "rope_scaling", origin),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The scaling `params` (a `rope_parameters` or `rope_scaling` object, at `field`) describe:
+/// `default` or absent: none; `linear` and `llama3` are the engine's `RopeScaling`; any other
+/// type is refused by name.
+pub(crate) fn rope_scaling_of(params: &Value, field: &str, origin: &str) -> Result<Option<RopeScaling>> {
     let kind = params.get("rope_type").or_else(|| params.get("type")).and_then(Value::as_str).unwrap_or("default");
     let number = |name: &str| -> Result<f64> {
         params.get(name).and_then(Value::as_f64).ok_or_else(|| anyhow::anyhow!("{origin}: field `{field}.{name}` is missing or not a number (rope_type {kind} needs it)"))
@@ -154,8 +167,13 @@ fn rope_scaling_from_hf(hf: &Value, origin: &str) -> Result<Option<RopeScaling>>
 /// `rope_parameters` (transformers 5; 4.x reads the same keys from `rope_scaling`) for the
 /// engine's RoPE settings.
 fn rope_parameters_to_hf(config: &ModelConfig) -> Value {
-    let mut params = json!({ "rope_type": "default", "rope_theta": config.rope_theta });
-    match &config.rope_scaling {
+    rope_parameters_of(config.rope_theta, config.rope_scaling.as_ref())
+}
+
+/// `rope_parameters` of a base `theta` and a scaling.
+pub(crate) fn rope_parameters_of(theta: f64, scaling: Option<&RopeScaling>) -> Value {
+    let mut params = json!({ "rope_type": "default", "rope_theta": theta });
+    match scaling {
         None => {}
         Some(RopeScaling::Linear { factor }) => {
             params["rope_type"] = json!("linear");
@@ -176,6 +194,11 @@ fn rope_parameters_to_hf(config: &ModelConfig) -> Value {
 /// is an error unless `closest` is set (then Switch and sample-top-1 become top-1, soft
 /// becomes top-E).
 pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
+    match (&config.gemma, &config.moe) {
+        (Some(gemma), None) if config.attention_experts.is_none() => return Ok(super::gemma::to_gemma_config(config, gemma)),
+        (Some(_), _) => return super::gemma_moe::gemma_moe_config(config, closest),
+        (None, _) => {}
+    }
     let mut hf = json!({
         "vocab_size": config.vocab_size,
         "hidden_size": config.d_model,
@@ -272,6 +295,10 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let p = format!("model.layers.{l}");
         out.push((format!("{p}.input_layernorm.weight"), vec![d]));
         out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        if config.gemma.is_some() {
+            out.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![d]));
+            out.push((format!("{p}.post_feedforward_layernorm.weight"), vec![d]));
+        }
         match &config.attention_experts {
             None => out.extend(config.attention_parts().into_iter().map(|(part, shape)| (tensor_names::self_attention(l, part), shape))),
             Some(a) => {

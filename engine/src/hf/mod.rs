@@ -5,6 +5,8 @@
 //! is a config translation plus a tensor-by-tensor copy (streamed: no whole model in memory).
 
 pub mod config;
+pub mod gemma;
+pub mod gemma_moe;
 pub mod peft;
 pub mod qwen_moe;
 
@@ -22,13 +24,63 @@ use qwen_moe::{ExportedTensor, qwen_moe_tensors};
 
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
-    let same: Vec<ExportedTensor> = expected_tensors(config).into_iter().map(|(name, shape)| ExportedTensor::copy(name.clone(), shape, name)).collect();
-    write_exported(index, config, &same, path, origin)
+    import_tensors(index, config, &SourceNames::Same, path, origin)
+}
+
+/// Where a checkpoint keeps the language model's tensors: under the engine's (Llama's) names,
+/// or under a multimodal model's prefixes, beside tensors the engine does not import.
+enum SourceNames {
+    Same,
+    /// Gemma3ForConditionalGeneration: `model.X` is `{model}X`, `lm_head.weight` is
+    /// `{head}lm_head.weight`; names starting with one of `skipped` (the vision tower and its
+    /// projector) are left out.
+    Prefixed { model: &'static str, head: &'static str, skipped: &'static [&'static str] },
+}
+
+impl SourceNames {
+    /// The layout of a Gemma3ForConditionalGeneration checkpoint: transformers 4.5x's (and
+    /// 5.x's saved) `language_model.model.*`, or 5.x's in-memory `model.language_model.*`.
+    fn of(index: &TensorIndex, arch: &str) -> Self {
+        if !arch.ends_with("ForConditionalGeneration") {
+            return Self::Same;
+        }
+        if index.tensors.keys().any(|n| n.starts_with("model.language_model.")) {
+            Self::Prefixed { model: "model.language_model.", head: "", skipped: &["model.vision_tower.", "model.multi_modal_projector."] }
+        } else {
+            Self::Prefixed { model: "language_model.model.", head: "language_model.", skipped: &["vision_tower.", "multi_modal_projector."] }
+        }
+    }
+
+    fn source(&self, engine_name: &str) -> String {
+        match self {
+            Self::Same => engine_name.to_string(),
+            Self::Prefixed { model, head, .. } => match engine_name.strip_prefix("model.") {
+                Some(rest) => format!("{model}{rest}"),
+                None => format!("{head}{engine_name}"),
+            },
+        }
+    }
+
+    fn skips(&self, source_name: &str) -> bool {
+        matches!(self, Self::Prefixed { skipped, .. } if skipped.iter().any(|p| source_name.starts_with(p)))
+    }
+}
+
+/// Copies every tensor `config` needs from `index` (named as `names` says) into `path`.
+fn import_tensors(index: &TensorIndex, config: &ModelConfig, names: &SourceNames, path: &Path, origin: &str) -> Result<()> {
+    let tensors: Vec<ExportedTensor> = expected_tensors(config).into_iter().map(|(name, shape)| ExportedTensor::copy(name.clone(), shape, names.source(&name))).collect();
+    check_tensors(index, config, names, origin)?;
+    write_tensors(index, &tensors, path)
 }
 
 /// Writes `exported` into `path` from the engine tensors of `index` (checked first).
 fn write_exported(index: &TensorIndex, config: &ModelConfig, exported: &[ExportedTensor], path: &Path, origin: &str) -> Result<()> {
-    check_tensors(index, config, origin)?;
+    check_tensors(index, config, &SourceNames::Same, origin)?;
+    write_tensors(index, exported, path)
+}
+
+/// Writes `exported` into `path` from the tensors of `index`.
+fn write_tensors(index: &TensorIndex, exported: &[ExportedTensor], path: &Path) -> Result<()> {
     let mut writer = StreamWriter::create(path, exported.iter().map(|t| (t.name.clone(), t.shape.clone())).collect())?;
     for t in exported {
         let tensor = match &t.from {
@@ -46,9 +98,11 @@ fn write_exported(index: &TensorIndex, config: &ModelConfig, exported: &[Exporte
     writer.finish()
 }
 
-/// Checks that `index` holds exactly the tensors a model of `config` has, with their shapes.
-fn check_tensors(index: &TensorIndex, config: &ModelConfig, origin: &str) -> Result<()> {
-    let expected = expected_tensors(config);
+/// Checks that `index` holds exactly the tensors a model of `config` has, with their shapes
+/// (beside those `names` skips).
+fn check_tensors(index: &TensorIndex, config: &ModelConfig, names: &SourceNames, origin: &str) -> Result<()> {
+    let expected: Vec<(String, Vec<usize>)> = expected_tensors(config).into_iter().map(|(n, s)| (names.source(&n), s)).collect();
+    let tied_head = names.source("lm_head.weight");
     for (name, shape) in &expected {
         match index.tensors.get(name) {
             None => bail!("{origin}: missing tensor `{name}` (shape {shape:?})"),
@@ -57,7 +111,7 @@ fn check_tensors(index: &TensorIndex, config: &ModelConfig, origin: &str) -> Res
         }
     }
     for name in index.tensors.keys() {
-        let ignorable = name.ends_with("rotary_emb.inv_freq") || (config.tie_embeddings && name == "lm_head.weight");
+        let ignorable = name.ends_with("rotary_emb.inv_freq") || (config.tie_embeddings && *name == tied_head) || names.skips(name);
         if !ignorable && !expected.iter().any(|(n, _)| n == name) {
             bail!("{origin}: unexpected tensor `{name}` (config.json describes no such parameter)");
         }
@@ -74,8 +128,13 @@ pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
     let hf: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{origin} is not valid JSON"))?;
     let config = from_hf_config(&hf, &origin)?;
     let index = TensorIndex::open(dir)?;
+    let arch = hf["architectures"].as_array().and_then(|a| a.first()).and_then(serde_json::Value::as_str).unwrap_or("");
+    let names = SourceNames::of(&index, arch);
+    if matches!(names, SourceNames::Prefixed { .. }) {
+        eprintln!("{}: {arch}: importing its language model; the vision tower and its projector are left out", dir.display());
+    }
     write_dir_atomic(out, |tmp| {
-        copy_tensors(&index, &config, &tmp.join(MODEL_FILE), &dir.display().to_string())?;
+        import_tensors(&index, &config, &names, &tmp.join(MODEL_FILE), &dir.display().to_string())?;
         write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(&config)?.as_bytes())?;
         let tokenizer = dir.join("tokenizer.json");
         if tokenizer.is_file() {

@@ -53,7 +53,7 @@ pub fn mean_router_inputs(model: &LanguageModel, seqs: &[Vec<u32>], mode: Router
     let batch = make_batch(seqs, device);
     match mode {
         RouterInit::Hidden => model.ffn_inputs(batch.inputs).into_iter().map(mean_over_tokens).collect(),
-        RouterInit::Embedding | RouterInit::Random => vec![mean_over_tokens(model.embed_tokens.forward(batch.inputs)); model.layers.len()],
+        RouterInit::Embedding | RouterInit::Random => vec![mean_over_tokens(model.embed(batch.inputs)); model.layers.len()],
     }
 }
 

@@ -3,9 +3,12 @@
 //! Field names follow Hugging Face's Llama (`q_proj`, `k_proj`, `v_proj`, `o_proj`). Options
 //! of the families built on it: biases on q, k and v (Qwen2), an RMSNorm of each query and
 //! key head before RoPE (Qwen3's `q_norm`, `k_norm`), heads wider or narrower than
-//! d_model / n_heads (Qwen3's `head_dim`).
+//! d_model / n_heads (Qwen3's `head_dim`); Gemma's score scale, soft cap and sliding window
+//! (`gemma::ScoreOptions`).
 
-use burn::nn::{RmsNorm, RmsNormConfig};
+use super::gemma::ScoreOptions;
+use super::norm::RmsNorm;
+use burn::tensor::ops::AttentionModuleOptions;
 
 use super::linear::Linear;
 use burn::prelude::*;
@@ -28,6 +31,8 @@ pub struct Attention {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    #[module(skip)]
+    pub scores: ScoreOptions,
 }
 
 impl Attention {
@@ -44,7 +49,13 @@ impl Attention {
             n_heads: config.n_heads,
             n_kv_heads: config.kv_heads(),
             head_dim: config.head_dim(),
+            scores: ScoreOptions::default(),
         }
+    }
+
+    /// The same attention forming its scores by `scores` (a Gemma layer's).
+    pub fn with_scores(self, scores: ScoreOptions) -> Self {
+        Self { scores, ..self }
     }
 
     /// # Shapes
@@ -74,7 +85,7 @@ impl Attention {
         let v = split_heads(project(&self.v_proj, x), head_dim);
         let (k, v, causal) = append_to_cache(k, v, cache);
         let group = self.n_heads / self.n_kv_heads;
-        let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal);
+        let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal, &self.scores);
         project(&self.o_proj, out.swap_dims(1, 2).reshape([batch, seq, self.n_heads * head_dim]))
     }
 }
@@ -87,7 +98,7 @@ pub(crate) fn input_projection(config: &ModelConfig, d_out: usize, device: &Devi
 
 /// The RMSNorm over each query or key head, where the model has them (Qwen3).
 pub(crate) fn head_norm(config: &ModelConfig, device: &Device) -> Option<RmsNorm> {
-    config.qk_norm.then(|| RmsNormConfig::new(config.head_dim()).with_epsilon(config.norm_eps).init(device))
+    config.qk_norm.then(|| RmsNorm::new(config.head_dim(), config.norm_eps, config.gemma.is_some(), device))
 }
 
 /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.
@@ -113,9 +124,43 @@ pub(crate) fn append_to_cache(k: Tensor<4>, v: Tensor<4>, cache: &mut Option<(Te
 }
 
 /// softmax(q k^T / sqrt(head_dim)) v per head, causal or over every key (in f16 inside an
-/// f16 autocast scope).
-pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
-    in_compute_dtype(q, k, v, |q, k, v| kernels::attention(q, k, v, causal))
+/// f16 autocast scope), with a Gemma layer's score options. The engine's kernel takes the
+/// plain case and a scale (folded into q); a soft cap, or a window shorter than the keys,
+/// goes through Burn's attention with its options and an explicit mask.
+pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, scores: &ScoreOptions) -> Tensor<4> {
+    let [_, _, seq_q, head_dim] = q.dims();
+    let seq_k = k.dims()[2];
+    let (mut k, mut v) = (k, v);
+    let window = scores.window.filter(|&w| w < seq_k);
+    if let (Some(w), false) = (window, causal) {
+        // A decoding step (one query, the newest position) sees the last `w` keys.
+        assert_eq!(seq_q, 1, "a cached forward takes one position at a time");
+        (k, v) = (k.narrow(2, seq_k - w, w), v.narrow(2, seq_k - w, w));
+    }
+    let needs_mask = causal && window.is_some();
+    if scores.softcap.is_none() && !needs_mask {
+        let q = match scores.scale {
+            Some(scale) => q * (scale * (head_dim as f64).sqrt()),
+            None => q,
+        };
+        return in_compute_dtype(q, k, v, |q, k, v| kernels::attention(q, k, v, causal));
+    }
+    let mask = needs_mask.then(|| sliding_window_mask(q.dims(), seq_k, window.unwrap_or(seq_k), &q.device()));
+    let options = AttentionModuleOptions { scale: scores.scale, softcap: scores.softcap, is_causal: causal && mask.is_none() };
+    in_compute_dtype(q, k, v, |q, k, v| burn::tensor::module::attention(q, k, v, mask, None, options))
+}
+
+/// The mask (true: not attended) of causal attention over a window of `window` positions:
+/// query i (at position i + seq_k - seq_q) sees key j when 0 <= pos(i) - j < window, as
+/// transformers' `sliding_window_overlay` on its causal mask.
+fn sliding_window_mask([batch, heads, seq_q, _]: [usize; 4], seq_k: usize, window: usize, device: &Device) -> Tensor<4, Bool> {
+    let offset = seq_k - seq_q;
+    let masked: Vec<bool> = (0..seq_q)
+        .flat_map(|i| (0..seq_k).map(move |j| j > i + offset || i + offset - j >= window))
+        .collect();
+    Tensor::<2, Bool>::from_data(TensorData::new(masked, [seq_q, seq_k]), device)
+        .unsqueeze::<4>()
+        .expand([batch, heads, seq_q, seq_k])
 }
 
 /// Repeats each key/value head for its group of query heads:

@@ -12,7 +12,8 @@
 //! All experts run as one attention call: their query heads are stacked (expert e's head j is
 //! head e * n_heads + j), each against its own expert's key/value heads.
 
-use burn::nn::RmsNorm;
+use super::gemma::ScoreOptions;
+use super::norm::RmsNorm;
 
 use super::linear::Linear;
 use burn::prelude::*;
@@ -49,6 +50,8 @@ pub struct AttentionExperts {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    #[module(skip)]
+    pub scores: ScoreOptions,
 }
 
 /// An expert's own key or value projection (it has one when they are not shared).
@@ -60,7 +63,7 @@ fn own(projection: &Option<Linear>) -> &Linear {
 type Projected<'a> = (&'a Linear, Option<&'a RmsNorm>);
 
 impl AttentionExperts {
-    pub fn new(config: &ModelConfig, experts: &AttentionExpertsConfig, device: &Device) -> Self {
+    pub fn new(config: &ModelConfig, experts: &AttentionExpertsConfig, scores: ScoreOptions, device: &Device) -> Self {
         let (d, q_dim) = (config.d_model, config.q_dim());
         let kv_dim = config.kv_heads() * config.head_dim();
         let (own_kv, shared_kv) = (!experts.shared_kv, experts.shared_kv);
@@ -82,6 +85,7 @@ impl AttentionExperts {
             n_heads: config.n_heads,
             n_kv_heads: config.kv_heads(),
             head_dim: config.head_dim(),
+            scores,
         }
     }
 
@@ -122,7 +126,7 @@ impl AttentionExperts {
             (k, v) = (k.repeat_dim(1, num_experts), v.repeat_dim(1, num_experts));
         }
         let group = self.n_heads / self.n_kv_heads;
-        let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal);
+        let out = causal_attention(q, repeat_kv(k, group), repeat_kv(v, group), causal, &self.scores);
         let out = out.swap_dims(1, 2).reshape([batch, seq, num_experts, q_dim]);
         let mut y = Tensor::<3>::zeros([batch, seq, d_model], &out.device());
         for (e, expert) in self.experts.iter().enumerate() {

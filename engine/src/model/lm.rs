@@ -3,7 +3,7 @@
 //! experts (BAM). Field names follow Hugging Face's `LlamaForCausalLM` /
 //! `MixtralForCausalLM`, so a checkpoint's tensor names are its module paths.
 
-use burn::nn::{Embedding, EmbeddingConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig};
 
 use super::linear::Linear;
 use burn::prelude::*;
@@ -12,6 +12,7 @@ use super::autocast::project;
 use super::block::Block;
 use super::moe::{MoeAux, RoutingContext};
 use super::init::{linear, linear_init, seeded_init};
+use super::norm::RmsNorm;
 use super::rope::rope_tables_from;
 use crate::config::ModelConfig;
 
@@ -26,6 +27,31 @@ pub struct LanguageModel {
     #[module(skip)]
     pub rope_scaling: Option<super::rope::RopeScaling>,
     pub head_dim: usize,
+    /// Gemma: the embedding is multiplied by sqrt(d_model); the local layers' RoPE base; the
+    /// final logits' soft cap.
+    #[module(skip)]
+    pub embed_scale: Option<f64>,
+    #[module(skip)]
+    pub local_rope_theta: Option<f64>,
+    #[module(skip)]
+    pub final_logit_softcap: Option<f64>,
+}
+
+/// Cosine and sine tables of the positions a forward covers: the global layers' and, in a
+/// model with local (sliding-window) layers, theirs.
+struct RopeTables {
+    global: (Tensor<2>, Tensor<2>),
+    local: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+impl RopeTables {
+    fn of(&self, block: &Block) -> (&Tensor<2>, &Tensor<2>) {
+        let (cos, sin) = match (&self.local, block.local) {
+            (Some(local), true) => local,
+            _ => &self.global,
+        };
+        (cos, sin)
+    }
 }
 
 impl LanguageModel {
@@ -35,17 +61,39 @@ impl LanguageModel {
                 .with_initializer(linear_init())
                 .init(device),
             layers: (0..config.n_layers).map(|l| Block::new(config, l, device)).collect(),
-            norm: RmsNormConfig::new(config.d_model).with_epsilon(config.norm_eps).init(device),
+            norm: RmsNorm::new(config.d_model, config.norm_eps, config.gemma.is_some(), device),
             lm_head: (!config.tie_embeddings).then(|| linear(config.d_model, config.vocab_size, device)),
             rope_theta: config.rope_theta,
             rope_scaling: config.rope_scaling.clone(),
             head_dim: config.head_dim(),
+            embed_scale: config.gemma.as_ref().map(|_| (config.d_model as f32).sqrt() as f64),
+            local_rope_theta: config.gemma.as_ref().map(|g| g.local_rope_theta.unwrap_or(config.rope_theta)),
+            final_logit_softcap: config.gemma.as_ref().and_then(|g| g.final_logit_softcap),
         }
     }
 
-    /// RoPE tables for positions `start..start + seq`.
-    fn rope(&self, start: usize, seq: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
-        rope_tables_from(start, seq, self.head_dim, self.rope_theta, self.rope_scaling.as_ref(), device)
+    /// RoPE tables for positions `start..start + seq`: the global layers' (with the model's
+    /// scaling) and the local layers' (their own base, no scaling) where the model has them.
+    fn rope(&self, start: usize, seq: usize, device: &Device) -> RopeTables {
+        let global = rope_tables_from(start, seq, self.head_dim, self.rope_theta, self.rope_scaling.as_ref(), device);
+        let local = match self.local_rope_theta {
+            Some(theta) if self.layers.iter().any(|b| b.local) => Some(rope_tables_from(start, seq, self.head_dim, theta, None, device)),
+            _ => None,
+        };
+        RopeTables { global, local }
+    }
+
+    /// The input embeddings of `tokens` (Gemma's scaled by sqrt(d_model), in f32 as
+    /// transformers computes them for f32 weights).
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, seq]` -> `[batch, seq, d_model]`
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let x = self.embed_tokens.forward(tokens);
+        match self.embed_scale {
+            Some(scale) => x * scale,
+            None => x,
+        }
     }
 
     /// A model initialised from `seed` alone (the same on every backend).
@@ -60,11 +108,12 @@ impl LanguageModel {
     pub fn hidden(&self, tokens: Tensor<2, Int>, ctx: RoutingContext) -> (Tensor<3>, Vec<MoeAux>) {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
-        let mut x = self.embed_tokens.forward(tokens);
-        let (cos, sin) = self.rope(0, seq, &device);
+        let mut x = self.embed(tokens);
+        let rope = self.rope(0, seq, &device);
         let mut aux = Vec::new();
         for block in &self.layers {
-            let (y, layer_aux) = block.forward(x, &cos, &sin, ctx);
+            let (cos, sin) = rope.of(block);
+            let (y, layer_aux) = block.forward(x, cos, sin, ctx);
             x = y;
             aux.extend(layer_aux);
         }
@@ -78,12 +127,13 @@ impl LanguageModel {
     pub fn ffn_inputs(&self, tokens: Tensor<2, Int>) -> Vec<Tensor<3>> {
         let [_, seq] = tokens.dims();
         let device = tokens.device();
-        let mut x = self.embed_tokens.forward(tokens);
-        let (cos, sin) = self.rope(0, seq, &device);
+        let mut x = self.embed(tokens);
+        let rope = self.rope(0, seq, &device);
         let mut inputs = Vec::with_capacity(self.layers.len());
         for block in &self.layers {
-            let h = block.attend(x, &cos, &sin);
-            inputs.push(block.post_attention_layernorm.forward(h.clone()));
+            let (cos, sin) = rope.of(block);
+            let h = block.attend(x, cos, sin);
+            inputs.push(block.ffn_input_norm().forward(h.clone()));
             x = block.feed_forward(h, RoutingContext::default()).0;
         }
         inputs
@@ -113,11 +163,12 @@ impl LanguageModel {
         if cache.layers.len() != self.layers.len() {
             *cache = KvCache { layers: vec![None; self.layers.len()], len: 0 };
         }
-        let (cos, sin) = self.rope(cache.len, seq, &device);
-        let mut x = self.embed_tokens.forward(tokens);
+        let rope = self.rope(cache.len, seq, &device);
+        let mut x = self.embed(tokens);
         let mut aux = Vec::new();
         for (block, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            let h = block.attend_cached(x, &cos, &sin, layer_cache);
+            let (cos, sin) = rope.of(block);
+            let h = block.attend_cached(x, cos, sin, layer_cache);
             let (y, layer_aux) = block.feed_forward(h, RoutingContext::default());
             x = y;
             aux.extend(layer_aux);
@@ -129,20 +180,24 @@ impl LanguageModel {
         (logits.reshape([batch, seq, vocab]), aux)
     }
 
-    /// The LM head: `[tokens, d_model]` -> `[tokens, vocab]`.
+    /// The LM head: `[tokens, d_model]` -> `[tokens, vocab]` (soft-capped in Gemma 2).
     fn head(&self, h: Tensor<2>) -> Tensor<2> {
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => project(head, h),
             None => crate::kernels::matmul(h, self.embed_tokens.weight.val().transpose()),
+        };
+        match self.final_logit_softcap {
+            Some(cap) => super::gemma::soft_cap(logits, cap),
+            None => logits,
         }
     }
 
     /// The LM head's cross-entropy, sum_t w_t * -log p(y_t | h_t), from the final hidden states
     /// [tokens, d_model], targets [tokens] and per-token weights [tokens]: fused with the head
     /// (no [tokens, vocab] logits held, `kernels::linear_cross_entropy`) unless the autocast
-    /// scope computes the head in another dtype.
+    /// scope computes the head in another dtype, or the logits are soft-capped.
     fn head_loss(&self, hidden: Tensor<2>, targets: Tensor<1, Int>, token_weights: Tensor<1>) -> Tensor<1> {
-        if super::autocast::casts(hidden.dtype()) {
+        if super::autocast::casts(hidden.dtype()) || self.final_logit_softcap.is_some() {
             return weighted_nll(self.head(hidden), targets, token_weights);
         }
         let (weight, trains) = match &self.lm_head {

@@ -150,6 +150,7 @@ fn map_projections(mut model: LanguageModel, mut f: impl FnMut(&str, &str, Linea
         gate_proj: f(&format!("{path}.gate_proj"), "gate_proj", ffn.gate_proj),
         up_proj: f(&format!("{path}.up_proj"), "up_proj", ffn.up_proj),
         down_proj: f(&format!("{path}.down_proj"), "down_proj", ffn.down_proj),
+        geglu: ffn.geglu,
     };
     model.layers = std::mem::take(&mut model.layers)
         .into_iter()

@@ -86,6 +86,15 @@ impl MoeLayer {
         }
     }
 
+    /// The same layer with GeGLU experts (`geglu` true: Gemma's) or SwiGLU ones.
+    pub fn with_geglu(self, geglu: bool) -> Self {
+        Self {
+            experts: self.experts.into_iter().map(|e| e.with_geglu(geglu)).collect(),
+            shared_expert: self.shared_expert.map(|e| e.with_geglu(geglu)),
+            ..self
+        }
+    }
+
     fn routing(&self) -> Routing {
         if self.force_soft { Routing::Soft } else { self.config.routing.clone() }
     }
