@@ -165,14 +165,46 @@ pub fn seed_checkpoint_of(dir: &std::path::Path, name: &str, seed: u64, config: 
     MergeInput::load(&path).unwrap()
 }
 
-/// The attention of each family the engine imports: Llama's, Qwen2's (q/k/v biases) and
-/// Qwen3's (per-head q/k norms, heads wider than d_model / n_heads).
+/// The attention of each family the engine imports: Llama's, Qwen2's (q/k/v biases),
+/// Qwen3's (per-head q/k norms, heads wider than d_model / n_heads) and Gemma's.
 pub fn attention_families() -> Vec<(&'static str, ModelConfig)> {
     vec![
         ("Llama", tiny_model(4, 2)),
         ("Qwen2", ModelConfig { attention_bias: true, ..tiny_model(4, 2) }),
         ("Qwen3", ModelConfig { qk_norm: true, head_dim: Some(16), ..tiny_model(4, 2) }),
+        ("Gemma3", gemma3_model()),
+        ("Gemma2", gemma2_model()),
     ]
+}
+
+/// A tiny Gemma 3: q/k norms, wide heads, a local layer whose window (4) is shorter than the
+/// tests' sequences with its own RoPE base, a global layer with linear RoPE scaling, a score
+/// scale apart from head_dim's, tied embeddings.
+pub fn gemma3_model() -> ModelConfig {
+    ModelConfig {
+        qk_norm: true,
+        head_dim: Some(16),
+        tie_embeddings: true,
+        rope_scaling: Some(btx::model::rope::RopeScaling::Linear { factor: 8.0 }),
+        gemma: Some(btx::model::gemma::GemmaOptions {
+            query_pre_attn_scalar: 24.0,
+            sliding_window: Some(4),
+            full_attention_layers: vec![1],
+            local_rope_theta: Some(1000.0),
+            final_logit_softcap: None,
+            attn_logit_softcap: None,
+        }),
+        ..tiny_model(4, 2)
+    }
+}
+
+/// A tiny Gemma 2: Gemma 3 without q/k norms and local RoPE base, with soft caps on the
+/// scores and the logits.
+pub fn gemma2_model() -> ModelConfig {
+    let mut config = ModelConfig { qk_norm: false, head_dim: None, rope_scaling: None, ..gemma3_model() };
+    let gemma = config.gemma.as_mut().unwrap();
+    (gemma.local_rope_theta, gemma.final_logit_softcap, gemma.attn_logit_softcap) = (None, Some(3.0), Some(5.0));
+    config
 }
 
 /// A seed checkpoint whose tensors `edit` changed (written as they are, unchecked).

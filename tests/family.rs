@@ -69,7 +69,7 @@ fn bam_keeps_each_members_attention_and_averages_shared_keys_and_values() {
         let (config, own) = bam(&experts, None, None, &MoeOptions::default(), None, false).unwrap().into_tensors().unwrap();
         let (shared_config, shared) = bam(&experts, None, None, &MoeOptions::default(), None, true).unwrap().into_tensors().unwrap();
         let parts = model.attention_parts();
-        assert_eq!(parts.len(), match family { "Qwen2" => 4 + 3, "Qwen3" => 4 + 2, _ => 4 });
+        assert_eq!(parts.len(), match family { "Qwen2" => 4 + 3, "Qwen3" | "Gemma3" => 4 + 2, _ => 4 });
         let mut kv_params = 0;
         for (part, shape) in &parts {
             let theirs = format!("model.layers.1.self_attn.{part}");

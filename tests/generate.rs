@@ -39,8 +39,11 @@ fn cached_logits_equal_the_full_forward_dense_and_every_routing() {
         Some(MoeConfig::new(4, 1, Routing::SampleTop1 { tau_min: 0.5, tau_decay: 1e-3, first_layer_soft: true })),
     ];
     // The attention options of Qwen2 (q/k/v biases), Qwen3 (q/k norms, wide heads) and
-    // Llama 3 (RoPE scaling), dense and under top-2 routing.
+    // Llama 3 (RoPE scaling), Gemma 3 and Gemma 2 (a window shorter than the sequence, soft
+    // caps), dense and under top-2 routing.
     let families = [
+        gemma3_model(),
+        gemma2_model(),
         ModelConfig { attention_bias: true, ..tiny_model(4, 2) },
         ModelConfig { qk_norm: true, head_dim: Some(16), ..tiny_model(4, 2) },
         ModelConfig { rope_scaling: Some(btx::model::rope::RopeScaling::Llama3 { factor: 4.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8 }), ..tiny_model(4, 2) },

@@ -10,6 +10,7 @@ mod chat_training;
 mod data;
 mod docs;
 mod family;
+mod gemma;
 mod generate;
 mod hf;
 mod kernels;

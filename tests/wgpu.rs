@@ -86,6 +86,11 @@ fn wgpu_logits_match_cpu_dense_and_every_routing() {
         ),
         ("BAM of Qwen3 attention", btx::config::ModelConfig { qk_norm: true, head_dim: Some(16), ..plain(Some(MoeConfig::new(4, 2, Routing::TopK)), attention(false)) }),
         ("BAM of Qwen2 attention, shared KV", btx::config::ModelConfig { attention_bias: true, ..plain(Some(MoeConfig::new(4, 2, Routing::TopK)), attention(true)) }),
+        // Gemma 3's options (a window shorter than the sequence, local and global RoPE,
+        // sandwich and unit-offset norms, GeGLU), dense and top-2; Gemma 2's soft caps.
+        ("Gemma 3", gemma3_model()),
+        ("Gemma 3 top-2", btx::config::ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..gemma3_model() }),
+        ("Gemma 2 soft caps", gemma2_model()),
     ]);
     for (label, config) in configs {
         let reference = LanguageModel::seeded(&config, 11, &cpu());
