@@ -201,6 +201,13 @@ impl ModelConfig {
             + self.attention_experts.as_ref().map_or(0, |a| a.num_experts * d);
         let dense_ffn = 3 * d * self.d_ff;
         let ffn = |layer: usize| match &self.moe {
+            Some(moe) if moe.is_moe_layer(layer) && !moe.routed_projections.is_empty() => {
+                // Per routed projection: a router over its input and E copies (k used).
+                let used = if active_only { moe.top_k } else { moe.num_experts };
+                let routed = moe.routed_projections.len();
+                let router_inputs: usize = moe.routed_projections.iter().map(|p| if p.name() == "down_proj" { self.d_ff } else { d }).sum();
+                moe.num_experts * router_inputs + (routed * used + 3 - routed) * d * self.d_ff
+            }
             Some(moe) if moe.is_moe_layer(layer) => {
                 let expert = 3 * d * moe.expert_d_ff.unwrap_or(self.d_ff);
                 let used = if active_only { moe.active_experts() } else { moe.num_experts };

@@ -80,9 +80,30 @@ pub const ATTENTION_EXPERTS: &str = ".attention_experts.experts.";
 pub const ROUTER_END: &str = ".block_sparse_moe.gate.weight";
 pub const ATTENTION_ROUTER_END: &str = ".attention_experts.gate.weight";
 
-/// Whether a tensor (by checkpoint name or Burn module path) is a router of either kind.
+/// What every name of a routed projection's tensors (MixtureKit's BTX) holds.
+pub const PROJECTION_MOE: &str = ".projection_moe.";
+/// What the names of a routed projection's experts hold (and no other tensor's).
+pub const PROJECTION_EXPERTS: &str = "_proj.experts.";
+
+/// Whether a tensor (by checkpoint name or Burn module path) is a router of any kind.
 pub fn is_router(name: &str) -> bool {
-    name.ends_with(ROUTER_END) || name.ends_with(ATTENTION_ROUTER_END)
+    name.ends_with(ROUTER_END) || name.ends_with(ATTENTION_ROUTER_END) || (name.contains(PROJECTION_MOE) && name.ends_with(".gate.weight"))
+}
+
+/// `model.layers.L.projection_moe.P.gate.weight`: the router of projection P (MixtureKit's
+/// BTX), `[E, d_in]`.
+pub fn projection_router(layer: usize, proj: Projection) -> String {
+    format!("model.layers.{layer}{PROJECTION_MOE}{}.gate.weight", proj.llama())
+}
+
+/// `model.layers.L.projection_moe.P.experts.E.weight`: expert E of a routed projection.
+pub fn projection_expert(layer: usize, proj: Projection, expert: usize) -> String {
+    format!("model.layers.{layer}{PROJECTION_MOE}{}.experts.{expert}.weight", proj.llama())
+}
+
+/// `model.layers.L.projection_moe.P.plain.weight`: a projection the layer does not route.
+pub fn projection_plain(layer: usize, proj: Projection) -> String {
+    format!("model.layers.{layer}{PROJECTION_MOE}{}.plain.weight", proj.llama())
 }
 
 /// `.block_sparse_moe.experts.E.`: the part of a name every tensor of routed expert E holds.

@@ -26,6 +26,10 @@ pub struct ExportArgs {
     /// top-k equivalent instead of refusing.
     #[arg(long)]
     closest: bool,
+    /// transformers' own class (auto: where one exists) or MixtureKit's layout with the
+    /// engine's modeling code (auto: an MoE of Gemma experts or with a router per projection).
+    #[arg(long, value_enum, default_value = "auto")]
+    format: crate::hf::ExportFormat,
 }
 
 #[derive(clap::Args)]
@@ -43,7 +47,7 @@ pub fn import(args: ImportArgs) -> Result<()> {
 }
 
 pub fn export(args: ExportArgs) -> Result<()> {
-    crate::hf::export_hf(&args.checkpoint, &args.out, args.tokenizer.as_deref(), args.closest)?;
+    crate::hf::export_hf_as(&args.checkpoint, &args.out, args.tokenizer.as_deref(), args.closest, args.format)?;
     // The architecture the written config.json names.
     let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(args.out.join("config.json"))?)?;
     let arch = written["architectures"][0].as_str().unwrap_or("?").to_string();

@@ -36,6 +36,9 @@ impl Family {
 
 /// The engine's model config from a Hugging Face config.json; `origin` names the file.
 pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
+    if super::mixturekit::is_mixturekit(hf) {
+        return super::mixturekit::from_mixturekit_config(hf, origin);
+    }
     let arch = hf["architectures"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
     if let Some(version) = super::gemma::gemma_version(arch) {
         // Gemma3ForConditionalGeneration's language model is described by its `text_config`
@@ -120,6 +123,7 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
                 router_z_loss: 0.0,
                 freeze_experts: false,
                 shared_expert: false,
+                routed_projections: Vec::new(),
             })
         } else {
             None
@@ -196,7 +200,7 @@ pub(crate) fn rope_parameters_of(theta: f64, scaling: Option<&RopeScaling>) -> V
 pub fn to_hf_config(config: &ModelConfig, closest: bool) -> Result<Value> {
     match (&config.gemma, &config.moe) {
         (Some(gemma), None) if config.attention_experts.is_none() => return Ok(super::gemma::to_gemma_config(config, gemma)),
-        (Some(_), _) => return super::gemma_moe::gemma_moe_config(config, closest),
+        (Some(_), _) => bail!("an MoE of Gemma experts has no transformers class: export it in MixtureKit's format (`btx export-hf --format mixturekit`), which loads with trust_remote_code"),
         (None, _) => {}
     }
     let mut hf = json!({
@@ -313,6 +317,17 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             }
         }
         match &config.moe {
+            Some(moe) if moe.is_moe_layer(l) && !moe.routed_projections.is_empty() => {
+                for proj in Projection::ALL {
+                    let shape = proj.shape(d, config.d_ff);
+                    if moe.routed_projections.iter().any(|r| r.name() == proj.llama()) {
+                        out.push((tensor_names::projection_router(l, proj), vec![moe.num_experts, shape[1]]));
+                        out.extend((0..moe.num_experts).map(|e| (tensor_names::projection_expert(l, proj, e), shape.clone())));
+                    } else {
+                        out.push((tensor_names::projection_plain(l, proj), shape));
+                    }
+                }
+            }
             Some(moe) if moe.is_moe_layer(l) => {
                 let f = moe.expert_d_ff.unwrap_or(config.d_ff);
                 out.push((tensor_names::router(l), vec![moe.num_experts, d]));

@@ -6,7 +6,7 @@
 
 pub mod config;
 pub mod gemma;
-pub mod gemma_moe;
+pub mod mixturekit;
 pub mod peft;
 pub mod qwen_moe;
 
@@ -24,7 +24,7 @@ use qwen_moe::{ExportedTensor, qwen_moe_tensors};
 
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
-    import_tensors(index, config, &SourceNames::Same, path, origin)
+    import_tensors(index, config, &SourceNames::Same, 0.0, path, origin).map(|_| ())
 }
 
 /// Where a checkpoint keeps the language model's tensors: under the engine's (Llama's) names,
@@ -35,12 +35,18 @@ enum SourceNames {
     /// `{head}lm_head.weight`; names starting with one of `skipped` (the vision tower and its
     /// projector) are left out.
     Prefixed { model: &'static str, head: &'static str, skipped: &'static [&'static str] },
+    /// A MixtureKit checkpoint: its routed modules' names (`mixturekit::mixturekit_name`); its
+    /// routers may be missing (a fresh build).
+    MixtureKit,
 }
 
 impl SourceNames {
     /// The layout of a Gemma3ForConditionalGeneration checkpoint: transformers 4.5x's (and
     /// 5.x's saved) `language_model.model.*`, or 5.x's in-memory `model.language_model.*`.
     fn of(index: &TensorIndex, arch: &str) -> Self {
+        if arch == "MixtureKitForCausalLM" {
+            return Self::MixtureKit;
+        }
         if !arch.ends_with("ForConditionalGeneration") {
             return Self::Same;
         }
@@ -54,6 +60,7 @@ impl SourceNames {
     fn source(&self, engine_name: &str) -> String {
         match self {
             Self::Same => engine_name.to_string(),
+            Self::MixtureKit => mixturekit::mixturekit_name(engine_name),
             Self::Prefixed { model, head, .. } => match engine_name.strip_prefix("model.") {
                 Some(rest) => format!("{model}{rest}"),
                 None => format!("{head}{engine_name}"),
@@ -64,13 +71,38 @@ impl SourceNames {
     fn skips(&self, source_name: &str) -> bool {
         matches!(self, Self::Prefixed { skipped, .. } if skipped.iter().any(|p| source_name.starts_with(p)))
     }
+
+    fn may_be_missing(&self, source_name: &str) -> bool {
+        matches!(self, Self::MixtureKit) && mixturekit::may_be_missing(source_name)
+    }
 }
 
-/// Copies every tensor `config` needs from `index` (named as `names` says) into `path`.
-fn import_tensors(index: &TensorIndex, config: &ModelConfig, names: &SourceNames, path: &Path, origin: &str) -> Result<()> {
-    let tensors: Vec<ExportedTensor> = expected_tensors(config).into_iter().map(|(name, shape)| ExportedTensor::copy(name.clone(), shape, names.source(&name))).collect();
+/// The standard deviation of the routers drawn where a MixtureKit build stored none: what
+/// transformers draws them from (`initializer_range`), which MixtureKit's loader leaves them at.
+fn drawn_router_std(hf: &serde_json::Value) -> f32 {
+    hf.get("initializer_range").and_then(serde_json::Value::as_f64).unwrap_or(0.02) as f32
+}
+
+/// Copies every tensor `config` needs from `index` (named as `names` says) into `path`; a
+/// missing router a MixtureKit build may lack is drawn from N(0, `router_std`^2). Returns how
+/// many were drawn.
+fn import_tensors(index: &TensorIndex, config: &ModelConfig, names: &SourceNames, router_std: f32, path: &Path, origin: &str) -> Result<usize> {
+    let mut drawn = 0;
+    let tensors: Vec<ExportedTensor> = expected_tensors(config)
+        .into_iter()
+        .map(|(name, shape)| {
+            let source = names.source(&name);
+            let mut tensor = ExportedTensor::copy(name, shape, source.clone());
+            if !index.tensors.contains_key(&source) && names.may_be_missing(&source) {
+                (tensor.from, tensor.init_std) = (None, router_std);
+                drawn += 1;
+            }
+            tensor
+        })
+        .collect();
     check_tensors(index, config, names, origin)?;
-    write_tensors(index, &tensors, path)
+    write_tensors(index, &tensors, path)?;
+    Ok(drawn)
 }
 
 /// Writes `exported` into `path` from the engine tensors of `index` (checked first).
@@ -91,7 +123,11 @@ fn write_tensors(index: &TensorIndex, exported: &[ExportedTensor], path: &Path) 
                 }
                 tensor
             }
-            None => HostTensor::new(t.shape.clone(), vec![0.0; t.shape.iter().product()]),
+            None => {
+                // Drawn from the tensor's name alone: the same import gives the same model.
+                let mut rng = crate::data::rng::Rng::new(crate::model::init::fnv1a(&t.name));
+                HostTensor::new(t.shape.clone(), (0..t.shape.iter().product::<usize>()).map(|_| (rng.normal() * t.init_std as f64) as f32).collect())
+            }
         };
         writer.write(&t.name, &tensor)?;
     }
@@ -105,6 +141,7 @@ fn check_tensors(index: &TensorIndex, config: &ModelConfig, names: &SourceNames,
     let tied_head = names.source("lm_head.weight");
     for (name, shape) in &expected {
         match index.tensors.get(name) {
+            None if names.may_be_missing(name) => {}
             None => bail!("{origin}: missing tensor `{name}` (shape {shape:?})"),
             Some(t) if &t.shape != shape => bail!("{origin}: tensor `{name}` has shape {:?}, expected {shape:?}", t.shape),
             Some(_) => {}
@@ -134,7 +171,14 @@ pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
         eprintln!("{}: {arch}: importing its language model; the vision tower and its projector are left out", dir.display());
     }
     write_dir_atomic(out, |tmp| {
-        import_tensors(&index, &config, &names, &tmp.join(MODEL_FILE), &dir.display().to_string())?;
+        let drawn = import_tensors(&index, &config, &names, drawn_router_std(&hf), &tmp.join(MODEL_FILE), &dir.display().to_string())?;
+        if drawn > 0 {
+            eprintln!(
+                "{}: {drawn} routers are missing (a MixtureKit build stores none until its routers are trained): drawn from N(0, {}^2) as MixtureKit's loader draws them; finetune them (trainable: Routers) before use",
+                dir.display(),
+                drawn_router_std(&hf)
+            );
+        }
         write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(&config)?.as_bytes())?;
         let tokenizer = dir.join("tokenizer.json");
         if tokenizer.is_file() {
@@ -157,14 +201,40 @@ pub fn checkpoint_tokenizer(ckpt: &Path) -> Option<PathBuf> {
     Some(resolve(&config.data.tokenizer)).filter(|p| p.is_file())
 }
 
+/// What `btx export-hf` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// transformers' own class where one exists, else MixtureKit's format (an MoE of Gemma
+    /// experts, a router per projection).
+    #[default]
+    Auto,
+    /// transformers' own classes only (an error where none describes the model).
+    Transformers,
+    /// MixtureKit's checkpoint layout with the engine's modeling code (trust_remote_code).
+    Mixturekit,
+}
+
 /// `btx export-hf`: an engine checkpoint as a LlamaForCausalLM, Qwen2ForCausalLM,
-/// Qwen3ForCausalLM or MixtralForCausalLM folder; Qwen2MoeForCausalLM for an MoE with a
-/// shared expert or of Qwen2 experts, Qwen3MoeForCausalLM for one of Qwen3 experts.
+/// Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM or MixtralForCausalLM folder;
+/// Qwen2MoeForCausalLM for an MoE with a shared expert or of Qwen2 experts, Qwen3MoeForCausalLM
+/// for one of Qwen3 experts; MixtureKit's format for the MoEs no transformers class describes.
 pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: bool) -> Result<ModelConfig> {
+    export_hf_as(ckpt, out, tokenizer, closest, ExportFormat::Auto)
+}
+
+/// `export_hf` in the chosen format.
+pub fn export_hf_as(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: bool, format: ExportFormat) -> Result<ModelConfig> {
     let ckpt = resolve_checkpoint(ckpt)?;
     crate::checkpoint::integrity::verify(&ckpt)?;
     let config = read_model_config(&ckpt)?;
-    let hf = to_hf_config(&config, closest)?;
+    let no_class = config.moe.as_ref().is_some_and(|m| config.gemma.is_some() || !m.routed_projections.is_empty());
+    let mixturekit = format == ExportFormat::Mixturekit || (format == ExportFormat::Auto && no_class);
+    let (hf, base_config) = if mixturekit {
+        let (hf, base_config) = mixturekit::to_mixturekit_config(&config, &[])?;
+        (hf, Some(base_config))
+    } else {
+        (to_hf_config(&config, closest)?, None)
+    };
     let tokenizer = match tokenizer {
         Some(t) => t.to_path_buf(),
         None => checkpoint_tokenizer(&ckpt).with_context(|| {
@@ -174,12 +244,18 @@ pub fn export_hf(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: boo
     let index = TensorIndex::open(&ckpt)?;
     write_dir_atomic(out, |tmp| {
         let origin = ckpt.display().to_string();
-        match &config.moe {
-            // Mixtral's tensors are the engine's; the Qwen MoEs' are named apart.
-            Some(moe) if hf["model_type"] != "mixtral" => {
-                write_exported(&index, &config, &qwen_moe_tensors(&config, moe), &tmp.join("model.safetensors"), &origin)?
+        let weights = tmp.join("model.safetensors");
+        match (&config.moe, &base_config) {
+            (_, Some(base_config)) => {
+                let renamed: Vec<ExportedTensor> = expected_tensors(&config).into_iter().map(|(name, shape)| ExportedTensor::copy(mixturekit::mixturekit_name(&name), shape, name)).collect();
+                write_exported(&index, &config, &renamed, &weights, &origin)?;
+                for (file, text) in mixturekit::modeling_files(hf["base_model_class"].as_str().unwrap_or_default(), base_config) {
+                    write_atomic(&tmp.join(file), text.as_bytes())?;
+                }
             }
-            _ => copy_tensors(&index, &config, &tmp.join("model.safetensors"), &origin)?,
+            // Mixtral's tensors are the engine's; the Qwen MoEs' are named apart.
+            (Some(moe), None) if hf["model_type"] != "mixtral" => write_exported(&index, &config, &qwen_moe_tensors(&config, moe), &weights, &origin)?,
+            _ => copy_tensors(&index, &config, &weights, &origin)?,
         }
         write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
         std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("cannot copy {}", tokenizer.display()))?;

@@ -21,15 +21,16 @@ use crate::model::moe_config::MoeConfig;
 pub struct ExportedTensor {
     pub name: String,
     pub shape: Vec<usize>,
-    /// The engine tensor it copies, times `scale`; None: zeros.
+    /// The engine tensor it copies, times `scale`; None: zeros, or N(0, init_std^2) draws.
     pub from: Option<String>,
     pub scale: f32,
+    pub init_std: f32,
 }
 
 impl ExportedTensor {
     /// The engine tensor `from` as it is.
     pub fn copy(name: String, shape: Vec<usize>, from: String) -> Self {
-        Self { name, shape, from: Some(from), scale: 1.0 }
+        Self { name, shape, from: Some(from), scale: 1.0, init_std: 0.0 }
     }
 }
 
@@ -95,14 +96,14 @@ pub fn qwen_moe_tensors(config: &ModelConfig, moe: &MoeConfig) -> Vec<ExportedTe
             let name = format!("{p}.mlp.shared_expert.{}.weight", proj.llama());
             let mut t = match moe.shared_expert {
                 true => copy(name, proj.shape(d, shared_f), tensor_names::shared_expert_ffn(l, proj)),
-                false => ExportedTensor { name, shape: proj.shape(d, shared_f), from: None, scale: 1.0 },
+                false => ExportedTensor { name, shape: proj.shape(d, shared_f), from: None, scale: 1.0, init_std: 0.0 },
             };
             if proj == Projection::Down {
                 t.scale = 2.0; // sigmoid(0) = 1/2 halves it again
             }
             out.push(t);
         }
-        out.push(ExportedTensor { name: format!("{p}.mlp.shared_expert_gate.weight"), shape: vec![1, d], from: None, scale: 1.0 });
+        out.push(ExportedTensor { name: format!("{p}.mlp.shared_expert_gate.weight"), shape: vec![1, d], from: None, scale: 1.0, init_std: 0.0 });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out

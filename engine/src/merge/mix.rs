@@ -85,6 +85,7 @@ impl MoeOptions {
             router_z_loss,
             freeze_experts,
             shared_expert: shared_expert != SharedExpert::None,
+            routed_projections: Vec::new(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! d_model / n_heads (Qwen3's `head_dim`); Gemma's score scale, soft cap and sliding window
 //! (`gemma::ScoreOptions`).
 
-use super::gemma::ScoreOptions;
+use super::gemma::{ScoreOptions, soft_cap};
+use burn::tensor::activation::softmax;
 use super::norm::RmsNorm;
 use burn::tensor::ops::AttentionModuleOptions;
 
@@ -125,8 +126,8 @@ pub(crate) fn append_to_cache(k: Tensor<4>, v: Tensor<4>, cache: &mut Option<(Te
 
 /// softmax(q k^T / sqrt(head_dim)) v per head, causal or over every key (in f16 inside an
 /// f16 autocast scope), with a Gemma layer's score options. The engine's kernel takes the
-/// plain case and a scale (folded into q); a soft cap, or a window shorter than the keys,
-/// goes through Burn's attention with its options and an explicit mask.
+/// plain case and a scale (folded into q); a window shorter than the keys goes through
+/// Burn's attention with an explicit mask; a soft cap is written out as tensor operations.
 pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool, scores: &ScoreOptions) -> Tensor<4> {
     let [_, _, seq_q, head_dim] = q.dims();
     let seq_k = k.dims()[2];
@@ -145,8 +146,17 @@ pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal:
         };
         return in_compute_dtype(q, k, v, |q, k, v| kernels::attention(q, k, v, causal));
     }
-    let mask = needs_mask.then(|| sliding_window_mask(q.dims(), seq_k, window.unwrap_or(seq_k), &q.device()));
-    let options = AttentionModuleOptions { scale: scores.scale, softcap: scores.softcap, is_causal: causal && mask.is_none() };
+    let mask = causal.then(|| sliding_window_mask(q.dims(), seq_k, window.unwrap_or(seq_k), &q.device()));
+    if let Some(cap) = scores.softcap {
+        // Written out: Burn's attention with a soft cap stalls on WGPU's GL adapter.
+        let scale = scores.scale.unwrap_or((head_dim as f64).powf(-0.5));
+        let mut logits = soft_cap(q.matmul(k.swap_dims(2, 3)) * scale, cap);
+        if let Some(mask) = mask {
+            logits = logits.mask_fill(mask, f32::NEG_INFINITY);
+        }
+        return softmax(logits, 3).matmul(v);
+    }
+    let options = AttentionModuleOptions { scale: scores.scale, softcap: None, is_causal: false };
     in_compute_dtype(q, k, v, |q, k, v| burn::tensor::module::attention(q, k, v, mask, None, options))
 }
 

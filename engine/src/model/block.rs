@@ -12,6 +12,7 @@ use super::gemma::ScoreOptions;
 use super::moe::{MoeAux, MoeLayer, RoutingContext};
 use super::moe_config::Routing;
 use super::norm::RmsNorm;
+use super::projection_moe::ProjectionMoe;
 use crate::config::ModelConfig;
 
 #[derive(Module, Debug)]
@@ -27,6 +28,8 @@ pub struct Block {
     pub post_feedforward_layernorm: Option<RmsNorm>,
     pub mlp: Option<FeedForward>,
     pub block_sparse_moe: Option<MoeLayer>,
+    /// MixtureKit's BTX: a router per FFN projection, in place of `block_sparse_moe`.
+    pub projection_moe: Option<ProjectionMoe>,
     /// A local (sliding-window) layer: it rotates with the local RoPE tables.
     pub local: bool,
 }
@@ -35,7 +38,9 @@ impl Block {
     pub fn new(config: &ModelConfig, layer: usize, device: &Device) -> Self {
         let gemma = config.gemma.as_ref();
         let norm = || RmsNorm::new(config.d_model, config.norm_eps, gemma.is_some(), device);
-        let moe = config.moe.as_ref().filter(|m| m.is_moe_layer(layer));
+        let any_moe = config.moe.as_ref().filter(|m| m.is_moe_layer(layer));
+        let moe = any_moe.filter(|m| m.routed_projections.is_empty());
+        let projection_moe = any_moe.filter(|m| !m.routed_projections.is_empty());
         let first_moe_layer = (0..config.n_layers).find(|&l| moe.is_some_and(|m| m.is_moe_layer(l)));
         let scores = ScoreOptions::of_layer(gemma, layer);
         Self {
@@ -45,12 +50,13 @@ impl Block {
             post_attention_layernorm: norm(),
             pre_feedforward_layernorm: gemma.map(|_| norm()),
             post_feedforward_layernorm: gemma.map(|_| norm()),
-            mlp: moe.is_none().then(|| FeedForward::new(config.d_model, config.d_ff, device).with_geglu(gemma.is_some())),
+            mlp: any_moe.is_none().then(|| FeedForward::new(config.d_model, config.d_ff, device).with_geglu(gemma.is_some())),
             block_sparse_moe: moe.map(|m| {
                 let first_soft = matches!(m.routing, Routing::SampleTop1 { first_layer_soft: true, .. })
                     && first_moe_layer == Some(layer);
                 MoeLayer::new(config.d_model, config.d_ff, m, first_soft, device).with_geglu(gemma.is_some())
             }),
+            projection_moe: projection_moe.map(|m| ProjectionMoe::new(config.d_model, config.d_ff, m, gemma.is_some(), device)),
             local: scores.window.is_some(),
         }
     }
@@ -89,13 +95,17 @@ impl Block {
     /// The FFN half: h + ffn(norm(h)), with the MoE layer's auxiliary outputs.
     pub fn feed_forward(&self, h: Tensor<3>, ctx: RoutingContext) -> (Tensor<3>, Option<MoeAux>) {
         let normed = self.ffn_input_norm().forward(h.clone());
-        let (y, aux) = match (&self.mlp, &self.block_sparse_moe) {
-            (_, Some(moe)) => {
+        let (y, aux) = match (&self.mlp, &self.block_sparse_moe, &self.projection_moe) {
+            (_, Some(moe), _) => {
                 let (y, aux) = moe.forward(normed, ctx);
                 (y, Some(aux))
             }
-            (Some(mlp), None) => (mlp.forward(normed), None),
-            (None, None) => unreachable!("a block has a dense FFN or an MoE layer"),
+            (_, None, Some(moe)) => {
+                let (y, aux) = moe.forward(normed, ctx);
+                (y, Some(aux))
+            }
+            (Some(mlp), None, None) => (mlp.forward(normed), None),
+            (None, None, None) => unreachable!("a block has a dense FFN or an MoE layer"),
         };
         match &self.post_feedforward_layernorm {
             Some(norm) => (h + norm.forward(y), aux),

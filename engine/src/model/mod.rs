@@ -15,6 +15,7 @@ pub mod load_balance;
 pub mod moe;
 pub mod moe_config;
 pub mod norm;
+pub mod projection_moe;
 pub mod rope;
 pub mod router;
 pub mod routing_stats;

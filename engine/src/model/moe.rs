@@ -162,78 +162,85 @@ impl MoeLayer {
         }
     }
 
-    /// Runs each expert on its own tokens only and combines the gate-weighted results.
-    /// With `capacity`, an expert takes at most that many assignments, in token order; the
-    /// overflow is dropped (it contributes nothing).
-    ///
-    /// # Shapes
-    /// - x: `[N, d_model]`; selection: `[N, k]` -> output `[N, d_model]`
+    /// Runs each expert on its own tokens only and combines the gate-weighted results
+    /// (`dispatch`).
     fn dispatch(&self, x: Tensor<2>, selection: &Selection) -> Dispatched {
-        let capacity = selection.capacity;
-        let device = x.device();
-        let [tokens, d_model] = x.dims();
-        let [_, k] = selection.experts.dims();
-        let num_experts = self.experts.len();
-        let assignments = tokens * k;
-
-        // Assignment a = token * k + slot, in token order.
-        let expert_of = selection.experts.clone().reshape([assignments]);
-        let gate_of = selection.gates.clone().reshape([assignments]);
-        let one_hot: Tensor<2, Int> = if num_experts == 1 {
-            Tensor::ones([assignments, 1], &device) // one_hot needs two classes or more
-        } else {
-            expert_of.clone().one_hot(num_experts) // [A, E]
-        };
-        // Position of each assignment within its expert: 0, 1, 2, ... in token order.
-        let position = ((one_hot.clone().cumsum(0) - 1) * one_hot.clone()).sum_dim(1).reshape([assignments]);
-        let wanted: Vec<i64> = one_hot.sum_dim(0).into_data().convert::<i64>().try_to_vec().expect("int counts");
-        let counts: Vec<usize> = wanted.iter().map(|&c| capacity.map_or(c as usize, |cap| (c as usize).min(cap))).collect();
-        let kept: usize = counts.iter().sum();
-        let mut offsets = vec![0i64; num_experts];
-        for e in 1..num_experts {
-            offsets[e] = offsets[e - 1] + counts[e - 1] as i64;
-        }
-
-        // Destination row of each assignment in expert-sorted order; dropped ones go to an
-        // extra trash row `kept`.
-        let offsets = Tensor::<1, Int>::from_data(TensorData::new(offsets, [num_experts]), &device);
-        let mut dest = offsets.select(0, expert_of) + position.clone();
-        if let Some(cap) = capacity {
-            let over = position.greater_equal_elem(cap as i64);
-            dest = dest.mask_fill(over, kept as i64);
-        }
-        let token_of = Tensor::<1, Int>::arange(0..assignments as i64, &device).div_scalar(k as i64);
-        let row_token = Tensor::<1, Int>::zeros([kept + 1], &device)
-            .scatter(0, dest.clone(), token_of, IndexingUpdateOp::Add)
-            .narrow(0, 0, kept);
-        let row_gate = Tensor::<1>::zeros([kept + 1], &device)
-            .scatter(0, dest, gate_of, IndexingUpdateOp::Add)
-            .narrow(0, 0, kept);
-
-        let sorted = x.select(0, row_token.clone()); // [kept, d_model]
-        let mut outputs = Vec::with_capacity(num_experts);
-        let mut start = 0;
-        for (expert, &count) in self.experts.iter().zip(&counts) {
-            if count > 0 {
-                outputs.push(expert.forward(sorted.clone().narrow(0, start, count)));
-            }
-            start += count;
-        }
-        let output = if outputs.is_empty() {
-            Tensor::zeros([tokens, d_model], &device)
-        } else {
-            let weighted = Tensor::cat(outputs, 0) * row_gate.unsqueeze_dim(1);
-            Tensor::<2>::zeros([tokens, d_model], &device).select_assign(0, row_token, weighted, IndexingUpdateOp::Add)
-        };
-        let requested = wanted.iter().map(|&c| c as usize).collect();
-        Dispatched { output, expert_tokens: counts, requested, dropped: assignments - kept, assignments }
+        let d_model = x.dims()[1];
+        dispatch(x, selection, self.experts.len(), d_model, |e, rows| self.experts[e].forward(rows))
     }
 }
 
-struct Dispatched {
-    output: Tensor<2>,
-    expert_tokens: Vec<usize>,
-    requested: Vec<usize>,
-    dropped: usize,
-    assignments: usize,
+/// Runs expert e (`run(e, rows)`, `[rows, d_in]` -> `[rows, d_out]`) on its own tokens only
+/// and combines the gate-weighted results: sum_i g_i(x) E_i(x) per token. With `capacity`, an
+/// expert takes at most that many assignments, in token order; the overflow is dropped (it
+/// contributes nothing). Shared by the FFN experts and MixtureKit's routed projections.
+///
+/// # Shapes
+/// - x: `[N, d_in]`; selection: `[N, k]` -> output `[N, d_out]`
+pub(crate) fn dispatch(x: Tensor<2>, selection: &Selection, num_experts: usize, d_out: usize, run: impl Fn(usize, Tensor<2>) -> Tensor<2>) -> Dispatched {
+    let capacity = selection.capacity;
+    let device = x.device();
+    let [tokens, _] = x.dims();
+    let [_, k] = selection.experts.dims();
+    let assignments = tokens * k;
+
+    // Assignment a = token * k + slot, in token order.
+    let expert_of = selection.experts.clone().reshape([assignments]);
+    let gate_of = selection.gates.clone().reshape([assignments]);
+    let one_hot: Tensor<2, Int> = if num_experts == 1 {
+        Tensor::ones([assignments, 1], &device) // one_hot needs two classes or more
+    } else {
+        expert_of.clone().one_hot(num_experts) // [A, E]
+    };
+    // Position of each assignment within its expert: 0, 1, 2, ... in token order.
+    let position = ((one_hot.clone().cumsum(0) - 1) * one_hot.clone()).sum_dim(1).reshape([assignments]);
+    let wanted: Vec<i64> = one_hot.sum_dim(0).into_data().convert::<i64>().try_to_vec().expect("int counts");
+    let counts: Vec<usize> = wanted.iter().map(|&c| capacity.map_or(c as usize, |cap| (c as usize).min(cap))).collect();
+    let kept: usize = counts.iter().sum();
+    let mut offsets = vec![0i64; num_experts];
+    for e in 1..num_experts {
+        offsets[e] = offsets[e - 1] + counts[e - 1] as i64;
+    }
+
+    // Destination row of each assignment in expert-sorted order; dropped ones go to an
+    // extra trash row `kept`.
+    let offsets = Tensor::<1, Int>::from_data(TensorData::new(offsets, [num_experts]), &device);
+    let mut dest = offsets.select(0, expert_of) + position.clone();
+    if let Some(cap) = capacity {
+        let over = position.greater_equal_elem(cap as i64);
+        dest = dest.mask_fill(over, kept as i64);
+    }
+    let token_of = Tensor::<1, Int>::arange(0..assignments as i64, &device).div_scalar(k as i64);
+    let row_token = Tensor::<1, Int>::zeros([kept + 1], &device)
+        .scatter(0, dest.clone(), token_of, IndexingUpdateOp::Add)
+        .narrow(0, 0, kept);
+    let row_gate = Tensor::<1>::zeros([kept + 1], &device)
+        .scatter(0, dest, gate_of, IndexingUpdateOp::Add)
+        .narrow(0, 0, kept);
+
+    let sorted = x.select(0, row_token.clone()); // [kept, d_model]
+    let mut outputs = Vec::with_capacity(num_experts);
+    let mut start = 0;
+    for (e, &count) in counts.iter().enumerate() {
+        if count > 0 {
+            outputs.push(run(e, sorted.clone().narrow(0, start, count)));
+        }
+        start += count;
+    }
+    let output = if outputs.is_empty() {
+        Tensor::zeros([tokens, d_out], &device)
+    } else {
+        let weighted = Tensor::cat(outputs, 0) * row_gate.unsqueeze_dim(1);
+        Tensor::<2>::zeros([tokens, d_out], &device).select_assign(0, row_token, weighted, IndexingUpdateOp::Add)
+    };
+    let requested = wanted.iter().map(|&c| c as usize).collect();
+    Dispatched { output, expert_tokens: counts, requested, dropped: assignments - kept, assignments }
+}
+
+pub(crate) struct Dispatched {
+    pub output: Tensor<2>,
+    pub expert_tokens: Vec<usize>,
+    pub requested: Vec<usize>,
+    pub dropped: usize,
+    pub assignments: usize,
 }

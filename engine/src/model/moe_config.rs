@@ -83,6 +83,32 @@ pub struct MoeConfig {
     /// y = FFN_shared(x) + sum_i g_i(x) FFN_i(x).
     #[serde(default)]
     pub shared_expert: bool,
+    /// MixtureKit's BTX granularity: a router per listed FFN projection, each projection's
+    /// experts mixed on its own input (`model::projection_moe`). Empty: one router per FFN
+    /// (today's MoE layer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed_projections: Vec<RoutedProjection>,
+}
+
+/// An FFN projection that MixtureKit's BTX may route (`MoeConfig::routed_projections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoutedProjection {
+    GateProj,
+    UpProj,
+    DownProj,
+}
+
+impl RoutedProjection {
+    pub const ALL: [RoutedProjection; 3] = [Self::GateProj, Self::UpProj, Self::DownProj];
+
+    /// transformers' name of the projection (`gate_proj`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GateProj => "gate_proj",
+            Self::UpProj => "up_proj",
+            Self::DownProj => "down_proj",
+        }
+    }
 }
 
 /// BTX's defaults, shared with the merge options (`merge::mix::MoeOptions`).
@@ -108,6 +134,7 @@ impl MoeConfig {
             router_z_loss: 0.0,
             freeze_experts: false,
             shared_expert: false,
+            routed_projections: Vec::new(),
         }
     }
 
@@ -148,6 +175,18 @@ impl MoeConfig {
         if let Some(layers) = &self.layers {
             if let Some(bad) = layers.iter().find(|&&l| l >= n_layers) {
                 bail!("{origin}: field `model.moe.layers` names layer {bad}, but the model has {n_layers} layers (0..{})", n_layers - 1);
+            }
+        }
+        if !self.routed_projections.is_empty() {
+            let unsupported = match self.routing {
+                Routing::TopK => None,
+                ref other => Some(format!("{other:?} routing")),
+            }
+            .or_else(|| self.shared_expert.then(|| "a shared expert".to_string()))
+            .or_else(|| self.expert_d_ff.is_some().then(|| "expert_d_ff".to_string()))
+            .or_else(|| self.freeze_experts.then(|| "freeze_experts".to_string()));
+            if let Some(what) = unsupported {
+                bail!("{origin}: field `model.moe.routed_projections`: a router per projection (MixtureKit's BTX) routes top-k experts of the FFN's width; {what} is not supported with it");
             }
         }
         if self.expert_d_ff == Some(0) {

@@ -7,7 +7,7 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::tensor_names::{ATTENTION_EXPERTS, ATTENTION_ROUTER_END, ROUTED_EXPERTS, ROUTER_END};
+use crate::checkpoint::tensor_names::{ATTENTION_EXPERTS, ATTENTION_ROUTER_END, PROJECTION_EXPERTS, ROUTED_EXPERTS, ROUTER_END};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Trainable {
@@ -31,9 +31,11 @@ impl Trainable {
         let s = |items: &[&str]| items.iter().map(|p| p.to_string()).collect();
         match self {
             Trainable::All => vec![],
-            Trainable::Routers => s(&[ROUTER_END, ATTENTION_ROUTER_END]),
-            Trainable::RoutersAndShared => vec![format!("!{ROUTED_EXPERTS}"), format!("!{ATTENTION_EXPERTS}")],
-            Trainable::Experts => vec![ROUTED_EXPERTS.to_string(), ATTENTION_EXPERTS.to_string(), ".mlp.".into(), format!("!{ATTENTION_ROUTER_END}")],
+            Trainable::Routers => s(&[ROUTER_END, ATTENTION_ROUTER_END, "_proj.gate.weight"]),
+            Trainable::RoutersAndShared => vec![format!("!{ROUTED_EXPERTS}"), format!("!{ATTENTION_EXPERTS}"), format!("!{PROJECTION_EXPERTS}")],
+            Trainable::Experts => {
+                vec![ROUTED_EXPERTS.to_string(), ATTENTION_EXPERTS.to_string(), PROJECTION_EXPERTS.to_string(), ".mlp.".into(), format!("!{ATTENTION_ROUTER_END}")]
+            }
             Trainable::Patterns(patterns) => patterns.clone(),
         }
     }
@@ -55,7 +57,7 @@ impl Trainable {
             .filter(|(name, shape)| shape.len() == 2 && !self.trains(name))
             // The embedding is a lookup unless it is also the head.
             .filter(|(name, _)| model.tie_embeddings || name != "model.embed_tokens.weight")
-            .map(|(name, shape)| shape.iter().product::<usize>() as f64 * if name.contains(ROUTED_EXPERTS) { expert_share } else { 1.0 })
+            .map(|(name, shape)| shape.iter().product::<usize>() as f64 * if name.contains(ROUTED_EXPERTS) || name.contains(PROJECTION_EXPERTS) { expert_share } else { 1.0 })
             .sum()
     }
 
