@@ -51,7 +51,12 @@ fn cached_logits_equal_the_full_forward_dense_and_every_routing() {
     let configs = routings
         .into_iter()
         .map(|moe| ModelConfig { moe, ..tiny_model(4, 2) })
-        .chain(families.iter().flat_map(|f| [f.clone(), ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..f.clone() }]));
+        .chain(families.iter().flat_map(|f| [f.clone(), ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..f.clone() }]))
+        // MixtureKit's BTX: a router per FFN projection.
+        .chain([ModelConfig {
+            moe: Some(MoeConfig { routed_projections: btx::model::moe_config::RoutedProjection::ALL.to_vec(), ..MoeConfig::new(4, 2, Routing::TopK) }),
+            ..gemma3_model()
+        }]);
     for config in configs {
         let moe = config.moe.clone();
         let model = LanguageModel::seeded(&config, 4, &device);

@@ -16,6 +16,7 @@ mod hf;
 mod kernels;
 mod lora;
 mod merge;
+mod mixturekit;
 mod model;
 mod recipe;
 mod slurm;

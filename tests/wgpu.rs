@@ -91,6 +91,13 @@ fn wgpu_logits_match_cpu_dense_and_every_routing() {
         ("Gemma 3", gemma3_model()),
         ("Gemma 3 top-2", btx::config::ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..gemma3_model() }),
         ("Gemma 2 soft caps", gemma2_model()),
+        (
+            "MixtureKit BTX (a router per projection)",
+            btx::config::ModelConfig {
+                moe: Some(MoeConfig { routed_projections: btx::model::moe_config::RoutedProjection::ALL.to_vec(), ..MoeConfig::new(4, 2, Routing::TopK) }),
+                ..tiny_model(4, 2)
+            },
+        ),
     ]);
     for (label, config) in configs {
         let reference = LanguageModel::seeded(&config, 11, &cpu());
