@@ -205,3 +205,32 @@ fn a_router_only_finetune_of_a_projection_moe_trains_only_its_routers() {
     }
     assert_eq!(routers, 2 * 3, "every layer's three routers train");
 }
+
+/// BTX's MiX with a router per projection: identical members give the dense model; distinct
+/// members' projections become the routed projections' experts, in member order, the
+/// unrouted projection their average.
+#[test]
+fn btx_mix_with_a_router_per_projection() {
+    use btx::merge::mix::{MoeOptions, mix};
+    let dir = tempfile::tempdir().unwrap();
+    let options = MoeOptions { routed_projections: vec![RoutedProjection::GateProj, RoutedProjection::DownProj], ..Default::default() };
+    let seed = seed_checkpoint_of(dir.path(), "seed", 1, &gemma3_model());
+    let copies: Vec<_> = (0..2).map(|i| seed_checkpoint_of(dir.path(), &format!("copy{i}"), 1, &gemma3_model())).collect();
+    let (config, tensors) = mix(&copies, Some(&seed), None, &options, None).unwrap().into_tensors().unwrap();
+    assert_eq!(config.moe.as_ref().unwrap().num_experts, 3);
+    let diff = max_abs_diff(&logits_of(dir.path(), &config, &tensors), &seed_logits(&seed));
+    assert!(diff < 1e-4, "a per-projection MoE of copies differs from the seed by {diff}");
+
+    let experts: Vec<_> = (0..2).map(|i| seed_checkpoint_of(dir.path(), &format!("e{i}"), 10 + i, &gemma3_model())).collect();
+    let (_, tensors) = mix(&experts, None, None, &options, None).unwrap().into_tensors().unwrap();
+    for (e, expert) in experts.iter().enumerate() {
+        let theirs = expert.read("model.layers.1.mlp.down_proj.weight").unwrap();
+        assert_eq!(tensors[&format!("model.layers.1.projection_moe.down_proj.experts.{e}.weight")], theirs);
+    }
+    let up: Vec<f32> = {
+        let (a, b) = (experts[0].read("model.layers.0.mlp.up_proj.weight").unwrap(), experts[1].read("model.layers.0.mlp.up_proj.weight").unwrap());
+        a.values.iter().zip(&b.values).map(|(x, y)| (x + y) / 2.0).collect()
+    };
+    assert!(max_abs_diff(&tensors["model.layers.0.projection_moe.up_proj.plain.weight"].values, &up) < 1e-6);
+    assert_eq!(tensors["model.layers.0.projection_moe.down_proj.gate.weight"].shape, vec![2, 64], "down's router reads d_ff");
+}

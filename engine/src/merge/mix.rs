@@ -15,7 +15,7 @@ use super::{MergeInput, check_same_architecture, ffn_tensor, normalized_weights}
 use crate::checkpoint::tensor_names::{self, Projection};
 use crate::config::{ModelConfig, is_key_value_part};
 use crate::model::moe_config::AttentionExpertsConfig;
-use crate::model::moe_config::{Balance, MoeConfig, Routing, default_load_balance, default_top_k};
+use crate::model::moe_config::{Balance, MoeConfig, RoutedProjection, Routing, default_load_balance, default_top_k};
 
 /// The MoE a merge produces: the routing fields of `MoeConfig` (one conversion,
 /// `to_moe_config`, that lists every field of both) plus how the merge builds it.
@@ -36,6 +36,10 @@ pub struct MoeOptions {
     pub seed: u64,
     /// A shared expert beside the routed ones, and whose FFN it is.
     pub shared_expert: SharedExpert,
+    /// MixtureKit's BTX granularity: a router per listed FFN projection (empty: one router
+    /// per FFN). The projections not listed are the members' average.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub routed_projections: Vec<RoutedProjection>,
 }
 
 /// Where the always-active shared expert's FFN comes from (DeepSeekMoE, Dai et al. 2024).
@@ -63,6 +67,7 @@ impl Default for MoeOptions {
             router_init: RouterInit::default(),
             seed: 0,
             shared_expert: SharedExpert::None,
+            routed_projections: Vec::new(),
         }
     }
 }
@@ -71,7 +76,7 @@ impl MoeOptions {
     /// The merged model's MoE config for `members` FFNs. Destructures both structs, so a
     /// field added to either fails to compile here until it is mapped.
     pub fn to_moe_config(&self, members: usize, d_ff: usize) -> MoeConfig {
-        let Self { top_k, routing, load_balance, balance, router_z_loss, freeze_experts, split, router_init: _, seed: _, shared_expert } =
+        let Self { top_k, routing, load_balance, balance, router_z_loss, freeze_experts, split, router_init: _, seed: _, shared_expert, routed_projections } =
             self.clone();
         let split = split.max(1);
         MoeConfig {
@@ -85,7 +90,7 @@ impl MoeOptions {
             router_z_loss,
             freeze_experts,
             shared_expert: shared_expert != SharedExpert::None,
-            routed_projections: Vec::new(),
+            routed_projections,
         }
     }
 }
@@ -257,6 +262,15 @@ pub(crate) fn assemble_moe<'a>(
         bail!("top_k ({}) x split ({split}) is more than the {} experts", options.top_k, moe.num_experts);
     }
     let shapes = members[0].shapes();
+    if !moe.routed_projections.is_empty() {
+        moe.validate("the merge's MoE options", dense.n_layers)?;
+        if split > 1 {
+            bail!("a router per projection (routed_projections) routes whole FFN projections; split must be 1, found {split}");
+        }
+        outputs.extend(projection_moe_outputs(&dense, members.len(), ffn_sources, &moe, options, &directions));
+        let config = ModelConfig { moe: Some(moe), ..dense };
+        return Ok(MergePlan::new(config, members, outputs));
+    }
     for layer in 0..dense.n_layers {
         for (e, &member) in ffn_sources.iter().enumerate() {
             let expert_seed = options.seed ^ (0xD20F_0000 + ((layer as u64) << 20) + e as u64);
@@ -285,6 +299,40 @@ pub(crate) fn assemble_moe<'a>(
     }
     let config = ModelConfig { moe: Some(moe), ..dense };
     Ok(MergePlan::new(config, members, outputs))
+}
+
+/// MixtureKit's BTX from dense members: in every layer, each routed projection's experts are
+/// member `ffn_sources[e]`'s projection and it gets its own router (gate and up routers as the
+/// FFN router would be built, down's random over d_ff); a projection not routed is the
+/// average of the members' (uniform over `ffn_sources`).
+fn projection_moe_outputs(dense: &ModelConfig, members: usize, ffn_sources: &[usize], moe: &MoeConfig, options: &MoeOptions, directions: &RouterDirections) -> Vec<Output> {
+    let mut weights = vec![0.0; members];
+    for &m in ffn_sources {
+        weights[m] += 1.0 / ffn_sources.len() as f64;
+    }
+    let mut outputs = Vec::new();
+    for layer in 0..dense.n_layers {
+        for proj in Projection::ALL {
+            let name = tensor_names::dense_ffn(layer, proj);
+            let shape = proj.shape(dense.d_model, dense.d_ff);
+            if !moe.routed_projections.iter().any(|r| r.name() == proj.llama()) {
+                outputs.push(Output { name: tensor_names::projection_plain(layer, proj), shape, source: Source::Average { name, weights: weights.clone() } });
+                continue;
+            }
+            for (e, &member) in ffn_sources.iter().enumerate() {
+                outputs.push(Output { name: tensor_names::projection_expert(layer, proj, e), shape: shape.clone(), source: Source::whole(member, &name) });
+            }
+            let router = match (directions, options.router_init, proj) {
+                (Some(dirs), RouterInit::Embedding | RouterInit::Hidden, Projection::Gate | Projection::Up) => {
+                    router_from_directions(&ffn_sources.iter().map(|&m| dirs[layer][m].clone()).collect::<Vec<_>>())
+                }
+                // Each router its own draw; down's reads the d_ff hidden units.
+                _ => random_router(moe.num_experts, shape[1], layer, options.seed ^ name_hash(&name)),
+            };
+            outputs.push(Output { name: tensor_names::projection_router(layer, proj), shape: router.shape.clone(), source: Source::Given(router) });
+        }
+    }
+    outputs
 }
 
 /// Member `member`'s FFN in layer `layer` as routed experts `first..first + split` (cut along

@@ -148,7 +148,7 @@ pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal:
     }
     let mask = causal.then(|| sliding_window_mask(q.dims(), seq_k, window.unwrap_or(seq_k), &q.device()));
     if let Some(cap) = scores.softcap {
-        // Written out: Burn's attention with a soft cap stalls on WGPU's GL adapter.
+        // transformers' eager order: scale, cap, mask, softmax.
         let scale = scores.scale.unwrap_or((head_dim as f64).powf(-0.5));
         let mut logits = soft_cap(q.matmul(k.swap_dims(2, 3)) * scale, cap);
         if let Some(mask) = mask {
