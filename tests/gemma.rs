@@ -78,6 +78,26 @@ fn imported_gemma_fixtures_give_the_logits_of_transformers() {
     assert!(tensors.keys().all(|n| n.starts_with("model.layers.") || n == "model.embed_tokens.weight" || n == "model.norm.weight"), "{:?}", tensors.keys());
 }
 
+/// Gemma3ForConditionalGeneration's tensors in transformers 5's in-memory names
+/// (`model.language_model.*`, `model.vision_tower.*`) import as those 4.5x saves.
+#[test]
+fn gemma3_multimodal_names_of_transformers_5_import_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("renamed");
+    std::fs::create_dir_all(&renamed).unwrap();
+    std::fs::copy(fixture("gemma3_vision").join("config.json"), renamed.join("config.json")).unwrap();
+    let tensors = btx::checkpoint::tensor_file::read_tensors(&fixture("gemma3_vision").join("model.safetensors")).unwrap();
+    let rename = |n: &str| match n.strip_prefix("language_model.model.") {
+        Some(rest) => format!("model.language_model.{rest}"),
+        None => format!("model.{n}"),
+    };
+    let tensors = tensors.into_iter().map(|(n, t)| (rename(&n), t)).collect();
+    btx::checkpoint::tensor_file::write_tensors(&renamed.join("model.safetensors"), &tensors, Default::default()).unwrap();
+    import_hf(&renamed, &dir.path().join("ckpt")).unwrap();
+    let (tokens, want) = reference("gemma3_vision");
+    assert!(max_abs_diff(&engine_logits(&dir.path().join("ckpt"), &tokens), &want) < 1e-4);
+}
+
 /// transformers 4.5x's keys (`sliding_window_pattern`, `rope_theta` + `rope_local_base_freq`,
 /// `rope_scaling`, no `layer_types`) describe the same model as 5.x's.
 #[test]

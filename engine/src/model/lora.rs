@@ -43,7 +43,8 @@ fn all_projections() -> Vec<String> {
 /// MoE's routers in full (they start from nothing); everything else stays frozen.
 pub fn trainable_names() -> Vec<String> {
     use crate::checkpoint::tensor_names::{ATTENTION_ROUTER_END, ROUTER_END};
-    ["lora_a", "lora_b", ROUTER_END, ATTENTION_ROUTER_END].iter().map(|n| n.to_string()).collect()
+    // "_proj.gate.weight": the routers of a per-projection MoE (MixtureKit's BTX).
+    ["lora_a", "lora_b", ROUTER_END, ATTENTION_ROUTER_END, "_proj.gate.weight"].iter().map(|n| n.to_string()).collect()
 }
 
 impl LoraConfig {
@@ -143,7 +144,7 @@ pub fn has_adapters(model: &LanguageModel) -> bool {
 
 /// Calls `f` with each adaptable projection's path, name and layer, and puts back what it
 /// returns: attention's four projections and every FFN's three (dense, MoE experts, the
-/// shared expert); never the routers.
+/// shared expert, a per-projection MoE's experts and plain projections); never the routers.
 fn map_projections(mut model: LanguageModel, mut f: impl FnMut(&str, &str, Linear) -> Linear) -> LanguageModel {
     use super::ffn::FeedForward;
     let ffn = |path: String, ffn: FeedForward, f: &mut dyn FnMut(&str, &str, Linear) -> Linear| FeedForward {
@@ -170,6 +171,18 @@ fn map_projections(mut model: LanguageModel, mut f: impl FnMut(&str, &str, Linea
                 moe.experts = experts.into_iter().enumerate().map(|(e, m)| ffn(format!("layers.{l}.block_sparse_moe.experts.{e}"), m, &mut f)).collect();
                 moe.shared_expert = moe.shared_expert.take().map(|m| ffn(format!("layers.{l}.block_sparse_moe.shared_expert"), m, &mut f));
                 block.block_sparse_moe = Some(moe);
+            }
+            if let Some(mut moe) = block.projection_moe.take() {
+                let p = format!("layers.{l}.projection_moe");
+                let mut routed = |name: &str, part: super::projection_moe::ProjectionExperts| super::projection_moe::ProjectionExperts {
+                    experts: part.experts.into_iter().enumerate().map(|(e, x)| f(&format!("{p}.{name}.experts.{e}"), name, x)).collect(),
+                    plain: part.plain.map(|x| f(&format!("{p}.{name}.plain"), name, x)),
+                    gate: part.gate,
+                };
+                moe.gate_proj = routed("gate_proj", moe.gate_proj);
+                moe.up_proj = routed("up_proj", moe.up_proj);
+                moe.down_proj = routed("down_proj", moe.down_proj);
+                block.projection_moe = Some(moe);
             }
             block
         })
