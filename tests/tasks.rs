@@ -20,7 +20,7 @@ fn fixture(name: &str) -> Value {
 }
 
 fn options(limit: Option<f64>) -> TaskOptions {
-    TaskOptions { limit, num_fewshot: None, batch_tokens: btx::tasks::evaluate::BATCH_TOKENS, progress: false }
+    TaskOptions { limit, num_fewshot: None, batch_tokens: btx::tasks::evaluate::BATCH_TOKENS, progress: false, chat: None }
 }
 
 #[test]
@@ -78,6 +78,34 @@ fn shipped_task_prompts_equal_lm_eval_requests() {
                     assert_eq!(Some(config.generation.max_gen_toks as u64), doc["max_gen_toks"].as_u64(), "{}: max_gen_toks", config.name);
                 }
                 DocWork::Continuation { .. } => unreachable!("no shipped loglikelihood task"),
+            }
+        }
+    }
+}
+
+/// `--apply_chat_template`, few-shot examples in one user turn and as turns of their own
+/// (`--fewshot_as_multiturn`): every shipped task's first documents rendered by the shipped
+/// chat tokenizer's template (Gemma 3's) as lm-eval renders them through transformers, and
+/// each choice following the opened assistant turn with no delimiter.
+#[test]
+fn chat_template_prompts_equal_lm_eval_requests() {
+    let expected = fixture("requests_chat.json");
+    let template = std::sync::Arc::new(btx::chat::ChatTemplate::for_tokenizer(&repo_root().join("assets/chat/tokenizer.json"), None).unwrap());
+    for (mode, multiturn) in [("single_turn", false), ("multiturn", true)] {
+        let expected = expected[mode].as_object().unwrap();
+        for file in btx::tasks::task_files(&[repo_root().join("assets/tasks")]).unwrap() {
+            let config = TaskConfig::load(&file).unwrap();
+            let want = expected[&config.name].as_array().unwrap();
+            let chat = btx::tasks::prompt::ChatPrompt { template: template.clone(), fewshot_as_multiturn: multiturn };
+            let options = TaskOptions { chat: Some(chat), ..options(Some(want.len() as f64)) };
+            let prompts = task_prompts(&config, &options).unwrap();
+            for (i, doc) in want.iter().enumerate() {
+                assert_eq!(prompts.contexts[i], doc["context"].as_str().unwrap(), "{mode} {} document {i}: context", config.name);
+                if let DocWork::Choices { choices, .. } = &prompts.work[i] {
+                    let continuations: Vec<String> = choices.iter().map(|c| format!("{}{c}", options.choice_delimiter(&config))).collect();
+                    let want: Vec<&str> = doc["continuations"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+                    assert_eq!(continuations, want, "{mode} {} document {i}: continuations", config.name);
+                }
             }
         }
     }

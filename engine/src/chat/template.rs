@@ -18,6 +18,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// Where the template came from (errors name it).
     pub origin: String,
+    /// The template's text.
+    pub source: String,
     /// The special tokens of tokenizer_config.json, by variable name.
     pub special_tokens: Map<String, Value>,
     /// What the template writes after an assistant's reply before the next turn (e.g.
@@ -56,7 +58,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", |format: String| super::strftime::now(&format));
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string()).map_err(|e| anyhow!("chat template {origin} does not parse: {}", describe(&e)))?;
-        let mut template = Self { env, origin: origin.to_string(), special_tokens, end_of_turn: String::new() };
+        let mut template = Self { env, origin: origin.to_string(), source: source.to_string(), special_tokens, end_of_turn: String::new() };
         template.end_of_turn = template.probe_end_of_turn()?;
         Ok(template)
     }

@@ -61,6 +61,18 @@ pub struct TaskArgs {
     /// --json does.
     #[arg(long)]
     pub tasks_json: Option<PathBuf>,
+    /// lm-eval's --apply_chat_template: each prompt rendered by the tokenizer's chat template
+    /// (chat_template.jinja or tokenizer_config.json beside its tokenizer.json), the assistant's
+    /// turn opened; a multiple-choice answer follows it with no target delimiter.
+    #[arg(long)]
+    pub apply_chat_template: bool,
+    /// With --apply-chat-template: this template (.jinja, or a tokenizer_config.json) instead.
+    #[arg(long, requires = "apply_chat_template")]
+    pub chat_template: Option<PathBuf>,
+    /// lm-eval's --fewshot_as_multiturn: few-shot examples as user and assistant turns of their
+    /// own (without it, the whole prompt is one user turn).
+    #[arg(long, requires = "apply_chat_template")]
+    pub fewshot_as_multiturn: bool,
 }
 
 #[derive(clap::Args)]
@@ -189,7 +201,14 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
     eprintln!("device: {}", selected.description);
     let (model_config, model) = checkpoint::load_model(ckpt, &selected.device)?;
     let model = CheckpointModel { model, device: selected.device.clone(), max_length: model_config.max_seq_len };
-    let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, batch_tokens: args.batch_tokens, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) };
+    let chat = match args.apply_chat_template {
+        true => Some(crate::tasks::prompt::ChatPrompt {
+            template: std::sync::Arc::new(crate::chat::ChatTemplate::for_tokenizer(&tokenizer_path, args.chat_template.as_deref())?),
+            fewshot_as_multiturn: args.fewshot_as_multiturn,
+        }),
+        false => None,
+    };
+    let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, batch_tokens: args.batch_tokens, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()), chat: chat.clone() };
     let mut scored = Vec::new();
     for config in configs {
         let mut result = evaluate_task(&config, &model, &tokenizer, &options)?;
@@ -203,6 +222,11 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
     if let Some(json) = json {
         let model_args = serde_json::json!({ "checkpoint": ckpt, "tokenizer": tokenizer_path });
         let mut value = results::results_json(&scored, model_args, args.limit);
+        // lm-eval's record of the prompt format: the template's text and its SHA-256.
+        use sha2::Digest;
+        value["fewshot_as_multiturn"] = serde_json::json!(args.fewshot_as_multiturn);
+        value["chat_template"] = chat.as_ref().map_or(serde_json::Value::Null, |c| serde_json::json!(c.template.source));
+        value["chat_template_sha"] = chat.as_ref().map_or(serde_json::Value::Null, |c| serde_json::json!(format!("{:x}", sha2::Sha256::digest(c.template.source.as_bytes()))));
         if args.log_samples {
             value["samples"] = serde_json::json!(scored.iter().map(|(_, r)| (r.task.clone(), serde_json::json!(r.samples))).collect::<serde_json::Map<_, _>>());
         }

@@ -82,6 +82,17 @@ pub struct TaskOptions {
     /// Tokens a log-likelihood batch holds at most (sequences x the longest).
     pub batch_tokens: usize,
     pub progress: bool,
+    /// lm-eval's `--apply_chat_template` (and `--fewshot_as_multiturn`); None: plain prompts.
+    pub chat: Option<super::prompt::ChatPrompt>,
+}
+
+impl TaskOptions {
+    /// What separates a multiple-choice context from each choice: the task's
+    /// `target_delimiter`, or nothing after a chat template's opened assistant turn (lm-eval's
+    /// `construct_requests` without a `gen_prefix`).
+    pub fn choice_delimiter<'a>(&self, config: &'a TaskConfig) -> &'a str {
+        if self.chat.is_some() { "" } else { &config.target_delimiter }
+    }
 }
 
 /// The default `batch_tokens`.
@@ -183,7 +194,11 @@ pub fn task_prompts(config: &TaskConfig, options: &TaskOptions) -> Result<TaskPr
     for (i, doc) in docs.iter().enumerate() {
         let at = || format!("task {task} ({}): document {i}", config.file.display());
         let fewshot = sampler.draw(config, &pool, doc, num_fewshot).with_context(at)?;
-        contexts.push(plain_context(&turns(config, &templates, doc, &fewshot).with_context(at)?));
+        let turns = turns(config, &templates, doc, &fewshot).with_context(at)?;
+        contexts.push(match &options.chat {
+            Some(chat) => super::prompt::chat_context(&turns, chat).with_context(at)?,
+            None => plain_context(&turns),
+        });
         let target = templates.doc_to_target(&config.doc_to_target, doc, config.doc_to_choice.is_some()).with_context(at)?;
         let choices = config.doc_to_choice.as_ref().map(|c| templates.doc_to_choice(c, doc)).transpose().with_context(at)?;
         work.push(match config.output_type {
@@ -217,7 +232,7 @@ pub fn evaluate_task(config: &TaskConfig, model: &dyn TaskModel, tokenizer: &Tas
         match item {
             DocWork::Choices { choices, .. } => {
                 for choice in choices {
-                    let (ctx, cont) = tokenizer.encode_pair(context, &format!("{}{choice}", config.target_delimiter))?;
+                    let (ctx, cont) = tokenizer.encode_pair(context, &format!("{}{choice}", options.choice_delimiter(config)))?;
                     requests.push(Request { doc: i, context: ctx, continuation: cont });
                 }
             }

@@ -1,6 +1,8 @@
-//! The prompt of a document as lm-evaluation-harness builds it without a chat template
-//! (`ConfigurableTask.fewshot_context`): the description, then each few-shot example as its
-//! text, the target delimiter, its answer and the few-shot delimiter, then the document's text.
+//! The prompt of a document as lm-evaluation-harness builds it (`ConfigurableTask.fewshot_context`):
+//! without a chat template, the description, then each few-shot example as its text, the target
+//! delimiter, its answer and the few-shot delimiter, then the document's text; with one
+//! (`--apply_chat_template`), those turns rendered by the tokenizer's template, collapsed into
+//! one user turn (`multiturn_to_singleturn`) or, with `--fewshot_as_multiturn`, each its own.
 //! Few-shot examples are drawn by CPython's `random.Random(1234).sample`, one generator per
 //! task consumed document after document, so the engine shows the same examples lm-eval shows.
 
@@ -101,4 +103,47 @@ pub fn turns(config: &TaskConfig, templates: &Templates, doc: &Doc, fewshot: &[&
 /// The turns joined as plain text (no chat template).
 pub fn plain_context(turns: &[Turn]) -> String {
     turns.iter().map(|t| format!("{}{}", t.content, t.delimiter)).collect()
+}
+
+/// lm-eval's `--apply_chat_template`: the tokenizer's template, and whether few-shot examples
+/// stay turns of their own (`--fewshot_as_multiturn`).
+#[derive(Clone)]
+pub struct ChatPrompt {
+    pub template: std::sync::Arc<crate::chat::ChatTemplate>,
+    pub fewshot_as_multiturn: bool,
+}
+
+impl std::fmt::Debug for ChatPrompt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChatPrompt({}, fewshot_as_multiturn: {})", self.template.origin, self.fewshot_as_multiturn)
+    }
+}
+
+/// The turns rendered by the chat template with the assistant's turn opened (HFLM's
+/// `apply_chat_template`, `add_generation_prompt=True`); as lm-eval, a template that refuses
+/// the system role is rendered again without it.
+pub fn chat_context(turns: &[Turn], chat: &ChatPrompt) -> Result<String> {
+    let message = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+    let messages: Vec<serde_json::Value> = if chat.fewshot_as_multiturn {
+        turns.iter().map(|t| message(t.role, &t.content)).collect()
+    } else {
+        // multiturn_to_singleturn: the system turn, then every other turn's text (with its
+        // delimiter, the last one's dropped) as one user turn.
+        let (system, rest) = match turns.split_first() {
+            Some((first, rest)) if first.role == "system" => (Some(first), rest),
+            _ => (None, turns),
+        };
+        let last = rest.len().saturating_sub(1);
+        let text: String = rest.iter().enumerate().map(|(i, t)| if i == last { t.content.clone() } else { format!("{}{}", t.content, t.delimiter) }).collect();
+        system.map(|s| message("system", &s.content)).into_iter().chain([message("user", &text)]).collect()
+    };
+    let variables = serde_json::Map::new();
+    match chat.template.render(&messages, true, &variables) {
+        Ok(text) => Ok(text),
+        Err(_) if messages.iter().any(|m| m["role"] == "system") => {
+            let without: Vec<serde_json::Value> = messages.into_iter().filter(|m| m["role"] != "system").collect();
+            chat.template.render(&without, true, &variables)
+        }
+        Err(e) => Err(e),
+    }
 }
