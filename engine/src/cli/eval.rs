@@ -70,9 +70,10 @@ pub struct TaskArgs {
     #[arg(long, requires = "apply_chat_template")]
     pub chat_template: Option<PathBuf>,
     /// lm-eval's --fewshot_as_multiturn: few-shot examples as user and assistant turns of their
-    /// own (without it, the whole prompt is one user turn).
-    #[arg(long, requires = "apply_chat_template")]
-    pub fewshot_as_multiturn: bool,
+    /// own; on by default with --apply-chat-template, as lm-eval's command line has it (`false`:
+    /// the whole prompt is one user turn).
+    #[arg(long, requires = "apply_chat_template", num_args = 0..=1, default_missing_value = "true")]
+    pub fewshot_as_multiturn: Option<bool>,
 }
 
 #[derive(clap::Args)]
@@ -204,7 +205,7 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
     let chat = match args.apply_chat_template {
         true => Some(crate::tasks::prompt::ChatPrompt {
             template: std::sync::Arc::new(crate::chat::ChatTemplate::for_tokenizer(&tokenizer_path, args.chat_template.as_deref())?),
-            fewshot_as_multiturn: args.fewshot_as_multiturn,
+            fewshot_as_multiturn: args.fewshot_as_multiturn.unwrap_or(true),
         }),
         false => None,
     };
@@ -224,7 +225,7 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
         let mut value = results::results_json(&scored, model_args, args.limit);
         // lm-eval's record of the prompt format: the template's text and its SHA-256.
         use sha2::Digest;
-        value["fewshot_as_multiturn"] = serde_json::json!(args.fewshot_as_multiturn);
+        value["fewshot_as_multiturn"] = serde_json::json!(chat.as_ref().is_some_and(|c| c.fewshot_as_multiturn));
         value["chat_template"] = chat.as_ref().map_or(serde_json::Value::Null, |c| serde_json::json!(c.template.source));
         value["chat_template_sha"] = chat.as_ref().map_or(serde_json::Value::Null, |c| serde_json::json!(format!("{:x}", sha2::Sha256::digest(c.template.source.as_bytes()))));
         if args.log_samples {

@@ -22,6 +22,11 @@ use crate::checkpoint::stream::{StreamWriter, TensorIndex};
 use crate::checkpoint::tensor_file::HostTensor;
 use qwen_moe::{ExportedTensor, qwen_moe_tensors};
 
+/// A Hugging Face tokenizer's files: the tokenizer, its settings (special tokens), its chat
+/// template (transformers 5 saves it apart) and the special-token map. Import and export carry
+/// those present.
+const TOKENIZER_FILES: [&str; 4] = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"];
+
 /// Copies every tensor `config` needs from `index` into `path`, checking names and shapes.
 fn copy_tensors(index: &TensorIndex, config: &ModelConfig, path: &Path, origin: &str) -> Result<()> {
     import_tensors(index, config, &SourceNames::Same, 0.0, path, origin).map(|_| ())
@@ -180,9 +185,10 @@ pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
             );
         }
         write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(&config)?.as_bytes())?;
-        let tokenizer = dir.join("tokenizer.json");
-        if tokenizer.is_file() {
-            std::fs::copy(&tokenizer, tmp.join("tokenizer.json"))?;
+        for file in TOKENIZER_FILES {
+            if dir.join(file).is_file() {
+                std::fs::copy(dir.join(file), tmp.join(file)).with_context(|| format!("cannot copy {}", dir.join(file).display()))?;
+            }
         }
         crate::checkpoint::integrity::seal(tmp)
     })?;
@@ -259,13 +265,23 @@ pub fn export_hf_as(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: 
         }
         write_atomic(&tmp.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
         std::fs::copy(&tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("cannot copy {}", tokenizer.display()))?;
-        let tokenizer_config = serde_json::json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": crate::data::tokenizer::END_OF_TEXT,
-            "eos_token": crate::data::tokenizer::END_OF_TEXT,
-            "model_max_length": config.max_seq_len,
-        });
-        write_atomic(&tmp.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config)?.as_bytes())?;
+        // The tokenizer's own settings and chat template where it has them (an imported
+        // model's, the chat tokenizer's), else the shipped tokenizer's.
+        for file in &TOKENIZER_FILES[1..] {
+            let beside = tokenizer.with_file_name(file);
+            if beside.is_file() {
+                std::fs::copy(&beside, tmp.join(file)).with_context(|| format!("cannot copy {}", beside.display()))?;
+            }
+        }
+        if !tmp.join("tokenizer_config.json").is_file() {
+            let tokenizer_config = serde_json::json!({
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": crate::data::tokenizer::END_OF_TEXT,
+                "eos_token": crate::data::tokenizer::END_OF_TEXT,
+                "model_max_length": config.max_seq_len,
+            });
+            write_atomic(&tmp.join("tokenizer_config.json"), serde_json::to_string_pretty(&tokenizer_config)?.as_bytes())?;
+        }
         Ok(())
     })?;
     Ok(config)
