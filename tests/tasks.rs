@@ -20,7 +20,7 @@ fn fixture(name: &str) -> Value {
 }
 
 fn options(limit: Option<f64>) -> TaskOptions {
-    TaskOptions { limit, num_fewshot: None, batch_tokens: btx::tasks::evaluate::BATCH_TOKENS, progress: false, chat: None }
+    TaskOptions { limit, num_fewshot: None, batch_tokens: btx::tasks::evaluate::BATCH_TOKENS, progress: false, chat: None, system_instruction: None }
 }
 
 #[test]
@@ -84,20 +84,24 @@ fn shipped_task_prompts_equal_lm_eval_requests() {
 }
 
 /// `--apply_chat_template`, few-shot examples in one user turn and as turns of their own
-/// (`--fewshot_as_multiturn`): every shipped task's first documents rendered by the shipped
-/// chat tokenizer's template (Gemma 3's) as lm-eval renders them through transformers, and
-/// each choice following the opened assistant turn with no delimiter.
+/// (`--fewshot_as_multiturn`), and `--system_instruction` with and without it: every shipped
+/// task's first documents rendered by the shipped chat tokenizer's template (Gemma 3's) as
+/// lm-eval renders them through transformers, each choice following the opened assistant
+/// turn with no delimiter.
 #[test]
 fn chat_template_prompts_equal_lm_eval_requests() {
     let expected = fixture("requests_chat.json");
     let template = std::sync::Arc::new(btx::chat::ChatTemplate::for_tokenizer(&repo_root().join("assets/chat/tokenizer.json"), None).unwrap());
-    for (mode, multiturn) in [("single_turn", false), ("multiturn", true)] {
+    let system = Some("You answer in one line.".to_string());
+    for (mode, chat, multiturn, system_instruction) in
+        [("single_turn", true, false, None), ("multiturn", true, true, None), ("plain_system", false, false, system.clone()), ("multiturn_system", true, true, system)]
+    {
         let expected = expected[mode].as_object().unwrap();
         for file in btx::tasks::task_files(&[repo_root().join("assets/tasks")]).unwrap() {
             let config = TaskConfig::load(&file).unwrap();
             let want = expected[&config.name].as_array().unwrap();
-            let chat = btx::tasks::prompt::ChatPrompt { template: template.clone(), fewshot_as_multiturn: multiturn };
-            let options = TaskOptions { chat: Some(chat), ..options(Some(want.len() as f64)) };
+            let chat = chat.then(|| btx::tasks::prompt::ChatPrompt { template: template.clone(), fewshot_as_multiturn: multiturn });
+            let options = TaskOptions { chat, system_instruction: system_instruction.clone(), ..options(Some(want.len() as f64)) };
             let prompts = task_prompts(&config, &options).unwrap();
             for (i, doc) in want.iter().enumerate() {
                 assert_eq!(prompts.contexts[i], doc["context"].as_str().unwrap(), "{mode} {} document {i}: context", config.name);

@@ -292,7 +292,7 @@ fn wgpu_task_evaluation_matches_cpu() {
     let tokenizer = task_tokenizer(&repo_root().join("assets/tokenizer.json")).unwrap();
     // Small batches: larger dispatches can stall Mesa's llvmpipe through OpenGL (README,
     // "Devices"); the batch changes no score (tests/tasks.rs).
-    let options = TaskOptions { limit: Some(6.0), num_fewshot: None, batch_tokens: 128, progress: false, chat: None };
+    let options = TaskOptions { limit: Some(6.0), num_fewshot: None, batch_tokens: 128, progress: false, chat: None, system_instruction: None };
     for task in ["continuation_code", "arithmetic_sums"] {
         let task = TaskConfig::load(&repo_root().join(format!("assets/tasks/{task}.yaml"))).unwrap();
         let on = |model: &LanguageModel, device: &Device| {

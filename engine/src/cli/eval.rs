@@ -74,6 +74,10 @@ pub struct TaskArgs {
     /// the whole prompt is one user turn).
     #[arg(long, requires = "apply_chat_template", num_args = 0..=1, default_missing_value = "true")]
     pub fewshot_as_multiturn: Option<bool>,
+    /// lm-eval's --system_instruction: text before each prompt (with the task's description
+    /// after it), a system turn under --apply-chat-template.
+    #[arg(long)]
+    pub system_instruction: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -209,7 +213,7 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
         }),
         false => None,
     };
-    let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, batch_tokens: args.batch_tokens, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()), chat: chat.clone() };
+    let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, batch_tokens: args.batch_tokens, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()), chat: chat.clone(), system_instruction: args.system_instruction.clone() };
     let mut scored = Vec::new();
     for config in configs {
         let mut result = evaluate_task(&config, &model, &tokenizer, &options)?;
@@ -226,6 +230,8 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
         // lm-eval's record of the prompt format: the template's text and its SHA-256.
         use sha2::Digest;
         value["fewshot_as_multiturn"] = serde_json::json!(chat.as_ref().is_some_and(|c| c.fewshot_as_multiturn));
+        value["system_instruction"] = serde_json::json!(args.system_instruction);
+        value["system_instruction_sha"] = args.system_instruction.as_ref().map_or(serde_json::Value::Null, |s| serde_json::json!(format!("{:x}", sha2::Sha256::digest(s.as_bytes()))));
         value["chat_template"] = chat.as_ref().map_or(serde_json::Value::Null, |c| serde_json::json!(c.template.source));
         value["chat_template_sha"] = chat.as_ref().map_or(serde_json::Value::Null, |c| serde_json::json!(format!("{:x}", sha2::Sha256::digest(c.template.source.as_bytes()))));
         if args.log_samples {

@@ -235,11 +235,15 @@ pub struct EvalSettings {
     /// Documents per task: the first N, or this share below 1 (all when left out).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_limit: Option<f64>,
+    /// Score the tasks' prompts through the tokenizer's chat template (lm-eval's
+    /// `--apply_chat_template`, few-shot examples as turns): for chat-tuned models.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub apply_chat_template: bool,
 }
 
 impl Default for EvalSettings {
     fn default() -> Self {
-        Self { batches: 8, arithmetic_problems: 50, ensemble_prior_sequences: 16, ensemble_sequences: 48, tasks: vec![], task_limit: None }
+        Self { batches: 8, arithmetic_problems: 50, ensemble_prior_sequences: 16, ensemble_sequences: 48, tasks: vec![], task_limit: None, apply_chat_template: false }
     }
 }
 

@@ -197,6 +197,9 @@ impl Plan<'_> {
             if let Some(limit) = e.task_limit {
                 args.extend(strings(&["--limit", &limit.to_string()]));
             }
+            if e.apply_chat_template {
+                args.push("--apply-chat-template".into());
+            }
             inputs.extend(self.recipe.task_inputs().unwrap_or_default());
         }
         (entry, Stage { id, dir, args, config: None, inputs })

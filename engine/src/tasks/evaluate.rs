@@ -84,6 +84,9 @@ pub struct TaskOptions {
     pub progress: bool,
     /// lm-eval's `--apply_chat_template` (and `--fewshot_as_multiturn`); None: plain prompts.
     pub chat: Option<super::prompt::ChatPrompt>,
+    /// lm-eval's `--system_instruction`: before the task's description (a system turn under a
+    /// chat template).
+    pub system_instruction: Option<String>,
 }
 
 impl TaskOptions {
@@ -194,7 +197,7 @@ pub fn task_prompts(config: &TaskConfig, options: &TaskOptions) -> Result<TaskPr
     for (i, doc) in docs.iter().enumerate() {
         let at = || format!("task {task} ({}): document {i}", config.file.display());
         let fewshot = sampler.draw(config, &pool, doc, num_fewshot).with_context(at)?;
-        let turns = turns(config, &templates, doc, &fewshot).with_context(at)?;
+        let turns = turns(config, &templates, doc, &fewshot, options.system_instruction.as_deref()).with_context(at)?;
         contexts.push(match &options.chat {
             Some(chat) => super::prompt::chat_context(&turns, chat).with_context(at)?,
             None => plain_context(&turns),

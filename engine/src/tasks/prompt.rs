@@ -75,13 +75,27 @@ fn answer_text(target: Target, choices: Option<&[String]>) -> Result<String> {
     })
 }
 
-/// The document's turns: system (the description), a user and an assistant turn per few-shot
-/// example, then the document's own user turn.
-pub fn turns(config: &TaskConfig, templates: &Templates, doc: &Doc, fewshot: &[&Doc]) -> Result<Vec<Turn>> {
+/// lm-eval's `maybe_delimit`: `prefix` and `suffix` joined by `delimiter` unless either has
+/// whitespace at the join (or is empty).
+fn maybe_delimit(prefix: &str, suffix: &str, delimiter: &str) -> String {
+    let space = super::is_python_space;
+    match (prefix.chars().last(), suffix.chars().next()) {
+        (None, _) => suffix.to_string(),
+        (_, None) => prefix.to_string(),
+        (Some(end), Some(start)) if space(end) || space(start) => format!("{prefix}{suffix}"),
+        _ => format!("{prefix}{delimiter}{suffix}"),
+    }
+}
+
+/// The document's turns: system (lm-eval's `--system_instruction` and the description, joined
+/// by the few-shot delimiter), a user and an assistant turn per few-shot example, then the
+/// document's own user turn.
+pub fn turns(config: &TaskConfig, templates: &Templates, doc: &Doc, fewshot: &[&Doc], system_instruction: Option<&str>) -> Result<Vec<Turn>> {
     let mut turns = Vec::new();
     let description = if config.description.is_empty() { String::new() } else { templates.text(&config.description, doc)? };
-    if !description.is_empty() {
-        turns.push(Turn { role: "system", content: description, delimiter: String::new() });
+    let system = maybe_delimit(system_instruction.unwrap_or_default(), &description, &config.fewshot_delimiter);
+    if !system.is_empty() {
+        turns.push(Turn { role: "system", content: system, delimiter: String::new() });
     }
     for example in fewshot {
         let question = templates.doc_to_text(&config.doc_to_text, example)?;
