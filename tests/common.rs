@@ -89,6 +89,7 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
             eps: 1e-8,
             grad_clip: 1.0,
             router_lr_multiplier: 1.0,
+            shared_lr_multiplier: 1.0,
         },
         steps,
         batch_size: 8,

@@ -89,3 +89,30 @@ fn branch_from_checkpoint_starts_from_its_weights() {
         assert!(max_abs_diff(&ta.values, &b[name].values) < 1e-6, "tensor {name}");
     }
 }
+
+/// `shared_lr_multiplier`: at 0 an expert trains its FFNs alone, every other weight kept
+/// exactly (the experts of FlexOlmo's protocol); at 0.1 the shared weights move, less.
+#[test]
+fn shared_lr_multiplier_scales_the_shared_weights_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = dir.path().join("start");
+    std::fs::create_dir_all(&start).unwrap();
+    let base = tiny_train_config(dir.path(), 3);
+    btx::checkpoint::write_model_files(&start, &LanguageModel::seeded(&base.model, 2, &cpu()), &base.model).unwrap();
+    let before = btx::checkpoint::tensor_file::read_tensors(&start.join("model.safetensors")).unwrap();
+    let mut moved = Vec::new();
+    for multiplier in [0.0, 0.1, 1.0] {
+        let optimizer = btx::train::OptimizerConfig { shared_lr_multiplier: multiplier, ..base.optimizer.clone() };
+        let config = btx::train::TrainConfig { optimizer, init_from: Some(start.clone()), ..base.clone() };
+        let out = dir.path().join(format!("run-{multiplier}"));
+        let summary = train(&config, "test", &cpu_selected(), &options(&out, false, None)).unwrap();
+        let after = btx::checkpoint::tensor_file::read_tensors(&summary.checkpoint.join("model.safetensors")).unwrap();
+        let change = |ffn: bool| -> f32 {
+            after.iter().filter(|(n, _)| btx::checkpoint::tensor_names::is_ffn(n) == ffn).map(|(n, t)| max_abs_diff(&t.values, &before[n].values)).fold(0.0, f32::max)
+        };
+        moved.push((change(true), change(false)));
+    }
+    assert!(moved.iter().all(|&(ffn, _)| ffn > 0.0), "{moved:?}");
+    assert_eq!(moved[0].1, 0.0, "multiplier 0 moved a shared weight: {moved:?}");
+    assert!(moved[1].1 > 0.0 && moved[1].1 < moved[2].1, "{moved:?}");
+}

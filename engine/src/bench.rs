@@ -186,7 +186,7 @@ pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, devic
         model = crate::checkpoint::module_tensors::freeze_where(model, &|name| trainable.trains(name)).0;
     }
     let mut optimizer = AdamW::new(OptimizerConfig {
-        lr: 1e-4, warmup_steps: 0, min_lr_ratio: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, router_lr_multiplier: 1.0,
+        lr: 1e-4, warmup_steps: 0, min_lr_ratio: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, router_lr_multiplier: 1.0, shared_lr_multiplier: 1.0,
     });
     let tokens = Tensor::<2, Int>::random([batch, seq_len + 1], Distribution::Uniform(0.0, config.vocab_size as f64), &ad);
     let inputs = tokens.clone().narrow(1, 0, seq_len);

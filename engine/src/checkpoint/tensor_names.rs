@@ -90,6 +90,12 @@ pub fn is_router(name: &str) -> bool {
     name.ends_with(ROUTER_END) || name.ends_with(ATTENTION_ROUTER_END) || (name.contains(PROJECTION_MOE) && name.ends_with(".gate.weight"))
 }
 
+/// Whether a tensor (by checkpoint name or Burn module path) belongs to an FFN: a dense FFN,
+/// an MoE's experts or shared expert, a per-projection MoE's projections (routers aside).
+pub fn is_ffn(name: &str) -> bool {
+    !is_router(name) && (name.contains(".mlp.") || name.contains(".block_sparse_moe.") || name.contains(PROJECTION_MOE))
+}
+
 /// `model.layers.L.projection_moe.P.gate.weight`: the router of projection P (MixtureKit's
 /// BTX), `[E, d_in]`.
 pub fn projection_router(layer: usize, proj: Projection) -> String {

@@ -6,7 +6,8 @@
 //! For each parameter x with gradient g at update t:
 //!   m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2
 //!   x = x - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr wd x   (wd: matrices only)
-//! with lr multiplied by `router_lr_multiplier` for the routers.
+//! with lr multiplied by `router_lr_multiplier` for the routers and `shared_lr_multiplier` for
+//! the shared weights (everything but FFNs, experts and routers).
 
 use std::collections::HashMap;
 
@@ -54,6 +55,7 @@ impl AdamW {
             eps: c.eps,
             weight_decay: c.weight_decay,
             router_lr_multiplier: c.router_lr_multiplier,
+            shared_lr_multiplier: c.shared_lr_multiplier,
             m_correction: 1.0 / (1.0 - c.beta1.powi(t)),
             v_correction: 1.0 / (1.0 - c.beta2.powi(t)),
         };
@@ -94,6 +96,7 @@ struct Update<'a> {
     eps: f64,
     weight_decay: f64,
     router_lr_multiplier: f64,
+    shared_lr_multiplier: f64,
     m_correction: f64,
     v_correction: f64,
 }
@@ -116,7 +119,11 @@ impl ModuleMapper for Update<'_> {
         let n = shape.iter().product::<usize>();
         let g = grad.reshape([n]);
         let path = self.path.join(".");
-        let lr = if crate::checkpoint::tensor_names::is_router(&path) { self.lr * self.router_lr_multiplier } else { self.lr };
+        let lr = match () {
+            _ if crate::checkpoint::tensor_names::is_router(&path) => self.lr * self.router_lr_multiplier,
+            _ if crate::checkpoint::tensor_names::is_ffn(&path) => self.lr,
+            _ => self.lr * self.shared_lr_multiplier,
+        };
         let Moments { m, v } = self.moments.remove(&path).unwrap_or_else(|| Moments {
             m: g.zeros_like(),
             v: g.zeros_like(),
