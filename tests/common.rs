@@ -236,3 +236,25 @@ pub fn seed_logits(input: &MergeInput) -> Vec<f32> {
     let (_, model) = load_model(&input.path, &device).unwrap();
     to_vec(model.forward(random_tokens(2, 16, 4096, 77, &device)))
 }
+
+/// A JSON file's value.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The (tokens, logits) a fixture folder's logits.json records: what the tool that made it
+/// (transformers, MixtureKit) computed.
+pub fn recorded_logits(fixture: &Path) -> (Vec<i64>, Vec<f32>) {
+    let json = read_json(&fixture.join("logits.json"));
+    let tokens = json["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+    let logits = json["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+    (tokens, logits)
+}
+
+/// A checkpoint's logits for one sequence of `tokens`, on the CPU.
+pub fn checkpoint_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
+    let device = cpu();
+    let (_, model) = load_model(ckpt, &device).unwrap();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [1, tokens.len()]), &device);
+    to_vec(model.forward(input))
+}

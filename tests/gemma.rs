@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use btx::burn::prelude::*;
 use btx::checkpoint::load_model;
 use btx::hf::config::from_hf_config;
 use btx::hf::{export_hf, import_hf};
@@ -16,25 +15,6 @@ use crate::common::*;
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/hf").join(name)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// (tokens, logits) transformers computed.
-fn reference(name: &str) -> (Vec<i64>, Vec<f32>) {
-    let json = read_json(&fixture(name).join("logits.json"));
-    let tokens = json["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
-    let logits = json["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
-    (tokens, logits)
-}
-
-fn engine_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
-    let device = cpu();
-    let (_, model) = load_model(ckpt, &device).unwrap();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [1, tokens.len()]), &device);
-    to_vec(model.forward(input))
 }
 
 /// A copy of a fixture whose config.json `edit` changed (the weights linked as they are).
@@ -59,8 +39,8 @@ fn imported_gemma_fixtures_give_the_logits_of_transformers() {
         let gemma = config.gemma.as_ref().unwrap();
         assert_eq!((config.qk_norm, gemma.sliding_window, gemma.full_attention_layers.clone()), (name != "gemma2", Some(4), vec![1]));
         assert_eq!(gemma.attn_logit_softcap.is_some(), name == "gemma2");
-        let (tokens, want) = reference(name);
-        let diff = max_abs_diff(&engine_logits(&out, &tokens), &want);
+        let (tokens, want) = recorded_logits(&fixture(name));
+        let diff = max_abs_diff(&checkpoint_logits(&out, &tokens), &want);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         eprintln!("{name}: largest logit difference to transformers {diff:.2e} (logit scale {scale:.2})");
         assert!(diff <= 1e-5 * scale.max(1.0), "{name}: max difference {diff}");
@@ -70,7 +50,7 @@ fn imported_gemma_fixtures_give_the_logits_of_transformers() {
             text["sliding_window"] = serde_json::Value::Null;
         });
         import_hf(&unwindowed, &dir.path().join(format!("{name}-global"))).unwrap();
-        let off = max_abs_diff(&engine_logits(&dir.path().join(format!("{name}-global")), &tokens), &want);
+        let off = max_abs_diff(&checkpoint_logits(&dir.path().join(format!("{name}-global")), &tokens), &want);
         assert!(off > 100.0 * diff.max(1e-6), "{name}: the window changed nothing ({off} vs {diff})");
     }
     // The vision tower and its projector are left out.
@@ -94,8 +74,8 @@ fn gemma3_multimodal_names_of_transformers_5_import_too() {
     let tensors = tensors.into_iter().map(|(n, t)| (rename(&n), t)).collect();
     btx::checkpoint::tensor_file::write_tensors(&renamed.join("model.safetensors"), &tensors, Default::default()).unwrap();
     import_hf(&renamed, &dir.path().join("ckpt")).unwrap();
-    let (tokens, want) = reference("gemma3_vision");
-    assert!(max_abs_diff(&engine_logits(&dir.path().join("ckpt"), &tokens), &want) < 1e-4);
+    let (tokens, want) = recorded_logits(&fixture("gemma3_vision"));
+    assert!(max_abs_diff(&checkpoint_logits(&dir.path().join("ckpt"), &tokens), &want) < 1e-4);
 }
 
 /// transformers 4.5x's keys (`sliding_window_pattern`, `rope_theta` + `rope_local_base_freq`,
@@ -149,8 +129,8 @@ fn exported_gemma_imports_back_with_the_same_logits() {
         let names = |p: &Path| btx::checkpoint::tensor_file::read_tensors(p).unwrap().into_keys().collect::<Vec<_>>();
         assert_eq!(names(&out.join("model.safetensors")), names(&fixture(name).join("model.safetensors")));
         assert_eq!(import_hf(&out, &dir.path().join(format!("{name}-back"))).unwrap(), config);
-        let (tokens, _) = reference(name);
-        assert_eq!(engine_logits(&dir.path().join(format!("{name}-back")), &tokens), engine_logits(&ckpt, &tokens));
+        let (tokens, _) = recorded_logits(&fixture(name));
+        assert_eq!(checkpoint_logits(&dir.path().join(format!("{name}-back")), &tokens), checkpoint_logits(&ckpt, &tokens));
     }
 }
 

@@ -17,21 +17,6 @@ fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/hf").join(name)
 }
 
-/// (tokens, logits) transformers computed.
-fn reference(name: &str) -> (Vec<i64>, Vec<f32>) {
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture(name).join("logits.json")).unwrap()).unwrap();
-    let tokens = json["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
-    let logits = json["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
-    (tokens, logits)
-}
-
-fn engine_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
-    let device = cpu();
-    let (_, model) = load_model(ckpt, &device).unwrap();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [1, tokens.len()]), &device);
-    to_vec(model.forward(input))
-}
-
 #[test]
 fn imported_fixtures_give_the_logits_of_transformers() {
     for name in ["llama", "mixtral", "llama3", "qwen2", "qwen3"] {
@@ -41,8 +26,8 @@ fn imported_fixtures_give_the_logits_of_transformers() {
         assert_eq!(config.moe.is_some(), name == "mixtral");
         assert_eq!(config.rope_scaling.is_some(), name == "llama3");
         assert_eq!((config.attention_bias, config.qk_norm, config.head_dim), (name == "qwen2", name == "qwen3", (name == "qwen3").then_some(16)));
-        let (tokens, want) = reference(name);
-        let got = engine_logits(&out, &tokens);
+        let (tokens, want) = recorded_logits(&fixture(name));
+        let got = checkpoint_logits(&out, &tokens);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let diff = max_abs_diff(&got, &want);
         eprintln!("{name}: largest logit difference to transformers {diff:.2e} (logit scale {scale:.2})");
@@ -56,7 +41,7 @@ fn imported_fixtures_give_the_logits_of_transformers() {
             hf["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 10000.0});
             std::fs::write(plain.join("config.json"), hf.to_string()).unwrap();
             import_hf(&plain, &dir.path().join("plain-ckpt")).unwrap();
-            let off = max_abs_diff(&engine_logits(&dir.path().join("plain-ckpt"), &tokens), &want);
+            let off = max_abs_diff(&checkpoint_logits(&dir.path().join("plain-ckpt"), &tokens), &want);
             assert!(off > 100.0 * diff.max(1e-6), "unscaled RoPE gave nearly the same logits: {off} vs {diff}");
         }
     }

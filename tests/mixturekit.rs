@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use btx::burn::prelude::*;
-use btx::checkpoint::load_model;
 use btx::checkpoint::tensor_file::{HostTensor, TensorMap, read_tensors, write_tensors};
 use btx::config::ModelConfig;
 use btx::hf::{ExportFormat, export_hf_as, import_hf};
@@ -18,24 +16,6 @@ const CASES: [&str; 6] = ["llama_btx", "llama_traditional", "qwen3_btx", "qwen3_
 
 fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/mixturekit").join(name)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn reference(name: &str) -> (Vec<i64>, Vec<f32>) {
-    let json = read_json(&fixture(name).join("logits.json"));
-    let tokens = json["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
-    let logits = json["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
-    (tokens, logits)
-}
-
-fn engine_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
-    let device = cpu();
-    let (_, model) = load_model(ckpt, &device).unwrap();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [1, tokens.len()]), &device);
-    to_vec(model.forward(input))
 }
 
 /// A copy of a fixture with its config.json and tensors edited.
@@ -66,8 +46,8 @@ fn imported_mixturekit_models_give_its_logits() {
         };
         assert_eq!(moe.routed_projections, expected_routed, "{name}");
         assert_eq!(moe.layers, (name == "llama_btx").then(|| vec![1]), "{name}");
-        let (tokens, want) = reference(name);
-        let diff = max_abs_diff(&engine_logits(&out, &tokens), &want);
+        let (tokens, want) = recorded_logits(&fixture(name));
+        let diff = max_abs_diff(&checkpoint_logits(&out, &tokens), &want);
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         eprintln!("{name}: largest logit difference to MixtureKit {diff:.2e} (logit scale {scale:.2})");
         assert!(diff <= 1e-5 * scale.max(1.0), "{name}: max difference {diff}");
@@ -86,8 +66,8 @@ fn a_fresh_build_without_routers_imports_with_drawn_routers() {
         let (a, b) = (dir.path().join(format!("{name}-a")), dir.path().join(format!("{name}-b")));
         import_hf(&copy, &a).unwrap();
         import_hf(&copy, &b).unwrap();
-        let (tokens, want) = reference(name);
-        let (la, lb) = (engine_logits(&a, &tokens), engine_logits(&b, &tokens));
+        let (tokens, want) = recorded_logits(&fixture(name));
+        let (la, lb) = (checkpoint_logits(&a, &tokens), checkpoint_logits(&b, &tokens));
         assert_eq!(la, lb, "{name}: drawn routers differ between imports");
         assert!(max_abs_diff(&la, &want) > 1e-3, "{name}: drawn routers gave the stored routers' logits");
     }
@@ -116,8 +96,8 @@ fn exported_mixturekit_checkpoints_have_its_names_and_import_back() {
         let modeling = std::fs::read_to_string(out.join("modeling_btx_moe.py")).unwrap();
         assert!(modeling.contains(&format!("getattr(transformers, \"{}\")", theirs["base_model_class"].as_str().unwrap())), "{name}");
         assert_eq!(import_hf(&out, &dir.path().join(format!("{name}-back"))).unwrap(), config);
-        let (tokens, _) = reference(name);
-        assert_eq!(engine_logits(&dir.path().join(format!("{name}-back")), &tokens), engine_logits(&ckpt, &tokens), "{name}");
+        let (tokens, _) = recorded_logits(&fixture(name));
+        assert_eq!(checkpoint_logits(&dir.path().join(format!("{name}-back")), &tokens), checkpoint_logits(&ckpt, &tokens), "{name}");
     }
 }
 

@@ -205,7 +205,7 @@ impl ModelConfig {
                 // Per routed projection: a router over its input and E copies (k used).
                 let used = if active_only { moe.top_k } else { moe.num_experts };
                 let routed = moe.routed_projections.len();
-                let router_inputs: usize = moe.routed_projections.iter().map(|p| if p.name() == "down_proj" { self.d_ff } else { d }).sum();
+                let router_inputs: usize = moe.routed_projections.iter().map(|p| if p.projection() == crate::checkpoint::tensor_names::Projection::Down { self.d_ff } else { d }).sum();
                 moe.num_experts * router_inputs + (routed * used + 3 - routed) * d * self.d_ff
             }
             Some(moe) if moe.is_moe_layer(layer) => {

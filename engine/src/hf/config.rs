@@ -40,13 +40,20 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         return super::mixturekit::from_mixturekit_config(hf, origin);
     }
     let arch = hf["architectures"].as_array().and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
-    if let Some(version) = super::gemma::gemma_version(arch) {
-        // Gemma3ForConditionalGeneration's language model is described by its `text_config`
-        // (absent: every default).
-        let defaults = json!({});
-        let text = if arch.ends_with("ConditionalGeneration") { hf.get("text_config").unwrap_or(&defaults) } else { hf };
-        return super::gemma::from_gemma_config(text, version, origin);
+    match super::gemma::gemma_version(arch) {
+        Some(version) => {
+            // Gemma3ForConditionalGeneration's language model is described by its
+            // `text_config` (absent: every default).
+            let defaults = json!({});
+            let text = if arch.ends_with("ConditionalGeneration") { hf.get("text_config").unwrap_or(&defaults) } else { hf };
+            super::gemma::from_gemma_config(text, version, origin)
+        }
+        None => from_llama_family_config(hf, arch, origin),
     }
+}
+
+/// The config of a Llama, Mistral, Mixtral, Qwen2 or Qwen3 config.json (architecture `arch`).
+fn from_llama_family_config(hf: &Value, arch: &str, origin: &str) -> Result<ModelConfig> {
     let (family, moe) = match arch {
         "LlamaForCausalLM" | "MistralForCausalLM" => (Family::Llama, false),
         "MixtralForCausalLM" => (Family::Llama, true),
@@ -110,28 +117,29 @@ pub fn from_hf_config(hf: &Value, origin: &str) -> Result<ModelConfig> {
         norm_eps: hf.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
         tie_embeddings: hf.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
         attention_experts: None,
-        moe: if moe {
-            Some(MoeConfig {
-                num_experts: int("num_local_experts")?,
-                top_k: int("num_experts_per_tok")?,
-                routing: Routing::TopK,
-                layers: None,
-                expert_d_ff: None,
-                // transformers' default coefficient, applied as transformers applies it.
-                load_balance: hf.get("router_aux_loss_coef").and_then(Value::as_f64).unwrap_or(0.001),
-                balance: crate::model::moe_config::Balance::Mixtral,
-                router_z_loss: 0.0,
-                freeze_experts: false,
-                shared_expert: false,
-                routed_projections: Vec::new(),
-            })
-        } else {
-            None
-        },
+        moe: if moe { Some(mixtral_moe(hf, int)?) } else { None },
         gemma: None,
     };
     config.validate(origin)?;
     Ok(config)
+}
+
+/// Mixtral's MoE: top-k of `num_local_experts`, with the balancing it was trained with.
+fn mixtral_moe(hf: &Value, int: impl Fn(&str) -> Result<usize>) -> Result<MoeConfig> {
+    Ok(MoeConfig {
+        num_experts: int("num_local_experts")?,
+        top_k: int("num_experts_per_tok")?,
+        routing: Routing::TopK,
+        layers: None,
+        expert_d_ff: None,
+        // transformers' default coefficient, applied as transformers applies it.
+        load_balance: hf.get("router_aux_loss_coef").and_then(Value::as_f64).unwrap_or(0.001),
+        balance: crate::model::moe_config::Balance::Mixtral,
+        router_z_loss: 0.0,
+        freeze_experts: false,
+        shared_expert: false,
+        routed_projections: Vec::new(),
+    })
 }
 
 /// The RoPE scaling of a config.json: transformers 5 nests it with `rope_theta` in
@@ -320,7 +328,7 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
             Some(moe) if moe.is_moe_layer(l) && !moe.routed_projections.is_empty() => {
                 for proj in Projection::ALL {
                     let shape = proj.shape(d, config.d_ff);
-                    if moe.routed_projections.iter().any(|r| r.name() == proj.llama()) {
+                    if moe.routes(proj) {
                         out.push((tensor_names::projection_router(l, proj), vec![moe.num_experts, shape[1]]));
                         out.extend((0..moe.num_experts).map(|e| (tensor_names::projection_expert(l, proj, e), shape.clone())));
                     } else {

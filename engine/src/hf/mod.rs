@@ -175,13 +175,13 @@ pub fn import_hf(dir: &Path, out: &Path) -> Result<ModelConfig> {
     if matches!(names, SourceNames::Prefixed { .. }) {
         eprintln!("{}: {arch}: importing its language model; the vision tower and its projector are left out", dir.display());
     }
+    let router_std = drawn_router_std(&hf);
     write_dir_atomic(out, |tmp| {
-        let drawn = import_tensors(&index, &config, &names, drawn_router_std(&hf), &tmp.join(MODEL_FILE), &dir.display().to_string())?;
+        let drawn = import_tensors(&index, &config, &names, router_std, &tmp.join(MODEL_FILE), &dir.display().to_string())?;
         if drawn > 0 {
             eprintln!(
-                "{}: {drawn} routers are missing (a MixtureKit build stores none until its routers are trained): drawn from N(0, {}^2) as MixtureKit's loader draws them; finetune them (trainable: Routers) before use",
-                dir.display(),
-                drawn_router_std(&hf)
+                "{}: {drawn} routers are missing (a MixtureKit build stores none until its routers are trained): drawn from N(0, {router_std}^2) as MixtureKit's loader draws them; finetune them (trainable: Routers) before use",
+                dir.display()
             );
         }
         write_atomic(&tmp.join(MODEL_CONFIG_FILE), to_ron(&config)?.as_bytes())?;
@@ -236,7 +236,7 @@ pub fn export_hf_as(ckpt: &Path, out: &Path, tokenizer: Option<&Path>, closest: 
     let no_class = config.moe.as_ref().is_some_and(|m| config.gemma.is_some() || !m.routed_projections.is_empty());
     let mixturekit = format == ExportFormat::Mixturekit || (format == ExportFormat::Auto && no_class);
     let (hf, base_config) = if mixturekit {
-        let (hf, base_config) = mixturekit::to_mixturekit_config(&config, &[])?;
+        let (hf, base_config) = mixturekit::to_mixturekit_config(&config)?;
         (hf, Some(base_config))
     } else {
         (to_hf_config(&config, closest)?, None)

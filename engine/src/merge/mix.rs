@@ -315,7 +315,7 @@ fn projection_moe_outputs(dense: &ModelConfig, members: usize, ffn_sources: &[us
         for proj in Projection::ALL {
             let name = tensor_names::dense_ffn(layer, proj);
             let shape = proj.shape(dense.d_model, dense.d_ff);
-            if !moe.routed_projections.iter().any(|r| r.name() == proj.llama()) {
+            if !moe.routes(proj) {
                 outputs.push(Output { name: tensor_names::projection_plain(layer, proj), shape, source: Source::Average { name, weights: weights.clone() } });
                 continue;
             }

@@ -6,6 +6,8 @@
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::tensor_names::Projection;
+
 /// How the router turns its logits into gates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub enum Routing {
@@ -101,13 +103,18 @@ pub enum RoutedProjection {
 impl RoutedProjection {
     pub const ALL: [RoutedProjection; 3] = [Self::GateProj, Self::UpProj, Self::DownProj];
 
+    /// The projection it names (the checkpoint's `Projection`).
+    pub fn projection(self) -> Projection {
+        match self {
+            Self::GateProj => Projection::Gate,
+            Self::UpProj => Projection::Up,
+            Self::DownProj => Projection::Down,
+        }
+    }
+
     /// transformers' name of the projection (`gate_proj`, ...).
     pub fn name(self) -> &'static str {
-        match self {
-            Self::GateProj => "gate_proj",
-            Self::UpProj => "up_proj",
-            Self::DownProj => "down_proj",
-        }
+        self.projection().llama()
     }
 }
 
@@ -145,6 +152,11 @@ impl MoeConfig {
             Routing::Switch { .. } | Routing::SampleTop1 { .. } => 1,
             Routing::Soft => self.num_experts,
         }
+    }
+
+    /// Whether projection `proj` has its own router (`routed_projections`).
+    pub fn routes(&self, proj: Projection) -> bool {
+        self.routed_projections.iter().any(|r| r.projection() == proj)
     }
 
     pub fn is_moe_layer(&self, layer: usize) -> bool {

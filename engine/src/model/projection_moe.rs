@@ -89,7 +89,7 @@ pub struct ProjectionMoe {
 
 impl ProjectionMoe {
     pub fn new(d_model: usize, d_ff: usize, config: &MoeConfig, geglu: bool, device: &Device) -> Self {
-        let part = |p: RoutedProjection, d_in, d_out| ProjectionExperts::new(d_in, d_out, config.routed_projections.contains(&p), config.num_experts, device);
+        let part = |p: RoutedProjection, d_in, d_out| ProjectionExperts::new(d_in, d_out, config.routes(p.projection()), config.num_experts, device);
         Self {
             gate_proj: part(RoutedProjection::GateProj, d_model, d_ff),
             up_proj: part(RoutedProjection::UpProj, d_model, d_ff),

@@ -104,27 +104,10 @@ impl TaskConfig {
     pub fn from_keys(raw: Map<String, Value>, file: &Path) -> Result<Self> {
         let at = file.display().to_string();
         refuse_unsupported_keys(&raw, &at)?;
-        let str_key = |key: &str| -> Result<Option<String>> {
-            match raw.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(other) => bail!("{at}: `{key}` must be a string, found {other}"),
-            }
-        };
+        let str_key = |key: &str| str_key(&raw, key, &at);
         let name = str_key("task")?.with_context(|| format!("{at}: missing `task` (the task's name)"))?;
         let alias = str_key("task_alias")?.unwrap_or_else(|| name.clone());
-
-        let format = match str_key("dataset_path")?.as_deref() {
-            Some("json") => DataFormat::Json,
-            Some("parquet") => DataFormat::Parquet,
-            Some(other) => bail!(
-                "{at}: `dataset_path: {other}` is not supported: the engine reads local files only (`dataset_path: json` or `parquet` with `dataset_kwargs.data_files`); nothing is downloaded"
-            ),
-            None => bail!("{at}: missing `dataset_path` (expected `json` or `parquet` with `dataset_kwargs.data_files`)"),
-        };
-        if str_key("dataset_name")?.is_some() {
-            bail!("{at}: `dataset_name` is not supported with local data files");
-        }
+        let format = data_format(&raw, &at)?;
         let data_files = data_files(&raw, file)?;
         let split = |key: &str| -> Result<Option<String>> {
             let Some(name) = str_key(key)? else { return Ok(None) };
@@ -142,16 +125,7 @@ impl TaskConfig {
             Some("generate_until") | None => OutputType::GenerateUntil,
             Some(other) => bail!("{at}: `output_type: {other}` is not supported (multiple_choice, loglikelihood, generate_until)"),
         };
-        let doc_field = |key: &str| -> Result<Option<DocField>> {
-            Ok(match raw.get(key) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(DocField::Text(s.clone())),
-                Some(Value::Number(n)) if n.is_i64() => Some(DocField::Index(n.as_i64().unwrap())),
-                Some(Value::Array(items)) => Some(DocField::List(items.clone())),
-                Some(Value::Object(map)) if key == "doc_to_choice" => Some(DocField::List(map.values().cloned().collect())),
-                Some(other) => bail!("{at}: `{key}` must be a field name, a Jinja template, an integer or a list, found {other}"),
-            })
-        };
+        let doc_field = |key: &str| doc_field(&raw, key, &at);
         let doc_to_text = doc_field("doc_to_text")?.with_context(|| format!("{at}: missing `doc_to_text`"))?;
         let doc_to_target = doc_field("doc_to_target")?.with_context(|| format!("{at}: missing `doc_to_target`"))?;
         let doc_to_choice = doc_field("doc_to_choice")?;
@@ -174,19 +148,11 @@ impl TaskConfig {
         }
         let exclude_self_from_fewshot = fewshot_split == test;
         let fewshot_pool_split = fewshot_split.or(training).or(validation).or(test);
-        let num_fewshot = match raw.get("num_fewshot") {
-            None | Some(Value::Null) => 0,
-            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap() as usize,
-            Some(other) => bail!("{at}: `num_fewshot` must be a non-negative integer, found {other}"),
-        };
+        let num_fewshot = num_fewshot(&raw, &at)?;
         if num_fewshot > 0 && fewshot_pool_split.is_none() {
             bail!("{at}: `num_fewshot: {num_fewshot}` needs a split to draw examples from (`fewshot_split`)");
         }
-        match raw.get("repeats") {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
-            Some(other) => bail!("{at}: `repeats: {other}` is not supported (greedy decoding repeats itself; use 1)"),
-        }
+        check_repeats(&raw, &at)?;
         let generation = generation_kwargs(raw.get("generation_kwargs"), &fewshot_delimiter, &at)?;
         let metrics = metric_list(raw.get("metric_list"), output_type, &at)?;
         let filters = filter_list(raw.get("filter_list"), output_type, &at)?;
@@ -217,6 +183,62 @@ impl TaskConfig {
             version,
             raw,
         })
+    }
+}
+
+/// A string key's value (absent or null: None).
+fn str_key(raw: &Map<String, Value>, key: &str, at: &str) -> Result<Option<String>> {
+    match raw.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => bail!("{at}: `{key}` must be a string, found {other}"),
+    }
+}
+
+/// `dataset_path`: local JSON or Parquet files (no Hub dataset, no `dataset_name`).
+fn data_format(raw: &Map<String, Value>, at: &str) -> Result<DataFormat> {
+    let format = match str_key(raw, "dataset_path", at)?.as_deref() {
+        Some("json") => DataFormat::Json,
+        Some("parquet") => DataFormat::Parquet,
+        Some(other) => bail!(
+            "{at}: `dataset_path: {other}` is not supported: the engine reads local files only (`dataset_path: json` or `parquet` with `dataset_kwargs.data_files`); nothing is downloaded"
+        ),
+        None => bail!("{at}: missing `dataset_path` (expected `json` or `parquet` with `dataset_kwargs.data_files`)"),
+    };
+    if str_key(raw, "dataset_name", at)?.is_some() {
+        bail!("{at}: `dataset_name` is not supported with local data files");
+    }
+    Ok(format)
+}
+
+/// `doc_to_text`, `doc_to_target` or `doc_to_choice`: a field or template, an index or a list
+/// (`doc_to_choice` also a mapping, its values).
+fn doc_field(raw: &Map<String, Value>, key: &str, at: &str) -> Result<Option<DocField>> {
+    Ok(match raw.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(DocField::Text(s.clone())),
+        Some(Value::Number(n)) if n.is_i64() => Some(DocField::Index(n.as_i64().unwrap())),
+        Some(Value::Array(items)) => Some(DocField::List(items.clone())),
+        Some(Value::Object(map)) if key == "doc_to_choice" => Some(DocField::List(map.values().cloned().collect())),
+        Some(other) => bail!("{at}: `{key}` must be a field name, a Jinja template, an integer or a list, found {other}"),
+    })
+}
+
+/// `num_fewshot` (0 when absent).
+fn num_fewshot(raw: &Map<String, Value>, at: &str) -> Result<usize> {
+    Ok(match raw.get("num_fewshot") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap() as usize,
+        Some(other) => bail!("{at}: `num_fewshot` must be a non-negative integer, found {other}"),
+    })
+}
+
+/// `repeats`: only 1 (greedy decoding repeats itself).
+fn check_repeats(raw: &Map<String, Value>, at: &str) -> Result<()> {
+    match raw.get("repeats") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(()),
+        Some(other) => bail!("{at}: `repeats: {other}` is not supported (greedy decoding repeats itself; use 1)"),
     }
 }
 

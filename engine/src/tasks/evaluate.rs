@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, bail};
-use tokenizers::Tokenizer;
 
 use super::config::{Metric, OutputType, TaskConfig};
 use super::dataset::{Doc, read_split};
 use super::metrics::{CorpusItems, CorpusMetric, apply_filter, choice_predictions, exact_match, mean, mean_stderr};
 use super::prompt::{FewshotSampler, plain_context, turns};
 use super::template::{Target, Templates, python_str};
+pub use super::tokenizer::TaskTokenizer;
 
 /// What the evaluation needs of a model: its context length, the log-likelihoods of
 /// continuations, and greedy generation.
@@ -26,51 +26,6 @@ pub trait TaskModel {
     /// Greedy tokens after `context`, at most `max_tokens`, ending early when `stop` says so
     /// (it sees the tokens generated so far) or at `eos`.
     fn greedy(&self, context: &[u32], max_tokens: usize, eos: Option<u32>, stop: &mut dyn FnMut(&[u32]) -> bool) -> Result<Vec<u32>>;
-}
-
-/// The tokenizer as lm-eval's `HFLM` uses it.
-pub struct TaskTokenizer {
-    pub tokenizer: Tokenizer,
-    /// `prefix_token_id`: BOS, else EOS; the context of an empty-context request.
-    pub prefix_token: u32,
-    /// BOS's text: a string that starts with it is encoded without special tokens.
-    pub bos_text: Option<String>,
-    /// Generation ends at this token (and its text is a stop string).
-    pub eos_token: Option<u32>,
-}
-
-impl TaskTokenizer {
-    /// `tok_encode`: the tokenizer's special tokens unless the text already starts with BOS.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let special = !self.bos_text.as_deref().is_some_and(|bos| !bos.is_empty() && text.starts_with(bos));
-        self.encode_with(text, special)
-    }
-
-    fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
-        Ok(self.tokenizer.encode_fast(text, special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec())
-    }
-
-    pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))
-    }
-
-    /// `_encode_pair` (and the empty-context case of `loglikelihood`): the context's trailing
-    /// whitespace moves to the continuation; the continuation's tokens are those of the whole
-    /// text after the context's, so a token spanning the boundary counts as continuation.
-    pub fn encode_pair(&self, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
-        if context.is_empty() {
-            let cont = self.encode_with(continuation, false)?;
-            return Ok(match cont.first() {
-                Some(&first) if first == self.prefix_token => (cont[..1].to_vec(), cont[1..].to_vec()),
-                _ => (vec![self.prefix_token], cont),
-            });
-        }
-        let trimmed = context.trim_end_matches(super::is_python_space);
-        let (context, continuation) = (trimmed, format!("{}{continuation}", &context[trimmed.len()..]));
-        let whole = self.encode(&format!("{context}{continuation}"))?;
-        let context_ids = self.encode(context)?;
-        Ok((whole[..context_ids.len().min(whole.len())].to_vec(), whole[context_ids.len().min(whole.len())..].to_vec()))
-    }
 }
 
 #[derive(Debug, Clone)]

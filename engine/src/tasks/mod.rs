@@ -13,9 +13,10 @@ pub mod python_random;
 pub mod results;
 pub mod sacrebleu;
 pub mod template;
+pub mod tokenizer;
 pub mod yaml;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
@@ -27,7 +28,8 @@ pub use config::TaskConfig;
 pub fn is_python_space(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
-pub use evaluate::{TaskModel, TaskOptions, TaskResult, TaskTokenizer, evaluate_task};
+pub use evaluate::{TaskModel, TaskOptions, TaskResult, evaluate_task};
+pub use tokenizer::{TaskTokenizer, task_tokenizer};
 
 /// Task files named on the command line: files, or folders (their `*.yaml`, sorted).
 pub fn task_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -53,27 +55,3 @@ pub fn task_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The tokenizer of a model as lm-eval's `hf` backend uses it: BOS and EOS from the
-/// `tokenizer_config.json` beside `tokenizer.json` (or the engine's `<|endoftext|>`).
-pub fn task_tokenizer(tokenizer_json: &Path) -> Result<TaskTokenizer> {
-    let tokenizer = crate::data::tokenizer::load_tokenizer(tokenizer_json)?;
-    let config: serde_json::Value = std::fs::read_to_string(tokenizer_json.with_file_name("tokenizer_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
-    let token_text = |key: &str| -> Option<String> {
-        match config.get(key)? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
-            _ => None,
-        }
-    };
-    let default = crate::data::tokenizer::END_OF_TEXT.to_string();
-    let has_config = config.is_object();
-    let bos_text = if has_config { token_text("bos_token") } else { Some(default.clone()) };
-    let eos_text = if has_config { token_text("eos_token") } else { Some(default) };
-    let bos = bos_text.as_deref().and_then(|t| tokenizer.token_to_id(t));
-    let eos = eos_text.as_deref().and_then(|t| tokenizer.token_to_id(t));
-    let prefix_token = bos.or(eos).with_context(|| format!("{}: the tokenizer has neither a BOS nor an EOS token (lm-eval scores an empty context after one)", tokenizer_json.display()))?;
-    Ok(TaskTokenizer { tokenizer, prefix_token, bos_text: bos.and(bos_text), eos_token: eos })
-}

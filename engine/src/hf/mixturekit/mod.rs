@@ -120,8 +120,9 @@ pub fn may_be_missing(mixturekit: &str) -> bool {
 }
 
 /// The config.json of a MixtureKit checkpoint of the engine's MoE `config`, with the engine's
-/// modeling code (`auto_map`), and the name of its base architecture.
-pub fn to_mixturekit_config(config: &ModelConfig, expert_names: &[String]) -> Result<(Value, String)> {
+/// modeling code (`auto_map`), and the name of its base architecture's config class. The
+/// experts are named `expert_J`.
+pub fn to_mixturekit_config(config: &ModelConfig) -> Result<(Value, String)> {
     let moe = config.moe.as_ref().ok_or_else(|| anyhow!("MixtureKit's format is for an MoE; this model is dense (export it as its own architecture)"))?;
     let method = if moe.routed_projections.is_empty() { "traditional" } else { "btx" };
     let unsupported = match moe.routing {
@@ -143,7 +144,7 @@ pub fn to_mixturekit_config(config: &ModelConfig, expert_names: &[String]) -> Re
         other => other.replace("ForCausalLM", "Config"),
     };
     let layers: Vec<usize> = (0..config.n_layers).filter(|&l| moe.is_moe_layer(l)).collect();
-    let names: Vec<String> = (0..moe.num_experts).map(|e| expert_names.get(e).cloned().unwrap_or_else(|| format!("expert_{e}"))).collect();
+    let names: Vec<String> = (0..moe.num_experts).map(|e| format!("expert_{e}")).collect();
     for (key, value) in [
         ("architectures", json!(["MixtureKitForCausalLM"])),
         ("model_type", json!("btx_moe")),
