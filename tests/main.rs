@@ -19,6 +19,7 @@ mod merge;
 mod mixturekit;
 mod model;
 mod recipe;
+mod recipe_variants;
 mod slurm;
 mod tasks;
 mod moe;

@@ -11,7 +11,7 @@ use btx::checkpoint::{latest_checkpoint, load_model};
 
 use crate::common::*;
 
-fn recipe_text(dir: &Path, experts: &[(&str, &str)], expert_steps: usize) -> String {
+pub(crate) fn recipe_text(dir: &Path, experts: &[(&str, &str)], expert_steps: usize) -> String {
     let english = small_corpus(dir, "english.txt", 30_000);
     let code = small_corpus(dir, "code.txt", 30_000);
     let tokenizer = repo_root().join("assets/tokenizer.json");
@@ -55,13 +55,13 @@ fn recipe_text(dir: &Path, experts: &[(&str, &str)], expert_steps: usize) -> Str
     )
 }
 
-fn run_recipe(dir: &Path, text: &str, out: &Path) -> (bool, String) {
+pub(crate) fn run_recipe(dir: &Path, text: &str, out: &Path) -> (bool, String) {
     let path = dir.join("recipe.ron");
     std::fs::write(&path, text).unwrap();
     run_btx(&["recipe", "run", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "cpu"], dir)
 }
 
-fn ran(stderr: &str) -> Vec<String> {
+pub(crate) fn ran(stderr: &str) -> Vec<String> {
     stderr.lines().filter_map(|l| l.strip_suffix("] running").map(|s| s.trim_start_matches('[').to_string())).collect()
 }
 
@@ -225,7 +225,7 @@ fn a_recipe_killed_during_an_expert_stage_finishes_like_one_never_stopped() {
     }
 }
 
-fn recipe_error(text: &str) -> String {
+pub(crate) fn recipe_error(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let (ok, stderr) = run_recipe(dir.path(), text, &dir.path().join("run"));
     assert!(!ok, "a bad recipe ran");

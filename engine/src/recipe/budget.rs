@@ -96,14 +96,17 @@ impl Plan<'_> {
     }
 
     /// Training FLOPs of BTX beyond the seed (and the generalist, which the dense baseline
-    /// starts from too): every phase of every expert plus the first BTX finetune, each at
+    /// starts from too): every phase of every expert the first BTX merge mixes (its
+    /// variant's) plus its finetune, each at
     /// its config's FLOPs a token (a LoRA or partly frozen stage computes fewer gradients).
     fn btx_budget(&self) -> Result<f64> {
         let r = self.recipe;
         let seed = PathBuf::from("SEED");
-        let phases = r.experts.iter().flat_map(|e| self.expert_phases(e, &seed));
+        let btx = r.merges.iter().find(|m| m.method == MergeMethod::Btx);
+        let experts = btx.map_or_else(|| r.experts.clone(), |m| r.experts_of(m));
+        let phases = experts.iter().flat_map(|e| self.expert_phases(e, &seed));
         let mut budget: f64 = phases.map(|(_, config, _)| config.steps as f64 * config.train_flops_per_token() * self.tokens_per_step()).sum();
-        if let Some(m) = r.merges.iter().find(|m| m.method == MergeMethod::Btx) {
+        if let Some(m) = btx {
             let finetune = self.finetune_config(m)?;
             budget += r.finetune.steps as f64 * finetune.train_flops_per_token() * self.tokens_per_step();
         }

@@ -60,6 +60,10 @@ pub struct Recipe {
     /// the rest.
     #[serde(default)]
     pub later_experts: Vec<Expert>,
+    /// The experts trained again other ways (each expert `NAME` of variant `V` is `NAME-V`),
+    /// for merges that name the variant in `experts`: e.g. FFN-only experts beside full ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expert_variants: Vec<super::variants::ExpertVariant>,
     /// Keep the seed as one more, generalist, expert in BTX merges.
     #[serde(default = "yes")]
     pub keep_seed: bool,
@@ -167,6 +171,10 @@ pub struct Merge {
     /// finetuned two ways: routers only, and every weight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trainable: Option<Trainable>,
+    /// The expert variant this merge mixes, averages or ensembles (`expert_variants`);
+    /// absent: the recipe's experts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -125,10 +125,13 @@ impl Plan<'_> {
             let earlier = (0..e.then.len()).map(|index| StageId::Phase { expert: e.name.clone(), index });
             earlier.chain([StageId::Expert(e.name.clone())]).collect()
         };
-        let mut trained_experts: Vec<StageId> = r.experts.iter().flat_map(phases).collect();
-        trained_experts.extend(r.generalist.as_ref().map(|_| StageId::Generalist));
+        let trained_experts = |experts: &[super::config::Expert]| -> Vec<StageId> {
+            let mut stages: Vec<StageId> = experts.iter().flat_map(phases).collect();
+            stages.extend(r.generalist.as_ref().map(|_| StageId::Generalist));
+            stages
+        };
         let mut list: Vec<(Entry, PathBuf)> = vec![(Entry::new(ModelId::Seed, EntryKind::Seed, with_seed(vec![])), seed.to_path_buf())];
-        for e in &r.experts {
+        for e in &r.all_experts() {
             list.push((Entry::new(ModelId::Expert(e.name.clone()), EntryKind::Expert, with_seed(phases(e))), self.dir(&StageId::Expert(e.name.clone()))));
         }
         if r.generalist.is_some() {
@@ -138,9 +141,10 @@ impl Plan<'_> {
         let mut ensembles = Vec::new();
         for m in &r.merges {
             let merged = self.dir(&StageId::Merge(m.name.clone()));
+            let members = r.experts_of(m);
             match m.method {
                 MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Upcycle { .. } => {
-                    let trained = if m.method.mixes_experts() { with_seed(trained_experts.clone()) } else { with_seed(vec![]) };
+                    let trained = if m.method.mixes_experts() { with_seed(trained_experts(&members)) } else { with_seed(vec![]) };
                     let names = self.expert_names(m);
                     let unfinetuned = ModelId::Unfinetuned(m.name.clone());
                     list.push((Entry::new(unfinetuned, EntryKind::Merge, trained.clone()).with_experts(names.clone()), merged));
@@ -149,8 +153,9 @@ impl Plan<'_> {
                     ft.push(finetune.clone());
                     list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, ft).with_experts(names), self.dir(&finetune)));
                 }
-                MergeMethod::Average => list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, with_seed(trained_experts.clone())), merged)),
+                MergeMethod::Average => list.push((Entry::new(ModelId::Merged(m.name.clone()), EntryKind::Final, with_seed(trained_experts(&members))), merged)),
                 MergeMethod::Ensemble { top_k } => {
+                    let experts: Vec<StageId> = members.into_iter().map(|e| StageId::Expert(e.name)).collect();
                     ensembles.push((ModelId::Merged(m.name.clone()), top_k, experts.clone()));
                     if let Some((model, members)) = self.grown_ensemble(&m.name, &experts) {
                         ensembles.push((model, top_k, members));
@@ -169,9 +174,12 @@ impl Plan<'_> {
         if r.data_matched_baseline {
             list.push((Entry::new(ModelId::DenseData, EntryKind::Final, with_seed(vec![StageId::DenseData])), self.dir(&StageId::DenseData)));
         }
-        for (name, _) in if r.diagnose_merge { self.btx_members(seed) } else { vec![] } {
-            let dir = self.dir(&StageId::Diagnosis(name.clone()));
-            list.push((Entry::new(ModelId::Transplant(name), EntryKind::Diagnosis, with_seed(experts.clone())), dir));
+        for merge in self.diagnosed_merges() {
+            let experts: Vec<StageId> = r.experts_of(merge).into_iter().map(|e| StageId::Expert(e.name)).collect();
+            for member in self.btx_members(merge, seed) {
+                let dir = self.dir(&StageId::Diagnosis(member.key.clone()));
+                list.push((Entry::new(ModelId::Transplant(member.key), EntryKind::Diagnosis, with_seed(experts.clone())), dir));
+            }
         }
         let mut out: Vec<(Entry, Stage)> = list.into_iter().map(|(entry, checkpoint)| self.eval_stage(entry, &checkpoint)).collect();
         out.extend(ensembles.into_iter().map(|(model, top_k, members)| self.ensemble_stage(model, top_k, members, &with_seed)));

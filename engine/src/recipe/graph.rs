@@ -32,9 +32,9 @@ impl Plan<'_> {
             }
             SeedModel::Checkpoint(_) => data,
         };
-        let experts: Vec<StageId> = r.experts.iter().map(|e| StageId::Expert(e.name.clone())).collect();
+        let expert_ids = |experts: Vec<super::config::Expert>| -> Vec<StageId> { experts.into_iter().map(|e| StageId::Expert(e.name)).collect() };
         // An expert trained in phases: each phase after the one before.
-        for e in &r.experts {
+        for e in &r.all_experts() {
             let mut after = seed.clone();
             for index in 0..e.then.len() {
                 let phase = StageId::Phase { expert: e.name.clone(), index };
@@ -56,6 +56,7 @@ impl Plan<'_> {
         let (seed_dir, _) = self.seed()?;
         let measured: Vec<StageId> = self.router_data_stages(&seed_dir)?.into_iter().map(|s| s.id).collect();
         for m in &r.merges {
+            let experts = expert_ids(r.experts_of(m));
             let mut after: Vec<StageId> = match m.method {
                 MergeMethod::Btx | MergeMethod::Bam { .. } if r.keep_seed => experts.iter().chain(&generalist).cloned().collect(),
                 MergeMethod::Btx | MergeMethod::Bam { .. } | MergeMethod::Average => experts.clone(),
@@ -85,9 +86,12 @@ impl Plan<'_> {
         if r.data_matched_baseline {
             nodes.push(node(StageId::DenseData, seed.clone()));
         }
-        if r.diagnose_merge {
-            let after: Vec<StageId> = experts.iter().chain(if r.keep_seed { generalist.as_slice() } else { &[] }).cloned().collect();
-            nodes.extend(self.diagnosis_stages(&seed_dir)?.into_iter().map(|s| node(s.id, after.clone())));
+        // A diagnosis waits for its merge's members.
+        for merge in self.diagnosed_merges() {
+            let members: Vec<StageId> = expert_ids(r.experts_of(merge)).into_iter().chain(if r.keep_seed { generalist.clone() } else { vec![] }).collect();
+            for member in self.btx_members(merge, &seed_dir) {
+                nodes.push(node(StageId::Diagnosis(member.key), members.clone()));
+            }
         }
         let producers: Vec<StageId> = nodes.iter().map(|n| n.id.clone()).collect();
         let mut evals = Vec::new();

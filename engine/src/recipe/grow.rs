@@ -54,7 +54,7 @@ impl Plan<'_> {
     /// RUN/forest/LATER: the experts' average weighted by their domain posterior on the
     /// later expert's data, which it branches from.
     pub fn forest_stages(&self) -> Result<Vec<Stage>> {
-        let experts = self.expert_dirs();
+        let experts = self.expert_dirs(&self.recipe.experts);
         self.recipe
             .later_experts
             .iter()
@@ -69,7 +69,7 @@ impl Plan<'_> {
     /// RUN/posterior/LATER: the experts' domain posterior on the later expert's data, which
     /// weights its forest (measured on the run's device).
     pub fn posterior_stages(&self) -> Result<Vec<Stage>> {
-        let experts = self.expert_dirs();
+        let experts = self.expert_dirs(&self.recipe.experts);
         let measure = |later: &super::config::Expert| {
             let measurement = Measurement::Posterior { members: experts.clone(), data: self.later_data_path(&later.name) };
             self.measure_stage(StageId::Posterior(later.name.clone()), &measurement)

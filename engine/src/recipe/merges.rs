@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::config::{Merge, MergeMethod};
+use super::config::{Merge, MergeMethod, Recipe};
 use super::plan::{Plan, strings};
 use super::stage::{Stage, model_file};
 use super::stage_id::StageId;
@@ -18,8 +18,8 @@ impl Plan<'_> {
     /// The merge a recipe's merge asks for (for an ensemble: the request its experts would
     /// make, which only the recipe's checks read).
     pub fn merge_request(&self, m: &Merge, seed: &Path) -> MergeRequest {
-        let experts = self.expert_dirs();
-        let mut request = MergeRequest::new(m.method.clone(), experts.clone());
+        let experts = self.expert_dirs(&self.recipe.experts_of(m));
+        let mut request = MergeRequest::new(m.method.clone(), experts);
         request.options = self.recipe.moe_of(m).clone();
         match m.method {
             MergeMethod::Upcycle { .. } => request.experts = vec![seed.to_path_buf()],
@@ -43,7 +43,7 @@ impl Plan<'_> {
             if !request.routes_from_data() {
                 continue;
             }
-            let mut data: Vec<PathBuf> = self.recipe.experts.iter().map(|e| self.config_path(&StageId::Expert(e.name.clone()))).collect();
+            let mut data: Vec<PathBuf> = self.recipe.experts_of(m).iter().map(|e| self.config_path(&StageId::Expert(e.name.clone()))).collect();
             data.extend(request.seed.as_ref().map(|_| self.eval_data_path()));
             let measurement = Measurement::RouterDirections { members: request.members(), data, mode: request.options.router_init };
             stages.push(self.measure_stage(StageId::RouterData(m.name.clone()), &measurement)?);
@@ -82,29 +82,43 @@ impl Plan<'_> {
         Ok(Stage { id, dir, args, config: Some(to_ron(request)?), inputs })
     }
 
-    /// The members of BTX's MiX, in merge order: (name, checkpoint folder); the seed last when
-    /// it is kept as the generalist.
-    pub fn btx_members(&self, seed: &Path) -> Vec<(String, PathBuf)> {
+    /// The members of a BTX merge's MiX, in merge order; the kept seed last, as the
+    /// generalist (`Recipe::generalist_member`: its name in the merge's variant).
+    pub fn btx_members(&self, merge: &Merge, seed: &Path) -> Vec<BtxMember> {
         let r = self.recipe;
-        let experts = r.experts.iter().map(|e| (e.name.clone(), self.dir(&StageId::Expert(e.name.clone()))));
-        experts.chain(r.keep_seed.then(|| (crate::merge::GENERALIST.to_string(), self.generalist_dir(seed)))).collect()
+        let experts = r.experts_of(merge).into_iter().map(|e| BtxMember { key: e.name.clone(), expert: Some(e.name.clone()), dir: self.dir(&StageId::Expert(e.name)) });
+        let generalist = BtxMember { key: Recipe::generalist_member(merge.experts.as_deref()), expert: None, dir: self.generalist_dir(seed) };
+        experts.chain(r.keep_seed.then_some(generalist)).collect()
     }
 
-    /// The merge diagnosis stages: for each BTX member, its FFN inside the averaged shared
-    /// weights (a `Transplant` merge).
-    pub fn diagnosis_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
-        if !self.recipe.diagnose_merge {
-            return Ok(vec![]);
+    /// The BTX merges the diagnosis measures: the first of each expert variant (merges of the
+    /// same experts share their transplants).
+    pub fn diagnosed_merges(&self) -> Vec<&Merge> {
+        let mut merges: Vec<&Merge> = Vec::new();
+        if self.recipe.diagnose_merge {
+            for m in self.recipe.merges.iter().filter(|m| m.method == MergeMethod::Btx) {
+                if !merges.iter().any(|d| d.experts == m.experts) {
+                    merges.push(m);
+                }
+            }
         }
-        let members = self.btx_members(seed);
-        (0..members.len())
-            .map(|member| {
-                let mut request = MergeRequest::new(MergeMethod::Transplant { member }, self.expert_dirs());
+        merges
+    }
+
+    /// The merge diagnosis stages: for each member of each diagnosed BTX merge, its FFN
+    /// inside the averaged shared weights (a `Transplant` merge).
+    pub fn diagnosis_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
+        let mut stages = Vec::new();
+        for merge in self.diagnosed_merges() {
+            let experts = self.expert_dirs(&self.recipe.experts_of(merge));
+            for (member, m) in self.btx_members(merge, seed).into_iter().enumerate() {
+                let mut request = MergeRequest::new(MergeMethod::Transplant { member }, experts.clone());
                 request.seed = self.recipe.keep_seed.then(|| self.generalist_dir(seed));
                 request.drift_from = Some(seed.to_path_buf());
-                self.merge_stage(StageId::Diagnosis(members[member].0.clone()), &request)
-            })
-            .collect()
+                stages.push(self.merge_stage(StageId::Diagnosis(m.key), &request)?);
+            }
+        }
+        Ok(stages)
     }
 
     /// The names of a merge's routed experts, as `btx merge` records them: the recipe's
@@ -114,6 +128,15 @@ impl Plan<'_> {
         let r = self.recipe;
         let moe = r.moe_of(merge);
         let routed_seed = r.keep_seed && moe.shared_expert != crate::merge::mix::SharedExpert::Seed;
-        crate::merge::routed_expert_names(&merge.method, r.experts.iter().map(|e| e.name.clone()).collect(), routed_seed, moe.split)
+        crate::merge::routed_expert_names(&merge.method, r.experts_of(merge).into_iter().map(|e| e.name).collect(), routed_seed, moe.split)
     }
+}
+
+/// A member of a BTX merge.
+pub struct BtxMember {
+    /// Its name in the diagnosis (stage `diagnosis/KEY`, the report's transplant row).
+    pub key: String,
+    /// The expert it is; None for the kept seed.
+    pub expert: Option<String>,
+    pub dir: PathBuf,
 }

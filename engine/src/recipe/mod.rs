@@ -21,6 +21,7 @@ pub mod slurm;
 pub mod stage;
 pub mod stage_id;
 pub mod sweep;
+pub mod variants;
 
 pub use config::Recipe;
 pub use runner::{RunOptions, print_status, run_recipe};

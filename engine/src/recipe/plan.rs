@@ -170,7 +170,7 @@ impl Plan<'_> {
     /// branched from the forest), and the generalist's.
     pub fn expert_stages(&self, seed: &Path) -> Result<Vec<Stage>> {
         let mut stages = Vec::new();
-        for e in &self.recipe.experts {
+        for e in &self.recipe.all_experts() {
             for (id, config, init) in self.expert_phases(e, seed) {
                 stages.push(self.train_stage(id, &config, Some(&init))?);
             }
@@ -211,9 +211,9 @@ impl Plan<'_> {
         if self.recipe.generalist.is_some() { self.dir(&StageId::Generalist) } else { seed.to_path_buf() }
     }
 
-    /// The experts' run folders, in the recipe's order.
-    pub(super) fn expert_dirs(&self) -> Vec<PathBuf> {
-        self.recipe.experts.iter().map(|e| self.dir(&StageId::Expert(e.name.clone()))).collect()
+    /// The run folders of `experts`, in their order.
+    pub(super) fn expert_dirs(&self, experts: &[Expert]) -> Vec<PathBuf> {
+        experts.iter().map(|e| self.dir(&StageId::Expert(e.name.clone()))).collect()
     }
 
     /// The data every model is evaluated on: all domains.

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
+use super::config::Merge;
 use super::entries::EntryKind;
 use super::plan::{Plan, slug};
 use super::plots::{self, Chart, Heatmap, Series};
@@ -32,7 +33,7 @@ fn loss_curve(plan: &Plan<'_>, stage: &StageId) -> Option<Vec<(f64, f64, f64)>> 
 fn training_stages(plan: &Plan<'_>) -> Vec<StageId> {
     [StageId::Seed]
         .into_iter()
-        .chain(plan.recipe.experts.iter().map(|e| StageId::Expert(e.name.clone())))
+        .chain(plan.recipe.all_experts().into_iter().map(|e| StageId::Expert(e.name)))
         .chain(plan.recipe.merges.iter().map(|m| StageId::Finetune(m.name.clone())))
         .chain([StageId::Dense, StageId::DenseData])
         .collect()
@@ -77,16 +78,17 @@ pub(super) fn write_loss_curves(md: &mut String, plan: &Plan<'_>, figures: &mut 
 pub(super) fn write_pipeline(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut Figures) -> Result<()> {
     let flops = |stage: &StageId| read_manifest(plan, stage).map_or(0.0, |m| m.train_flops);
     let seed_end = flops(&StageId::Seed);
-    let experts_end = seed_end + plan.recipe.experts.iter().map(|e| flops(&StageId::Expert(e.name.clone()))).sum::<f64>();
+    // A merge's finetune starts where its own experts (its variant's) ended.
+    let experts_end = |merge: &Merge| seed_end + plan.recipe.experts_of(merge).into_iter().map(|e| flops(&StageId::Expert(e.name))).sum::<f64>();
     let mut series = Vec::new();
     for stage in training_stages(plan) {
         let Some(manifest) = read_manifest(plan, &stage).filter(|m| m.tokens > 0) else { continue };
         let Some(curve) = loss_curve(plan, &stage) else { continue };
         let fpt = manifest.train_flops / manifest.tokens as f64;
-        let after_experts = |merge: &str| plan.recipe.merges.iter().any(|m| m.name == merge && m.method.mixes_experts());
+        let after_experts = |name: &str| plan.recipe.merges.iter().find(|m| m.name == name && m.method.mixes_experts());
         let offset = match &stage {
             StageId::Seed => 0.0,
-            StageId::Finetune(merge) if after_experts(merge) => experts_end,
+            StageId::Finetune(name) => after_experts(name).map_or(seed_end, experts_end),
             _ => seed_end,
         };
         let points = curve.into_iter().map(|(_, tokens, loss)| (offset + tokens * fpt, loss)).collect();

@@ -15,7 +15,7 @@ use crate::eval::DomainRouting;
 
 /// The domain a member was trained on (its largest data weight); None for the generalist.
 fn own_domain(plan: &Plan<'_>, member: &str) -> Option<String> {
-    let expert = plan.recipe.experts.iter().find(|e| e.name == member)?;
+    let expert = plan.recipe.find_expert(member)?;
     expert.data.iter().max_by(|a, b| a.1.total_cmp(&b.1)).map(|d| d.0.clone())
 }
 
@@ -36,9 +36,12 @@ fn ppl(loss: Option<f64>) -> String {
     loss.map_or("-".into(), |l| format!("{:.2}", l.exp()))
 }
 
-/// The member alone: its expert, or the seed for the generalist.
-fn alone<'a>(rows: &'a [Row], member: &str) -> Option<&'a Row> {
-    if member == crate::merge::GENERALIST { row(rows, ModelId::Seed) } else { row(rows, ModelId::Expert(member.to_string())) }
+/// The member alone: its expert, or the seed for the generalist (None).
+fn alone<'a>(rows: &'a [Row], expert: Option<&str>) -> Option<&'a Row> {
+    match expert {
+        Some(name) => row(rows, ModelId::Expert(name.to_string())),
+        None => row(rows, ModelId::Seed),
+    }
 }
 
 fn first_merge<'a>(plan: &'a Plan<'_>, is: impl Fn(&MergeMethod) -> bool) -> Option<&'a Merge> {
@@ -47,35 +50,42 @@ fn first_merge<'a>(plan: &'a Plan<'_>, is: impl Fn(&MergeMethod) -> bool) -> Opt
 
 /// The BTX merge diagnosis: how far each member's shared (non-FFN) weights drifted from the
 /// seed and from their average, and each member's perplexity on its own domain alone, then
-/// with its FFN inside the averaged shared weights (what MiX builds), then through the MoE.
+/// with its FFN inside the averaged shared weights (what MiX builds), then through the MoE;
+/// a table for each set of experts the BTX merges mix.
 pub(super) fn write_diagnosis(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
-    let Some(btx) = first_merge(plan, |m| *m == MergeMethod::Btx).filter(|_| plan.recipe.diagnose_merge) else {
+    let merges = plan.diagnosed_merges();
+    if merges.is_empty() {
         return Ok(());
-    };
+    }
     let (seed, _) = plan.seed()?;
     // Each diagnosis stage measured its member's drift (the report loads no weights).
-    let drift_of = |name: &str| -> Result<crate::merge::diagnosis::Drift> {
-        let dir = plan.dir(&StageId::Diagnosis(name.to_string()));
+    let drift_of = |key: &str| -> Result<crate::merge::diagnosis::Drift> {
+        let dir = plan.dir(&StageId::Diagnosis(key.to_string()));
         let record = crate::merge::record::MergeRecord::read(&dir)?;
         record.and_then(|r| r.drift).with_context(|| format!("{} records no drift (run its stage again)", dir.display()))
     };
     writeln!(md, "\n## Merge diagnosis\n")?;
-    writeln!(md, "Shared weights = every non-FFN tensor (attention, norms, embeddings), which MiX averages. Drift from seed = ||member - seed|| / ||seed||, drift from average = ||member - average|| / ||member||, over all of them. Perplexity on the member's own domain (the seed: mean over domains): the member alone, its FFN inside the averaged shared weights (the MoE when every token goes to it), and the BTX model `{}` before and after its finetune.\n", btx.name)?;
-    writeln!(md, "| member | domain | drift from seed | drift from average | alone | in averaged shared weights | BTX before finetune | BTX |\n|---|---|---:|---:|---:|---:|---:|---:|")?;
-    for (name, _) in plan.btx_members(&seed) {
-        let d = drift_of(&name)?;
-        let domain = own_domain(plan, &name);
-        writeln!(
-            md,
-            "| {name} | {} | {:.3} | {:.3} | {} | {} | {} | {} |",
-            domain.as_deref().unwrap_or("mean"),
-            d.from_seed,
-            d.from_average,
-            ppl(loss_on(alone(rows, &name), &domain)),
-            ppl(loss_on(row(rows, ModelId::Transplant(name.clone())), &domain)),
-            ppl(loss_on(row(rows, ModelId::Unfinetuned(btx.name.clone())), &domain)),
-            ppl(loss_on(row(rows, ModelId::Merged(btx.name.clone())), &domain)),
-        )?;
+    writeln!(md, "Shared weights = every non-FFN tensor (attention, norms, embeddings), which MiX averages. Drift from seed = ||member - seed|| / ||seed||, drift from average = ||member - average|| / ||member||, over all of them. Perplexity on the member's own domain (the seed: mean over domains): the member alone, its FFN inside the averaged shared weights (the MoE when every token goes to it), and the BTX model before and after its finetune.\n")?;
+    for btx in merges {
+        writeln!(md, "`{}`:\n", btx.name)?;
+        writeln!(md, "| member | domain | drift from seed | drift from average | alone | in averaged shared weights | BTX before finetune | BTX |\n|---|---|---:|---:|---:|---:|---:|---:|")?;
+        for member in plan.btx_members(btx, &seed) {
+            let d = drift_of(&member.key)?;
+            let domain = member.expert.as_deref().and_then(|e| own_domain(plan, e));
+            writeln!(
+                md,
+                "| {} | {} | {:.3} | {:.3} | {} | {} | {} | {} |",
+                member.key,
+                domain.as_deref().unwrap_or("mean"),
+                d.from_seed,
+                d.from_average,
+                ppl(loss_on(alone(rows, member.expert.as_deref()), &domain)),
+                ppl(loss_on(row(rows, ModelId::Transplant(member.key.clone())), &domain)),
+                ppl(loss_on(row(rows, ModelId::Unfinetuned(btx.name.clone())), &domain)),
+                ppl(loss_on(row(rows, ModelId::Merged(btx.name.clone())), &domain)),
+            )?;
+        }
+        writeln!(md)?;
     }
     Ok(())
 }
@@ -88,22 +98,23 @@ pub(super) fn write_diagnosis(md: &mut String, plan: &Plan<'_>, rows: &[Row]) ->
 /// chain has no transplant: its routing cost runs from the expert alone.
 pub(super) fn write_accounting(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
     let r = plan.recipe;
-    let btx = first_merge(plan, |m| *m == MergeMethod::Btx).filter(|_| r.diagnose_merge);
+    // Every BTX merge (each measured against its own experts' transplants) and the first BAM.
+    let btx = if r.diagnose_merge { r.merges.iter().filter(|m| m.method == MergeMethod::Btx).collect() } else { vec![] };
     let bam = first_merge(plan, |m| matches!(m, MergeMethod::Bam { .. }));
-    if (btx.is_none() && bam.is_none()) || r.experts.is_empty() {
+    let merges: Vec<(&Merge, bool)> = btx.into_iter().map(|m| (m, true)).chain(bam.map(|m| (m, false))).collect();
+    if merges.is_empty() {
         return Ok(());
     }
     let dense = row(rows, ModelId::Dense);
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:+.3}"));
     writeln!(md, "\n## Where the gains go\n")?;
     writeln!(md, "On each expert's own domain, validation loss differences in nats (negative = better than dense). BTX - dense = -prize + averaging cost + routing cost - finetune gain: the prize is the expert alone against the compute-matched dense model, the averaging cost what putting its FFN inside the averaged shared weights loses, the routing cost what the MoE before its finetune loses beyond that, the finetune gain what the finetune wins back. BAM keeps attention per expert: no transplant is measured, its routing cost runs from the expert alone.\n")?;
-    for (merge, transplant) in [(btx, true), (bam, false)] {
-        let Some(merge) = merge else { continue };
+    for (merge, transplant) in merges {
         writeln!(md, "`{}`:\n", merge.name)?;
         writeln!(md, "| expert | domain | prize | averaging cost | routing cost | finetune gain | {} - dense |\n|---|---|---:|---:|---:|---:|---:|", merge.name)?;
-        for e in &r.experts {
+        for e in &r.experts_of(merge) {
             let domain = own_domain(plan, &e.name);
-            let alone = loss_on(alone(rows, &e.name), &domain);
+            let alone = loss_on(alone(rows, Some(&e.name)), &domain);
             let dense = loss_on(dense, &domain);
             let inside = if transplant { loss_on(row(rows, ModelId::Transplant(e.name.clone())), &domain) } else { alone };
             let before = loss_on(row(rows, ModelId::Unfinetuned(merge.name.clone())), &domain);
@@ -140,7 +151,7 @@ pub(super) fn write_sharpness(md: &mut String, plan: &Plan<'_>, rows: &[Row]) ->
         // Each expert domain and the experts (split parts included) trained on it.
         let owned: Vec<(String, Vec<usize>)> = plan
             .recipe
-            .experts
+            .experts_of(merge)
             .iter()
             .filter_map(|e| {
                 let domain = own_domain(plan, &e.name)?;

@@ -76,6 +76,7 @@ impl Recipe {
             bail!("{origin}: field `experts` is empty; a recipe needs at least one expert");
         }
         self.validate_experts(origin, &check_mixture)?;
+        self.validate_variants(origin)?;
         self.validate_merges(origin)?;
         self.spike_guard.validate(origin)?;
         self.optimizer.validate(origin, "optimizer")?;
@@ -146,6 +147,40 @@ impl Recipe {
             }
             if field == "later_experts" && !e.then.is_empty() {
                 bail!("{origin}: field `later_experts[{i}].then`: a later expert trains in one phase");
+            }
+        }
+        Ok(())
+    }
+
+    /// Each expert variant's name and changes, and the names of the experts it makes (unique
+    /// among every expert and the generalist's diagnosis names).
+    fn validate_variants(&self, origin: &str) -> Result<()> {
+        let mut taken: std::collections::HashSet<String> = self.experts.iter().chain(&self.later_experts).map(|e| e.name.clone()).collect();
+        for (i, v) in self.expert_variants.iter().enumerate() {
+            let field = format!("expert_variants[{i}]");
+            if v.name.is_empty() || v.name.contains(['/', '\\']) || self.expert_variants[..i].iter().any(|w| w.name == v.name) {
+                bail!("{origin}: field `{field}.name`: `{}` must be unique among the variants and a valid folder name", v.name);
+            }
+            if let Some(lora) = &v.lora {
+                lora.validate(&format!("{origin}: {field}.lora"))?;
+            }
+            taken.insert(Recipe::generalist_member(Some(&v.name)));
+            for e in &self.experts {
+                let expert = v.apply(e);
+                self.check_optimizer(origin, &format!("{field}.optimizer"), &self.expert_optimizer_of(&expert), false)?;
+                if !taken.insert(expert.name.clone()) {
+                    bail!("{origin}: field `{field}.name`: expert `{}` of this variant is named `{}`, which another expert (or variant) already is", e.name, expert.name);
+                }
+            }
+        }
+        for (i, m) in self.merges.iter().enumerate() {
+            let Some(variant) = &m.experts else { continue };
+            if !self.expert_variants.iter().any(|v| &v.name == variant) {
+                let names: Vec<&str> = self.expert_variants.iter().map(|v| v.name.as_str()).collect();
+                bail!("{origin}: field `merges[{i}].experts` names variant `{variant}`, which `expert_variants` does not define (it has {names:?})");
+            }
+            if matches!(m.method, MergeMethod::Upcycle { .. }) {
+                bail!("{origin}: field `merges[{i}].experts`: sparse upcycling copies the seed and mixes no experts");
             }
         }
         Ok(())
