@@ -347,7 +347,7 @@ fn a_recipe_over_seeds_reports_spreads_and_ties() {
     let out = dir.path().join("run");
     let text = recipe_text(dir.path(), &[("en", "english")], 4)
         .replace("    seed: 3,\n", "    seed: 3,\n    seeds: [1, 2],\n")
-        .replace("    data_matched_baseline: true,\n    diagnose_merge: true,\n", "");
+        .replace("    data_matched_baseline: true,\n", "");
     assert!(text.contains("seeds: [1, 2]"));
     let (ok, stderr) = run_recipe(dir.path(), &text, &out);
     assert!(ok, "{stderr}");
@@ -360,6 +360,14 @@ fn a_recipe_over_seeds_reports_spreads_and_ties() {
     assert!(report.contains("across 2 seeds") && report.contains("| btx |"), "{report}");
     let verdicts = report.lines().filter(|l| l.starts_with("- ") && (l.contains(" wins ") || l.contains(" ties with "))).count();
     assert_eq!(verdicts, 4, "one verdict for the mean and each of 3 domains:\n{report}");
+    // The accounting across seeds: each term's mean over the seeds' records, with its range.
+    let prize = |seed: u64| -> f64 {
+        let record = btx::recipe::report_record::ReportRecord::read(&out.join(format!("seed-{seed}"))).unwrap();
+        record.accounting.iter().find(|a| a.merge == "btx" && a.expert == "en").unwrap().prize.unwrap()
+    };
+    let (a, b) = (prize(1), prize(2));
+    let row = format!("| en | english | {:+.3} ({:+.3} to {:+.3}) |", (a + b) / 2.0, a.min(b), a.max(b));
+    assert!(report.contains("## Where the gains go") && report.contains(&row), "{row} missing:\n{report}");
 }
 
 /// The sweep runs the recipe at every (seed steps, expert steps) point and tabulates BTX

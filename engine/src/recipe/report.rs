@@ -91,7 +91,8 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
     write_table(&mut md, &rows, &stages, plan.recipe.seed)?;
     write_baselines(&mut md, plan)?;
     super::report_merge::write_diagnosis(&mut md, plan, &rows)?;
-    super::report_merge::write_accounting(&mut md, plan, &rows)?;
+    let accounting = super::report_merge::accounting(plan, &rows);
+    super::report_merge::write_accounting(&mut md, &accounting)?;
     super::report_merge::write_sharpness(&mut md, plan, &rows)?;
     write_drops(&mut md, plan, &rows)?;
     write_winners(&mut md, &rows)?;
@@ -107,7 +108,7 @@ pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
         let adapter = m.adapter.map_or(String::new(), |a| format!(" (adapter {a})"));
         writeln!(md, "| {} | {lr} | {} | {:.3e} | {:.1} s | {}{adapter} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
     }
-    write_json(plan, &rows, &stages, &figures)?;
+    write_json(plan, &rows, &stages, &figures, accounting)?;
     write_atomic(&plan.out.join("report.md"), md.as_bytes())?;
     eprintln!("report: {}", plan.out.join("report.md").display());
     Ok(())
@@ -210,7 +211,7 @@ fn write_winners(md: &mut String, rows: &[Row]) -> Result<()> {
     Ok(())
 }
 
-fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest], figures: &Figures) -> Result<()> {
+fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest], figures: &Figures, accounting: Vec<super::report_record::AccountingRecord>) -> Result<()> {
     let models = rows
         .iter()
         .map(|r| ModelRecord {
@@ -236,7 +237,7 @@ fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest], figures: &Figu
             wall_time_s: m.wall_time_s,
         })
         .collect();
-    ReportRecord { figures: figures.clone(), models, stages }.write(&plan.out)
+    ReportRecord { accounting, figures: figures.clone(), models, stages }.write(&plan.out)
 }
 
 fn collect_manifests(dir: &std::path::Path, out: &mut Vec<Manifest>) {

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use super::config::{Merge, MergeMethod};
 use super::entries::ModelId;
 use super::plan::Plan;
+use super::report_record::AccountingRecord;
 use super::report::Row;
 use super::stage_id::StageId;
 use crate::eval::DomainRouting;
@@ -95,46 +96,78 @@ pub(super) fn write_diagnosis(md: &mut String, plan: &Plan<'_>, rows: &[Row]) ->
 ///   BTX - dense = -prize + averaging cost + routing cost - finetune gain
 /// prize = dense - expert alone; averaging cost = its FFN in the averaged shared weights -
 /// alone; routing cost = BTX before finetune - that; finetune gain = before - after. BAM's
-/// chain has no transplant: its routing cost runs from the expert alone.
-pub(super) fn write_accounting(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+/// chain has no transplant: its routing cost runs from the expert alone. Every BTX merge
+/// (each against its own experts' transplants, with the diagnosis) and the first BAM.
+pub(super) fn accounting(plan: &Plan<'_>, rows: &[Row]) -> Vec<AccountingRecord> {
     let r = plan.recipe;
-    // Every BTX merge (each measured against its own experts' transplants) and the first BAM.
     let btx = if r.diagnose_merge { r.merges.iter().filter(|m| m.method == MergeMethod::Btx).collect() } else { vec![] };
     let bam = first_merge(plan, |m| matches!(m, MergeMethod::Bam { .. }));
     let merges: Vec<(&Merge, bool)> = btx.into_iter().map(|m| (m, true)).chain(bam.map(|m| (m, false))).collect();
-    if merges.is_empty() {
-        return Ok(());
-    }
     let dense = row(rows, ModelId::Dense);
-    let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:+.3}"));
-    writeln!(md, "\n## Where the gains go\n")?;
-    writeln!(md, "On each expert's own domain, validation loss differences in nats (negative = better than dense). BTX - dense = -prize + averaging cost + routing cost - finetune gain: the prize is the expert alone against the compute-matched dense model, the averaging cost what putting its FFN inside the averaged shared weights loses, the routing cost what the MoE before its finetune loses beyond that, the finetune gain what the finetune wins back. BAM keeps attention per expert: no transplant is measured, its routing cost runs from the expert alone.\n")?;
+    let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
+    let mut records = Vec::new();
     for (merge, transplant) in merges {
-        writeln!(md, "`{}`:\n", merge.name)?;
-        writeln!(md, "| expert | domain | prize | averaging cost | routing cost | finetune gain | {} - dense |\n|---|---|---:|---:|---:|---:|---:|", merge.name)?;
-        for e in &r.experts_of(merge) {
+        for e in r.experts_of(merge) {
             let domain = own_domain(plan, &e.name);
             let alone = loss_on(alone(rows, Some(&e.name)), &domain);
-            let dense = loss_on(dense, &domain);
             let inside = if transplant { loss_on(row(rows, ModelId::Transplant(e.name.clone())), &domain) } else { alone };
             let before = loss_on(row(rows, ModelId::Unfinetuned(merge.name.clone())), &domain);
             let after = loss_on(row(rows, ModelId::Merged(merge.name.clone())), &domain);
-            let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a - b);
-            let averaging = if transplant { cell(diff(inside, alone)) } else { "-".into() };
-            writeln!(
-                md,
-                "| {} | {} | {} | {averaging} | {} | {} | {} |",
-                e.name,
-                domain.as_deref().unwrap_or("mean"),
-                cell(diff(dense, alone)),
-                cell(diff(before, inside)),
-                cell(diff(before, after)),
-                cell(diff(after, dense)),
-            )?;
+            let dense = loss_on(dense, &domain);
+            records.push(AccountingRecord {
+                averaging_cost: if transplant { diff(inside, alone) } else { None },
+                domain: domain.unwrap_or_else(|| "mean".into()),
+                expert: e.name,
+                finetune_gain: diff(before, after),
+                merge: merge.name.clone(),
+                prize: diff(dense, alone),
+                routing_cost: diff(before, inside),
+                versus_dense: diff(after, dense),
+            });
         }
-        writeln!(md)?;
     }
+    records
+}
+
+/// The accounting's explanation, for this report and the one across seeds.
+pub(super) const ACCOUNTING_TEXT: &str = "On each expert's own domain, validation loss differences in nats (negative = better than dense). BTX - dense = -prize + averaging cost + routing cost - finetune gain: the prize is the expert alone against the compute-matched dense model, the averaging cost what putting its FFN inside the averaged shared weights loses, the routing cost what the MoE before its finetune loses beyond that, the finetune gain what the finetune wins back. BAM keeps attention per expert: no transplant is measured, its routing cost runs from the expert alone.";
+
+/// "Where the gains go": a table per merge, each cell given by `cell` from the records of
+/// that merge, expert and term (one record per run: one here, one per seed across seeds).
+pub(super) fn write_accounting_tables(md: &mut String, runs: &[Vec<AccountingRecord>], cell: &dyn Fn(&[Option<f64>]) -> String) -> Result<()> {
+    let Some(first) = runs.first().filter(|r| !r.is_empty()) else { return Ok(()) };
+    let mut merge = None;
+    for record in first {
+        if merge != Some(&record.merge) {
+            writeln!(md, "{}`{}`:\n", if merge.is_some() { "\n" } else { "" }, record.merge)?;
+            writeln!(md, "| expert | domain | prize | averaging cost | routing cost | finetune gain | {} - dense |\n|---|---|---:|---:|---:|---:|---:|", record.merge)?;
+            merge = Some(&record.merge);
+        }
+        let same: Vec<&AccountingRecord> = runs.iter().filter_map(|run| run.iter().find(|x| x.merge == record.merge && x.expert == record.expert)).collect();
+        let term = |f: fn(&AccountingRecord) -> Option<f64>| cell(&same.iter().map(|x| f(x)).collect::<Vec<_>>());
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            record.expert,
+            record.domain,
+            term(|x| x.prize),
+            term(|x| x.averaging_cost),
+            term(|x| x.routing_cost),
+            term(|x| x.finetune_gain),
+            term(|x| x.versus_dense),
+        )?;
+    }
+    writeln!(md)?;
     Ok(())
+}
+
+pub(super) fn write_accounting(md: &mut String, records: &[AccountingRecord]) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "\n## Where the gains go\n\n{ACCOUNTING_TEXT}\n")?;
+    let cell = |values: &[Option<f64>]| values.first().copied().flatten().map_or("-".to_string(), |v| format!("{v:+.3}"));
+    write_accounting_tables(md, &[records.to_vec()], &cell)
 }
 
 /// How sharply each BTX or BAM merge routes, before and after its finetune, per layer: the

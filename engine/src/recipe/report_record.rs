@@ -15,12 +15,34 @@ pub const REPORT_JSON: &str = "report.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportRecord {
+    /// "Where the gains go": each BTX or BAM merge's terms on each expert's own domain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accounting: Vec<AccountingRecord>,
     /// The figures drawn beside report.md.
     pub figures: Vec<FigureRecord>,
     /// Every evaluated model, in the report's order.
     pub models: Vec<ModelRecord>,
     /// Every stage's manifest figures.
     pub stages: Vec<StageRecord>,
+}
+
+/// BTX - dense = -prize + averaging cost + routing cost - finetune gain, on one expert's own
+/// domain (validation loss, nats); a term the run could not measure is None.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AccountingRecord {
+    /// Its FFN inside the averaged shared weights minus it alone (BAM: not measured).
+    pub averaging_cost: Option<f64>,
+    pub domain: String,
+    pub expert: String,
+    /// The MoE after its finetune minus before.
+    pub finetune_gain: Option<f64>,
+    pub merge: String,
+    /// The compute-matched dense model minus the expert alone.
+    pub prize: Option<f64>,
+    /// The MoE before its finetune minus the expert inside the averaged shared weights.
+    pub routing_cost: Option<f64>,
+    /// The finetuned MoE minus the dense model.
+    pub versus_dense: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

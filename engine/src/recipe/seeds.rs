@@ -47,6 +47,14 @@ fn verdict(names: &[&str], spreads: &[&Spread]) -> String {
     }
 }
 
+/// A term across seeds: its mean, and its range in brackets ("-" where a seed lacks it).
+fn spread_cell(values: &[Option<f64>]) -> String {
+    let Some(values) = values.iter().copied().collect::<Option<Vec<f64>>>().filter(|v| !v.is_empty()) else { return "-".into() };
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    format!("{mean:+.3} ({lo:+.3} to {hi:+.3})")
+}
+
 /// Writes RUN/report.md over the runs in RUN/seed-N/.
 pub fn write_report(out: &Path, seeds: &[u64]) -> Result<()> {
     let reports = seeds
@@ -81,6 +89,11 @@ pub fn write_report(out: &Path, seeds: &[u64]) -> Result<()> {
             let column: Vec<&Spread> = finals.iter().map(|(_, s)| &s[i]).collect();
             writeln!(md, "- {measure}: {}", verdict(&names, &column))?;
         }
+    }
+    let accounting: Vec<Vec<super::report_record::AccountingRecord>> = reports.iter().map(|r| r.accounting.clone()).collect();
+    if accounting.iter().all(|a| !a.is_empty()) {
+        writeln!(md, "\n## Where the gains go\n\n{} Each cell: the mean over the seeds, and in brackets the lowest and highest.\n", super::report_merge::ACCOUNTING_TEXT)?;
+        super::report_merge::write_accounting_tables(&mut md, &accounting, &spread_cell)?;
     }
     write_atomic(&out.join("report.md"), md.as_bytes())?;
     eprintln!("report across seeds: {}", out.join("report.md").display());
