@@ -357,3 +357,31 @@ fn parquet_task_data_reads_as_json_lines() {
     assert_eq!(a.contexts, b.contexts);
     assert_eq!(a.work, b.work);
 }
+
+/// CSV task data reads as Hugging Face `datasets` reads it (typed.csv's rows equal those
+/// `load_dataset("csv")` gave: quoting, missing values, integer, float and boolean columns),
+/// and a CSV copy of continuation_code's first documents gives the JSON Lines task's prompts
+/// and choices.
+#[test]
+fn csv_task_data_reads_as_datasets_reads_it() {
+    let fixtures = repo_root().join("tests/fixtures/tasks");
+    let rows = btx::tasks::csv_data::csv_rows(&fixtures.join("typed.csv")).unwrap();
+    let expected: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&std::fs::read_to_string(fixtures.join("typed_csv.json")).unwrap()).unwrap();
+    assert_eq!(rows, expected);
+    let dir = tempfile::tempdir().unwrap();
+    let json = TaskConfig::load(&repo_root().join("assets/tasks/continuation_code.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(repo_root().join("assets/tasks/continuation_code.yaml"))
+        .unwrap()
+        .replace("dataset_path: json", "dataset_path: csv")
+        .replace("\"{{choices}}\"", "\"{{[choice0, choice1, choice2, choice3]}}\"")
+        .replace("assets/tasks/data/continuation_code.jsonl", fixtures.join("continuation_code_head.csv").to_str().unwrap());
+    let csv = TaskConfig::load(&write(dir.path(), "csv.yaml", &yaml)).unwrap();
+    let (a, b) = (task_prompts(&json, &options(Some(6.0))).unwrap(), task_prompts(&csv, &options(None)).unwrap());
+    assert_eq!(b.contexts.len(), 6);
+    assert_eq!(a.contexts, b.contexts);
+    assert_eq!(a.work, b.work);
+    // A row with a field too many is an error naming its line.
+    let bad = write(dir.path(), "bad.csv", "a,b\n1,2\n3,4,5\n");
+    let e = format!("{:#}", btx::tasks::csv_data::csv_rows(&bad).unwrap_err());
+    assert!(e.contains("line 3") || e.contains("record 2"), "{e}");
+}

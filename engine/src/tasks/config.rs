@@ -46,6 +46,8 @@ pub enum DataFormat {
     Json,
     /// Parquet files (a row per document).
     Parquet,
+    /// CSV files with a header row, typed as `datasets` types them (`tasks/csv_data.rs`).
+    Csv,
 }
 
 #[derive(Debug, Clone)]
@@ -195,15 +197,16 @@ fn str_key(raw: &Map<String, Value>, key: &str, at: &str) -> Result<Option<Strin
     }
 }
 
-/// `dataset_path`: local JSON or Parquet files (no Hub dataset, no `dataset_name`).
+/// `dataset_path`: local JSON, CSV or Parquet files (no Hub dataset, no `dataset_name`).
 fn data_format(raw: &Map<String, Value>, at: &str) -> Result<DataFormat> {
     let format = match str_key(raw, "dataset_path", at)?.as_deref() {
         Some("json") => DataFormat::Json,
         Some("parquet") => DataFormat::Parquet,
+        Some("csv") => DataFormat::Csv,
         Some(other) => bail!(
-            "{at}: `dataset_path: {other}` is not supported: the engine reads local files only (`dataset_path: json` or `parquet` with `dataset_kwargs.data_files`); nothing is downloaded"
+            "{at}: `dataset_path: {other}` is not supported: the engine reads local files only (`dataset_path: json`, `csv` or `parquet` with `dataset_kwargs.data_files`); nothing is downloaded"
         ),
-        None => bail!("{at}: missing `dataset_path` (expected `json` or `parquet` with `dataset_kwargs.data_files`)"),
+        None => bail!("{at}: missing `dataset_path` (expected `json`, `csv` or `parquet` with `dataset_kwargs.data_files`)"),
     };
     if str_key(raw, "dataset_name", at)?.is_some() {
         bail!("{at}: `dataset_name` is not supported with local data files");

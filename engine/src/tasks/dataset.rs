@@ -1,4 +1,4 @@
-//! A task's documents: the split's JSON Lines files (or JSON arrays, or Parquet), read as Hugging Face
+//! A task's documents: the split's JSON Lines files (or JSON arrays, CSV, Parquet), read as Hugging Face
 //! `datasets` reads them through Arrow: every document gets every column (a missing key is
 //! null), and a column mixing integers and floats holds floats (`1` reads as `1.0`, which
 //! changes how a template prints it).
@@ -21,9 +21,16 @@ pub struct Split {
 pub fn read_split(files: &[PathBuf], format: DataFormat, task: &str, split: &str) -> Result<Split> {
     let mut docs = Vec::new();
     for file in files {
-        if format == DataFormat::Parquet {
-            docs.extend(parquet_rows(file).with_context(|| format!("task {task}: cannot read {} as Parquet", file.display()))?);
-            continue;
+        match format {
+            DataFormat::Parquet => {
+                docs.extend(parquet_rows(file).with_context(|| format!("task {task}: cannot read {} as Parquet", file.display()))?);
+                continue;
+            }
+            DataFormat::Csv => {
+                docs.extend(super::csv_data::csv_rows(file).with_context(|| format!("task {task}: cannot read {} as CSV", file.display()))?);
+                continue;
+            }
+            DataFormat::Json => {}
         }
         let text = std::fs::read_to_string(file).with_context(|| format!("task {task}: cannot read data file {}", file.display()))?;
         if text.trim_start().starts_with('[') {

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod config_scoring;
+pub mod csv_data;
 pub mod dataset;
 pub mod evaluate;
 pub mod metrics;
