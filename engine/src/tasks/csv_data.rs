@@ -37,12 +37,13 @@ fn bool_of(cell: &str) -> Option<bool> {
 }
 
 fn column_type<'a>(cells: impl Iterator<Item = &'a str> + Clone) -> Column {
-    let present = cells.filter(|c| !is_missing(c));
+    let present = cells.clone().filter(|c| !is_missing(c));
     if present.clone().all(|c| bool_of(c).is_some()) {
         return Column::Bool;
     }
+    // pandas holds a missing integer as NaN: the column becomes floats.
     if present.clone().all(|c| c.trim().parse::<i64>().is_ok()) {
-        return Column::Integer;
+        return if cells.into_iter().any(is_missing) { Column::Float } else { Column::Integer };
     }
     if present.clone().all(|c| c.trim().parse::<f64>().is_ok()) {
         return Column::Float;
@@ -68,8 +69,6 @@ pub fn csv_rows(file: &Path) -> Result<Vec<Doc>> {
         rows.push(record.iter().map(str::to_string).collect());
     }
     let types: Vec<Column> = (0..header.len()).map(|c| column_type(rows.iter().map(move |r| r[c].as_str()))).collect();
-    let any_missing = |c: usize| rows.iter().any(|r| is_missing(&r[c]));
-    let types: Vec<Column> = types.iter().enumerate().map(|(c, t)| if *t == Column::Integer && any_missing(c) { Column::Float } else { *t }).collect();
     let docs = rows
         .iter()
         .map(|row| {
