@@ -106,6 +106,7 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
         precision: Default::default(),
         initial_loss_scale: None,
         lora: None,
+        activation_checkpointing: false,
     }
 }
 

@@ -309,3 +309,22 @@ fn wgpu_task_evaluation_matches_cpu() {
     }
 }
 
+
+/// Activation checkpointing on WGPU: the same losses and weights as without (a dense model
+/// and a top-2 MoE, four steps each).
+#[test]
+fn wgpu_activation_checkpointing_changes_no_loss() {
+    let Some((_turn, gpu)) = gpu("wgpu_activation_checkpointing_changes_no_loss") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let dense = four_small_steps(dir.path());
+    let moe = TrainConfig { model: btx::config::ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..dense.model.clone() }, ..dense.clone() };
+    for (name, config) in [("dense", dense), ("moe", moe)] {
+        let (plain, plain_weights) = crate::checkpointing::losses_and_weights(&config, &gpu, &dir.path().join(format!("{name}-plain")));
+        let checkpointed = TrainConfig { activation_checkpointing: true, ..config };
+        let (recomputed, recomputed_weights) = crate::checkpointing::losses_and_weights(&checkpointed, &gpu, &dir.path().join(format!("{name}-checkpointed")));
+        let loss_diff = plain.iter().zip(&recomputed).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let weight_diff = max_weight_diff(&plain_weights, &recomputed_weights);
+        eprintln!("  {name}: max |loss difference| {loss_diff:.2e}, max |weight difference| {weight_diff:.2e}");
+        assert!(loss_diff < 1e-5 && weight_diff < 1e-5, "{name}: checkpointing changed losses by {loss_diff}, weights by {weight_diff}");
+    }
+}

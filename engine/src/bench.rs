@@ -164,16 +164,18 @@ pub struct TrainBenchRun {
     /// What the MoE trains (`--trainable`, e.g. its routers only); the dense model trains
     /// every weight.
     pub trainable: Option<crate::train::trainable::Trainable>,
+    /// Burn's balanced gradient checkpointing (`TrainConfig::activation_checkpointing`).
+    pub activation_checkpointing: bool,
 }
 
 /// Median training-step time (forward, backward, AdamW) of `config` after the warm-up steps.
 pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, device: &Device) -> TrainBenchRow {
-    let TrainBenchRun { batch, seq_len, warmup, iters, precision, lora_rank, ref trainable } = *run;
+    let TrainBenchRun { batch, seq_len, warmup, iters, precision, lora_rank, ref trainable, activation_checkpointing } = *run;
     let trainable = trainable.as_ref().filter(|_| config.moe.is_some());
     use crate::train::adamw::AdamW;
     use crate::train::OptimizerConfig;
     use burn::optim::GradientsParams;
-    let ad = device.clone().autodiff();
+    let ad = if activation_checkpointing { device.clone().autodiff().gradient_checkpointing() } else { device.clone().autodiff() };
     let mut model = LanguageModel::seeded(config, 0, &ad);
     if let Some(rank) = lora_rank {
         use crate::model::lora::{self, LoraConfig, PROJECTIONS};

@@ -15,7 +15,7 @@ use crate::model::LanguageModel;
 
 pub const PRIOR_EMA: f64 = 0.3;
 
-fn log_sum_exp(values: &[f64]) -> f64 {
+pub fn log_sum_exp(values: &[f64]) -> f64 {
     let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return max;
@@ -47,26 +47,44 @@ fn expert_log_probs(experts: &[LanguageModel], seqs: &[Vec<u32>], batch_size: us
         .collect()
 }
 
+/// The ensemble's normalised log-weights at one position from `prefix[j]` = log P(D=j) +
+/// log p(x_<t | D=j): the posterior, cut to its `top_k` most probable experts and
+/// renormalised (the others get -inf).
+pub fn posterior_log_weights(prefix: &[f64], top_k: usize) -> Vec<f64> {
+    let norm = log_sum_exp(prefix);
+    let mut order: Vec<usize> = (0..prefix.len()).collect();
+    order.sort_by(|&a, &b| prefix[b].total_cmp(&prefix[a]));
+    order.truncate(top_k.clamp(1, prefix.len()));
+    let kept_norm = log_sum_exp(&order.iter().map(|&j| prefix[j] - norm).collect::<Vec<_>>());
+    let mut weights = vec![f64::NEG_INFINITY; prefix.len()];
+    for j in order {
+        weights[j] = prefix[j] - norm - kept_norm;
+    }
+    weights
+}
+
 /// The ensemble's log-probability of each target of one sequence, given each expert's
 /// log-probabilities `lp[j][t]` and the prior.
 pub fn ensemble_sequence(lp: &[&[f64]], log_prior: &[f64], top_k: usize) -> Vec<f64> {
-    let experts = lp.len();
+    ensemble_sequence_weights(lp, log_prior, top_k).0
+}
+
+/// `ensemble_sequence`, and the log-weights it gave each expert at each position
+/// (`[t][j]`).
+pub fn ensemble_sequence_weights(lp: &[&[f64]], log_prior: &[f64], top_k: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
     let len = lp[0].len();
     let mut prefix = log_prior.to_vec(); // log P(D=j) + log p(x_<t | D=j)
-    let mut out = Vec::with_capacity(len);
+    let (mut out, mut weights) = (Vec::with_capacity(len), Vec::with_capacity(len));
     for t in 0..len {
-        let norm = log_sum_exp(&prefix);
-        let mut posterior: Vec<(f64, usize)> = (0..experts).map(|j| (prefix[j] - norm, j)).collect();
-        posterior.sort_by(|a, b| b.0.total_cmp(&a.0));
-        posterior.truncate(top_k.clamp(1, experts));
-        let kept_norm = log_sum_exp(&posterior.iter().map(|p| p.0).collect::<Vec<_>>());
-        let terms: Vec<f64> = posterior.iter().map(|&(lpost, j)| lpost - kept_norm + lp[j][t]).collect();
+        let w = posterior_log_weights(&prefix, top_k);
+        let terms: Vec<f64> = w.iter().enumerate().filter(|(_, w)| w.is_finite()).map(|(j, w)| w + lp[j][t]).collect();
         out.push(log_sum_exp(&terms));
-        for j in 0..experts {
-            prefix[j] += lp[j][t];
+        for (p, lp) in prefix.iter_mut().zip(lp) {
+            *p += lp[t];
         }
+        weights.push(w);
     }
-    out
+    (out, weights)
 }
 
 /// Per-domain perplexity of the ensemble. For each domain the first `prior_sequences` of its

@@ -6,7 +6,6 @@
 
 use anyhow::{Result, bail};
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 use crate::data::rng::Rng;
 use crate::model::LanguageModel;
@@ -199,56 +198,22 @@ pub fn generate_ensemble(
         bail!("the prior needs one positive weight per expert ({} experts), found {prior:?}", models.len());
     }
     let mut rng = Rng::new(options.seed);
-    let mut caches = vec![KvCache::default(); models.len()];
-    let mut log_w: Vec<f64> = prior.iter().map(|p| p.ln()).collect();
+    let mut decoder = crate::ensemble_decoding::EnsembleDecoder::new(models, prior.iter().map(|p| p.ln()).collect(), models.len(), device);
     let mut stats = GenerationStats { prompt_tokens: prompt.len(), ..Default::default() };
     let started = std::time::Instant::now();
-    // Each expert's log-probabilities at every prompt position.
-    let prompt_log_probs: Vec<Vec<f32>> = models
-        .iter()
-        .zip(caches.iter_mut())
-        .map(|(m, c)| log_softmax(m.forward_cached(tokens_tensor(prompt, device), c).0, 2).into_data().convert::<f32>().try_to_vec::<f32>().expect("f32"))
-        .collect();
-    let vocab = prompt_log_probs[0].len() / prompt.len();
-    for (t, id) in prompt.iter().enumerate() {
-        if t > 0 {
-            for (w, lp) in log_w.iter_mut().zip(&prompt_log_probs) {
-                *w += lp[(t - 1) * vocab + *id as usize] as f64;
-            }
-        }
-        on_token(&TokenEvent { id: *id, prompt: true, experts: vec![], posterior: normalized(&log_w) })?;
-    }
-    let mut next: Vec<Vec<f32>> = prompt_log_probs.iter().map(|lp| lp[(prompt.len() - 1) * vocab..].to_vec()).collect();
+    decoder.prefill(prompt, |id, posterior| on_token(&TokenEvent { id, prompt: true, experts: vec![], posterior }))?;
     stats.prompt_seconds = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
     for _ in 0..options.max_tokens {
-        let w = normalized(&log_w);
-        let mixture: Vec<f32> = (0..vocab)
-            .map(|v| w.iter().zip(&next).map(|(w, lp)| w * (lp[v] as f64).exp()).sum::<f64>().max(1e-30).ln() as f32)
-            .collect();
-        let id = sample_next(&mixture, options, &mut rng);
-        for (w, lp) in log_w.iter_mut().zip(&next) {
-            *w += lp[id as usize] as f64;
-        }
+        let id = sample_next(&decoder.mixture(), options, &mut rng);
+        decoder.accept(id);
         stats.generated_tokens += 1;
-        on_token(&TokenEvent { id, prompt: false, experts: vec![], posterior: normalized(&log_w) })?;
+        on_token(&TokenEvent { id, prompt: false, experts: vec![], posterior: decoder.posterior() })?;
         if options.stop == Some(id) {
             break;
         }
-        next = models
-            .iter()
-            .zip(caches.iter_mut())
-            .map(|(m, c)| last_row(log_softmax(m.forward_cached(tokens_tensor(&[id], device), c).0, 2)))
-            .collect();
     }
     stats.generation_seconds = started.elapsed().as_secs_f64();
     Ok(stats)
 }
 
-/// softmax of log-weights.
-fn normalized(log_w: &[f64]) -> Vec<f64> {
-    let max = log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let w: Vec<f64> = log_w.iter().map(|l| (l - max).exp()).collect();
-    let total: f64 = w.iter().sum();
-    w.into_iter().map(|x| x / total).collect()
-}

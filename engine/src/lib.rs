@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod ensemble;
+pub mod ensemble_decoding;
 pub mod eval;
 pub mod fsutil;
 pub mod generate;

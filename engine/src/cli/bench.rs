@@ -137,7 +137,7 @@ fn train(
     let moe = bench_moe_config(&dense);
     let batch = batch.unwrap_or(train_config.batch_size);
     let seq = train_config.data.seq_len;
-    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision, lora_rank, trainable };
+    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision, lora_rank, trainable, activation_checkpointing: train_config.activation_checkpointing };
     let models = if dense_only { vec![("dense", &dense)] } else { vec![("dense", &dense), ("moe", &moe)] };
     let rows: Vec<_> = models.into_iter().map(|(label, c)| bench_train(c, label, &run, &selected.device)).collect();
     println!("{batch}x{seq} tokens per step, median of {iters} steps after {warmup} warm-up steps");

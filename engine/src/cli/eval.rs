@@ -84,9 +84,9 @@ pub struct TaskArgs {
 pub struct EnsembleArgs {
     #[arg(long, num_args = 1.., required = true)]
     experts: Vec<PathBuf>,
-    /// The data to evaluate on (a training config).
-    #[arg(long)]
-    config: PathBuf,
+    /// The data to evaluate on (a training config); needed unless --tasks is given.
+    #[arg(long, required_unless_present = "tasks")]
+    config: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
     /// Held-out sequences per domain that estimate the cached prior.
@@ -100,6 +100,13 @@ pub struct EnsembleArgs {
     top_k: Option<usize>,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// The prior over experts for --tasks: a JSON array of weights, or a `btx ensemble`
+    /// eval.json (its cached prior, averaged over domains). Default uniform: the posterior
+    /// forms from each prompt's own tokens.
+    #[arg(long, requires = "tasks")]
+    prior: Option<PathBuf>,
+    #[command(flatten)]
+    tasks: TaskArgs,
 }
 
 fn print_evals(evals: &[DomainEval]) {
@@ -116,12 +123,12 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
         // Tasks alone, unless --config asks for validation perplexity as well.
         let Some(config) = args.config.clone() else {
             let json = args.tasks.tasks_json.as_deref().or(args.json.as_deref());
-            return run_tasks(&ckpt, args.device, &args.tasks, json);
+            return run_checkpoint_tasks(&ckpt, args.device, &args.tasks, json);
         };
         let tasks = std::mem::take(&mut args.tasks);
         let device = args.device;
         run(EvalArgs { config: Some(config), ..args })?;
-        return run_tasks(&ckpt, device, &tasks, tasks.tasks_json.as_deref());
+        return run_checkpoint_tasks(&ckpt, device, &tasks, tasks.tasks_json.as_deref());
     }
     let config_path = args.config.unwrap_or_else(|| ckpt.join(TRAIN_CONFIG_FILE));
     let config = TrainConfig::load(&resolve(&config_path))
@@ -152,11 +159,47 @@ pub fn run(mut args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn run_ensemble(args: EnsembleArgs) -> Result<()> {
-    let config = TrainConfig::load(&resolve(&args.config))?;
+pub fn run_ensemble(mut args: EnsembleArgs) -> Result<()> {
+    let tasks = std::mem::take(&mut args.tasks);
+    let (experts, prior, top_k, device) = (args.experts.clone(), args.prior.take(), args.top_k, args.device.clone());
+    if args.config.is_some() {
+        ensemble_perplexity(args)?;
+    }
+    if tasks.tasks.is_empty() {
+        return Ok(());
+    }
+    let checkpoints = experts.iter().map(|p| checkpoint::resolve_checkpoint(p)).collect::<Result<Vec<_>>>()?;
+    let k = top_k.unwrap_or(checkpoints.len());
+    let log_prior: Vec<f64> = match &prior {
+        Some(path) => crate::cli::generate::read_prior(path, checkpoints.len())?,
+        None => vec![1.0 / checkpoints.len() as f64; checkpoints.len()],
+    }
+    .iter()
+    .map(|p| p.ln())
+    .collect();
+    let model_args = serde_json::json!({ "experts": checkpoints, "top_k": k, "prior": prior });
+    run_tasks(&checkpoints, device, &tasks, tasks.tasks_json.as_deref(), model_args, &|device| {
+        let mut experts = Vec::new();
+        let mut max_length = usize::MAX;
+        let mut vocab = None;
+        for ckpt in &checkpoints {
+            let (config, model) = checkpoint::load_model(ckpt, device)?;
+            if *vocab.get_or_insert(config.vocab_size) != config.vocab_size {
+                anyhow::bail!("{}: a vocabulary of {} tokens, where the first expert has {}; an ensemble mixes distributions over one vocabulary", ckpt.display(), config.vocab_size, vocab.unwrap_or_default());
+            }
+            max_length = max_length.min(config.max_seq_len);
+            experts.push(model);
+        }
+        Ok(Box::new(crate::tasks::model::EnsembleModel { experts, log_prior: log_prior.clone(), top_k: k, device: device.clone(), max_length }))
+    })
+}
+
+fn ensemble_perplexity(args: EnsembleArgs) -> Result<()> {
+    let config_path = args.config.expect("checked by the caller");
+    let config = TrainConfig::load(&resolve(&config_path))?;
     let selected = select_device(args.device)?;
     eprintln!("device: {}", selected.description);
-    let domains = load_domains(&config.data, config.model.vocab_size, &args.config.display().to_string())?;
+    let domains = load_domains(&config.data, config.model.vocab_size, &config_path.display().to_string())?;
     let models = args
         .experts
         .iter()
@@ -186,9 +229,23 @@ pub fn run_ensemble(args: EnsembleArgs) -> Result<()> {
     Ok(())
 }
 
-/// `btx eval --tasks`: scores the checkpoint on lm-evaluation-harness task files.
-fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: Option<&std::path::Path>) -> Result<()> {
-    use crate::tasks::{TaskConfig, TaskOptions, evaluate_task, model::CheckpointModel, results, task_files, task_tokenizer};
+/// `btx eval --tasks`: one checkpoint.
+fn run_checkpoint_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: Option<&std::path::Path>) -> Result<()> {
+    let model_args = serde_json::json!({ "checkpoint": ckpt });
+    run_tasks(&[ckpt.to_path_buf()], device, args, json, model_args, &|device| {
+        let (config, model) = checkpoint::load_model(ckpt, device)?;
+        Ok(Box::new(crate::tasks::model::CheckpointModel { model, device: device.clone(), max_length: config.max_seq_len }))
+    })
+}
+
+/// Loads the model to score on a device.
+type LoadTaskModel<'a> = &'a dyn Fn(&burn::prelude::Device) -> Result<Box<dyn crate::tasks::TaskModel>>;
+
+/// Scores a model (a checkpoint, or an ensemble of `checkpoints`) on lm-evaluation-harness
+/// task files; the tokenizer is the first checkpoint's unless --tokenizer names one.
+fn run_tasks(checkpoints: &[PathBuf], device: DeviceArgs, args: &TaskArgs, json: Option<&std::path::Path>, mut model_args: serde_json::Value, load: LoadTaskModel) -> Result<()> {
+    use crate::tasks::{TaskConfig, TaskOptions, evaluate_task, results, task_files, task_tokenizer};
+    let ckpt = &checkpoints[0];
     if let Some(limit) = args.limit
         && !(limit > 0.0 && limit.is_finite())
     {
@@ -204,8 +261,7 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
     let tokenizer = task_tokenizer(&tokenizer_path)?;
     let selected = select_device(device)?;
     eprintln!("device: {}", selected.description);
-    let (model_config, model) = checkpoint::load_model(ckpt, &selected.device)?;
-    let model = CheckpointModel { model, device: selected.device.clone(), max_length: model_config.max_seq_len };
+    let model = load(&selected.device)?;
     let chat = match args.apply_chat_template {
         true => Some(crate::tasks::prompt::ChatPrompt {
             template: std::sync::Arc::new(crate::chat::ChatTemplate::for_tokenizer(&tokenizer_path, args.chat_template.as_deref())?),
@@ -216,16 +272,19 @@ fn run_tasks(ckpt: &std::path::Path, device: DeviceArgs, args: &TaskArgs, json: 
     let options = TaskOptions { limit: args.limit, num_fewshot: args.num_fewshot, batch_tokens: args.batch_tokens, progress: std::io::IsTerminal::is_terminal(&std::io::stderr()), chat: chat.clone(), system_instruction: args.system_instruction.clone() };
     let mut scored = Vec::new();
     for config in configs {
-        let mut result = evaluate_task(&config, &model, &tokenizer, &options)?;
+        let mut result = evaluate_task(&config, model.as_ref(), &tokenizer, &options)?;
         if !args.log_samples {
             result.samples.clear();
         }
         scored.push((config, result));
     }
-    println!("checkpoint {}", ckpt.display());
+    match checkpoints {
+        [one] => println!("checkpoint {}", one.display()),
+        many => println!("BTM ensemble of {} experts: {}", many.len(), many.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")),
+    }
     println!("{}", results::results_table(&scored.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>()));
     if let Some(json) = json {
-        let model_args = serde_json::json!({ "checkpoint": ckpt, "tokenizer": tokenizer_path });
+        model_args["tokenizer"] = serde_json::json!(tokenizer_path);
         let mut value = results::results_json(&scored, model_args, args.limit);
         // lm-eval's record of the prompt format: the template's text and its SHA-256.
         use sha2::Digest;

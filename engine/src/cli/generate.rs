@@ -126,9 +126,12 @@ fn argmax(v: &[f64]) -> Option<usize> {
 }
 
 /// The ensemble's prior: a JSON array, or `btx ensemble`'s eval.json (mean cached prior).
-fn read_prior(path: &std::path::Path, experts: usize) -> Result<Vec<f64>> {
+pub(crate) fn read_prior(path: &std::path::Path, experts: usize) -> Result<Vec<f64>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     if let Ok(weights) = serde_json::from_str::<Vec<f64>>(&text) {
+        if weights.len() != experts || weights.iter().any(|p| !(*p > 0.0 && p.is_finite())) {
+            bail!("{}: the prior needs one positive weight per expert ({experts} experts), found {weights:?}", path.display());
+        }
         return Ok(weights);
     }
     let report = crate::eval::EvalReport::read(path)?;

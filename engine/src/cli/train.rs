@@ -12,8 +12,8 @@ use crate::train::{TrainConfig, TrainOptions, train};
 pub struct TrainArgs {
     #[arg(long)]
     config: PathBuf,
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "plan")]
+    out: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArgs,
     /// Continue from the last checkpoint in --out.
@@ -26,6 +26,15 @@ pub struct TrainArgs {
     /// weights and optimizer in f32, dynamic loss scaling).
     #[arg(long, value_enum)]
     precision: Option<Precision>,
+    /// Print the run's expected peak memory by part (weights, gradients, optimizer state,
+    /// activations, the LM head's logits) on the device, and exit.
+    #[arg(long)]
+    plan: bool,
+    /// The device's memory in GB, for the plan and the check before the run (default: the
+    /// CPU's available memory; a GPU's, which WGPU does not report, is not checked unless
+    /// given).
+    #[arg(long)]
+    memory_gb: Option<f64>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -44,7 +53,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.steps,
         config.tokens_per_step()
     );
-    let options = TrainOptions { out: args.out, resume: args.resume, progress: !args.no_progress, stop_after: None };
+    let on_cpu = selected.device.clone().inner() == burn::prelude::Device::flex();
+    let plan = crate::train::memory_plan::plan_for(&config, on_cpu);
+    let available = args.memory_gb.map(|g| g * 1e9).or_else(|| crate::train::memory_plan::available_memory(&selected.device));
+    if args.plan {
+        println!("memory plan of {origin} on {}:\n{}", selected.description, plan.table(available));
+        if let Some(a) = available {
+            println!("{}", if plan.total() <= a { "fits" } else { "does not fit" });
+        }
+        return Ok(());
+    }
+    // Stop before the first allocation when the plan cannot fit (resuming included: the run
+    // would fail the same way at its first step).
+    if let Some(a) = available {
+        plan.check_fits(&config, a, &origin)?;
+    }
+    let out = args.out.expect("clap requires --out without --plan");
+    let options = TrainOptions { out, resume: args.resume, progress: !args.no_progress, stop_after: None };
     let summary = train(&config, &origin, &selected, &options)?;
     let s = &summary.state;
     let seconds = s.wall_time_s.max(1e-9);

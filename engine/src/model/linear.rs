@@ -99,10 +99,13 @@ impl Linear {
             return Self { lora_a: None, lora_b: None, lora_scale: 0.0, lora_dropout: 0.0, ..self };
         };
         // Computed off the autodiff graph: the merged weight is a fresh leaf.
-        let autodiff = self.weight.val().is_autodiff();
+        let strategy = self.weight.val().gradient_checkpointing_strategy();
         let update = a.val().inner().matmul(b.val().inner()) * self.lora_scale;
         let weight = self.weight.val().inner() + update;
-        let weight = if autodiff { Tensor::from_inner(weight) } else { weight };
+        let weight = match strategy {
+            Some(strategy) => Tensor::from_inner(weight).with_gradient_checkpointing_strategy(strategy),
+            None => weight,
+        };
         Self { weight: Param::from_tensor(weight), bias: self.bias, lora_a: None, lora_b: None, lora_scale: 0.0, lora_dropout: 0.0 }
     }
 }

@@ -106,6 +106,9 @@ pub struct Recipe {
     /// `train::precision`).
     #[serde(default, skip_serializing_if = "crate::train::precision::Precision::is_default")]
     pub precision: crate::train::precision::Precision,
+    /// Activation checkpointing in every training stage (`TrainConfig::activation_checkpointing`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 fn default_val_every() -> usize {

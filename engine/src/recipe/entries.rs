@@ -198,19 +198,27 @@ impl Plan<'_> {
         ]);
         args.extend(self.device.to_args());
         let mut inputs: Vec<PathBuf> = [model_file(checkpoint), data.clone()].into_iter().chain(self.data_inputs()).collect();
-        if !e.tasks.is_empty() {
-            args.push("--tasks".into());
-            args.extend(self.recipe.task_files().unwrap_or_default().iter().map(|f| f.display().to_string()));
-            args.extend(strings(&["--tasks-json", &dir.join(TASKS_JSON).display().to_string()]));
-            if let Some(limit) = e.task_limit {
-                args.extend(strings(&["--limit", &limit.to_string()]));
-            }
-            if e.apply_chat_template {
-                args.push("--apply-chat-template".into());
-            }
-            inputs.extend(self.recipe.task_inputs().unwrap_or_default());
-        }
+        self.add_tasks(&dir, &mut args, &mut inputs);
         (entry, Stage { id, dir, args, config: None, inputs })
+    }
+
+    /// The recipe's `eval.tasks` on an evaluation stage: its arguments, and the task files and
+    /// their data as the stage's inputs.
+    fn add_tasks(&self, dir: &Path, args: &mut Vec<String>, inputs: &mut Vec<PathBuf>) {
+        let e = &self.recipe.eval;
+        if e.tasks.is_empty() {
+            return;
+        }
+        args.push("--tasks".into());
+        args.extend(self.recipe.task_files().unwrap_or_default().iter().map(|f| f.display().to_string()));
+        args.extend(strings(&["--tasks-json", &dir.join(TASKS_JSON).display().to_string()]));
+        if let Some(limit) = e.task_limit {
+            args.extend(strings(&["--limit", &limit.to_string()]));
+        }
+        if e.apply_chat_template {
+            args.push("--apply-chat-template".into());
+        }
+        inputs.extend(self.recipe.task_inputs().unwrap_or_default());
     }
 
     /// `btx ensemble` of the member stages' checkpoints (BTM's ensemble, Li et al. 2022, §3).
@@ -238,6 +246,7 @@ impl Plan<'_> {
         let mut inputs: Vec<PathBuf> = members.iter().map(|x| model_file(&self.dir(x))).collect();
         inputs.push(data);
         inputs.extend(self.data_inputs());
+        self.add_tasks(&dir, &mut args, &mut inputs);
         (entry, Stage { id, dir, args, config: None, inputs })
     }
 }

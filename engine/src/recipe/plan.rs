@@ -98,6 +98,7 @@ impl Plan<'_> {
             precision: r.precision,
             initial_loss_scale: None,
             lora: None,
+            activation_checkpointing: r.activation_checkpointing,
         }
     }
 

@@ -24,9 +24,10 @@ pub const CONFIG_FILE: &str = "stage.ron";
 /// An evaluation stage's task scores (lm-evaluation-harness's results shape), beside eval.json.
 pub const TASKS_JSON: &str = "tasks.json";
 /// The files a stage keeps in its folder while its command runs. A command that writes its
-/// result as the whole folder (a merge, a data stage) replaces the folder but keeps these:
-/// they belong to the stage (its lock is held, its log open), not to the result.
-pub const STAGE_FILES: [&str; 5] = [KEY_FILE, FAILURE_FILE, LOG_FILE, CONFIG_FILE, STAGE_LOCK];
+/// result as the whole folder (a merge, a data stage) replaces the folder but keeps these
+/// (the stage lists them in the folder's `fsutil::KEEP_LIST`): they belong to the stage (its
+/// lock is held, its log open), not to the result.
+const STAGE_FILES: [&str; 5] = [KEY_FILE, FAILURE_FILE, LOG_FILE, CONFIG_FILE, STAGE_LOCK];
 
 #[derive(Debug, Clone)]
 pub struct Stage {
@@ -194,6 +195,10 @@ impl Stage {
             clear_stage_dir(&self.dir)?;
         }
         let _ = std::fs::remove_file(self.dir.join(FAILURE_FILE));
+        // A command that replaces this folder with its result keeps the stage's own files.
+        let slurm: Vec<String> = slurm_files(&self.dir);
+        let kept: Vec<&str> = STAGE_FILES.iter().copied().chain(slurm.iter().map(String::as_str)).collect();
+        crate::fsutil::keep_on_replace(&self.dir, &kept)?;
         write_atomic(&self.dir.join(KEY_FILE), key.as_bytes())?;
         if let Some(config) = &self.config {
             write_atomic(&self.config_path(), config.as_bytes())?;
@@ -276,6 +281,12 @@ fn without_device_args(args: &[String]) -> Vec<&String> {
 /// Empties a stage folder for a fresh start, keeping the scheduler's records (`slurm*`: the
 /// job's script, id and output, which the running job is writing) and the stage's lock
 /// (removing a held lock file would let a second process lock a new one).
+/// A Slurm job's files in its stage folder (its script, record and output: `slurm*`).
+fn slurm_files(dir: &Path) -> Vec<String> {
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    entries.map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("slurm")).collect()
+}
+
 fn clear_stage_dir(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot clear {}", dir.display()))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();

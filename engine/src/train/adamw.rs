@@ -114,6 +114,9 @@ impl ModuleMapper for Update<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
+        // The updated weight goes back on the autodiff device with the strategy it had
+        // (`from_inner` alone would give Burn's default, no checkpointing).
+        let strategy = tensor.gradient_checkpointing_strategy();
         let x = tensor.inner();
         let shape = x.dims();
         let n = shape.iter().product::<usize>();
@@ -144,6 +147,9 @@ impl ModuleMapper for Update<'_> {
         let (x, m, v) = crate::kernels::adamw_update(x.reshape([n]), g, m, v, scalars);
         self.moments.insert(path, Moments { m, v });
         let mut x = Tensor::<D>::from_inner(x.reshape(shape));
+        if let Some(strategy) = strategy {
+            x = x.with_gradient_checkpointing_strategy(strategy);
+        }
         if require_grad {
             x = x.require_grad();
         }

@@ -69,6 +69,14 @@ pub struct TrainConfig {
     /// F16 only: the loss scale the run starts from (default 65536, PyTorch's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_loss_scale: Option<f64>,
+    /// Activation (gradient) checkpointing: Burn's balanced strategy on the autodiff device,
+    /// which keeps the outputs of compute-bound operations (matrix products, attention, the
+    /// fused head) and recomputes the memory-bound ones (norms, residual sums, activations'
+    /// elementwise steps) in the backward pass instead of holding them. Same losses and
+    /// gradients, less activation memory, some recomputation. Left out of written configs
+    /// when off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activation_checkpointing: bool,
 }
 
 fn default_keep_last() -> usize {

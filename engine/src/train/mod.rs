@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod config;
 pub mod guard;
+pub mod memory_plan;
 pub mod metrics;
 pub mod precision;
 pub mod trainable;

@@ -53,13 +53,20 @@ pub struct TrainSummary {
     pub final_eval: Vec<DomainEval>,
 }
 
+/// The autodiff device a run trains on: with `activation_checkpointing`, Burn's balanced
+/// gradient checkpointing (every parameter and input must live on the same strategy).
+pub fn training_device(device: &Device, config: &TrainConfig) -> Device {
+    let device = device.clone().autodiff();
+    if config.activation_checkpointing { device.gradient_checkpointing() } else { device }
+}
+
 pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, options: &TrainOptions) -> Result<TrainSummary> {
     let started_at = Instant::now();
     let out = &options.out;
     // Held to the end: a second process on this folder is refused before it touches a file.
     let (domains, config_ron, _lock) = open_run(config, origin, selected, out, started_at)?;
 
-    let device = selected.device.clone().autodiff();
+    let device = training_device(&selected.device, config);
     let resume_from = checkpoint_to_resume(out, options.resume)?;
     let mut optimizer = AdamW::new(config.optimizer.clone());
     let mut sampler = MixtureSampler::new(&domains, config.seed);
