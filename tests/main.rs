@@ -16,6 +16,7 @@ mod generate;
 mod hf;
 mod kernels;
 mod lora;
+mod memory_plan;
 mod merge;
 mod mixturekit;
 mod model;

@@ -264,7 +264,7 @@ fn a_panic_on_any_thread_ends_the_process_with_a_clear_error() {
 }
 
 /// Peak resident memory of a `btx` run that ends, in KB (wait4's rusage: that child alone).
-fn peak_kb_of(command: &mut Command) -> i64 {
+pub fn peak_kb_of(command: &mut Command) -> i64 {
     let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid value for wait4 to fill; the pid is our child's.

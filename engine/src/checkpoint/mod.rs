@@ -76,7 +76,8 @@ impl TrainState {
 
 /// What one checkpoint holds besides the weights (absent for a weights-only checkpoint).
 pub struct TrainingParts<'a> {
-    pub optimizer: TensorMap,
+    /// Writes the optimizer's state to the file it is given (streamed, one tensor at a time).
+    pub optimizer: &'a dyn Fn(&Path) -> Result<()>,
     pub state: &'a TrainState,
     pub train_config_ron: &'a str,
 }
@@ -137,7 +138,7 @@ pub fn save_checkpoint(
     write_dir_atomic(&final_dir, |tmp| {
         write_model_files(tmp, model, config)?;
         if let Some(t) = training {
-            write_tensors(&tmp.join(OPTIMIZER_FILE), &t.optimizer, BTreeMap::new())?;
+            (t.optimizer)(&tmp.join(OPTIMIZER_FILE))?;
             write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(t.state)?.as_bytes())?;
             write_atomic(&tmp.join(TRAIN_CONFIG_FILE), t.train_config_ron.as_bytes())?;
         }

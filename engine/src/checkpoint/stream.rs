@@ -105,7 +105,7 @@ impl TensorIndex {
 
 /// Writes an f32 safetensors file tensor by tensor, in the order of `layout`.
 pub struct StreamWriter {
-    file: std::fs::File,
+    file: std::io::BufWriter<std::fs::File>,
     tmp: PathBuf,
     path: PathBuf,
     layout: Vec<(String, Vec<usize>)>,
@@ -114,8 +114,15 @@ pub struct StreamWriter {
 
 impl StreamWriter {
     pub fn create(path: &Path, layout: Vec<(String, Vec<usize>)>) -> Result<Self> {
+        Self::create_with_metadata(path, layout, BTreeMap::from([("format".to_string(), "pt".to_string())]))
+    }
+
+    /// `create`, with this `__metadata__` (none when empty).
+    pub fn create_with_metadata(path: &Path, layout: Vec<(String, Vec<usize>)>, metadata: BTreeMap<String, String>) -> Result<Self> {
         let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), serde_json::json!({ "format": "pt" }));
+        if !metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::json!(metadata));
+        }
         let mut offset = 0usize;
         for (name, shape) in &layout {
             let bytes = 4 * shape.iter().product::<usize>();
@@ -127,7 +134,8 @@ impl StreamWriter {
             json.push(b' ');
         }
         let tmp = crate::fsutil::temp_sibling(path);
-        let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let file = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
         file.write_all(&(json.len() as u64).to_le_bytes())?;
         file.write_all(&json)?;
         Ok(Self { file, tmp, path: path.to_path_buf(), layout, next: 0 })
@@ -139,8 +147,13 @@ impl StreamWriter {
         if expected != name || *shape != tensor.shape {
             bail!("internal: tensor `{name}` {:?} written where `{expected}` {shape:?} was laid out", tensor.shape);
         }
-        let bytes: Vec<u8> = tensor.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.file.write_all(&bytes)?;
+        // A chunk at a time: a large tensor is never copied whole as bytes.
+        let mut bytes = Vec::with_capacity(4 * 16384);
+        for chunk in tensor.values.chunks(16384) {
+            bytes.clear();
+            bytes.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            self.file.write_all(&bytes)?;
+        }
         self.next += 1;
         Ok(())
     }
@@ -150,7 +163,8 @@ impl StreamWriter {
         if self.next != self.layout.len() {
             bail!("internal: {} of {} tensors written", self.next, self.layout.len());
         }
-        self.file.sync_all()?;
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, &self.path).with_context(|| format!("cannot write {}", self.path.display()))?;
         self.next = usize::MAX; // renamed: nothing for drop to clean
         Ok(())

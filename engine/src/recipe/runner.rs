@@ -119,6 +119,13 @@ pub fn print_status(recipe: &Recipe, out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A training stage's expected peak memory on the CPU (`btx train --plan`), where its config
+/// can be written yet (its inputs exist).
+fn planned_peak(stage: &super::stage::Stage) -> Option<String> {
+    let config: crate::train::TrainConfig = crate::config::parse_ron(stage.config.as_ref()?, &stage.id.to_string()).ok()?;
+    Some(crate::train::memory_plan::gb(crate::train::memory_plan::plan(&config).total()))
+}
+
 fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
     let plan = Plan { recipe, out: out.to_path_buf(), device: DeviceArgs::new(crate::device::DeviceChoice::Auto) };
     for node in plan.graph()? {
@@ -137,7 +144,9 @@ fn print_run_status(recipe: &Recipe, out: &Path) -> Result<()> {
             Err(_) if node.id == StageId::Report => (if out.join("report.md").is_file() { "written" } else { "pending" }).to_string(),
             Err(_) => format!("pending (after {})", node.after.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")),
         };
+        let memory = stage.as_ref().ok().and_then(planned_peak).map(|p| format!("  memory plan {p}")).unwrap_or_default();
         let detail = stage.ok().and_then(|s| s.manifest()).map(|m| format!("  {} tokens, {:.3e} FLOPs, {:.1} s", m.tokens, m.train_flops, m.wall_time_s)).unwrap_or_default();
+        let detail = format!("{memory}{detail}");
         let (job, log) = super::slurm::job_status(&plan, &node.id).map_or((String::new(), None), |(j, log)| (format!("  [{j}]"), log));
         println!("{:<28} {state}{detail}{job}", node.id);
         if let Some(log) = log {

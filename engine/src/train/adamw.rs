@@ -72,6 +72,22 @@ impl AdamW {
         out
     }
 
+    /// Writes the moments as `state_tensors` names them, one tensor at a time from the device
+    /// (never the whole state as a second host copy).
+    pub fn write_state(&self, path: &std::path::Path) -> anyhow::Result<()> {
+        let mut layout: Vec<(String, Vec<usize>)> = Vec::new();
+        for (path, s) in &self.moments {
+            layout.push((format!("exp_avg.{path}"), s.m.dims().to_vec()));
+            layout.push((format!("exp_avg_sq.{path}"), s.v.dims().to_vec()));
+        }
+        layout.sort();
+        crate::checkpoint::tensor_file::write_tensors_from(path, layout, Default::default(), |name| {
+            let (moment, path) = name.split_once('.').expect("names written above");
+            let s = &self.moments[path];
+            Ok(std::borrow::Cow::Owned(to_host(if moment == "exp_avg" { s.m.clone() } else { s.v.clone() })))
+        })
+    }
+
     /// Restores moments saved by [`state_tensors`](Self::state_tensors).
     pub fn load_state_tensors(&mut self, tensors: &TensorMap, updates: u64, device: &Device) {
         self.updates = updates;

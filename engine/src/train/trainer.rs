@@ -139,7 +139,8 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
         // Not while updates are being skipped: a checkpoint then would hold the weights that
         // spiked and rotate a good one out.
         if last || (state.step % config.checkpoint_every == 0 && state.guard.skipped_in_a_row == 0) {
-            let training = TrainingParts { optimizer: optimizer.state_tensors(), state: &state, train_config_ron: &config_ron };
+            let write_optimizer = |path: &Path| optimizer.write_state(path);
+            let training = TrainingParts { optimizer: &write_optimizer, state: &state, train_config_ron: &config_ron };
             if last {
                 model = finish_lora(model, config, out)?;
             }
