@@ -249,6 +249,25 @@ fn batched_loglikelihoods_equal_one_sequence_at_a_time() {
     assert!(scorer.loglikelihoods(&[greedy_seq], &[3]).unwrap()[0].1);
 }
 
+/// A shared context computed once (its keys and values reused by every continuation, the
+/// continuations batched over them) gives the log-likelihoods and greediness of each whole
+/// sequence scored alone, for continuations of different lengths, a greedy one included.
+#[test]
+fn shared_context_loglikelihoods_equal_whole_sequences() {
+    let scorer = tiny_scorer(4);
+    let context: Vec<u32> = (200..270).collect();
+    let greedy = scorer.greedy(&context, 4, None, &mut |_| false).unwrap();
+    let continuations = vec![vec![7u32], vec![9, 3000, 12], greedy.clone(), (40..47).collect()];
+    let shared = scorer.shared_context_loglikelihoods(&context, &continuations).unwrap();
+    for (i, c) in continuations.iter().enumerate() {
+        let whole = [context.as_slice(), c.as_slice()].concat();
+        let alone = scorer.loglikelihoods(&[whole], &[c.len()]).unwrap()[0];
+        assert!((shared[i].0 - alone.0).abs() < 1e-4, "continuation {i}: shared {} whole {}", shared[i].0, alone.0);
+        assert_eq!(shared[i].1, alone.1, "continuation {i}");
+    }
+    assert!(shared[2].1, "the greedy continuation is not greedy");
+}
+
 /// `btx eval --tasks` from another folder: the shipped tasks' data found from the task files,
 /// a context longer than the model's 64 positions truncated on the left, lm-eval's results shape.
 #[test]

@@ -285,7 +285,7 @@ fn wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere(
 #[test]
 fn wgpu_task_evaluation_matches_cpu() {
     let Some((_turn, gpu)) = gpu("wgpu_task_evaluation_matches_cpu") else { return };
-    use btx::tasks::{TaskConfig, TaskOptions, evaluate_task, model::CheckpointModel, task_tokenizer};
+    use btx::tasks::{TaskConfig, TaskModel, TaskOptions, evaluate_task, model::CheckpointModel, task_tokenizer};
     let config = tiny_model(4, 2);
     let cpu_model = LanguageModel::seeded(&config, 9, &cpu());
     let gpu_model = moved(&cpu_model, &config, &gpu.device);
@@ -306,6 +306,15 @@ fn wgpu_task_evaluation_matches_cpu() {
             assert!(diff < 1e-3, "{}: document {}: log-likelihoods differ by {diff}", task.name, x.doc_id);
         }
         assert_eq!(a.scores, b.scores, "{}", task.name);
+    }
+    // A shared context's keys and values reused by a block of continuations: causal
+    // attention offset by the cached positions (an explicit mask off the CPU kernel).
+    let scorer = |model: &LanguageModel, device: &Device| CheckpointModel { model: model.clone(), device: device.clone(), max_length: config.max_seq_len };
+    let (context, continuations): (Vec<u32>, Vec<Vec<u32>>) = ((300..340).collect(), vec![vec![5, 6, 7], vec![8], vec![9, 10, 11, 12, 13]]);
+    let on_cpu = scorer(&cpu_model, &cpu()).shared_context_loglikelihoods(&context, &continuations).unwrap();
+    let on_gpu = scorer(&gpu_model, &gpu.device).shared_context_loglikelihoods(&context, &continuations).unwrap();
+    for (x, y) in on_cpu.iter().zip(&on_gpu) {
+        assert!((x.0 - y.0).abs() < 1e-3 && x.1 == y.1, "shared context: CPU {x:?}, GPU {y:?}");
     }
 }
 

@@ -134,20 +134,35 @@ fn exit_on_any_panic() {
             report(info);
         }
         eprintln!(
-            "error: thread `{}` panicked{location}: {message}\n  the process stops here (exit status 101); finished checkpoints are kept, and `--resume` or a recipe's rerun continues from the last one",
+            "error: thread `{}` panicked{location}: {message}\n  the process stops here (exit status 101); finished checkpoints are kept, and `--resume` or a recipe's rerun continues from the last one{}",
             thread.name().unwrap_or("unnamed"),
+            known_panic_hint(&message),
         );
         std::process::exit(101);
     }));
-    // A thread that panics while the main one waits: how a test sees that this ends the process.
-    if std::env::var_os("BTX_TEST_PANIC_IN_THREAD").is_some() {
-        let waiting = std::thread::Builder::new().name("test-panic".into()).spawn(|| {
+    // A thread that panics (with the variable's value) while the main one waits: how a test
+    // sees that this ends the process.
+    if let Some(message) = std::env::var_os("BTX_TEST_PANIC_IN_THREAD") {
+        let message = format!("BTX_TEST_PANIC_IN_THREAD is set: {}", message.to_string_lossy());
+        let waiting = std::thread::Builder::new().name("test-panic".into()).spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
-            panic!("BTX_TEST_PANIC_IN_THREAD is set");
+            panic!("{message}");
         });
         if waiting.is_ok() {
             std::thread::park();
         }
+    }
+}
+
+/// What a panic that the engine's dependencies are known to raise means, for the user.
+fn known_panic_hint(message: &str) -> &'static str {
+    if message.contains("Could not lock adapter context") {
+        // wgpu-hal's OpenGL backend waits at most 6 s (CONTEXT_LOCK_TIMEOUT_SECS) for its one
+        // context; on Mesa's llvmpipe a large compute shader compiles, or a long dispatch runs,
+        // for longer while cubecl's polling thread waits on a fence.
+        "\n  hint: WGPU's OpenGL backend waited more than 6 s for its GL context, held by a shader compiling or a dispatch running that long (a software adapter such as llvmpipe, or a busy machine); a hardware adapter, Vulkan, or the CPU (`--device cpu`) avoid it"
+    } else {
+        ""
     }
 }
 

@@ -82,6 +82,13 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tens
     }
 }
 
+/// Whether `attention(q, k, v, true)` with fewer queries than keys masks as causal attention
+/// of the last queries (query i at position i + keys - queries): the engine's own kernel does;
+/// Burn's backends are not relied on for it.
+pub fn handles_offset_causal(q: &Tensor<4>) -> bool {
+    runs_own_kernel(q)
+}
+
 /// a [m, k] times b [k, n] (either may be a transposed view).
 pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     if runs_own_kernel(&a) && b.dtype() == DType::F32 {

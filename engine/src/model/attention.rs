@@ -68,8 +68,8 @@ impl Attention {
 
     /// Attention over the cached keys and values of earlier positions and the new ones,
     /// which are appended to the cache (RoPE already applied). With an empty cache this is
-    /// the causal forward over `seq` positions; with a filled one, `seq` must be 1 (one
-    /// decoding step, which attends to every cached position).
+    /// the causal forward over `seq` positions; with a filled one, each new position attends
+    /// to every cached position and to the new ones up to itself.
     ///
     /// # Shapes
     /// - x: `[batch, seq, d_model]`; cos, sin: `[seq, head_dim]` (the new positions' rows)
@@ -110,14 +110,13 @@ pub(crate) fn split_heads(t: Tensor<3>, head_dim: usize) -> Tensor<4> {
 
 /// Keys and values of the cached positions followed by the new ones (which are stored in
 /// the cache), and whether the attention is causal: with an empty cache it is the causal
-/// forward over `seq` positions; with a filled one, `seq` must be 1 (one decoding step,
-/// which attends to every cached position).
+/// forward over `seq` positions; with a filled one, one new position (a decoding step) attends
+/// to every key, and several (a block after a shared context) causally, offset by the cached
+/// positions.
 pub(crate) fn append_to_cache(k: Tensor<4>, v: Tensor<4>, cache: &mut Option<(Tensor<4>, Tensor<4>)>) -> (Tensor<4>, Tensor<4>, bool) {
+    let new_positions = k.dims()[2];
     let (k, v, causal) = match cache.take() {
-        Some((past_k, past_v)) => {
-            assert_eq!(k.dims()[2], 1, "a cached forward takes one position at a time");
-            (Tensor::cat(vec![past_k, k], 2), Tensor::cat(vec![past_v, v], 2), false)
-        }
+        Some((past_k, past_v)) => (Tensor::cat(vec![past_k, k], 2), Tensor::cat(vec![past_v, v], 2), new_positions > 1),
         None => (k, v, true),
     };
     *cache = Some((k.clone(), v.clone()));
@@ -138,7 +137,10 @@ pub(crate) fn causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal:
         assert_eq!(seq_q, 1, "a cached forward takes one position at a time");
         (k, v) = (k.narrow(2, seq_k - w, w), v.narrow(2, seq_k - w, w));
     }
-    let needs_mask = causal && window.is_some();
+    // Causal queries that follow cached keys: the engine's CPU kernel offsets its mask by the
+    // cached positions; Burn's attention elsewhere gets the offset mask written out.
+    let offset = causal && seq_q != seq_k && !kernels::handles_offset_causal(&q);
+    let needs_mask = causal && (window.is_some() || offset);
     if scores.softcap.is_none() && !needs_mask {
         let q = match scores.scale {
             Some(scale) => q * (scale * (head_dim as f64).sqrt()),

@@ -257,6 +257,15 @@ pub struct KvCache {
     pub len: usize,
 }
 
+impl KvCache {
+    /// The cache of one sequence repeated for `batch` sequences that continue it (a task's
+    /// choices after their shared context).
+    pub fn repeated(&self, batch: usize) -> KvCache {
+        let layers = self.layers.iter().map(|l| l.as_ref().map(|(k, v)| (k.clone().repeat_dim(0, batch), v.clone().repeat_dim(0, batch)))).collect();
+        KvCache { layers, len: self.len }
+    }
+}
+
 impl LanguageModel {
     /// transformers' Mixtral load balancing over every MoE layer's tokens pooled:
     /// alpha * E * sum_i f_i P_i, f_i = assignments to expert i / (layers * tokens) (all k

@@ -23,6 +23,14 @@ pub trait TaskModel {
     /// `continuation_len` tokens given the tokens before them, and whether each of them is the
     /// greedy (argmax) choice. One call is one batch.
     fn loglikelihoods(&self, sequences: &[Vec<u32>], continuation_lens: &[usize]) -> Result<Vec<(f64, bool)>>;
+    /// The log-likelihoods (and greediness) of each of `continuations` after one shared
+    /// `context` (each at least one token, the whole within `max_length + 1`), as
+    /// `loglikelihoods` gives them for context + continuation. A model may compute the
+    /// context once (a document's choices differ only in their continuations).
+    fn shared_context_loglikelihoods(&self, context: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<(f64, bool)>> {
+        let sequences: Vec<Vec<u32>> = continuations.iter().map(|c| [context, c.as_slice()].concat()).collect();
+        self.loglikelihoods(&sequences, &continuations.iter().map(Vec::len).collect::<Vec<_>>())
+    }
     /// Greedy tokens after `context`, at most `max_tokens`, ending early when `stop` says so
     /// (it sees the tokens generated so far) or at `eos`.
     fn greedy(&self, context: &[u32], max_tokens: usize, eos: Option<u32>, stop: &mut dyn FnMut(&[u32]) -> bool) -> Result<Vec<u32>>;
@@ -339,6 +347,58 @@ fn text_in(s: &str, choices: &[String]) -> Result<usize> {
 /// last `max_length + 1` tokens of context + continuation (the model's input is all but the
 /// last of them).
 fn run_loglikelihoods(model: &dyn TaskModel, requests: &[Request], max_length: usize, batch_tokens: usize, bar: &indicatif::ProgressBar) -> Result<Vec<(f64, bool)>> {
+    let mut results = vec![(0.0, false); requests.len()];
+    // A document's choices share their context: computed once, then every continuation over
+    // its keys and values (where nothing is truncated). The rest is batched by length.
+    let mut batched = Vec::new();
+    for group in shared_context_groups(requests, max_length) {
+        if group.len() < 2 || requests[group[0]].context.len() < SHARED_CONTEXT_MIN_TOKENS {
+            batched.extend(group);
+            continue;
+        }
+        let continuations: Vec<Vec<u32>> = group.iter().map(|&i| requests[i].continuation.clone()).collect();
+        for (&i, value) in group.iter().zip(model.shared_context_loglikelihoods(&requests[group[0]].context, &continuations)?) {
+            results[i] = value;
+        }
+        bar.inc(group.len() as u64);
+    }
+    let rest: Vec<&Request> = batched.iter().map(|&i| &requests[i]).collect();
+    for (value, &i) in run_batched(model, &rest, max_length, batch_tokens, bar)?.into_iter().zip(&batched) {
+        results[i] = value;
+    }
+    Ok(results)
+}
+
+/// Contexts shorter than this are batched with the rest: computing a short context once saves
+/// less than one sequence's forward pass loses against a batch of 32 (measured on the CPU with
+/// a 28M model and four choices: contexts of about 25 tokens 0.74x the batched speed, 140
+/// tokens 1.9x, 400 tokens 3.0x).
+const SHARED_CONTEXT_MIN_TOKENS: usize = 64;
+
+/// The requests grouped by document and context, in order: a group of several shares its
+/// context tokens and none of them is truncated (so its context can be computed once).
+fn shared_context_groups(requests: &[Request], max_length: usize) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let joins = groups.last().is_some_and(|last| {
+            let first = &requests[last[0]];
+            first.doc == r.doc && first.context == r.context && shares(first, max_length) && shares(r, max_length)
+        });
+        match groups.last_mut() {
+            Some(last) if joins => last.push(i),
+            _ => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+/// Whether a request can be scored after its context's cache: both non-empty, nothing cut.
+fn shares(r: &Request, max_length: usize) -> bool {
+    !r.context.is_empty() && !r.continuation.is_empty() && r.context.len() + r.continuation.len() <= max_length + 1
+}
+
+/// Requests batched by length (longest first), at most `batch_tokens` tokens a batch.
+fn run_batched(model: &dyn TaskModel, requests: &[&Request], max_length: usize, batch_tokens: usize, bar: &indicatif::ProgressBar) -> Result<Vec<(f64, bool)>> {
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(requests[i].context.len() + requests[i].continuation.len()));
     let mut results = vec![(0.0, false); requests.len()];

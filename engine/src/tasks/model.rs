@@ -40,6 +40,31 @@ impl TaskModel for CheckpointModel {
             .collect())
     }
 
+    fn shared_context_loglikelihoods(&self, context: &[u32], continuations: &[Vec<u32>]) -> Result<Vec<(f64, bool)>> {
+        // The context once: its last position predicts each continuation's first token.
+        let mut cache = KvCache::default();
+        let (logits, _) = self.model.forward_cached(tokens_tensor(context, &self.device), &mut cache);
+        let first = last_row(burn::tensor::activation::log_softmax(logits, 2));
+        let first_greedy = first_argmax(&first);
+        let mut out: Vec<(f64, bool)> = continuations.iter().map(|c| (first[c[0] as usize] as f64, first_greedy == c[0])).collect();
+        // Every continuation's later tokens at once, over the context's keys and values.
+        let rest = continuations;
+        if rest.iter().any(|c| c.len() > 1) {
+            let ShiftedBatch { inputs, targets, width } = shifted_batch(&rest, &self.device);
+            let batch = rest.len();
+            let targets_tensor = Tensor::<2, Int>::from_data(TensorData::new(targets.clone(), [batch, width]), &self.device);
+            let (logits, _) = self.model.forward_cached(inputs, &mut cache.repeated(batch));
+            let greedy = int_values(logits.clone().argmax(2))?;
+            let log_probs = float_values(token_log_probs(logits, targets_tensor))?;
+            for (b, (c, value)) in rest.iter().zip(out.iter_mut()).enumerate() {
+                let positions = 0..c.len() - 1;
+                value.0 += positions.clone().map(|t| log_probs[b * width + t] as f64).sum::<f64>();
+                value.1 &= all_greedy(positions, b * width, &greedy, &targets);
+            }
+        }
+        Ok(out)
+    }
+
     fn greedy(&self, context: &[u32], max_tokens: usize, eos: Option<u32>, stop: &mut dyn FnMut(&[u32]) -> bool) -> Result<Vec<u32>> {
         let mut cache = KvCache::default();
         let (logits, _) = self.model.forward_cached(tokens_tensor(context, &self.device), &mut cache);
