@@ -371,8 +371,8 @@ fn run_loglikelihoods(model: &dyn TaskModel, requests: &[Request], max_length: u
 
 /// Contexts shorter than this are batched with the rest: computing a short context once saves
 /// less than one sequence's forward pass loses against a batch of 32 (measured on the CPU with
-/// a 28M model and four choices: contexts of about 25 tokens 0.74x the batched speed, 140
-/// tokens 1.9x, 400 tokens 3.0x).
+/// a 28M model and four choices: contexts of 8-31 tokens 0.74x the batched speed, 128-151
+/// tokens 1.9x, 416-439 tokens 3.0x).
 const SHARED_CONTEXT_MIN_TOKENS: usize = 64;
 
 /// The requests grouped by document and context, in order: a group of several shares its
