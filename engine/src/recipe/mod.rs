@@ -12,6 +12,7 @@ pub mod plan;
 pub mod plots;
 pub mod report;
 pub mod report_figures;
+mod report_inputs;
 pub mod report_merge;
 pub mod report_record;
 pub mod report_tasks;

@@ -1,6 +1,7 @@
 //! The recipe's report: per-domain validation perplexity (and arithmetic exact match) of the
 //! seed, each expert, each merge before and after finetuning and the baselines, with the
-//! tokens and training FLOPs behind each; loss curves and routing heatmaps as PNG.
+//! tokens and training FLOPs behind each; loss curves and routing heatmaps as PNG. It lays
+//! out the records `report_inputs` reads.
 
 use std::fmt::Write as _;
 
@@ -50,65 +51,33 @@ impl Row {
     }
 }
 
-pub(super) fn read_manifest(plan: &Plan<'_>, stage: &StageId) -> Option<Manifest> {
-    let dir = match (stage, &plan.recipe.seed_model) {
-        // A seed given as another run's seed stage (a sweep's shared seed) brings its
-        // manifest, so the models built on it count its tokens and FLOPs.
-        (StageId::Seed, super::config::SeedModel::Checkpoint(_)) => plan.seed().ok()?.0,
-        _ => plan.dir(stage),
-    };
-    let text = std::fs::read_to_string(dir.join(super::stage::MANIFEST_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
-}
-
-/// Each compared model's evaluation, with the tokens and FLOPs of its lineage.
-fn load_rows(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for (entry, stage) in entries {
-        let eval = EvalReport::read(&stage.dir.join("eval.json"))?;
-        let (mut tokens, mut flops) = (0, 0.0);
-        for m in entry.lineage.iter().filter_map(|s| read_manifest(plan, s)) {
-            tokens += m.tokens;
-            flops += m.train_flops;
-        }
-        let tasks_file = stage.dir.join(super::stage::TASKS_JSON);
-        let tasks = if tasks_file.is_file() { super::report_tasks::read_task_scores(&tasks_file)? } else { Default::default() };
-        rows.push(Row { entry: entry.clone(), eval, tasks, tokens, flops });
-    }
-    Ok(rows)
-}
-
 pub fn write_report(plan: &Plan<'_>, entries: &[(Entry, Stage)]) -> Result<()> {
-    let rows = load_rows(plan, entries)?;
-    let mut stages = Vec::new();
-    for entry in std::fs::read_dir(&plan.out)?.flatten() {
-        collect_manifests(&entry.path(), &mut stages);
-    }
-    stages.sort_by(|a, b| a.stage.cmp(&b.stage));
+    let inputs = super::report_inputs::ReportInputs::load(plan, entries)?;
+    let (rows, stages) = (&inputs.rows, &inputs.stages);
 
     let name = plan.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut md = format!("# Recipe report: {name}\n\n");
-    write_table(&mut md, &rows, &stages, plan.recipe.seed)?;
+    write_table(&mut md, rows, stages, plan.recipe.seed)?;
     write_baselines(&mut md, plan)?;
-    super::report_merge::write_diagnosis(&mut md, plan, &rows)?;
-    let accounting = super::report_merge::accounting(plan, &rows);
+    super::report_merge::write_diagnosis(&mut md, plan, &inputs)?;
+    let accounting = super::report_merge::accounting(plan, rows);
     super::report_merge::write_accounting(&mut md, &accounting)?;
-    super::report_merge::write_sharpness(&mut md, plan, &rows)?;
-    write_drops(&mut md, plan, &rows)?;
-    write_winners(&mut md, &rows)?;
+    super::report_merge::write_sharpness(&mut md, plan, &inputs)?;
+    write_drops(&mut md, &inputs)?;
+    write_winners(&mut md, rows)?;
     let mut figures = Figures::new();
-    super::report_tasks::write_tasks(&mut md, plan, &rows, &mut figures)?;
-    write_summary(&mut md, plan, &rows, &mut figures)?;
-    write_pipeline(&mut md, plan, &rows, &mut figures)?;
-    write_loss_curves(&mut md, plan, &mut figures)?;
-    write_routing(&mut md, plan, &rows, &mut figures)?;
+    super::report_tasks::write_tasks(&mut md, plan, rows, &mut figures)?;
+    write_summary(&mut md, plan, rows, &mut figures)?;
+    write_pipeline(&mut md, plan, &inputs, &mut figures)?;
+    write_loss_curves(&mut md, plan, &inputs, &mut figures)?;
+    write_routing(&mut md, plan, rows, &mut figures)?;
     writeln!(md, "\n## Stages\n\n| stage | peak lr | tokens | train FLOPs | wall time | device |\n|---|---:|---:|---:|---:|---|")?;
-    for m in &stages {
+    for m in stages {
         let lr = m.peak_lr().unwrap_or_else(|| "-".into());
         let adapter = m.adapter.map_or(String::new(), |a| format!(" (adapter {a})"));
         writeln!(md, "| {} | {lr} | {} | {:.3e} | {:.1} s | {}{adapter} |", m.stage, m.tokens, m.train_flops, m.wall_time_s, m.device)?;
     }
-    write_json(plan, &rows, &stages, &figures, accounting)?;
+    write_json(plan, rows, stages, &figures, accounting)?;
     write_atomic(&plan.out.join("report.md"), md.as_bytes())?;
     eprintln!("report: {}", plan.out.join("report.md").display());
     Ok(())
@@ -145,14 +114,14 @@ fn write_table(md: &mut String, rows: &[Row], stages: &[Manifest], seed: u64) ->
 /// Models whose routing dropped tokens for capacity (Switch): the dropped share of
 /// token-expert assignments at evaluation (mean over domains) and in finetuning (mean over
 /// steps), beside the mean perplexity. Omitted when nothing was dropped.
-fn write_drops(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+fn write_drops(md: &mut String, inputs: &super::report_inputs::ReportInputs) -> Result<()> {
     let training_drops = |r: &Row| -> Option<f64> {
         let stage = r.entry.lineage.last().filter(|s| matches!(s, StageId::Finetune(_)))?;
-        let steps = crate::train::metrics::read_steps(&plan.dir(stage).join("metrics.jsonl")).ok()?;
-        let drops: Vec<f64> = steps.iter().filter_map(|s| s.dropped).collect();
+        let drops: Vec<f64> = inputs.steps(stage)?.iter().filter_map(|s| s.dropped).collect();
         (!drops.is_empty()).then(|| drops.iter().sum::<f64>() / drops.len() as f64)
     };
-    let dropping: Vec<(&Row, f64, Option<f64>)> = rows
+    let dropping: Vec<(&Row, f64, Option<f64>)> = inputs
+        .rows
         .iter()
         .map(|r| (r, r.eval.domains.iter().map(|d| d.dropped).sum::<f64>() / r.eval.domains.len().max(1) as f64, training_drops(r)))
         .filter(|(_, eval, train)| *eval > 0.0 || train.is_some_and(|t| t > 0.0))
@@ -238,19 +207,4 @@ fn write_json(plan: &Plan<'_>, rows: &[Row], stages: &[Manifest], figures: &Figu
         })
         .collect();
     ReportRecord { accounting, figures: figures.clone(), models, stages }.write(&plan.out)
-}
-
-fn collect_manifests(dir: &std::path::Path, out: &mut Vec<Manifest>) {
-    if !dir.is_dir() {
-        return;
-    }
-    if let Some(m) = std::fs::read_to_string(dir.join(super::stage::MANIFEST_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok()) {
-        out.push(m);
-        return;
-    }
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() && !e.file_name().to_string_lossy().starts_with("checkpoints") {
-            collect_manifests(&e.path(), out);
-        }
-    }
 }

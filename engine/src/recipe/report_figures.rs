@@ -10,14 +10,15 @@ use super::config::Merge;
 use super::entries::EntryKind;
 use super::plan::{Plan, slug};
 use super::plots::{self, Chart, Heatmap, Series};
-use super::report::{Row, read_manifest};
+use super::report::Row;
+use super::report_inputs::ReportInputs;
 use super::report_record::FigureRecord;
 use super::stage_id::StageId;
 use crate::fsutil::write_atomic;
 
 /// A training stage's loss curve: (tokens seen, smoothed loss) per logged step.
-fn loss_curve(plan: &Plan<'_>, stage: &StageId) -> Option<Vec<(f64, f64, f64)>> {
-    let steps = crate::train::metrics::read_steps(&plan.dir(stage).join("metrics.jsonl")).ok()?;
+fn loss_curve(inputs: &ReportInputs, stage: &StageId) -> Option<Vec<(f64, f64, f64)>> {
+    let steps = inputs.steps(stage)?;
     let raw: Vec<(f64, f64, f64)> = steps.iter().map(|s| (s.step as f64, s.tokens as f64, s.loss)).collect();
     // A moving average of 10 steps.
     let smoothed = (0..raw.len())
@@ -50,11 +51,11 @@ pub(super) fn save_png(plan: &Plan<'_>, file: &str, figure: Result<plots::Figure
 }
 
 /// Training loss of every stage against its own steps.
-pub(super) fn write_loss_curves(md: &mut String, plan: &Plan<'_>, figures: &mut Figures) -> Result<()> {
+pub(super) fn write_loss_curves(md: &mut String, plan: &Plan<'_>, inputs: &ReportInputs, figures: &mut Figures) -> Result<()> {
     let series: Vec<Series> = training_stages(plan)
         .into_iter()
         .filter_map(|stage| {
-            let points = loss_curve(plan, &stage)?.into_iter().map(|(step, _, loss)| (step, loss)).collect();
+            let points = loss_curve(inputs, &stage)?.into_iter().map(|(step, _, loss)| (step, loss)).collect();
             Some(Series { label: stage.to_string(), points, markers: false, point_labels: vec![] })
         })
         .collect();
@@ -75,15 +76,16 @@ pub(super) fn write_loss_curves(md: &mut String, plan: &Plan<'_>, figures: &mut 
 /// The pipeline as one picture: training loss against cumulative training FLOPs, each
 /// expert (and baseline) starting where the seed ended and the finetune where the experts
 /// ended, with each evaluated model's mean validation loss at its FLOPs.
-pub(super) fn write_pipeline(md: &mut String, plan: &Plan<'_>, rows: &[Row], figures: &mut Figures) -> Result<()> {
-    let flops = |stage: &StageId| read_manifest(plan, stage).map_or(0.0, |m| m.train_flops);
+pub(super) fn write_pipeline(md: &mut String, plan: &Plan<'_>, inputs: &ReportInputs, figures: &mut Figures) -> Result<()> {
+    let rows = &inputs.rows;
+    let flops = |stage: &StageId| inputs.manifest(stage).map_or(0.0, |m| m.train_flops);
     let seed_end = flops(&StageId::Seed);
     // A merge's finetune starts where its own experts (its variant's) ended.
     let experts_end = |merge: &Merge| seed_end + plan.recipe.experts_of(merge).into_iter().map(|e| flops(&StageId::Expert(e.name))).sum::<f64>();
     let mut series = Vec::new();
     for stage in training_stages(plan) {
-        let Some(manifest) = read_manifest(plan, &stage).filter(|m| m.tokens > 0) else { continue };
-        let Some(curve) = loss_curve(plan, &stage) else { continue };
+        let Some(manifest) = inputs.manifest(&stage).filter(|m| m.tokens > 0) else { continue };
+        let Some(curve) = loss_curve(inputs, &stage) else { continue };
         let fpt = manifest.train_flops / manifest.tokens as f64;
         let after_experts = |name: &str| plan.recipe.merges.iter().find(|m| m.name == name && m.method.mixes_experts());
         let offset = match &stage {

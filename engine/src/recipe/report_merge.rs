@@ -4,14 +4,14 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::config::{Merge, MergeMethod};
 use super::entries::ModelId;
 use super::plan::Plan;
 use super::report_record::AccountingRecord;
 use super::report::Row;
-use super::stage_id::StageId;
+use super::report_inputs::ReportInputs;
 use crate::eval::DomainRouting;
 
 /// The domain a member was trained on (its largest data weight); None for the generalist.
@@ -53,25 +53,20 @@ fn first_merge<'a>(plan: &'a Plan<'_>, is: impl Fn(&MergeMethod) -> bool) -> Opt
 /// seed and from their average, and each member's perplexity on its own domain alone, then
 /// with its FFN inside the averaged shared weights (what MiX builds), then through the MoE;
 /// a table for each set of experts the BTX merges mix.
-pub(super) fn write_diagnosis(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+pub(super) fn write_diagnosis(md: &mut String, plan: &Plan<'_>, inputs: &ReportInputs) -> Result<()> {
     let merges = plan.diagnosed_merges();
     if merges.is_empty() {
         return Ok(());
     }
+    let rows = &inputs.rows;
     let (seed, _) = plan.seed()?;
-    // Each diagnosis stage measured its member's drift (the report loads no weights).
-    let drift_of = |key: &str| -> Result<crate::merge::diagnosis::Drift> {
-        let dir = plan.dir(&StageId::Diagnosis(key.to_string()));
-        let record = crate::merge::record::MergeRecord::read(&dir)?;
-        record.and_then(|r| r.drift).with_context(|| format!("{} records no drift (run its stage again)", dir.display()))
-    };
     writeln!(md, "\n## Merge diagnosis\n")?;
     writeln!(md, "Shared weights = every non-FFN tensor (attention, norms, embeddings), which MiX averages. Drift from seed = ||member - seed|| / ||seed||, drift from average = ||member - average|| / ||member||, over all of them. Perplexity on the member's own domain (the seed: mean over domains): the member alone, its FFN inside the averaged shared weights (the MoE when every token goes to it), and the BTX model before and after its finetune.\n")?;
     for btx in merges {
         writeln!(md, "`{}`:\n", btx.name)?;
         writeln!(md, "| member | domain | drift from seed | drift from average | alone | in averaged shared weights | BTX before finetune | BTX |\n|---|---|---:|---:|---:|---:|---:|---:|")?;
         for member in plan.btx_members(btx, &seed) {
-            let d = drift_of(&member.key)?;
+            let d = inputs.drift(&member.key)?;
             let domain = member.expert.as_deref().and_then(|e| own_domain(plan, e));
             writeln!(
                 md,
@@ -174,12 +169,13 @@ pub(super) fn write_accounting(md: &mut String, records: &[AccountingRecord]) ->
 /// share of each domain's tokens its own expert receives (top-k: k x its share of the
 /// assignments, at most 1; exact when no assignment is dropped) and the routers' mean
 /// entropy over the domains (nats).
-pub(super) fn write_sharpness(md: &mut String, plan: &Plan<'_>, rows: &[Row]) -> Result<()> {
+pub(super) fn write_sharpness(md: &mut String, plan: &Plan<'_>, inputs: &ReportInputs) -> Result<()> {
+    let rows = &inputs.rows;
     let merges: Vec<&Merge> = plan.recipe.merges.iter().filter(|m| m.method.mixes_experts()).collect();
     let mut wrote_header = false;
     for merge in merges {
-        let Ok(config) = crate::checkpoint::read_model_config(&plan.dir(&StageId::Merge(merge.name.clone()))) else { continue };
-        let Some(moe) = config.moe else { continue };
+        let Some(config) = inputs.merge_config(&merge.name) else { continue };
+        let Some(moe) = config.moe.clone() else { continue };
         let names = plan.expert_names(merge);
         // Each expert domain and the experts (split parts included) trained on it.
         let owned: Vec<(String, Vec<usize>)> = plan
