@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod prompt;
 pub mod python_random;
+pub mod requests;
 pub mod results;
 pub mod sacrebleu;
 pub mod template;
