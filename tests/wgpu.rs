@@ -337,3 +337,23 @@ fn wgpu_activation_checkpointing_changes_no_loss() {
         assert!(loss_diff < 1e-5 && weight_diff < 1e-5, "{name}: checkpointing changed losses by {loss_diff}, weights by {weight_diff}");
     }
 }
+
+/// Memory that stays flat on the GL adapter, whose buffers live in host memory, so the
+/// process's resident memory shows them: a `btx train` run's peak after 200 steps (its own
+/// per-step record, `peak_rss_mb`) is within 5% of its peak after 20.
+#[test]
+fn wgpu_peak_memory_after_200_steps_is_within_5_percent_of_the_peak_after_20() {
+    let Some((_turn, _gpu)) = gpu("wgpu_peak_memory_after_200_steps_is_within_5_percent_of_the_peak_after_20") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig { batch_size: 4, eval_batches: 1, checkpoint_every: 1000, ..tiny_train_config(dir.path(), 200) };
+    let path = dir.path().join("train.ron");
+    std::fs::write(&path, btx::config::to_ron(&config).unwrap()).unwrap();
+    let out = dir.path().join("run");
+    let (ok, stderr) = run_btx(&["train", "--config", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--device", "wgpu", "--allow-software-gpu", "--no-progress"], dir.path());
+    assert!(ok, "{stderr}");
+    let steps = btx::train::metrics::read_steps(&out.join("metrics.jsonl")).unwrap();
+    let peak_at = |step: usize| steps.iter().find(|s| s.step == step).and_then(|s| s.peak_rss_mb).unwrap();
+    let (short, long) = (peak_at(20), peak_at(200));
+    eprintln!("  peak resident memory after 20 steps {short:.0} MB, after 200 {long:.0} MB");
+    assert!(long <= short * 1.05, "peak memory grew from {short} MB after 20 steps to {long} MB after 200");
+}

@@ -17,3 +17,12 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// The process's peak resident memory (`VmHWM` of /proc/self/status), where the system
+/// reports it.
+pub fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

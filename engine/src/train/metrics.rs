@@ -44,6 +44,11 @@ pub struct StepRecord {
     /// The run stopped at this step (the guard's patience ran out).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// The process's peak resident memory so far, in MB (Linux; on the CPU and on a GPU whose
+    /// buffers live in host memory, such as llvmpipe's GL, it includes the tensors): memory
+    /// that stays flat over the steps shows here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// JSON has no inf or NaN: serde_json writes them as `null`, read back here as NaN, so the

@@ -121,6 +121,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
             dropped: (!routing.is_empty()).then(|| routing.dropped_fraction()),
             skipped: skipped.clone(),
             stopped: stop,
+            peak_rss_mb: crate::memory::peak_resident_bytes().map(|b| b as f64 / 1e6),
         }))?;
         if stop {
             progress.finish_and_clear();
