@@ -155,3 +155,45 @@ fn a_lora_run_counts_the_flops_it_does() {
     let tokens = summary.state.tokens_seen as f64;
     assert!((summary.state.train_flops - expected * tokens).abs() < 1e-6 * expected * tokens);
 }
+
+/// `btx import-peft`: a dense LoRA run's adapter in PEFT's format, merged into the run's base
+/// saved as a checkpoint, gives the run's own merged weights; a DoRA adapter or one that does
+/// not fit the base is refused naming the key or the tensor.
+#[test]
+fn a_peft_adapter_merged_into_its_base_equals_the_runs_merged_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_train_config(dir.path(), 4);
+    config.lora = Some(lora_config(2, &["q_proj", "up_proj"]));
+    let run = dir.path().join("run");
+    train(&config, "test", &cpu_selected(), &TrainOptions { out: run.clone(), resume: false, progress: false, stop_after: None }).unwrap();
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    checkpoint::write_model_files(&base, &LanguageModel::seeded(&config.model, config.seed, &cpu()), &config.model).unwrap();
+    let adapter = run.join(btx::train::ADAPTER_DIR);
+    let (ok, stderr) = run_btx(&["import-peft", "--base", "base", "--adapter", adapter.to_str().unwrap(), "--out", "merged"], dir.path());
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains(&format!("merged {} adapted modules", 2 * config.model.n_layers)), "{stderr}");
+    let (_, last) = checkpoint::checkpoint_steps(&run).into_iter().max().unwrap();
+    let (want, got) = (read_tensors(&last.join(checkpoint::MODEL_FILE)).unwrap(), read_tensors(&dir.path().join("merged").join(checkpoint::MODEL_FILE)).unwrap());
+    assert_eq!(want.len(), got.len());
+    let worst = want.iter().map(|(n, t)| max_abs_diff(&t.values, &got[n].values)).fold(0.0, f32::max);
+    assert!(worst < 1e-6, "the imported adapter's merge differs from the run's by {worst}");
+    checkpoint::load_model(&dir.path().join("merged"), &cpu()).unwrap();
+
+    // DoRA is refused by its key; an adapter for another shape by its tensor.
+    let dora = dir.path().join("dora");
+    std::fs::create_dir_all(&dora).unwrap();
+    let mut peft_config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    peft_config["use_dora"] = serde_json::json!(true);
+    std::fs::write(dora.join("adapter_config.json"), peft_config.to_string()).unwrap();
+    std::fs::copy(adapter.join("adapter_model.safetensors"), dora.join("adapter_model.safetensors")).unwrap();
+    let (ok, stderr) = run_btx(&["import-peft", "--base", "base", "--adapter", "dora", "--out", "bad"], dir.path());
+    assert!(!ok && stderr.contains("adapter_config.json: field `use_dora` is true"), "{stderr}");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let wide = btx::config::ModelConfig { d_model: 64, ..config.model.clone() };
+    checkpoint::write_model_files(&other, &LanguageModel::seeded(&wide, 1, &cpu()), &wide).unwrap();
+    let (ok, stderr) = run_btx(&["import-peft", "--base", "other", "--adapter", adapter.to_str().unwrap(), "--out", "bad"], dir.path());
+    assert!(!ok && stderr.contains("do not fit the weight"), "{stderr}");
+    assert!(!dir.path().join("bad").exists(), "a refused import wrote its output");
+}

@@ -15,6 +15,19 @@ pub struct ImportArgs {
 }
 
 #[derive(clap::Args)]
+pub struct ImportPeftArgs {
+    /// The checkpoint the adapter was trained on (a Hugging Face model imported with
+    /// `btx import-hf`, or any dense checkpoint).
+    #[arg(long)]
+    base: PathBuf,
+    /// The PEFT adapter folder (adapter_config.json, adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
 pub struct ExportArgs {
     checkpoint: PathBuf,
     #[arg(long)]
@@ -43,6 +56,12 @@ pub struct LogitsArgs {
 pub fn import(args: ImportArgs) -> Result<()> {
     let config = crate::hf::import_hf(&args.dir, &args.out)?;
     eprintln!("imported {} as {} ({:.2}M parameters)", args.dir.display(), args.out.display(), config.num_params() as f64 / 1e6);
+    Ok(())
+}
+
+pub fn import_peft(args: ImportPeftArgs) -> Result<()> {
+    let merged = crate::hf::peft_import::import_peft(&args.base, &args.adapter, &args.out)?;
+    eprintln!("merged {merged} adapted modules of {} into {} as {}", args.adapter.display(), args.base.display(), args.out.display());
     Ok(())
 }
 

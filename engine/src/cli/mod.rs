@@ -65,6 +65,9 @@ enum Command {
     /// Qwen2ForCausalLM / Qwen3ForCausalLM / MixtralForCausalLM folder (config.json,
     /// model.safetensors or a sharded set, tokenizer.json) as a checkpoint.
     ImportHf(hf::ImportArgs),
+    /// Merge a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) into a
+    /// checkpoint: W + (lora_alpha / r) B A for every adapted module.
+    ImportPeft(hf::ImportPeftArgs),
     /// Export a checkpoint as a Hugging Face folder: a dense model as its family's
     /// (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), an MoE as MixtralForCausalLM
     /// (Llama family), Qwen2MoeForCausalLM (Qwen2 experts, or a shared expert) or
@@ -178,6 +181,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Measure(args) => measure::run(args),
         Command::Moe { command } => moe::run(command),
         Command::ImportHf(args) => hf::import(args),
+        Command::ImportPeft(args) => hf::import_peft(args),
         Command::ExportHf(args) => hf::export(args),
         Command::Logits(args) => hf::logits(args),
         Command::Tokenizer { command } => tokenizer::run(command),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod gemma;
 pub mod mixturekit;
 pub mod peft;
+pub mod peft_import;
 pub mod qwen_moe;
 
 use std::path::{Path, PathBuf};
