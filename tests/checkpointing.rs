@@ -24,7 +24,7 @@ fn activation_checkpointing_changes_no_loss() {
     let dense = TrainConfig { batch_size: 4, ..tiny_train_config(dir.path(), 8) };
     let moe = TrainConfig { model: btx::config::ModelConfig { moe: Some(MoeConfig::new(4, 2, Routing::TopK)), ..dense.model.clone() }, ..dense.clone() };
     let lora = TrainConfig { lora: Some(btx::model::lora::LoraConfig { rank: 4, alpha: Some(8.0), dropout: 0.0, targets: btx::model::lora::PROJECTIONS.iter().map(|p| p.to_string()).collect() }), ..dense.clone() };
-    assert!(btx::train::trainer::training_device(&cpu(), &TrainConfig { activation_checkpointing: true, ..dense.clone() }).gradient_checkpointing_strategy().is_some_and(|s| format!("{s:?}").contains("Balanced")));
+    assert!(btx::train::start::training_device(&cpu(), &TrainConfig { activation_checkpointing: true, ..dense.clone() }).gradient_checkpointing_strategy().is_some_and(|s| format!("{s:?}").contains("Balanced")));
     for (name, config) in [("dense", dense), ("moe", moe), ("lora", lora)] {
         let (plain, plain_weights) = losses_and_weights(&config, &cpu_selected(), &dir.path().join(format!("{name}-plain")));
         let checkpointed = TrainConfig { activation_checkpointing: true, ..config };

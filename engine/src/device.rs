@@ -179,6 +179,11 @@ pub fn chosen_api(args: DeviceArgs, found: &[Adapter]) -> Result<Option<wgpu::Ba
     choose_api(args.device, args.software_allowed(), found)
 }
 
+/// Whether `device` is the CPU backend (Flex), autodiff or not.
+pub fn is_cpu(device: &Device) -> bool {
+    device.clone().inner() == Device::flex()
+}
+
 pub fn select_device(args: DeviceArgs) -> Result<SelectedDevice> {
     let found = if args.device == DeviceChoice::Cpu { vec![] } else { adapters() };
     match choose_api(args.device, args.software_allowed(), &found)? {

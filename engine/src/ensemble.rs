@@ -15,7 +15,7 @@ use crate::model::LanguageModel;
 
 pub const PRIOR_EMA: f64 = 0.3;
 
-pub fn log_sum_exp(values: &[f64]) -> f64 {
+fn log_sum_exp(values: &[f64]) -> f64 {
     let max = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return max;

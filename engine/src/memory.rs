@@ -21,8 +21,19 @@ pub fn keep_freed_memory() {
 /// The process's peak resident memory (`VmHWM` of /proc/self/status), where the system
 /// reports it.
 pub fn peak_resident_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    proc_kb("/proc/self/status", "VmHWM")
+}
+
+/// Memory the system can give without swapping (`MemAvailable` of /proc/meminfo), where it
+/// reports it.
+pub fn available_bytes() -> Option<u64> {
+    proc_kb("/proc/meminfo", "MemAvailable")
+}
+
+/// The `key:  N kB` line of a /proc file, in bytes.
+fn proc_kb(file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line = text.lines().find(|l| l.strip_prefix(key).is_some_and(|rest| rest.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

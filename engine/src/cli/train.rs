@@ -53,8 +53,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.steps,
         config.tokens_per_step()
     );
-    let on_cpu = selected.device.clone().inner() == burn::prelude::Device::flex();
-    let plan = crate::train::memory_plan::plan_for(&config, on_cpu);
+    let plan = crate::train::memory_plan::plan_on(&config, &selected.device);
     let available = args.memory_gb.map(|g| g * 1e9).or_else(|| crate::train::memory_plan::available_memory(&selected.device));
     if args.plan {
         println!("memory plan of {origin} on {}:\n{}", selected.description, plan.table(available));

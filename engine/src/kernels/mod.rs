@@ -59,7 +59,7 @@ pub trait OwnKernels: Backend {
 /// Whether `x` is an f32 tensor on the CPU backend (with or without autodiff): the case the
 /// engine's kernels are for.
 fn runs_own_kernel<const D: usize>(x: &Tensor<D>) -> bool {
-    x.dtype() == DType::F32 && x.device().inner() == Device::flex()
+    x.dtype() == DType::F32 && crate::device::is_cpu(&x.device())
 }
 
 /// SwiGLU's gated product (Shazeer 2020): silu(gate) * up.

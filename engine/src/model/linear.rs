@@ -102,10 +102,7 @@ impl Linear {
         let strategy = self.weight.val().gradient_checkpointing_strategy();
         let update = a.val().inner().matmul(b.val().inner()) * self.lora_scale;
         let weight = self.weight.val().inner() + update;
-        let weight = match strategy {
-            Some(strategy) => Tensor::from_inner(weight).with_gradient_checkpointing_strategy(strategy),
-            None => weight,
-        };
+        let weight = super::onto_autodiff(weight, strategy);
         Self { weight: Param::from_tensor(weight), bias: self.bias, lora_a: None, lora_b: None, lora_scale: 0.0, lora_dropout: 0.0 }
     }
 }

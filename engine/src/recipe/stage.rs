@@ -196,7 +196,7 @@ impl Stage {
         }
         let _ = std::fs::remove_file(self.dir.join(FAILURE_FILE));
         // A command that replaces this folder with its result keeps the stage's own files.
-        let slurm: Vec<String> = slurm_files(&self.dir);
+        let slurm = slurm_files(&self.dir);
         let kept: Vec<&str> = STAGE_FILES.iter().copied().chain(slurm.iter().map(String::as_str)).collect();
         crate::fsutil::keep_on_replace(&self.dir, &kept)?;
         write_atomic(&self.dir.join(KEY_FILE), key.as_bytes())?;
@@ -278,19 +278,24 @@ fn without_device_args(args: &[String]) -> Vec<&String> {
     kept
 }
 
-/// Empties a stage folder for a fresh start, keeping the scheduler's records (`slurm*`: the
-/// job's script, id and output, which the running job is writing) and the stage's lock
-/// (removing a held lock file would let a second process lock a new one).
-/// A Slurm job's files in its stage folder (its script, record and output: `slurm*`).
-fn slurm_files(dir: &Path) -> Vec<String> {
-    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
-    entries.map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("slurm")).collect()
+/// Whether a file of a stage folder is the scheduler's (`slurm*`: the job's script, record and
+/// output, which the running job is writing).
+fn is_slurm_file(name: &str) -> bool {
+    name.starts_with("slurm")
 }
 
+/// A Slurm job's files in its stage folder.
+fn slurm_files(dir: &Path) -> Vec<String> {
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    entries.map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| is_slurm_file(n)).collect()
+}
+
+/// Empties a stage folder for a fresh start, keeping the scheduler's records and the stage's
+/// lock (removing a held lock file would let a second process lock a new one).
 fn clear_stage_dir(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).with_context(|| format!("cannot clear {}", dir.display()))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("slurm") || name == STAGE_LOCK {
+        if is_slurm_file(&name) || name == STAGE_LOCK {
             continue;
         }
         let path = entry.path();

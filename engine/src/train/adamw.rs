@@ -62,18 +62,8 @@ impl AdamW {
         model.map(&mut update)
     }
 
-    /// The moments as named host tensors (`exp_avg.PATH`, `exp_avg_sq.PATH`).
-    pub fn state_tensors(&self) -> TensorMap {
-        let mut out = TensorMap::new();
-        for (path, s) in &self.moments {
-            out.insert(format!("exp_avg.{path}"), to_host(s.m.clone()));
-            out.insert(format!("exp_avg_sq.{path}"), to_host(s.v.clone()));
-        }
-        out
-    }
-
-    /// Writes the moments as `state_tensors` names them, one tensor at a time from the device
-    /// (never the whole state as a second host copy).
+    /// Writes the moments as named tensors (`exp_avg.PATH`, `exp_avg_sq.PATH`), one at a time
+    /// from the device (never the whole state as a second host copy).
     pub fn write_state(&self, path: &std::path::Path) -> anyhow::Result<()> {
         let mut layout: Vec<(String, Vec<usize>)> = Vec::new();
         for (path, s) in &self.moments {
@@ -88,7 +78,7 @@ impl AdamW {
         })
     }
 
-    /// Restores moments saved by [`state_tensors`](Self::state_tensors).
+    /// Restores moments saved by [`write_state`](Self::write_state).
     pub fn load_state_tensors(&mut self, tensors: &TensorMap, updates: u64, device: &Device) {
         self.updates = updates;
         self.moments.clear();
@@ -130,8 +120,6 @@ impl ModuleMapper for Update<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
-        // The updated weight goes back on the autodiff device with the strategy it had
-        // (`from_inner` alone would give Burn's default, no checkpointing).
         let strategy = tensor.gradient_checkpointing_strategy();
         let x = tensor.inner();
         let shape = x.dims();
@@ -162,10 +150,7 @@ impl ModuleMapper for Update<'_> {
         };
         let (x, m, v) = crate::kernels::adamw_update(x.reshape([n]), g, m, v, scalars);
         self.moments.insert(path, Moments { m, v });
-        let mut x = Tensor::<D>::from_inner(x.reshape(shape));
-        if let Some(strategy) = strategy {
-            x = x.with_gradient_checkpointing_strategy(strategy);
-        }
+        let mut x = crate::model::onto_autodiff(x.reshape(shape), strategy);
         if require_grad {
             x = x.require_grad();
         }

@@ -179,14 +179,16 @@ pub fn plan(config: &TrainConfig) -> MemoryPlan {
     plan_for(config, true)
 }
 
+/// The plan on `device` (the head is fused on the CPU only).
+pub fn plan_on(config: &TrainConfig, device: &burn::prelude::Device) -> MemoryPlan {
+    plan_for(config, crate::device::is_cpu(device))
+}
+
 /// Memory the device has for the run: the CPU's available memory (`MemAvailable`, Linux), or
 /// None where the engine cannot tell (a GPU through WGPU reports no memory size).
 pub fn available_memory(device: &burn::prelude::Device) -> Option<f64> {
-    if device.clone().inner() != burn::prelude::Device::flex() {
+    if !crate::device::is_cpu(device) {
         return None;
     }
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024.0)
+    crate::memory::available_bytes().map(|b| b as f64)
 }

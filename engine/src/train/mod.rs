@@ -6,6 +6,7 @@ pub mod guard;
 pub mod memory_plan;
 pub mod metrics;
 pub mod precision;
+pub mod start;
 pub mod trainable;
 pub mod trainer;
 
