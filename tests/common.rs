@@ -107,6 +107,7 @@ pub fn tiny_train_config(dir: &Path, steps: usize) -> TrainConfig {
         initial_loss_scale: None,
         lora: None,
         activation_checkpointing: false,
+        frozen_precision: Default::default(),
     }
 }
 

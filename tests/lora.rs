@@ -197,3 +197,29 @@ fn a_peft_adapter_merged_into_its_base_equals_the_runs_merged_model() {
     assert!(!ok && stderr.contains("do not fit the weight"), "{stderr}");
     assert!(!dir.path().join("bad").exists(), "a refused import wrote its output");
 }
+
+/// `btx import-peft` against peft itself: adapters made and merged by peft 0.21.2
+/// (tests/fixtures/peft/make_fixtures.py: rank 4 on all seven projections, and rank 2 with
+/// rsLoRA's alpha / sqrt(r) on three) on the tiny Qwen2 of tests/fixtures/hf, imported onto
+/// that base imported with `btx import-hf`, give the logits of peft's `merge_and_unload()`.
+#[test]
+fn peft_adapters_import_to_the_logits_of_peft_merge_and_unload() {
+    let dir = tempfile::tempdir().unwrap();
+    btx::hf::import_hf(&repo_root().join("tests/fixtures/hf/qwen2"), &dir.path().join("base")).unwrap();
+    let (tokens, base_logits) = recorded_logits(&repo_root().join("tests/fixtures/hf/qwen2"));
+    for (name, modules) in [("lora", 7), ("rslora", 3)] {
+        let fixture = repo_root().join("tests/fixtures/peft").join(name);
+        let out = format!("merged-{name}");
+        let (ok, stderr) = run_btx(&["import-peft", "--base", "base", "--adapter", fixture.to_str().unwrap(), "--out", &out], dir.path());
+        assert!(ok, "{name}: {stderr}");
+        assert!(stderr.contains(&format!("merged {} adapted modules", modules * 2)), "{name}: {stderr}");
+        let (fixture_tokens, want) = recorded_logits(&fixture);
+        assert_eq!(fixture_tokens, tokens);
+        let got = checkpoint_logits(&dir.path().join(&out), &tokens);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let (diff, effect) = (max_abs_diff(&got, &want), max_abs_diff(&want, &base_logits));
+        eprintln!("{name}: largest logit difference to peft {diff:.2e}; the adapter's own effect {effect:.2}");
+        assert!(effect > 0.1, "{name}: the adapter changes the logits by {effect} only");
+        assert!(diff <= 1e-4 * scale, "{name}: max difference {diff} at logit scale {scale}");
+    }
+}

@@ -11,6 +11,7 @@ mod checkpointing;
 mod data;
 mod docs;
 mod family;
+mod frozen_precision;
 mod gemma;
 mod generate;
 mod hf;

@@ -36,6 +36,14 @@ fn plan_parts_follow_their_formulas() {
     let with_lora = TrainConfig { lora: Some(lora), ..config.clone() };
     assert_eq!(part(&with_lora, "gradients"), 4.0 * adapters);
     assert_eq!(part(&with_lora, "weights"), 4.0 * (params + adapters));
+    // The base held in bf16: every projection's weight at 2 bytes (the embedding, head and
+    // norms at 4); gradients and optimizer state unchanged.
+    let held = TrainConfig { frozen_precision: btx::train::precision::FrozenPrecision::BF16, ..with_lora.clone() };
+    let f = m.d_ff;
+    let projections = (m.n_layers * (2 * m.d_model * m.q_dim() + 2 * m.d_model * m.kv_heads() * m.head_dim() + 3 * m.d_model * f)) as f64;
+    assert_eq!(part(&held, "weights"), 4.0 * (params + adapters) - 2.0 * projections);
+    assert_eq!(part(&held, "gradients"), part(&with_lora, "gradients"));
+    assert_eq!(part(&held, "optimizer state"), part(&with_lora, "optimizer state"));
     // Without the fused head (WGPU): the logits, their softmax and gradient, whole.
     let tokens = (config.batch_size * config.data.seq_len) as f64;
     let unfused = plan_for(&config, false);
@@ -56,6 +64,11 @@ fn a_run_whose_plan_exceeds_memory_stops_before_it_starts() {
     for expected in ["train.ron: this run needs about", "activations", "LM head", "`batch_size: 5` (from 64; with `grad_accum: 13`", "`lora: (rank: 16"] {
         assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
     }
+    // A run that freezes weights is also told what holding them in bf16 saves.
+    let lora = btx::model::lora::LoraConfig { rank: 4, alpha: None, dropout: 0.0, targets: vec!["q_proj".into()] };
+    std::fs::write(dir.path().join("lora.ron"), to_ron(&TrainConfig { lora: Some(lora), ..config.clone() }).unwrap()).unwrap();
+    let (ok, stderr) = run_btx(&["train", "--config", "lora.ron", "--out", "run", "--device", "cpu", "--memory-gb", "0.001"], dir.path());
+    assert!(!ok && stderr.contains("`frozen_precision: BF16` (F16 on WGPU) for the frozen weights ("), "{stderr}");
     assert!(!dir.path().join("run").exists(), "a refused run left a folder");
     let (ok, stdout) = run_btx(&["train", "--config", "train.ron", "--plan", "--device", "cpu", "--memory-gb", &memory_gb.to_string()], dir.path());
     assert!(ok, "{stdout}");

@@ -279,6 +279,40 @@ fn wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere(
     }
 }
 
+/// Frozen weights in half precision on the adapter: a LoRA run with its base in f16 tracks the
+/// f32 run where the adapter has f16 arithmetic (the frozen products run in f16, the loss
+/// scaled); where it has none (llvmpipe), it is refused before it starts, naming the field and
+/// the adapter; bf16, which WGPU does not compute in, is refused by name too.
+#[test]
+fn wgpu_frozen_weights_in_f16_train_where_the_adapter_offers_it_and_are_refused_by_name_elsewhere() {
+    let Some((_turn, gpu)) = gpu("wgpu_frozen_weights_in_f16_train_where_the_adapter_offers_it_and_are_refused_by_name_elsewhere") else { return };
+    use btx::train::precision::FrozenPrecision;
+    let dir = tempfile::tempdir().unwrap();
+    let targets = ["q_proj", "v_proj", "up_proj"].iter().map(|t| t.to_string()).collect();
+    let lora = btx::model::lora::LoraConfig { rank: 2, alpha: Some(4.0), dropout: 0.0, targets };
+    let f32_config = TrainConfig { lora: Some(lora), ..four_small_steps(dir.path()) };
+    for precision in [FrozenPrecision::F16, FrozenPrecision::BF16] {
+        let held = TrainConfig { frozen_precision: precision, ..f32_config.clone() };
+        let options = TrainOptions { out: dir.path().join(format!("{precision:?}")), resume: false, progress: false, stop_after: None };
+        match train(&held, "test", &gpu, &options) {
+            Ok(held_run) => {
+                let f32_run = train_on(&f32_config, &gpu, &dir.path().join(format!("f32-{precision:?}")), false, None);
+                let gap = f32_run.final_eval.iter().zip(&held_run.final_eval).map(|(a, b)| (a.loss - b.loss).abs() / a.loss).fold(0.0, f64::max);
+                eprintln!("  frozen {precision:?} on {}: validation losses within {:.2}% of f32's", gpu.description, 100.0 * gap);
+                assert!(gap < 0.02, "frozen {precision:?} leaves f32 by {:.2}%", 100.0 * gap);
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                eprintln!("  refused: {message}");
+                let dtype = precision.dtype().unwrap();
+                assert!(!gpu.device.supports_dtype(dtype), "refused on an adapter with {dtype:?}: {message}");
+                assert!(message.contains(&gpu.description) && message.contains("frozen_precision"), "{message}");
+                assert!(!options.out.exists(), "a refused run left its folder");
+            }
+        }
+    }
+}
+
 /// Task evaluation on WGPU scores as on the CPU: the same log-likelihoods (to float
 /// rounding), so the same choices, and the same greedy generations, on a shipped
 /// multiple-choice task and a shipped generation task.

@@ -8,7 +8,8 @@ warm-up and the process's peak resident memory (the same measure xtask takes of 
     python3 bench/reference/real_bench.py --engine-json ENGINE.json [--warmup 1] [--iters 2]
 
 With `lora_rank` in the engine's JSON (`btx bench train --lora R`), PEFT's LoRA of that rank
-on the same seven projections (alpha = 2 x rank, no dropout) on a frozen base, as the engine.
+on the same seven projections (alpha = 2 x rank, no dropout) on a frozen base, as the engine;
+with its `frozen_precision` (BF16/F16), the base model in that dtype.
 """
 import argparse, json, resource, time
 
@@ -47,6 +48,11 @@ def main():
     c, batch, seq = engine["dense_config"], engine["batch"], engine["seq_len"]
     torch.manual_seed(0)
     model, family = hf_model(c)
+    frozen = {"BF16": torch.bfloat16, "F16": torch.float16}.get(engine.get("frozen_precision") or "F32")
+    if engine.get("lora_rank") and frozen is not None:
+        # The base model in half precision, as a user loads it (torch_dtype); PEFT keeps the
+        # adapters in f32 (autocast_adapter_dtype).
+        model = model.to(frozen)
     if engine.get("lora_rank"):
         from peft import LoraConfig, get_peft_model
         rank = engine["lora_rank"]

@@ -166,11 +166,14 @@ pub struct TrainBenchRun {
     pub trainable: Option<crate::train::trainable::Trainable>,
     /// Burn's balanced gradient checkpointing (`TrainConfig::activation_checkpointing`).
     pub activation_checkpointing: bool,
+    /// How the frozen weights (LoRA's base, an MoE's frozen experts) are held
+    /// (`TrainConfig::frozen_precision`).
+    pub frozen_precision: crate::train::precision::FrozenPrecision,
 }
 
 /// Median training-step time (forward, backward, AdamW) of `config` after the warm-up steps.
 pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, device: &Device) -> TrainBenchRow {
-    let TrainBenchRun { batch, seq_len, warmup, iters, precision, lora_rank, ref trainable, activation_checkpointing } = *run;
+    let TrainBenchRun { batch, seq_len, warmup, iters, precision, lora_rank, ref trainable, activation_checkpointing, frozen_precision } = *run;
     let trainable = trainable.as_ref().filter(|_| config.moe.is_some());
     use crate::train::adamw::AdamW;
     use crate::train::OptimizerConfig;
@@ -187,6 +190,7 @@ pub fn bench_train(config: &ModelConfig, label: &str, run: &TrainBenchRun, devic
     if let Some(trainable) = trainable {
         model = crate::checkpoint::module_tensors::freeze_where(model, &|name| trainable.trains(name)).0;
     }
+    model = crate::train::start::hold_frozen_in(model, frozen_precision);
     let mut optimizer = AdamW::new(OptimizerConfig {
         lr: 1e-4, warmup_steps: 0, min_lr_ratio: 0.1, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, router_lr_multiplier: 1.0, shared_lr_multiplier: 1.0,
     });

@@ -1,4 +1,4 @@
-//! `cargo xtask bench real [--config C]... [--pairs N] [--warmup W] [--iters I] [--lora R]`: a training
+//! `cargo xtask bench real [--config C]... [--pairs N] [--warmup W] [--iters I] [--lora R [--frozen-precision bf16]]`: a training
 //! step at the sizes users bring (bench/real: Qwen2.5-0.5B's and Llama-3.2-1B's shapes,
 //! random weights made locally) on the CPU, the engine (`btx bench train --dense-only`)
 //! against transformers' own model class with torch's AdamW (bench/reference/real_bench.py),
@@ -27,6 +27,9 @@ pub fn run(btx: &Path, args: &[String]) -> Result<()> {
     };
     // `--lora R`: LoRA of rank R (the engine's against PEFT's) instead of full finetuning.
     let lora = flag(args, "--lora");
+    // `--frozen-precision bf16|f16`: LoRA's frozen base held so (PyTorch's base model in that
+    // dtype, PEFT's adapters in f32).
+    let frozen_precision = flag(args, "--frozen-precision");
     let python = std::env::var("BTX_PYTHON").unwrap_or_else(|_| "python3".into());
     let has_torch = Command::new(&python).args(["-c", "import torch, transformers"]).output().is_ok_and(|o| o.status.success());
     let json_path = std::env::temp_dir().join(format!("btx-bench-real-{}.json", std::process::id()));
@@ -39,6 +42,9 @@ pub fn run(btx: &Path, args: &[String]) -> Result<()> {
             engine_command.args(["bench", "train", "--config", config, "--device", "cpu", "--dense-only"]).args(["--warmup", warmup, "--iters", iters, "--json", json]);
             if let Some(rank) = lora {
                 engine_command.args(["--lora", rank]);
+            }
+            if let Some(frozen) = frozen_precision {
+                engine_command.args(["--frozen-precision", frozen]);
             }
             let run = measure(&mut engine_command)?;
             let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)?;
@@ -58,6 +64,10 @@ pub fn run(btx: &Path, args: &[String]) -> Result<()> {
     }
     let _ = std::fs::remove_file(&json_path);
     let mode = lora.map_or("full finetune".to_string(), |r| format!("LoRA rank {r} on every projection (PEFT's on the PyTorch side)"));
+    let mode = match frozen_precision {
+        Some(frozen) => format!("{mode}, frozen base in {frozen}"),
+        None => mode,
+    };
     println!("\nCPU: {} ({}), {} threads; {mode} step (forward, backward, AdamW), median of {iters} steps after {warmup}", cpu_model(), cpu_vector_units(), std::thread::available_parallelism().map_or(1, |n| n.get()));
     if let Some(version) = table.iter().find_map(|(_, _, t)| t.first().map(|t| t.2.clone())) {
         println!("PyTorch {version}, transformers' own model class; {pairs} alternating pairs; ratios are medians of the pairs' ratios (min-max)");
@@ -92,7 +102,7 @@ pub fn run(btx: &Path, args: &[String]) -> Result<()> {
     if !has_torch {
         println!("(PyTorch and transformers are not available to `{python}`; set BTX_PYTHON: engine figures only)");
     }
-    let summary = serde_json::json!({ "cpu": cpu_model(), "vector_units": cpu_vector_units(), "pairs": pairs, "lora_rank": lora, "rows": rows });
+    let summary = serde_json::json!({ "cpu": cpu_model(), "vector_units": cpu_vector_units(), "pairs": pairs, "lora_rank": lora, "frozen_precision": frozen_precision, "rows": rows });
     std::fs::write("bench-real.json", serde_json::to_string_pretty(&summary)?)?;
     println!("(every pair in bench-real.json)");
     Ok(())

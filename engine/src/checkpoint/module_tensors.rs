@@ -146,6 +146,37 @@ pub fn freeze_all_but<M: Module>(module: M, trainable: &[String]) -> (M, usize) 
     (module, kept)
 }
 
+/// `module` with every frozen `Linear` weight that `holds` names (by checkpoint name) cast to
+/// `dtype` (`train::precision::FrozenPrecision`); also returns how many were cast.
+pub fn cast_frozen_linear_weights<M: Module>(module: M, dtype: burn::tensor::DType, holds: &dyn Fn(&str) -> bool) -> (M, usize) {
+    struct Cast<'a> {
+        path: PathStack,
+        dtype: burn::tensor::DType,
+        holds: &'a dyn Fn(&str) -> bool,
+        cast: usize,
+    }
+    impl ModuleMapper for Cast<'_> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let frozen = !param.val().is_require_grad();
+            if !(frozen && self.path.is_linear_weight() && (self.holds)(&checkpoint_name(&self.path.module_path()))) {
+                return param;
+            }
+            self.cast += 1;
+            let dtype = self.dtype;
+            param.map(|t| t.cast(dtype)).set_require_grad(false)
+        }
+    }
+    let mut cast = Cast { path: PathStack::default(), dtype, holds, cast: 0 };
+    let module = module.map(&mut cast);
+    (module, cast.cast)
+}
+
 /// `module` with every float parameter frozen unless `trains` says so of its checkpoint
 /// name; also returns every parameter's name and how many stay trainable.
 pub fn freeze_where<M: Module>(module: M, trains: &dyn Fn(&str) -> bool) -> (M, Vec<String>, usize) {

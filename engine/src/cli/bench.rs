@@ -44,6 +44,10 @@ pub enum BenchCommand {
         /// routers-and-shared or experts; the rest is frozen.
         #[arg(long, value_parser = parse_trainable)]
         trainable: Option<crate::train::trainable::Trainable>,
+        /// How the frozen weights are held: f32 (default), f16 or bf16
+        /// (`frozen_precision` of a training config).
+        #[arg(long, value_enum, default_value = "f32")]
+        frozen_precision: crate::train::precision::FrozenPrecision,
     },
     /// Generation throughput of a checkpoint (greedy, KV cache), prompt and new tokens apart;
     /// beside it, where torch is available (BTX_PYTHON, else python3), transformers' generate
@@ -107,8 +111,8 @@ fn parse_trainable(s: &str) -> Result<crate::train::trainable::Trainable, String
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Train { config, device, warmup, iters, batch, precision, json, dense_only, lora, trainable } => {
-            train(config, device, (warmup, iters), batch, precision, json, (dense_only, lora, trainable))
+        BenchCommand::Train { config, device, warmup, iters, batch, precision, json, dense_only, lora, trainable, frozen_precision } => {
+            train(config, device, (warmup, iters), batch, precision, json, (dense_only, lora, trainable, frozen_precision))
         }
         BenchCommand::Generate { checkpoint, prompt_tokens, new_tokens, device } => generate(&checkpoint, prompt_tokens, new_tokens, device),
         BenchCommand::Ops { config, device, iters } => ops(&config, device, iters),
@@ -126,18 +130,19 @@ fn train(
     batch: Option<usize>,
     precision: Option<Precision>,
     json: Option<PathBuf>,
-    (dense_only, lora_rank, trainable): (bool, Option<usize>, Option<crate::train::trainable::Trainable>),
+    (dense_only, lora_rank, trainable, frozen_precision): (bool, Option<usize>, Option<crate::train::trainable::Trainable>, crate::train::precision::FrozenPrecision),
 ) -> Result<()> {
     let train_config = TrainConfig::load(&config)?;
     let selected = select_device(device)?;
     let precision = precision.unwrap_or(train_config.precision);
     precision.check_device(&selected.device, &selected.description)?;
-    println!("device: {}; precision {precision:?}", selected.description);
+    frozen_precision.check_device(&selected.device, &selected.description)?;
+    println!("device: {}; precision {precision:?}; frozen weights {frozen_precision:?}", selected.description);
     let dense = ModelConfig { moe: None, ..train_config.model.clone() };
     let moe = bench_moe_config(&dense);
     let batch = batch.unwrap_or(train_config.batch_size);
     let seq = train_config.data.seq_len;
-    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision, lora_rank, trainable, activation_checkpointing: train_config.activation_checkpointing };
+    let run = TrainBenchRun { batch, seq_len: seq, warmup, iters, precision, lora_rank, trainable, activation_checkpointing: train_config.activation_checkpointing, frozen_precision };
     let models = if dense_only { vec![("dense", &dense)] } else { vec![("dense", &dense), ("moe", &moe)] };
     let rows: Vec<_> = models.into_iter().map(|(label, c)| bench_train(c, label, &run, &selected.device)).collect();
     println!("{batch}x{seq} tokens per step, median of {iters} steps after {warmup} warm-up steps");
@@ -162,7 +167,7 @@ fn train(
     if let Some(json) = json {
         let out = serde_json::json!({
             "device": selected.description, "rows": rows, "dense_config": dense, "moe_config": moe,
-            "batch": batch, "seq_len": seq, "lr": 1e-4, "precision": precision, "lora_rank": lora_rank,
+            "batch": batch, "seq_len": seq, "lr": 1e-4, "precision": precision, "lora_rank": lora_rank, "frozen_precision": frozen_precision,
         });
         write_json(&json, &out)?;
     }

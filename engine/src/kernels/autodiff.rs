@@ -83,21 +83,22 @@ impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
         }
     }
 
-    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>, b_frozen: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Matmul;
 
         impl Backward<Flex, 2> for Matmul {
-            type State = (FlexTensor, FlexTensor);
+            /// a (unless b is frozen: only a's gradient is wanted then) and b.
+            type State = (Option<FlexTensor>, FlexTensor);
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [a_node, b_node] = ops.parents;
                 let grad = grads.consume::<Flex>(&ops.node);
                 let (a, b) = ops.state;
                 if let Some(node) = a_node {
-                    grads.register::<Flex>(node.id, gemm::matmul_grad_lhs(&grad, &b));
+                    grads.register::<Flex>(node.id, gemm::matmul_grad_lhs(&grad, &flex::as_f32(b)));
                 }
-                if let Some(node) = b_node {
+                if let (Some(node), Some(a)) = (b_node, a) {
                     grads.register::<Flex>(node.id, gemm::matmul_grad_rhs(&a, &grad));
                 }
             }
@@ -105,15 +106,16 @@ impl<C: CheckpointStrategy> OwnKernels for Autodiff<Flex, C> {
 
         let (a, a_node) = a.into_parts();
         let (b, b_node) = b.into_parts();
-        if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
-            unreachable!("the engine's matmul kernel runs on f32 only (kernels::matmul checks)");
+        // b may be a frozen weight held in half precision (read back to f32 by the kernel).
+        if a.dtype() != DType::F32 || (b.dtype() != DType::F32 && !b_frozen) {
+            unreachable!("the engine's matmul kernel runs on f32, or a frozen half weight (kernels::matmul checks)");
         }
         match Matmul.prepare::<C>([a_node, b_node]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let output = <Flex as OwnKernels>::matmul(a.clone(), b.clone());
-                prep.finish((a, b), output)
+                let output = <Flex as OwnKernels>::matmul(a.clone(), b.clone(), b_frozen);
+                prep.finish(((!b_frozen).then_some(a), b), output)
             }
-            OpsKind::UnTracked(prep) => prep.finish(<Flex as OwnKernels>::matmul(a, b)),
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as OwnKernels>::matmul(a, b, b_frozen)),
         }
     }
 

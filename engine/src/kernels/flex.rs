@@ -31,11 +31,11 @@ impl OwnKernels for Flex {
         attention_forward(q, k, v, causal).0
     }
 
-    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        if a.dtype() != DType::F32 || b.dtype() != DType::F32 {
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>, _b_frozen: bool) -> FloatTensor<Self> {
+        if a.dtype() != DType::F32 {
             return Flex::float_matmul(a, b);
         }
-        super::gemm::matmul(&a, &b)
+        super::gemm::matmul(&a, &as_f32(b))
     }
 
     fn adamw_update(
@@ -69,6 +69,12 @@ impl OwnKernels for Flex {
         vector_math::exp_into(&f32s(&x), out.storage_mut());
         out
     }
+}
+
+/// `x` in f32: a frozen weight held in half precision is read back one product at a time
+/// (`train::precision::FrozenPrecision`), the copy dropped with the product.
+pub(super) fn as_f32(x: FlexTensor) -> FlexTensor {
+    if x.dtype() == DType::F32 { x } else { Flex::float_cast(x, burn::tensor::FloatDType::F32) }
 }
 
 /// The gradients of [`OwnKernels::swiglu`] with respect to `gate` and `up`, from the output's.

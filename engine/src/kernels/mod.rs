@@ -32,8 +32,9 @@ pub trait OwnKernels: Backend {
     /// and values with as many heads as the queries); causal: query i sees keys up to
     /// i + seq_k - seq_q.
     fn attention(q: FloatTensor<Self>, k: FloatTensor<Self>, v: FloatTensor<Self>, causal: bool) -> FloatTensor<Self>;
-    /// The 2D matrix product: a [m, k] times b [k, n].
-    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The 2D matrix product: a [m, k] times b [k, n]. `b_frozen`: b is a parameter that does
+    /// not train, so a is not kept for the backward pass (and b may be held in f16 or bf16).
+    fn matmul(a: FloatTensor<Self>, b: FloatTensor<Self>, b_frozen: bool) -> FloatTensor<Self>;
     /// The LM head's weighted cross-entropy, [1]: sum_t w_t (logsumexp(z_t) - z_t[y_t]) with
     /// z_t = h_t W, for `hidden` [tokens, d_model], `weight` [d_model, vocab], `targets`
     /// [tokens] and `token_weights` [tokens] (constants). `weight_grad`: whether the head's
@@ -60,6 +61,13 @@ pub trait OwnKernels: Backend {
 /// engine's kernels are for.
 fn runs_own_kernel<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && crate::device::is_cpu(&x.device())
+}
+
+/// Whether `weight` is a frozen weight held in half precision that the f32 `x` is multiplied
+/// by (`train::precision::FrozenPrecision`): the CPU kernel reads it back to f32 a product at
+/// a time.
+fn frozen_half<const D: usize>(x: &Tensor<D>, weight: &Tensor<2>) -> bool {
+    x.dtype() == DType::F32 && matches!(weight.dtype(), DType::F16 | DType::BF16) && !weight.is_require_grad()
 }
 
 /// SwiGLU's gated product (Shazeer 2020): silu(gate) * up.
@@ -92,23 +100,47 @@ pub fn handles_offset_causal(q: &Tensor<4>) -> bool {
 /// a [m, k] times b [k, n] (either may be a transposed view).
 pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     if runs_own_kernel(&a) && b.dtype() == DType::F32 {
-        Tensor::from_dispatch(<Dispatch as OwnKernels>::matmul(a.into_dispatch(), b.into_dispatch()))
+        Tensor::from_dispatch(<Dispatch as OwnKernels>::matmul(a.into_dispatch(), b.into_dispatch(), false))
     } else {
         a.matmul(b)
+    }
+}
+
+/// x [m, k] times a parameter's value `weight` [k, n]. A weight that does not train keeps
+/// no copy of x for the backward pass (only x's gradient is needed), and may be held in half
+/// precision (`frozen_half`).
+fn matmul_by_weight(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    let frozen = !weight.is_require_grad();
+    if runs_own_kernel(&x) && (weight.dtype() == DType::F32 || frozen_half(&x, &weight)) {
+        Tensor::from_dispatch(<Dispatch as OwnKernels>::matmul(x.into_dispatch(), weight.into_dispatch(), frozen))
+    } else if frozen_half(&x, &weight) {
+        x.cast(weight.dtype()).matmul(weight).cast(DType::F32)
+    } else {
+        x.matmul(weight)
     }
 }
 
 /// x W (+ bias) over the last dimension of `x` (`weight`: [d_in, d_out], Burn's layout), as
 /// one matrix product over every row of `x`.
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
-    if !(runs_own_kernel(&x) && weight.dtype() == DType::F32) {
+    let frozen_half = frozen_half(&x, &weight);
+    if frozen_half && !runs_own_kernel(&x) {
+        // Off the CPU backend the product runs in the weight's dtype, as PyTorch computes on a
+        // half-precision base model; the output comes back to f32.
+        let y = burn::tensor::module::linear(x.cast(weight.dtype()), weight, None).cast(DType::F32);
+        return match bias {
+            Some(bias) => y + bias.cast(DType::F32).unsqueeze::<D>(),
+            None => y,
+        };
+    }
+    if !(runs_own_kernel(&x) && (weight.dtype() == DType::F32 || frozen_half)) {
         return burn::tensor::module::linear(x, weight, bias);
     }
     let mut dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
     dims[D - 1] = d_out;
-    let y = matmul(x.reshape([rows, d_in]), weight);
+    let y = matmul_by_weight(x.reshape([rows, d_in]), weight);
     let y = match bias {
         Some(bias) => y + bias.unsqueeze::<2>(),
         None => y,

@@ -101,7 +101,8 @@ impl Linear {
         // Computed off the autodiff graph: the merged weight is a fresh leaf.
         let strategy = self.weight.val().gradient_checkpointing_strategy();
         let update = a.val().inner().matmul(b.val().inner()) * self.lora_scale;
-        let weight = self.weight.val().inner() + update;
+        // A base held in half precision (`FrozenPrecision`) merges into an f32 weight.
+        let weight = self.weight.val().inner().cast(burn::tensor::DType::F32) + update;
         let weight = super::onto_autodiff(weight, strategy);
         Self { weight: Param::from_tensor(weight), bias: self.bias, lora_a: None, lora_b: None, lora_scale: 0.0, lora_dropout: 0.0 }
     }

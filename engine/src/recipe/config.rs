@@ -106,6 +106,10 @@ pub struct Recipe {
     /// `train::precision`).
     #[serde(default, skip_serializing_if = "crate::train::precision::Precision::is_default")]
     pub precision: crate::train::precision::Precision,
+    /// How every training stage that freezes weights (LoRA experts, a router-only finetune)
+    /// holds them: `F32` (default), `F16` or `BF16` (`TrainConfig::frozen_precision`).
+    #[serde(default, skip_serializing_if = "crate::train::precision::FrozenPrecision::is_default")]
+    pub frozen_precision: crate::train::precision::FrozenPrecision,
     /// Activation checkpointing in every training stage (`TrainConfig::activation_checkpointing`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub activation_checkpointing: bool,

@@ -96,6 +96,7 @@ impl Plan<'_> {
             keep_every: None,
             spike_guard: r.spike_guard.clone(),
             precision: r.precision,
+            frozen_precision: Default::default(),
             initial_loss_scale: None,
             lora: None,
             activation_checkpointing: r.activation_checkpointing,
@@ -145,13 +146,18 @@ impl Plan<'_> {
         let dir = self.dir(&id);
         let mut inputs = self.data_inputs();
         inputs.extend(init.map(model_file));
+        // The recipe's `frozen_precision` reaches the stages that freeze weights.
+        let mut config = config.clone();
+        if config.lora.is_some() || config.trainable.is_some() {
+            config.frozen_precision = self.recipe.frozen_precision;
+        }
         let mut args = strings(&["train", "--config", &self.config_path(&id).display().to_string(), "--out", &dir.display().to_string(), "--resume", "--no-progress"]);
         args.extend(self.device.to_args());
         Ok(Stage {
             id,
             args,
             dir,
-            config: Some(to_ron(config)?),
+            config: Some(to_ron(&config)?),
             inputs,
         })
     }

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::guard::SpikeGuard;
-use super::precision::Precision;
+use super::precision::{FrozenPrecision, Precision};
 use crate::checkpoint::Retention;
 use crate::config::{ModelConfig, read_ron};
 use crate::data::DataConfig;
@@ -66,6 +66,11 @@ pub struct TrainConfig {
     /// at its default, as the fields above.
     #[serde(default, skip_serializing_if = "Precision::is_default")]
     pub precision: Precision,
+    /// How the weights the run does not train are held: `F32` (the default), `F16` or `BF16`
+    /// (`train::precision::FrozenPrecision`): half the memory of a LoRA base or of a
+    /// router-only finetune's experts. Left out of written configs at its default.
+    #[serde(default, skip_serializing_if = "FrozenPrecision::is_default")]
+    pub frozen_precision: FrozenPrecision,
     /// F16 only: the loss scale the run starts from (default 65536, PyTorch's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_loss_scale: Option<f64>,
@@ -273,9 +278,16 @@ impl TrainConfig {
                 bail!("{origin}: fields `lora` and `trainable` together: a LoRA run trains its adapters only; remove one");
             }
         }
+        if !self.frozen_precision.is_default() && self.lora.is_none() && self.trainable.is_none() {
+            bail!(
+                "{origin}: field `frozen_precision` ({:?}) holds the weights a run does not train, but this run trains every \
+                 weight (no `lora`, no `trainable`); remove the field",
+                self.frozen_precision
+            );
+        }
         if let Some(scale) = self.initial_loss_scale {
-            if self.precision != Precision::F16 {
-                bail!("{origin}: field `initial_loss_scale` applies to `precision: F16` only (this run trains in F32)");
+            if self.precision != Precision::F16 && self.frozen_precision != FrozenPrecision::F16 {
+                bail!("{origin}: field `initial_loss_scale` applies to `precision: F16` or `frozen_precision: F16` only (this run computes in f32)");
             }
             if !(scale >= 1.0 && scale.is_finite()) {
                 bail!("{origin}: field `initial_loss_scale` must be a finite number >= 1, found {scale}");

@@ -18,6 +18,7 @@
 use anyhow::{Result, bail};
 
 use super::TrainConfig;
+use super::precision::FrozenPrecision;
 use crate::checkpoint::tensor_names::Projection;
 use crate::config::ModelConfig;
 
@@ -83,6 +84,10 @@ impl MemoryPlan {
             let with_lora = plan(&TrainConfig { lora: Some(lora), trainable: None, ..config.clone() }).total();
             fixes.push(format!("`lora: (rank: 16, ...)` on the seven projections ({} less)", gb(total - with_lora)));
         }
+        if config.frozen_precision.is_default() && (config.lora.is_some() || config.trainable.is_some()) {
+            let half = plan(&TrainConfig { frozen_precision: FrozenPrecision::BF16, ..config.clone() }).total();
+            fixes.push(format!("`frozen_precision: BF16` (F16 on WGPU) for the frozen weights ({} less)", gb(total - half)));
+        }
         bail!(
             "{origin}: this run needs about {} of memory and the device has {} available ({} too much):\n{}\nto fit, change one of: {}",
             gb(total),
@@ -114,6 +119,27 @@ fn parameter_counts(config: &TrainConfig) -> (f64, f64) {
     };
     let adapters = if config.lora.is_some() { trained } else { 0 };
     (trained as f64, (all + adapters) as f64)
+}
+
+/// Parameters `config` holds in its `frozen_precision` (0 at F32): the frozen projections,
+/// routers, embedding and LM head aside (`train::start::freeze_untrainable`).
+fn half_held_parameters(config: &TrainConfig) -> f64 {
+    if config.frozen_precision.is_default() {
+        return 0.0;
+    }
+    let routers = crate::train::trainable::Trainable::Routers;
+    let trains = |name: &str| match (&config.lora, &config.trainable) {
+        // A LoRA run trains its adapters, and an MoE's routers in full.
+        (Some(_), _) => routers.trains(name),
+        (None, Some(trainable)) => trainable.trains(name),
+        (None, None) => true,
+    };
+    crate::hf::config::expected_tensors(&config.model)
+        .into_iter()
+        .filter(|(name, shape)| shape.len() == 2 && !trains(name) && !routers.trains(name))
+        .filter(|(name, _)| name != "model.embed_tokens.weight" && !name.starts_with("lm_head."))
+        .map(|(_, shape)| shape.iter().product::<usize>() as f64)
+        .sum()
 }
 
 /// Floats one layer keeps per token for the backward pass (see the module's comment), and
@@ -160,7 +186,7 @@ pub fn plan_for(config: &TrainConfig, fused_head: bool) -> MemoryPlan {
         (F32 * 3.0 * tokens * vocab, format!("{tokens:.0} x {vocab:.0} logits, their softmax and gradient"))
     };
     let parts = vec![
-        PlanPart { name: "weights", bytes: F32 * all, detail: format!("{:.1}M parameters, f32", all / 1e6) },
+        weights_part(config, all),
         PlanPart { name: "gradients", bytes: F32 * trained, detail: format!("{:.1}M trained parameters", trained / 1e6) },
         PlanPart { name: "optimizer state", bytes: 2.0 * F32 * trained, detail: "AdamW's two moments".into() },
         PlanPart {
@@ -172,6 +198,18 @@ pub fn plan_for(config: &TrainConfig, fused_head: bool) -> MemoryPlan {
         PlanPart { name: "runtime and data", bytes: RUNTIME_BYTES, detail: "the process, tokenizer, data maps".into() },
     ];
     MemoryPlan { parts, activations_per_sequence: activations / batch }
+}
+
+/// The weights: f32, but the frozen projections in the run's `frozen_precision`.
+fn weights_part(config: &TrainConfig, all: f64) -> PlanPart {
+    let half = half_held_parameters(config);
+    let bytes = F32 * (all - half) + config.frozen_precision.bytes() * half;
+    let detail = if half > 0.0 {
+        format!("{:.1}M parameters, {:.1}M of them frozen in {:?}", all / 1e6, half / 1e6, config.frozen_precision)
+    } else {
+        format!("{:.1}M parameters, f32", all / 1e6)
+    };
+    PlanPart { name: "weights", bytes, detail }
 }
 
 /// The plan on the CPU (the fused head).

@@ -47,6 +47,63 @@ impl Precision {
     }
 }
 
+/// How a run holds the weights it does not train (`frozen_precision`): `F32` (the default),
+/// `F16` or `BF16`, half the bytes. Only the frozen projections (every `Linear` weight outside
+/// the trainable set but the routers, which stay f32 as in `Precision`) are held so: the
+/// embedding and the LM head stay f32 for the fused head's kernel, norms and biases are small.
+/// On the CPU backend a half weight is read back to f32 one matrix product at a time (the
+/// arithmetic stays f32; only the weight's rounding differs); elsewhere the product runs in the
+/// weight's dtype, as PyTorch computes on a half-precision base model, with dynamic loss
+/// scaling for f16.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum FrozenPrecision {
+    #[default]
+    F32,
+    F16,
+    BF16,
+}
+
+impl FrozenPrecision {
+    pub fn is_default(&self) -> bool {
+        *self == FrozenPrecision::F32
+    }
+
+    /// The dtype frozen projections are held in (`None`: as trained, f32).
+    pub fn dtype(&self) -> Option<DType> {
+        match self {
+            FrozenPrecision::F32 => None,
+            FrozenPrecision::F16 => Some(DType::F16),
+            FrozenPrecision::BF16 => Some(DType::BF16),
+        }
+    }
+
+    /// Bytes a frozen projection weight takes.
+    pub fn bytes(&self) -> f64 {
+        if self.is_default() { 4.0 } else { 2.0 }
+    }
+
+    /// Whether the step's backward pass runs through f16 arithmetic on `device` (then the loss
+    /// is scaled): the frozen products compute in f16 off the CPU backend.
+    pub fn computes_in_f16(&self, device: &Device) -> bool {
+        *self == FrozenPrecision::F16 && !crate::device::is_cpu(device)
+    }
+
+    /// Refuses a dtype the device cannot hold and compute in, naming the device and what to use.
+    pub fn check_device(&self, device: &Device, description: &str) -> Result<()> {
+        if let Some(dtype) = self.dtype()
+            && !crate::device::is_cpu(device)
+            && !device.supports_dtype(dtype)
+        {
+            bail!(
+                "frozen_precision {self:?} needs {dtype:?} arithmetic, which {description} does not offer (on WGPU: \
+                 f16 needs the adapter's SHADER_F16 feature, and bf16 is not offered); use frozen_precision {} or F32 on it",
+                if dtype == DType::BF16 && device.supports_dtype(DType::F16) { "F16" } else { "F32" }
+            );
+        }
+        Ok(())
+    }
+}
+
 pub const INITIAL_SCALE: f64 = 65536.0;
 pub const GROWTH_INTERVAL: u32 = 2000;
 const GROWTH: f64 = 2.0;

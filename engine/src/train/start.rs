@@ -9,7 +9,7 @@ use burn::prelude::*;
 
 use super::adamw::AdamW;
 use super::config::TrainConfig;
-use super::precision::{INITIAL_SCALE, LossScale, Precision};
+use super::precision::{FrozenPrecision, INITIAL_SCALE, LossScale, Precision};
 use crate::checkpoint::{self, OPTIMIZER_FILE, TRAIN_CONFIG_FILE, TrainState, latest_checkpoint, tensor_file::read_tensors};
 use crate::config::{parse_ron, resolve};
 use crate::data::sampler::MixtureSampler;
@@ -54,7 +54,7 @@ pub(super) fn start_or_resume(
             wall_time_s: 0.0,
             device: selected.description.clone(),
             guard: Default::default(),
-            loss_scale: (config.precision == Precision::F16)
+            loss_scale: (config.precision == Precision::F16 || config.frozen_precision.computes_in_f16(device))
                 .then(|| LossScale { scale: config.initial_loss_scale.unwrap_or(INITIAL_SCALE), finite_steps: 0 }),
         };
         let model = initial_model(config, origin, device)?;
@@ -81,8 +81,26 @@ pub(super) fn start_or_resume(
     Ok((model, state))
 }
 
-/// `model` with every parameter that `trainable` does not name frozen (all train if absent).
+/// `model` with every parameter that `trainable` does not name frozen (all train if absent),
+/// the frozen projections held in `frozen_precision`.
 pub(super) fn freeze_untrainable(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
+    let model = freeze(model, config, origin)?;
+    Ok(hold_frozen_in(model, config.frozen_precision))
+}
+
+/// `model` with its frozen projections held in `precision` (unchanged at F32).
+pub fn hold_frozen_in(model: LanguageModel, precision: FrozenPrecision) -> LanguageModel {
+    let Some(dtype) = precision.dtype() else {
+        return model;
+    };
+    // The routers stay f32 (routing in low precision is unstable: Fedus et al. 2021, §2.4),
+    // and so does the LM head, which the fused head's kernel reads in f32.
+    let routers = crate::train::trainable::Trainable::Routers;
+    checkpoint::module_tensors::cast_frozen_linear_weights(model, dtype, &|name| !routers.trains(name) && !name.starts_with("lm_head.")).0
+}
+
+/// `model` with every parameter that `trainable` does not name frozen (all train if absent).
+fn freeze(model: LanguageModel, config: &TrainConfig, origin: &str) -> Result<LanguageModel> {
     let trainable = match (&config.trainable, &config.lora) {
         (Some(trainable), _) => trainable,
         // The adapters (and an MoE's routers, where there are any); a finished LoRA run has

@@ -145,6 +145,7 @@ pub fn train(config: &TrainConfig, origin: &str, selected: &SelectedDevice, opti
 fn open_run(config: &TrainConfig, origin: &str, selected: &SelectedDevice, out: &Path, started_at: Instant) -> Result<(Vec<Domain>, String, FolderLock)> {
     config.validate(origin)?;
     config.precision.check_device(&selected.device, &selected.description)?;
+    config.frozen_precision.check_device(&selected.device, &selected.description)?;
     let domains = load_domains(&config.data, config.model.vocab_size, origin)?;
     eprintln!("data: {} domains ready after {:.2} s", domains.len(), started_at.elapsed().as_secs_f64());
     let config_ron = to_ron(config)?;
