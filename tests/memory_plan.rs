@@ -44,6 +44,8 @@ fn plan_parts_follow_their_formulas() {
     assert_eq!(part(&held, "weights"), 4.0 * (params + adapters) - 2.0 * projections);
     assert_eq!(part(&held, "gradients"), part(&with_lora, "gradients"));
     assert_eq!(part(&held, "optimizer state"), part(&with_lora, "optimizer state"));
+    // A frozen head computes no weight gradient in the fused kernel.
+    assert_eq!(part(&config, "LM head") - part(&with_lora, "LM head"), 4.0 * (m.vocab_size * m.d_model) as f64);
     // Without the fused head (WGPU): the logits, their softmax and gradient, whole.
     let tokens = (config.batch_size * config.data.seq_len) as f64;
     let unfused = plan_for(&config, false);

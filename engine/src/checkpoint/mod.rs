@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ModelConfig, parse_ron, to_ron};
 use crate::fsutil::{write_atomic, write_dir_atomic};
 use crate::model::LanguageModel;
-use module_tensors::{module_from_tensors, module_to_tensors};
+use module_tensors::module_from_tensors;
 use tensor_file::{TensorMap, read_tensors, write_tensors};
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -199,7 +199,7 @@ pub fn write_weights_checkpoint(
 /// Writes model.safetensors and model.ron into `dir`.
 pub fn write_model_files(dir: &Path, model: &LanguageModel, config: &ModelConfig) -> Result<()> {
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    write_tensors(&dir.join(MODEL_FILE), &module_to_tensors(model), metadata)?;
+    module_tensors::write_module(model, &dir.join(MODEL_FILE), metadata)?;
     write_atomic(&dir.join(MODEL_CONFIG_FILE), to_ron(config)?.as_bytes())
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::prelude::*;
 
@@ -80,6 +80,63 @@ pub fn module_to_tensors<M: Module>(module: &M) -> TensorMap {
     let mut visitor = Collect { path: PathStack::default(), out: TensorMap::new() };
     module.visit(&mut visitor);
     visitor.out
+}
+
+/// Writes every float parameter of `module` (by checkpoint name, in Hugging Face layout) to
+/// the safetensors file `path`, one tensor on the host at a time: a checkpoint of a model never
+/// holds a second copy of it (`module_to_tensors` would, 4.5 GB at 1.1B parameters).
+pub fn write_module<M: Module>(module: &M, path: &std::path::Path, metadata: std::collections::BTreeMap<String, String>) -> Result<()> {
+    struct Layout {
+        path: PathStack,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl ModuleVisitor for Layout {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let mut shape = param.val().dims().to_vec();
+            if self.path.is_linear_weight() {
+                shape.reverse();
+            }
+            self.out.push((checkpoint_name(&self.path.module_path()), shape));
+        }
+    }
+    struct Write {
+        path: PathStack,
+        writer: super::stream::StreamWriter,
+        error: Option<anyhow::Error>,
+    }
+    impl ModuleVisitor for Write {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.error.is_some() {
+                return;
+            }
+            let host = to_host(param.val());
+            let host = if self.path.is_linear_weight() { host.transposed() } else { host };
+            if let Err(e) = self.writer.write(&checkpoint_name(&self.path.module_path()), &host) {
+                self.error = Some(e);
+            }
+        }
+    }
+    let mut layout = Layout { path: PathStack::default(), out: Vec::new() };
+    module.visit(&mut layout);
+    let writer = super::stream::StreamWriter::create_with_metadata(path, layout.out, metadata)?;
+    let mut write = Write { path: PathStack::default(), writer, error: None };
+    module.visit(&mut write);
+    if let Some(e) = write.error {
+        return Err(e);
+    }
+    write.writer.finish().with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Replaces every float parameter of `module` by the tensor of the same checkpoint name.

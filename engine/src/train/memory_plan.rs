@@ -179,9 +179,10 @@ pub fn plan_for(config: &TrainConfig, fused_head: bool) -> MemoryPlan {
     let vocab = model.vocab_size as f64;
     let (head, head_detail) = if fused_head {
         // A chunk's logits and their exponentials, the hidden states' gradient, and the head's
-        // weight gradient computed in the forward pass.
+        // weight gradient computed in the forward pass (where the head trains).
         let chunk = (FUSED_HEAD_LOGITS / vocab).floor().max(1.0).min(tokens) * vocab;
-        (F32 * (2.0 * chunk + tokens * model.d_model as f64 + vocab * model.d_model as f64), format!("fused with the loss, {:.0} logits at a time", chunk))
+        let weight_grad = if head_trains(config) { vocab * model.d_model as f64 } else { 0.0 };
+        (F32 * (2.0 * chunk + tokens * model.d_model as f64 + weight_grad), format!("fused with the loss, {:.0} logits at a time", chunk))
     } else {
         (F32 * 3.0 * tokens * vocab, format!("{tokens:.0} x {vocab:.0} logits, their softmax and gradient"))
     };
@@ -198,6 +199,16 @@ pub fn plan_for(config: &TrainConfig, fused_head: bool) -> MemoryPlan {
         PlanPart { name: "runtime and data", bytes: RUNTIME_BYTES, detail: "the process, tokenizer, data maps".into() },
     ];
     MemoryPlan { parts, activations_per_sequence: activations / batch }
+}
+
+/// Whether the LM head's weight (the embedding, when tied) trains.
+fn head_trains(config: &TrainConfig) -> bool {
+    let head = if config.model.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    match (&config.lora, &config.trainable) {
+        (Some(_), _) => false,
+        (None, Some(trainable)) => trainable.trains(head),
+        (None, None) => true,
+    }
 }
 
 /// The weights: f32, but the frozen projections in the run's `frozen_precision`.
