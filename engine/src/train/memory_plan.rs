@@ -121,23 +121,21 @@ fn parameter_counts(config: &TrainConfig) -> (f64, f64) {
     (trained as f64, (all + adapters) as f64)
 }
 
-/// Parameters `config` holds in its `frozen_precision` (0 at F32): the frozen projections,
-/// routers, embedding and LM head aside (`train::start::freeze_untrainable`).
+/// Parameters `config` holds in its `frozen_precision` (0 at F32): the frozen projections
+/// that `FrozenPrecision::holds` (`train::start::hold_frozen_in`).
 fn half_held_parameters(config: &TrainConfig) -> f64 {
     if config.frozen_precision.is_default() {
         return 0.0;
     }
-    let routers = crate::train::trainable::Trainable::Routers;
     let trains = |name: &str| match (&config.lora, &config.trainable) {
-        // A LoRA run trains its adapters, and an MoE's routers in full.
-        (Some(_), _) => routers.trains(name),
+        // A LoRA run's base is frozen (its routers train, and are never held).
+        (Some(_), _) => false,
         (None, Some(trainable)) => trainable.trains(name),
         (None, None) => true,
     };
     crate::hf::config::expected_tensors(&config.model)
         .into_iter()
-        .filter(|(name, shape)| shape.len() == 2 && !trains(name) && !routers.trains(name))
-        .filter(|(name, _)| name != "model.embed_tokens.weight" && !name.starts_with("lm_head."))
+        .filter(|(name, shape)| shape.len() == 2 && !trains(name) && FrozenPrecision::holds(name))
         .map(|(_, shape)| shape.iter().product::<usize>() as f64)
         .sum()
 }

@@ -77,6 +77,13 @@ impl FrozenPrecision {
         }
     }
 
+    /// Whether the frozen weight of checkpoint name `name` (a projection's) is one this holds
+    /// in half precision: not a router (routing in low precision is unstable: Fedus et al.
+    /// 2021, §2.4), not the LM head or the embedding (the fused head's kernel reads f32).
+    pub fn holds(name: &str) -> bool {
+        !crate::train::trainable::Trainable::Routers.trains(name) && !name.starts_with("lm_head.") && name != "model.embed_tokens.weight"
+    }
+
     /// Bytes a frozen projection weight takes.
     pub fn bytes(&self) -> f64 {
         if self.is_default() { 4.0 } else { 2.0 }

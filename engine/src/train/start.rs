@@ -93,10 +93,7 @@ pub fn hold_frozen_in(model: LanguageModel, precision: FrozenPrecision) -> Langu
     let Some(dtype) = precision.dtype() else {
         return model;
     };
-    // The routers stay f32 (routing in low precision is unstable: Fedus et al. 2021, §2.4),
-    // and so does the LM head, which the fused head's kernel reads in f32.
-    let routers = crate::train::trainable::Trainable::Routers;
-    checkpoint::module_tensors::cast_frozen_linear_weights(model, dtype, &|name| !routers.trains(name) && !name.starts_with("lm_head.")).0
+    checkpoint::module_tensors::cast_frozen_linear_weights(model, dtype, &FrozenPrecision::holds).0
 }
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
