@@ -260,3 +260,23 @@ pub fn checkpoint_logits(ckpt: &Path, tokens: &[i64]) -> Vec<f32> {
     let input = Tensor::<2, Int>::from_data(TensorData::new(tokens.to_vec(), [1, tokens.len()]), &device);
     to_vec(model.forward(input))
 }
+
+/// A run folder's last checkpoint and the weights it holds.
+pub fn last_checkpoint(run: &Path) -> (PathBuf, btx::checkpoint::tensor_file::TensorMap) {
+    let (_, last) = btx::checkpoint::checkpoint_steps(run).into_iter().max().expect("the run wrote a checkpoint");
+    let tensors = btx::checkpoint::tensor_file::read_tensors(&last.join(btx::checkpoint::MODEL_FILE)).unwrap();
+    (last, tensors)
+}
+
+/// `config` trained in `dir/resumed` for `stop_after` steps, then resumed to its end: its last
+/// weights must be `want` (an uninterrupted run's), tensor for tensor.
+pub fn assert_a_resumed_run_ends_with(config: &TrainConfig, dir: &Path, stop_after: usize, want: &btx::checkpoint::tensor_file::TensorMap) {
+    let resumed = dir.join("resumed");
+    let options = |resume, stop_after| btx::train::TrainOptions { out: resumed.clone(), resume, progress: false, stop_after };
+    btx::train::train(config, "test", &cpu_selected(), &options(false, Some(stop_after))).unwrap();
+    btx::train::train(config, "test", &cpu_selected(), &options(true, None)).unwrap();
+    let (_, resumed_tensors) = last_checkpoint(&resumed);
+    for (name, host) in want {
+        assert_eq!(host.values, resumed_tensors[name].values, "`{name}` differs after resuming");
+    }
+}

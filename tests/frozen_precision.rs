@@ -20,6 +20,11 @@ use crate::common::*;
 
 const ALL: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
+/// `v` rounded to bf16, as f32.
+fn bf16_rounded(v: f32) -> f32 {
+    btx::burn::tensor::bf16::from_f32(v).to_f32()
+}
+
 fn lora_config(rank: usize) -> LoraConfig {
     LoraConfig { rank, alpha: Some(2.0 * rank as f64), dropout: 0.0, targets: ALL.iter().map(|t| t.to_string()).collect() }
 }
@@ -119,25 +124,16 @@ fn a_lora_run_held_in_bf16_tracks_f32_resumes_exactly_and_merges_into_f32_weight
     let midway = checkpoint::checkpoint_steps(&whole).into_iter().find(|(s, _)| *s == 3).unwrap().1;
     let tensors = read_tensors(&midway.join(checkpoint::MODEL_FILE)).unwrap();
     let name = "model.layers.1.mlp.up_proj.weight";
-    let bf16 = |v: f32| btx::burn::tensor::bf16::from_f32(v).to_f32();
-    assert!(tensors[name].values.iter().zip(&initial[name].values).all(|(held, original)| *held == bf16(*original)));
+    assert!(tensors[name].values.iter().zip(&initial[name].values).all(|(held, original)| *held == bf16_rounded(*original)));
     let embedding = "model.embed_tokens.weight";
     assert_eq!(tensors[embedding].values, initial[embedding].values, "the embedding is not held in half");
 
     // The final checkpoint: merged f32 weights, loadable, the same after stopping and resuming.
-    let (_, last) = checkpoint::checkpoint_steps(&whole).into_iter().max().unwrap();
-    let merged = read_tensors(&last.join(checkpoint::MODEL_FILE)).unwrap();
+    let (last, merged) = last_checkpoint(&whole);
     assert!(merged.keys().all(|n| !n.contains("lora")));
-    assert!(merged[name].values.iter().zip(&initial[name].values).any(|(m, o)| *m != bf16(*o)), "the adapter moved up_proj");
+    assert!(merged[name].values.iter().zip(&initial[name].values).any(|(m, o)| *m != bf16_rounded(*o)), "the adapter moved up_proj");
     checkpoint::load_model(&last, &cpu()).unwrap();
-    let resumed = dir.path().join("resumed");
-    train(&held, "test", &cpu_selected(), &opts(&resumed, false, Some(4))).unwrap();
-    train(&held, "test", &cpu_selected(), &opts(&resumed, true, None)).unwrap();
-    let (_, resumed_last) = checkpoint::checkpoint_steps(&resumed).into_iter().max().unwrap();
-    let resumed_tensors = read_tensors(&resumed_last.join(checkpoint::MODEL_FILE)).unwrap();
-    for (name, host) in &merged {
-        assert_eq!(host.values, resumed_tensors[name].values, "`{name}` differs after resuming");
-    }
+    assert_a_resumed_run_ends_with(&held, dir.path(), 4, &merged);
 }
 
 #[test]
@@ -150,15 +146,13 @@ fn a_router_only_finetune_holds_its_experts_in_bf16_and_trains_its_routers() {
     let out = dir.path().join("routers");
     train(&config, "test", &cpu_selected(), &TrainOptions { out: out.clone(), resume: false, progress: false, stop_after: None }).unwrap();
     let initial = module_to_tensors(&LanguageModel::seeded(&config.model, config.seed, &cpu()));
-    let (_, last) = checkpoint::checkpoint_steps(&out).into_iter().max().unwrap();
-    let trained = read_tensors(&last.join(checkpoint::MODEL_FILE)).unwrap();
-    let bf16 = |v: f32| btx::burn::tensor::bf16::from_f32(v).to_f32();
+    let (_, trained) = last_checkpoint(&out);
     for (name, host) in &initial {
         let values = &trained[name].values;
         if name.ends_with(".block_sparse_moe.gate.weight") {
             assert_ne!(values, &host.values, "router `{name}` did not train");
         } else if name.contains(".experts.") || name.contains("_proj.weight") {
-            assert!(values.iter().zip(&host.values).all(|(t, o)| *t == bf16(*o)), "`{name}` is not its bf16 rounding");
+            assert!(values.iter().zip(&host.values).all(|(t, o)| *t == bf16_rounded(*o)), "`{name}` is not its bf16 rounding");
         } else {
             assert_eq!(values, &host.values, "`{name}` (f32, frozen) changed");
         }

@@ -75,8 +75,7 @@ fn a_lora_run_trains_the_adapters_only_resumes_exactly_and_leaves_a_merged_model
     assert!(!moments.is_empty() && moments.keys().all(|n| n.contains("lora_")), "{:?}", moments.keys().collect::<Vec<_>>());
 
     // The final checkpoint: merged, loadable as a plain model; only the targeted projections moved.
-    let (_, last) = checkpoint::checkpoint_steps(&whole).into_iter().max().unwrap();
-    let merged = read_tensors(&last.join(checkpoint::MODEL_FILE)).unwrap();
+    let (last, merged) = last_checkpoint(&whole);
     assert_eq!(merged.len(), initial.len(), "the merged model has the plain model's tensors");
     for (name, host) in &initial {
         let moved = merged[name].values != host.values;
@@ -107,14 +106,7 @@ fn a_lora_run_trains_the_adapters_only_resumes_exactly_and_leaves_a_merged_model
     assert!(worst < 1e-6, "base + scale B A differs from the merged weight by {worst}");
 
     // Stopped after 4 steps (past the adapter checkpoint of step 3), then resumed: the same.
-    let resumed = dir.path().join("resumed");
-    train(&config, "test", &cpu_selected(), &opts(&resumed, false, Some(4))).unwrap();
-    train(&config, "test", &cpu_selected(), &opts(&resumed, true, None)).unwrap();
-    let (_, resumed_last) = checkpoint::checkpoint_steps(&resumed).into_iter().max().unwrap();
-    let resumed_tensors = read_tensors(&resumed_last.join(checkpoint::MODEL_FILE)).unwrap();
-    for (name, host) in &merged {
-        assert_eq!(host.values, resumed_tensors[name].values, "`{name}` differs after resuming");
-    }
+    assert_a_resumed_run_ends_with(&config, dir.path(), 4, &merged);
 }
 
 #[test]
@@ -173,8 +165,7 @@ fn a_peft_adapter_merged_into_its_base_equals_the_runs_merged_model() {
     let (ok, stderr) = run_btx(&["import-peft", "--base", "base", "--adapter", adapter.to_str().unwrap(), "--out", "merged"], dir.path());
     assert!(ok, "{stderr}");
     assert!(stderr.contains(&format!("merged {} adapted modules", 2 * config.model.n_layers)), "{stderr}");
-    let (_, last) = checkpoint::checkpoint_steps(&run).into_iter().max().unwrap();
-    let (want, got) = (read_tensors(&last.join(checkpoint::MODEL_FILE)).unwrap(), read_tensors(&dir.path().join("merged").join(checkpoint::MODEL_FILE)).unwrap());
+    let (want, got) = (last_checkpoint(&run).1, read_tensors(&dir.path().join("merged").join(checkpoint::MODEL_FILE)).unwrap());
     assert_eq!(want.len(), got.len());
     let worst = want.iter().map(|(n, t)| max_abs_diff(&t.values, &got[n].values)).fold(0.0, f32::max);
     assert!(worst < 1e-6, "the imported adapter's merge differs from the run's by {worst}");

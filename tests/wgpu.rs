@@ -252,6 +252,29 @@ fn wgpu_recipe_stages_run_on_the_adapter_they_are_given() {
     assert!(!refused.status.success() && stderr.contains("adapter"), "{stderr}");
 }
 
+/// `low` (a run computing in, or holding weights in, `dtype`) on the adapter: where the
+/// adapter has `dtype` arithmetic, its validation losses stay within 2% of the f32 run's
+/// (`f32_config`); where it has none, the run is refused before it starts, with a message that
+/// names the adapter and `way_out`, leaving no folder.
+fn tracks_f32_or_is_refused_by_name(gpu: &SelectedDevice, dir: &std::path::Path, label: &str, low: &TrainConfig, f32_config: &TrainConfig, dtype: btx::burn::tensor::DType, way_out: &str) {
+    let options = TrainOptions { out: dir.join(label), resume: false, progress: false, stop_after: None };
+    match train(low, "test", gpu, &options) {
+        Ok(low_run) => {
+            let f32_run = train_on(f32_config, gpu, &dir.join(format!("f32-{label}")), false, None);
+            let gap = f32_run.final_eval.iter().zip(&low_run.final_eval).map(|(a, b)| (a.loss - b.loss).abs() / a.loss).fold(0.0, f64::max);
+            eprintln!("  {label} on {}: validation losses within {:.2}% of f32's", gpu.description, 100.0 * gap);
+            assert!(gap < 0.02, "{label} leaves f32 by {:.2}%", 100.0 * gap);
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("  refused: {message}");
+            assert!(!gpu.device.supports_dtype(dtype), "refused on an adapter with {dtype:?}: {message}");
+            assert!(message.contains(&gpu.description) && message.contains(way_out), "{message}");
+            assert!(!options.out.exists(), "a refused run left its folder");
+        }
+    }
+}
+
 /// Precision F16 on the adapter: where it offers f16 arithmetic, four steps track the f32
 /// run's losses; where it does not (llvmpipe through OpenGL has no SHADER_F16), training is
 /// refused before it starts, with a message that names the adapter and the way out.
@@ -261,22 +284,7 @@ fn wgpu_f16_trains_where_the_adapter_offers_it_and_is_refused_by_name_elsewhere(
     let dir = tempfile::tempdir().unwrap();
     let f32_config = four_small_steps(dir.path());
     let f16_config = TrainConfig { precision: btx::train::precision::Precision::F16, ..f32_config.clone() };
-    let options = TrainOptions { out: dir.path().join("f16"), resume: false, progress: false, stop_after: None };
-    match train(&f16_config, "test", &gpu, &options) {
-        Ok(f16_run) => {
-            let f32_run = train_on(&f32_config, &gpu, &dir.path().join("f32"), false, None);
-            let gap = f32_run.final_eval.iter().zip(&f16_run.final_eval).map(|(a, b)| (a.loss - b.loss).abs() / a.loss).fold(0.0, f64::max);
-            eprintln!("  f16 on {}: validation losses within {:.2}% of f32's", gpu.description, 100.0 * gap);
-            assert!(gap < 0.02, "f16 leaves f32 by {:.2}%", 100.0 * gap);
-        }
-        Err(e) => {
-            let message = format!("{e:#}");
-            eprintln!("  refused: {message}");
-            assert!(!gpu.device.supports_dtype(btx::burn::tensor::DType::F16), "refused on an adapter with f16: {message}");
-            assert!(message.contains(&gpu.description) && message.contains("precision F32"), "{message}");
-            assert!(!options.out.exists(), "a refused run left its folder");
-        }
-    }
+    tracks_f32_or_is_refused_by_name(&gpu, dir.path(), "f16", &f16_config, &f32_config, btx::burn::tensor::DType::F16, "precision F32");
 }
 
 /// Frozen weights in half precision on the adapter: a LoRA run with its base in f16 tracks the
@@ -293,23 +301,8 @@ fn wgpu_frozen_weights_in_f16_train_where_the_adapter_offers_it_and_are_refused_
     let f32_config = TrainConfig { lora: Some(lora), ..four_small_steps(dir.path()) };
     for precision in [FrozenPrecision::F16, FrozenPrecision::BF16] {
         let held = TrainConfig { frozen_precision: precision, ..f32_config.clone() };
-        let options = TrainOptions { out: dir.path().join(format!("{precision:?}")), resume: false, progress: false, stop_after: None };
-        match train(&held, "test", &gpu, &options) {
-            Ok(held_run) => {
-                let f32_run = train_on(&f32_config, &gpu, &dir.path().join(format!("f32-{precision:?}")), false, None);
-                let gap = f32_run.final_eval.iter().zip(&held_run.final_eval).map(|(a, b)| (a.loss - b.loss).abs() / a.loss).fold(0.0, f64::max);
-                eprintln!("  frozen {precision:?} on {}: validation losses within {:.2}% of f32's", gpu.description, 100.0 * gap);
-                assert!(gap < 0.02, "frozen {precision:?} leaves f32 by {:.2}%", 100.0 * gap);
-            }
-            Err(e) => {
-                let message = format!("{e:#}");
-                eprintln!("  refused: {message}");
-                let dtype = precision.dtype().unwrap();
-                assert!(!gpu.device.supports_dtype(dtype), "refused on an adapter with {dtype:?}: {message}");
-                assert!(message.contains(&gpu.description) && message.contains("frozen_precision"), "{message}");
-                assert!(!options.out.exists(), "a refused run left its folder");
-            }
-        }
+        let label = format!("frozen {precision:?}");
+        tracks_f32_or_is_refused_by_name(&gpu, dir.path(), &label, &held, &f32_config, precision.dtype().unwrap(), "frozen_precision");
     }
 }
 

@@ -32,6 +32,12 @@ impl PathStack {
     fn is_linear_weight(&self) -> bool {
         matches!(self.0.last(), Some((n, c)) if n == "weight" && c == "Struct:Linear")
     }
+    /// The current parameter's value as a checkpoint stores it: its host copy, transposed to
+    /// PyTorch's `[out, in]` for a `Linear`'s weight.
+    fn stored<const D: usize>(&self, param: &Param<Tensor<D>>) -> HostTensor {
+        let host = to_host(param.val());
+        if self.is_linear_weight() { host.transposed() } else { host }
+    }
 }
 
 /// Checkpoint name of a Burn module path. MoE experts take Mixtral's names
@@ -72,9 +78,7 @@ pub fn module_to_tensors<M: Module>(module: &M) -> TensorMap {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let host = to_host(param.val());
-            let host = if self.path.is_linear_weight() { host.transposed() } else { host };
-            self.out.insert(checkpoint_name(&self.path.module_path()), host);
+            self.out.insert(checkpoint_name(&self.path.module_path()), self.path.stored(param));
         }
     }
     let mut visitor = Collect { path: PathStack::default(), out: TensorMap::new() };
@@ -121,9 +125,7 @@ pub fn write_module<M: Module>(module: &M, path: &std::path::Path, metadata: std
             if self.error.is_some() {
                 return;
             }
-            let host = to_host(param.val());
-            let host = if self.path.is_linear_weight() { host.transposed() } else { host };
-            if let Err(e) = self.writer.write(&checkpoint_name(&self.path.module_path()), &host) {
+            if let Err(e) = self.writer.write(&checkpoint_name(&self.path.module_path()), &self.path.stored(param)) {
                 self.error = Some(e);
             }
         }
@@ -204,13 +206,12 @@ pub fn freeze_all_but<M: Module>(module: M, trainable: &[String]) -> (M, usize) 
 }
 
 /// `module` with every frozen `Linear` weight that `holds` names (by checkpoint name) cast to
-/// `dtype` (`train::precision::FrozenPrecision`); also returns how many were cast.
-pub fn cast_frozen_linear_weights<M: Module>(module: M, dtype: burn::tensor::DType, holds: &dyn Fn(&str) -> bool) -> (M, usize) {
+/// `dtype` (`train::precision::FrozenPrecision`).
+pub fn cast_frozen_linear_weights<M: Module>(module: M, dtype: burn::tensor::DType, holds: &dyn Fn(&str) -> bool) -> M {
     struct Cast<'a> {
         path: PathStack,
         dtype: burn::tensor::DType,
         holds: &'a dyn Fn(&str) -> bool,
-        cast: usize,
     }
     impl ModuleMapper for Cast<'_> {
         fn enter_module(&mut self, name: &str, container: &str) {
@@ -224,14 +225,11 @@ pub fn cast_frozen_linear_weights<M: Module>(module: M, dtype: burn::tensor::DTy
             if !(frozen && self.path.is_linear_weight() && (self.holds)(&checkpoint_name(&self.path.module_path()))) {
                 return param;
             }
-            self.cast += 1;
             let dtype = self.dtype;
             param.map(|t| t.cast(dtype)).set_require_grad(false)
         }
     }
-    let mut cast = Cast { path: PathStack::default(), dtype, holds, cast: 0 };
-    let module = module.map(&mut cast);
-    (module, cast.cast)
+    module.map(&mut Cast { path: PathStack::default(), dtype, holds })
 }
 
 /// `module` with every float parameter frozen unless `trains` says so of its checkpoint

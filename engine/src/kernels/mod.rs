@@ -106,20 +106,6 @@ pub fn matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
     }
 }
 
-/// x [m, k] times a parameter's value `weight` [k, n]. A weight that does not train keeps
-/// no copy of x for the backward pass (only x's gradient is needed), and may be held in half
-/// precision (`frozen_half`).
-fn matmul_by_weight(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
-    let frozen = !weight.is_require_grad();
-    if runs_own_kernel(&x) && (weight.dtype() == DType::F32 || frozen_half(&x, &weight)) {
-        Tensor::from_dispatch(<Dispatch as OwnKernels>::matmul(x.into_dispatch(), weight.into_dispatch(), frozen))
-    } else if frozen_half(&x, &weight) {
-        x.cast(weight.dtype()).matmul(weight).cast(DType::F32)
-    } else {
-        x.matmul(weight)
-    }
-}
-
 /// x W (+ bias) over the last dimension of `x` (`weight`: [d_in, d_out], Burn's layout), as
 /// one matrix product over every row of `x`.
 pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
@@ -129,7 +115,7 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
         // half-precision base model; the output comes back to f32.
         let y = burn::tensor::module::linear(x.cast(weight.dtype()), weight, None).cast(DType::F32);
         return match bias {
-            Some(bias) => y + bias.cast(DType::F32).unsqueeze::<D>(),
+            Some(bias) => y + bias.unsqueeze::<D>(),
             None => y,
         };
     }
@@ -140,7 +126,10 @@ pub fn linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tens
     let [d_in, d_out] = weight.dims();
     let rows = x.shape().num_elements() / d_in.max(1);
     dims[D - 1] = d_out;
-    let y = matmul_by_weight(x.reshape([rows, d_in]), weight);
+    // A weight that does not train keeps no copy of x for the backward pass (only x's
+    // gradient is wanted), and may be held in half precision.
+    let frozen = !weight.is_require_grad();
+    let y = Tensor::from_dispatch(<Dispatch as OwnKernels>::matmul(x.reshape([rows, d_in]).into_dispatch(), weight.into_dispatch(), frozen));
     let y = match bias {
         Some(bias) => y + bias.unsqueeze::<2>(),
         None => y,

@@ -148,7 +148,7 @@ impl Plan<'_> {
         inputs.extend(init.map(model_file));
         // The recipe's `frozen_precision` reaches the stages that freeze weights.
         let mut config = config.clone();
-        if config.lora.is_some() || config.trainable.is_some() {
+        if config.freezes_weights() {
             config.frozen_precision = self.recipe.frozen_precision;
         }
         let mut args = strings(&["train", "--config", &self.config_path(&id).display().to_string(), "--out", &dir.display().to_string(), "--resume", "--no-progress"]);

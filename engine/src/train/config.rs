@@ -270,6 +270,11 @@ impl TrainConfig {
         }
     }
 
+    /// Whether the run leaves weights frozen (LoRA's base, or what `trainable` does not name).
+    pub fn freezes_weights(&self) -> bool {
+        self.lora.is_some() || self.trainable.is_some()
+    }
+
     pub fn validate(&self, origin: &str) -> Result<()> {
         self.model.validate(origin)?;
         if let Some(lora) = &self.lora {
@@ -278,7 +283,7 @@ impl TrainConfig {
                 bail!("{origin}: fields `lora` and `trainable` together: a LoRA run trains its adapters only; remove one");
             }
         }
-        if !self.frozen_precision.is_default() && self.lora.is_none() && self.trainable.is_none() {
+        if !self.frozen_precision.is_default() && !self.freezes_weights() {
             bail!(
                 "{origin}: field `frozen_precision` ({:?}) holds the weights a run does not train, but this run trains every \
                  weight (no `lora`, no `trainable`); remove the field",

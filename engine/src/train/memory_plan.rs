@@ -84,7 +84,7 @@ impl MemoryPlan {
             let with_lora = plan(&TrainConfig { lora: Some(lora), trainable: None, ..config.clone() }).total();
             fixes.push(format!("`lora: (rank: 16, ...)` on the seven projections ({} less)", gb(total - with_lora)));
         }
-        if config.frozen_precision.is_default() && (config.lora.is_some() || config.trainable.is_some()) {
+        if config.frozen_precision.is_default() && config.freezes_weights() {
             let half = plan(&TrainConfig { frozen_precision: FrozenPrecision::BF16, ..config.clone() }).total();
             fixes.push(format!("`frozen_precision: BF16` (F16 on WGPU) for the frozen weights ({} less)", gb(total - half)));
         }
@@ -127,15 +127,9 @@ fn half_held_parameters(config: &TrainConfig) -> f64 {
     if config.frozen_precision.is_default() {
         return 0.0;
     }
-    let trains = |name: &str| match (&config.lora, &config.trainable) {
-        // A LoRA run's base is frozen (its routers train, and are never held).
-        (Some(_), _) => false,
-        (None, Some(trainable)) => trainable.trains(name),
-        (None, None) => true,
-    };
     crate::hf::config::expected_tensors(&config.model)
         .into_iter()
-        .filter(|(name, shape)| shape.len() == 2 && !trains(name) && FrozenPrecision::holds(name))
+        .filter(|(name, shape)| shape.len() == 2 && !base_weight_trains(config, name) && FrozenPrecision::holds(name))
         .map(|(_, shape)| shape.iter().product::<usize>() as f64)
         .sum()
 }
@@ -201,10 +195,15 @@ pub fn plan_for(config: &TrainConfig, fused_head: bool) -> MemoryPlan {
 
 /// Whether the LM head's weight (the embedding, when tied) trains.
 fn head_trains(config: &TrainConfig) -> bool {
-    let head = if config.model.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+    base_weight_trains(config, if config.model.tie_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" })
+}
+
+/// Whether the model's parameter `name` (not a LoRA adapter) trains under `config`: a LoRA
+/// run's base is frozen but for an MoE's routers (`train::start::freeze_untrainable`).
+fn base_weight_trains(config: &TrainConfig, name: &str) -> bool {
     match (&config.lora, &config.trainable) {
-        (Some(_), _) => false,
-        (None, Some(trainable)) => trainable.trains(head),
+        (Some(_), _) => crate::train::trainable::Trainable::Routers.trains(name),
+        (None, Some(trainable)) => trainable.trains(name),
         (None, None) => true,
     }
 }

@@ -93,7 +93,7 @@ pub fn hold_frozen_in(model: LanguageModel, precision: FrozenPrecision) -> Langu
     let Some(dtype) = precision.dtype() else {
         return model;
     };
-    checkpoint::module_tensors::cast_frozen_linear_weights(model, dtype, &FrozenPrecision::holds).0
+    checkpoint::module_tensors::cast_frozen_linear_weights(model, dtype, &FrozenPrecision::holds)
 }
 
 /// `model` with every parameter that `trainable` does not name frozen (all train if absent).
