@@ -103,7 +103,7 @@ impl FrozenPrecision {
         {
             bail!(
                 "frozen_precision {self:?} needs {dtype:?} arithmetic, which {description} does not offer (on WGPU: \
-                 f16 needs the adapter's SHADER_F16 feature, and bf16 is not offered); use frozen_precision {} or F32 on it",
+                 f16 needs the adapter's SHADER_F16 feature, and bf16 is not offered); use `frozen_precision: {}` on it",
                 if dtype == DType::BF16 && device.supports_dtype(DType::F16) { "F16" } else { "F32" }
             );
         }
